@@ -1,0 +1,98 @@
+//! The admission chain: mutating plugins run first (in order), then validating plugins, on every
+//! write of every resource. Later parts of nodeless (serverless profiles, ...) plug in here.
+
+use std::sync::Arc;
+
+use api::resource::ResourceDef;
+use serde_json::Value;
+
+use crate::error::ApiResult;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+/// One admission plugin. Both steps default to "no opinion".
+#[async_trait::async_trait]
+pub trait Plugin: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Change the object before validation (create and update).
+    async fn mutate(&self, _def: &ResourceDef, _op: Operation, _obj: &mut Value, _old: Option<&Value>) -> ApiResult<()> {
+        Ok(())
+    }
+    /// Accept or reject the final object (create, update; for delete `obj` is the object being deleted).
+    async fn validate(&self, _def: &ResourceDef, _op: Operation, _obj: &Value, _old: Option<&Value>) -> ApiResult<()> {
+        Ok(())
+    }
+}
+
+/// The ordered chain of plugins.
+#[derive(Clone, Default)]
+pub struct Admission {
+    plugins: Vec<Arc<dyn Plugin>>,
+}
+
+impl Admission {
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        Self { plugins }
+    }
+    pub fn push(&mut self, plugin: Arc<dyn Plugin>) {
+        self.plugins.push(plugin);
+    }
+    pub async fn mutate(&self, def: &ResourceDef, op: Operation, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+        for p in &self.plugins {
+            p.mutate(def, op, obj, old).await?;
+        }
+        Ok(())
+    }
+    pub async fn validate(&self, def: &ResourceDef, op: Operation, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+        for p in &self.plugins {
+            p.validate(def, op, obj, old).await?;
+        }
+        Ok(())
+    }
+    pub async fn validate_delete(&self, def: &ResourceDef, obj: &Value) -> ApiResult<()> {
+        for p in &self.plugins {
+            p.validate(def, Operation::Delete, obj, None).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Upstream's DefaultTolerationSeconds-style built-in plugins live below.
+pub mod builtin {
+    use super::*;
+
+    /// Pods get the not-ready/unreachable tolerations (300 s) that upstream's
+    /// DefaultTolerationSeconds plugin adds, and the ServiceAccount plugin's default account name.
+    pub struct PodDefaults;
+
+    #[async_trait::async_trait]
+    impl Plugin for PodDefaults {
+        fn name(&self) -> &'static str {
+            "PodDefaults"
+        }
+        async fn mutate(&self, def: &ResourceDef, op: Operation, obj: &mut Value, _old: Option<&Value>) -> ApiResult<()> {
+            if op != Operation::Create || def.kind != "Pod" || !def.group.is_empty() {
+                return Ok(());
+            }
+            let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
+            if !spec.get("serviceAccountName").is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+                spec.insert("serviceAccountName".into(), "default".into());
+            }
+            let tolerations = spec.entry("tolerations").or_insert_with(|| Value::Array(vec![]));
+            if let Some(list) = tolerations.as_array_mut() {
+                for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+                    let present = list.iter().any(|t| t.get("key").and_then(Value::as_str) == Some(key));
+                    if !present {
+                        list.push(serde_json::json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

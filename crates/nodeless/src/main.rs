@@ -1,0 +1,58 @@
+//! The `nodeless` binary: one command with subcommands (`server`, `registry`, `sandbox`, ...),
+//! wiring the library crates together. Errors here are `anyhow`; libraries use typed errors.
+
+use clap::{Parser, Subcommand};
+
+mod registry_cmd;
+mod sandbox_cmd;
+mod server_cmd;
+
+/// Serverless Kubernetes on your own machines.
+#[derive(Debug, Parser)]
+#[command(name = "nodeless", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Kubernetes API server (with its store).
+    Server(server_cmd::Args),
+    /// Run or manage the OCI registry.
+    Registry(registry_cmd::Args),
+    /// Pull images and run pod sandboxes on this host (the data plane's engine, for debugging).
+    Sandbox(sandbox_cmd::Args),
+}
+
+/// The default data directory: /var/lib/nodeless as root, else ~/.local/share/nodeless.
+pub fn default_data_dir() -> std::path::PathBuf {
+    let is_root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    if is_root {
+        return "/var/lib/nodeless".into();
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => std::path::PathBuf::from(home).join(".local/share/nodeless"),
+        None => "/var/lib/nodeless".into(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NODELESS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server_cmd::run(args).await,
+            Command::Registry(args) => registry_cmd::run(args).await,
+            Command::Sandbox(args) => sandbox_cmd::run(args).await,
+        }
+    })
+}

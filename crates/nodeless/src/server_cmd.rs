@@ -1,0 +1,105 @@
+//! `nodeless server`: the API server on its store, over HTTPS with the server's own PKI, writing
+//! an admin kubeconfig.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use apiserver::admission::{Admission, builtin::PodDefaults};
+use apiserver::objects::Objects;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Embedded SQLite in the data dir (durable; the default).
+    Sqlite,
+    /// An etcd cluster (`--etcd-endpoints`).
+    Etcd,
+    /// In memory only (lost at exit; for tests and benchmarks).
+    Memory,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the store, the PKI and the kubeconfig live.
+    #[arg(long, env = "NODELESS_DATA_DIR", default_value_os_t = crate::default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub bind: SocketAddr,
+    /// Where to write the admin kubeconfig [default: DATA_DIR/admin.kubeconfig].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The storage backend.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+    /// etcd client URLs, comma separated (with `--store etcd`).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd, so that several clusters can share one etcd.
+    #[arg(long, default_value = "/nodeless")]
+    pub etcd_prefix: String,
+    /// Extra names (DNS or IP) for the serving certificate.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
+    let backend: Arc<dyn store::Backend> = match args.store {
+        StoreKind::Sqlite => {
+            let path = args.data_dir.join("state.db");
+            Arc::new(store::sqlite::Sqlite::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?)
+        }
+        StoreKind::Etcd => Arc::new(
+            store::etcd::Etcd::connect(&args.etcd_endpoints, &args.etcd_prefix)
+                .await
+                .with_context(|| format!("cannot reach etcd at {}", args.etcd_endpoints.join(",")))?,
+        ),
+        StoreKind::Memory => Arc::new(store::memory::Memory::new()),
+    };
+    let mut names: Vec<String> = args.tls_sans.clone();
+    let ip = args.bind.ip();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    let pki = apiserver::pki::Pki::ensure(&args.data_dir, &names).context("cannot set up the server's certificates")?;
+    let tls = pki.server_config()?;
+    let mut admission = Admission::default();
+    admission.push(Arc::new(PodDefaults));
+    tokio::spawn(apiserver::compactor(backend.clone(), std::time::Duration::from_secs(60), std::time::Duration::from_secs(300)));
+    let objects = Objects::new(backend, admission);
+    apiserver::bootstrap(&objects).await.map_err(|e| anyhow::anyhow!("cannot create the initial namespaces: {e}"))?;
+    let host = if ip.is_unspecified() { "127.0.0.1".to_string() } else { ip.to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let listener = tokio::net::TcpListener::bind(args.bind).await.with_context(|| format!("cannot listen on {}", args.bind))?;
+    let port = listener.local_addr()?.port();
+    let server_url = format!("https://{host}:{port}");
+    let state = Arc::new(apiserver::State {
+        objects,
+        tokens: apiserver::Tokens::new([pki.admin_token.clone()]),
+        pod_proxy: Arc::new(apiserver::NoNodes),
+        server_address: format!("{host}:{port}"),
+    });
+    let kubeconfig = args.kubeconfig.clone().unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+    pki.write_kubeconfig(&kubeconfig, &server_url).context("cannot write the kubeconfig")?;
+    tracing::info!(url = %server_url, kubeconfig = %kubeconfig.display(), store = ?args.store, startup_ms = started.elapsed().as_millis() as u64, "API server ready");
+    let app = apiserver::router(state);
+    tokio::select! {
+        r = apiserver::serve_tls(listener, tls, app) => r.context("server stopped")?,
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

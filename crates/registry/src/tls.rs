@@ -1,0 +1,202 @@
+//! TLS for the standalone registry: a self-made CA and a serving certificate kept in
+//! `<data-dir>/tls/` (`ca.crt`, `ca.key`, `server.crt`, `server.key`), made with rcgen on first start
+//! and remade when the wanted names change; and [`serve`], which runs a router over HTTPS (rustls with
+//! the ring provider, HTTP/1.1 and HTTP/2) or plain HTTP.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use crate::auth::write_private;
+
+/// TLS setup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls files")]
+    Io(#[from] std::io::Error),
+    #[error("certificate generation")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("rustls")]
+    Rustls(#[from] rustls::Error),
+    #[error("no certificate or key in {0}")]
+    Pem(String),
+}
+
+/// PEM material of the CA and the serving certificate.
+#[derive(Debug, Clone)]
+pub struct Material {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "nodeless registry CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    Ok(p)
+}
+
+/// The names a serving certificate covers by default, plus `extra`.
+pub fn default_names(extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            names.push(h.to_string());
+        }
+    }
+    for e in extra {
+        if !names.contains(e) {
+            names.push(e.clone());
+        }
+    }
+    names
+}
+
+/// Load the CA and serving certificate from `dir`, making what is missing. The serving certificate is
+/// remade when `names` differ from those it was made for.
+pub fn ensure(dir: &Path, names: &[String]) -> Result<Material, TlsError> {
+    std::fs::create_dir_all(dir)?;
+    let ca_key_path = dir.join("ca.key");
+    let ca_crt_path = dir.join("ca.crt");
+    let (ca_key, ca_pem) = match (
+        std::fs::read_to_string(&ca_key_path),
+        std::fs::read_to_string(&ca_crt_path),
+    ) {
+        (Ok(k), Ok(c)) => (rcgen::KeyPair::from_pem(&k)?, c),
+        _ => {
+            let key = rcgen::KeyPair::generate()?;
+            let cert = ca_params()?.self_signed(&key)?;
+            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+            write_private(&ca_crt_path, cert.pem().as_bytes())?;
+            (key, cert.pem())
+        }
+    };
+    let names_path = dir.join("server.names");
+    let wanted = names.join("\n");
+    let existing = (
+        std::fs::read_to_string(dir.join("server.crt")),
+        std::fs::read_to_string(dir.join("server.key")),
+        std::fs::read_to_string(&names_path),
+    );
+    if let (Ok(cert_pem), Ok(key_pem), Ok(n)) = existing
+        && n == wanted
+    {
+        return Ok(Material {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        });
+    }
+    let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
+    let mut p = rcgen::CertificateParams::new(names.to_vec())?;
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "nodeless registry");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    write_private(&dir.join("server.key"), key.serialize_pem().as_bytes())?;
+    write_private(&dir.join("server.crt"), cert.pem().as_bytes())?;
+    write_private(&names_path, wanted.as_bytes())?;
+    Ok(Material {
+        ca_pem,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls server configuration for `m` (ALPN h2 and http/1.1).
+pub fn server_config(m: &Material) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut m.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut m.key_pem.as_bytes())?
+        .ok_or_else(|| TlsError::Pem("server.key".into()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A rustls client configuration trusting only `ca_pem`.
+pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem("ca.crt".into()));
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Serve `router` on `listener` (over TLS when `tls` is given) until `shutdown` completes.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(stream).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(router);
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

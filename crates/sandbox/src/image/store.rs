@@ -1,0 +1,856 @@
+//! The image store under `<data-dir>/images`: manifests and configs as blobs, every layer unpacked
+//! once into `layers/<digest>` (content-addressed, shared by all images and pods), and one record
+//! per image name. Writes go to `tmp/` and are renamed into place, so a crash or a concurrent
+//! process never leaves a half layer visible. Concurrent pulls of one image in this process are
+//! serialized and the second finds the work done. [`ImageStore::gc`] evicts least recently used
+//! images that no pod uses once the store is above its limit.
+//!
+//! On disk:
+//! ```text
+//! images/blobs/sha256/<hex>        manifests and configs
+//! images/layers/<hex>/             an unpacked layer (overlayfs lower dir), named by blob digest
+//! images/layers/<hex>.json         its diff_id and size
+//! images/records/<hash of name>.json  name -> manifest, config, layers, last use
+//! images/tmp/                      work in progress
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWrite;
+use tracing::{debug, info};
+
+use super::Source;
+use super::manifest::{self, Descriptor, Document, ImageConfig, ImageManifest, ManifestError};
+use super::unpack::{self, UnpackError};
+use crate::digest::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry request for {reference}")]
+    Registry {
+        reference: String,
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("manifest of {0}")]
+    Manifest(String, #[source] ManifestError),
+    #[error("image config of {0} is invalid")]
+    Config(String, #[source] serde_json::Error),
+    #[error("OCI layout {0}: {1}")]
+    Layout(PathBuf, String),
+    #[error("{what} has digest {actual}, expected {expected}")]
+    Digest {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("layer {0}")]
+    Unpack(Digest, #[source] UnpackError),
+    #[error("image config lists {diff_ids} diff_ids for {layers} layers")]
+    LayerCount { diff_ids: usize, layers: usize },
+    #[error("image {0} is not in the store")]
+    NotPresent(String),
+    #[error("stored record {0} is corrupt")]
+    Record(PathBuf, #[source] serde_json::Error),
+    #[error("background task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Registry credentials.
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    Anonymous,
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer(String),
+}
+
+/// What a pull reports as it goes (for progress bars).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullEvent {
+    /// The manifest is known: these layers (digest, compressed size) make the image.
+    Resolved {
+        manifest: Digest,
+        layers: Vec<(Digest, u64)>,
+    },
+    /// A layer was already in the store.
+    LayerPresent(Digest),
+    /// Bytes of a layer downloaded so far (cumulative).
+    LayerProgress { digest: Digest, done: u64 },
+    /// A layer was verified and unpacked.
+    LayerDone(Digest),
+}
+
+pub type ProgressFn = Arc<dyn Fn(&PullEvent) + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct PullOptions {
+    pub auth: Auth,
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullOptions").field("auth", &"..").finish()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Registries (host or host:port) reached over plain HTTP; loopback always is.
+    pub insecure_registries: Vec<String>,
+    /// Total size of unpacked layers above which [`ImageStore::gc`] evicts unused images.
+    pub cache_limit_bytes: Option<u64>,
+}
+
+/// One image in the store, ready to build root filesystems from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+    /// Layer blob digests, bottom first.
+    pub layers: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    name: String,
+    manifest_digest: Digest,
+    config_digest: Digest,
+    layers: Vec<Digest>,
+    last_used: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LayerMeta {
+    diff_id: Digest,
+    unpacked_size: u64,
+}
+
+/// The result of [`ImageStore::gc`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub evicted_images: Vec<String>,
+    pub removed_layers: Vec<Digest>,
+    pub size_after: u64,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    options: StoreOptions,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Installs rustls' ring provider once (oci-client is built without one).
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl ImageStore {
+    /// Opens (creating if needed) the store at `root` (normally `<data-dir>/images`).
+    pub fn open(root: impl Into<PathBuf>, options: StoreOptions) -> Result<Self, StoreError> {
+        let root = root.into();
+        for d in ["blobs/sha256", "layers", "records", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io("create", &p))?;
+        }
+        // Leftovers of interrupted work belong to nobody now.
+        let tmp = root.join("tmp");
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let pid_alive = name
+                    .to_str()
+                    .and_then(|n| n.split('-').nth(1))
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                if !pid_alive {
+                    let _ = remove_any(&e.path());
+                }
+            }
+        }
+        Ok(ImageStore {
+            root,
+            options,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of an unpacked layer (an overlayfs lower dir).
+    pub fn layer_dir(&self, digest: &Digest) -> PathBuf {
+        self.root.join("layers").join(digest.hex())
+    }
+
+    /// Unpacked layer directories of `image`, top first (the order overlayfs `lowerdir` wants).
+    pub fn lower_dirs(&self, image: &Image) -> Vec<PathBuf> {
+        image
+            .layers
+            .iter()
+            .rev()
+            .map(|d| self.layer_dir(d))
+            .collect()
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join("records")
+            .join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// The image recorded under `source`'s name, if it and all its layers are present. No network.
+    pub fn get(&self, source: &Source) -> Result<Option<Image>, StoreError> {
+        let name = source.to_string();
+        let Some(rec) = self.read_record(&self.record_path(&name))? else {
+            return Ok(None);
+        };
+        if !rec.layers.iter().all(|l| self.layer_dir(l).is_dir()) {
+            return Ok(None);
+        }
+        let cfg_path = self.blob_path(&rec.config_digest);
+        let Ok(bytes) = std::fs::read(&cfg_path) else {
+            return Ok(None);
+        };
+        let config =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Config(name.clone(), e))?;
+        Ok(Some(Image {
+            name,
+            manifest_digest: rec.manifest_digest,
+            config_digest: rec.config_digest,
+            config,
+            layers: rec.layers,
+        }))
+    }
+
+    /// The image if present (marking it used), else pulls it.
+    pub async fn ensure(&self, source: &Source, opts: &PullOptions) -> Result<Image, StoreError> {
+        let name = source.to_string();
+        let lock = self.lock_for(&name);
+        let _guard = lock.lock().await;
+        if let Some(img) = self.get(source)? {
+            self.touch(&img)?;
+            debug!(image = %name, "image present, no pull");
+            return Ok(img);
+        }
+        self.pull_locked(source, opts).await
+    }
+
+    /// Resolves `source` again (a registry tag may have moved) and fetches what is missing.
+    pub async fn pull(&self, source: &Source, opts: &PullOptions) -> Result<Image, StoreError> {
+        let lock = self.lock_for(&source.to_string());
+        let _guard = lock.lock().await;
+        self.pull_locked(source, opts).await
+    }
+
+    async fn pull_locked(&self, source: &Source, opts: &PullOptions) -> Result<Image, StoreError> {
+        let name = source.to_string();
+        let mut archive_dir = None;
+        let fetcher = match source {
+            Source::Registry(r) => Fetcher::registry(r.clone(), &self.options, &opts.auth),
+            Source::Layout { dir, tag } => Fetcher::Layout {
+                dir: dir.clone(),
+                tag: tag.clone(),
+            },
+            Source::Archive { file, tag } => {
+                let dir = self.root.join("tmp").join(unique("archive"));
+                let (f, d) = (file.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || extract_archive(&f, &d)).await??;
+                archive_dir = Some(dir.clone());
+                Fetcher::Layout {
+                    dir,
+                    tag: tag.clone(),
+                }
+            }
+        };
+        let result = self.fetch_image(&name, &fetcher, opts).await;
+        if let Some(d) = archive_dir {
+            let _ = remove_any(&d);
+        }
+        let img = result?;
+        info!(image = %name, digest = %img.manifest_digest, layers = img.layers.len(), "image ready");
+        Ok(img)
+    }
+
+    async fn fetch_image(
+        &self,
+        name: &str,
+        fetcher: &Fetcher,
+        opts: &PullOptions,
+    ) -> Result<Image, StoreError> {
+        let report = |e: &PullEvent| {
+            if let Some(p) = &opts.progress {
+                p(e)
+            }
+        };
+        let (bytes, digest) = fetcher.top_manifest().await?;
+        let parse = |b: &[u8]| {
+            Document::parse(b, None).map_err(|e| StoreError::Manifest(name.to_owned(), e))
+        };
+        let (manifest, manifest_bytes, manifest_digest): (ImageManifest, _, _) =
+            match parse(&bytes)? {
+                Document::Image(m) => (m, bytes, digest),
+                Document::Index(entries) => {
+                    let entry = manifest::select_platform(&entries)
+                        .map_err(|e| StoreError::Manifest(name.to_owned(), e))?
+                        .clone();
+                    let b = fetcher.manifest_by_digest(&entry.digest).await?;
+                    verify(&format!("manifest of {name}"), &entry.digest, &b)?;
+                    match parse(&b)? {
+                        Document::Image(m) => (m, b, entry.digest),
+                        Document::Index(_) => {
+                            return Err(StoreError::Manifest(
+                                name.to_owned(),
+                                ManifestError::NoPlatform,
+                            ));
+                        }
+                    }
+                }
+            };
+        report(&PullEvent::Resolved {
+            manifest: manifest_digest.clone(),
+            layers: manifest
+                .layers
+                .iter()
+                .map(|l| (l.digest.clone(), l.size))
+                .collect(),
+        });
+        self.write_blob(&manifest_digest, &manifest_bytes)?;
+
+        let config_bytes = match std::fs::read(self.blob_path(&manifest.config.digest)) {
+            Ok(b) if Digest::of(&b) == manifest.config.digest => b,
+            _ => {
+                let b = fetcher.small_blob(&manifest.config).await?;
+                verify(&format!("config of {name}"), &manifest.config.digest, &b)?;
+                self.write_blob(&manifest.config.digest, &b)?;
+                b
+            }
+        };
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| StoreError::Config(name.to_owned(), e))?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(StoreError::LayerCount {
+                diff_ids: config.rootfs.diff_ids.len(),
+                layers: manifest.layers.len(),
+            });
+        }
+        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            self.fetch_layer(fetcher, layer, diff_id, &report).await?;
+        }
+        let img = Image {
+            name: name.to_owned(),
+            manifest_digest,
+            config_digest: manifest.config.digest.clone(),
+            config,
+            layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+        };
+        self.touch(&img)?;
+        Ok(img)
+    }
+
+    async fn fetch_layer(
+        &self,
+        fetcher: &Fetcher,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        report: &(dyn Fn(&PullEvent) + Sync),
+    ) -> Result<(), StoreError> {
+        let dir = self.layer_dir(&layer.digest);
+        let lock = self.lock_for(&format!("layer {}", layer.digest));
+        let _guard = lock.lock().await;
+        if dir.is_dir() {
+            report(&PullEvent::LayerPresent(layer.digest.clone()));
+            return Ok(());
+        }
+        let tmp = self.root.join("tmp");
+        let (blob, owned) = fetcher.layer_blob(layer, &tmp, report).await?;
+        let work = tmp.join(unique("layer"));
+        std::fs::create_dir(&work).map_err(io("create", &work))?;
+        let (b, w, d, id) = (
+            blob.clone(),
+            work.clone(),
+            layer.digest.clone(),
+            diff_id.clone(),
+        );
+        let res =
+            tokio::task::spawn_blocking(move || unpack::unpack_layer(&b, &d, Some(&id), &w)).await;
+        if owned {
+            let _ = std::fs::remove_file(&blob);
+        }
+        let unpacked = match res {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                let _ = remove_any(&work);
+                return Err(StoreError::Unpack(layer.digest.clone(), e));
+            }
+            Err(e) => {
+                let _ = remove_any(&work);
+                return Err(e.into());
+            }
+        };
+        let meta = LayerMeta {
+            diff_id: unpacked.diff_id,
+            unpacked_size: unpacked.uncompressed_size,
+        };
+        let meta_path = dir.with_extension("json");
+        write_atomic(
+            &tmp,
+            &meta_path,
+            &serde_json::to_vec(&meta).unwrap_or_default(),
+        )?;
+        if let Err(e) = std::fs::rename(&work, &dir) {
+            // Another process finished the same layer first: theirs is as good as ours.
+            let _ = remove_any(&work);
+            if !dir.is_dir() {
+                return Err(io("rename", &dir)(e));
+            }
+        }
+        report(&PullEvent::LayerDone(layer.digest.clone()));
+        Ok(())
+    }
+
+    fn write_blob(&self, d: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let p = self.blob_path(d);
+        if p.exists() {
+            return Ok(());
+        }
+        write_atomic(&self.root.join("tmp"), &p, bytes)
+    }
+
+    fn read_record(&self, path: &Path) -> Result<Option<Record>, StoreError> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Record(path.to_owned(), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", path)(e)),
+        }
+    }
+
+    /// Records `img` under its name, marked as used now.
+    fn touch(&self, img: &Image) -> Result<(), StoreError> {
+        let rec = Record {
+            name: img.name.clone(),
+            manifest_digest: img.manifest_digest.clone(),
+            config_digest: img.config_digest.clone(),
+            layers: img.layers.clone(),
+            last_used: now(),
+        };
+        let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+        write_atomic(&self.root.join("tmp"), &self.record_path(&img.name), &bytes)
+    }
+
+    /// Names of all images in the store with their last use (unix seconds).
+    pub fn list(&self) -> Result<Vec<(String, Digest, u64)>, StoreError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .map(|(_, r)| (r.name, r.manifest_digest, r.last_used))
+            .collect())
+    }
+
+    fn records(&self) -> Result<Vec<(PathBuf, Record)>, StoreError> {
+        let dir = self.root.join("records");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io("list", &dir))? {
+            let p = e.map_err(io("list", &dir))?.path();
+            if let Some(r) = self.read_record(&p)? {
+                out.push((p, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Total unpacked size of the stored layers.
+    pub fn size(&self) -> Result<u64, StoreError> {
+        Ok(self.layer_sizes()?.values().sum())
+    }
+
+    fn layer_sizes(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let dir = self.root.join("layers");
+        let mut out = HashMap::new();
+        for e in std::fs::read_dir(&dir).map_err(io("list", &dir))? {
+            let p = e.map_err(io("list", &dir))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                continue;
+            }
+            let size = std::fs::read(p.with_extension("json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok())
+                .map_or(0, |m| m.unpacked_size);
+            if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+                out.insert(n.to_owned(), size);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Evicts least recently used images whose names are not in `in_use` while the store is above
+    /// its limit, then removes layers no remaining image references.
+    pub fn gc(&self, in_use: &HashSet<String>) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let sizes = self.layer_sizes()?;
+        let mut records = self.records()?;
+        records.sort_by_key(|(_, r)| r.last_used);
+        let live_size = |recs: &[(PathBuf, Record)]| -> u64 {
+            let layers: HashSet<&str> = recs
+                .iter()
+                .flat_map(|(_, r)| r.layers.iter().map(|l| l.hex()))
+                .collect();
+            layers
+                .iter()
+                .map(|l| sizes.get(*l).copied().unwrap_or(0))
+                .sum()
+        };
+        if let Some(limit) = self.options.cache_limit_bytes {
+            let mut i = 0;
+            while i < records.len() && live_size(&records) > limit {
+                if in_use.contains(&records[i].1.name) {
+                    i += 1;
+                    continue;
+                }
+                let (path, rec) = records.remove(i);
+                std::fs::remove_file(&path).map_err(io("remove", &path))?;
+                info!(image = %rec.name, "evicted from image cache");
+                report.evicted_images.push(rec.name);
+            }
+        }
+        let keep: HashSet<String> = records
+            .iter()
+            .flat_map(|(_, r)| r.layers.iter().map(|l| l.hex().to_owned()))
+            .collect();
+        for hex in sizes.keys() {
+            if !keep.contains(hex) {
+                let dir = self.root.join("layers").join(hex);
+                remove_any(&dir).map_err(io("remove", &dir))?;
+                let _ = std::fs::remove_file(dir.with_extension("json"));
+                if let Ok(d) = format!("sha256:{hex}").parse() {
+                    report.removed_layers.push(d);
+                }
+            }
+        }
+        report.size_after = live_size(&records);
+        Ok(report)
+    }
+}
+
+fn verify(what: &str, expected: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+    let actual = Digest::of(bytes);
+    if &actual != expected {
+        return Err(StoreError::Digest {
+            what: what.to_owned(),
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn write_atomic(tmp_dir: &Path, dst: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = tmp_dir.join(unique("write"));
+    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, dst).map_err(io("rename", dst))
+}
+
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn extract_archive(file: &Path, dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let f = std::fs::File::open(file).map_err(io("open", file))?;
+    let mut a = tar::Archive::new(std::io::BufReader::new(f));
+    a.unpack(dir).map_err(io("unpack archive", file))
+}
+
+/// Where blobs come from.
+enum Fetcher {
+    Registry {
+        client: oci_client::Client,
+        reference: oci_client::Reference,
+        auth: oci_client::secrets::RegistryAuth,
+    },
+    Layout {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+}
+
+impl Fetcher {
+    fn registry(reference: oci_client::Reference, options: &StoreOptions, auth: &Auth) -> Self {
+        install_crypto();
+        let registry = reference.resolve_registry().to_owned();
+        let protocol = if super::is_insecure(&registry, &options.insecure_registries) {
+            oci_client::client::ClientProtocol::HttpsExcept(vec![registry])
+        } else {
+            oci_client::client::ClientProtocol::Https
+        };
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol,
+            platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+            ..Default::default()
+        });
+        let auth = match auth {
+            Auth::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
+            Auth::Basic { username, password } => {
+                oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone())
+            }
+            Auth::Bearer(t) => oci_client::secrets::RegistryAuth::Bearer(t.clone()),
+        };
+        Fetcher::Registry {
+            client,
+            reference,
+            auth,
+        }
+    }
+
+    fn reg_err(
+        reference: &oci_client::Reference,
+    ) -> impl FnOnce(oci_client::errors::OciDistributionError) -> StoreError {
+        let reference = reference.whole();
+        move |source| StoreError::Registry { reference, source }
+    }
+
+    /// The manifest the source names, with its digest (verified against the reference when it has one).
+    async fn top_manifest(&self) -> Result<(Vec<u8>, Digest), StoreError> {
+        match self {
+            Fetcher::Registry {
+                client,
+                reference,
+                auth,
+            } => {
+                let (bytes, digest) = client
+                    .pull_manifest_raw(reference, auth, manifest::ACCEPTED)
+                    .await
+                    .map_err(Self::reg_err(reference))?;
+                let actual = Digest::of(&bytes);
+                if let Some(want) = reference.digest().and_then(|d| d.parse::<Digest>().ok()) {
+                    verify(&format!("manifest of {}", reference.whole()), &want, &bytes)?;
+                }
+                debug!(reference = %reference.whole(), %digest, "manifest fetched");
+                Ok((bytes.to_vec(), actual))
+            }
+            Fetcher::Layout { dir, tag } => {
+                let index_path = dir.join("index.json");
+                let bytes = std::fs::read(&index_path).map_err(io("read", &index_path))?;
+                let index = match Document::parse(&bytes, Some(manifest::OCI_INDEX)) {
+                    Ok(Document::Index(entries)) => entries,
+                    _ => {
+                        return Err(StoreError::Layout(
+                            dir.clone(),
+                            "index.json is not an image index".into(),
+                        ));
+                    }
+                };
+                let entry = match tag {
+                    Some(t) => index.iter().find(|d| {
+                        d.annotations
+                            .as_ref()
+                            .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+                            .is_some_and(|n| n == t)
+                    }),
+                    None if index.len() == 1 => index.first(),
+                    None => None,
+                }
+                .ok_or_else(|| {
+                    StoreError::Layout(
+                        dir.clone(),
+                        format!("no single manifest for tag {:?} in index.json", tag),
+                    )
+                })?;
+                let b = self.manifest_by_digest(&entry.digest).await?;
+                verify("manifest in layout", &entry.digest, &b)?;
+                Ok((b, entry.digest.clone()))
+            }
+        }
+    }
+
+    async fn manifest_by_digest(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Fetcher::Registry {
+                client,
+                reference,
+                auth,
+            } => {
+                let r = oci_client::Reference::with_digest(
+                    reference.resolve_registry().to_owned(),
+                    reference.repository().to_owned(),
+                    d.to_string(),
+                );
+                let (bytes, _) = client
+                    .pull_manifest_raw(&r, auth, manifest::ACCEPTED)
+                    .await
+                    .map_err(Self::reg_err(&r))?;
+                Ok(bytes.to_vec())
+            }
+            Fetcher::Layout { dir, .. } => {
+                let p = dir.join("blobs/sha256").join(d.hex());
+                std::fs::read(&p).map_err(io("read", &p))
+            }
+        }
+    }
+
+    async fn small_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Fetcher::Registry {
+                client, reference, ..
+            } => {
+                let mut out = Vec::new();
+                client
+                    .pull_blob(reference, desc.digest.to_string().as_str(), &mut out)
+                    .await
+                    .map_err(Self::reg_err(reference))?;
+                Ok(out)
+            }
+            Fetcher::Layout { .. } => self.manifest_by_digest(&desc.digest).await,
+        }
+    }
+
+    /// A local file holding the layer blob; `true` when it is a temporary download to delete.
+    async fn layer_blob(
+        &self,
+        desc: &Descriptor,
+        tmp: &Path,
+        report: &(dyn Fn(&PullEvent) + Sync),
+    ) -> Result<(PathBuf, bool), StoreError> {
+        match self {
+            Fetcher::Registry {
+                client, reference, ..
+            } => {
+                let path = tmp.join(unique("blob"));
+                let file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(io("create", &path))?;
+                let counting = Counting {
+                    inner: file,
+                    done: 0,
+                    digest: desc.digest.clone(),
+                    report,
+                    last: 0,
+                };
+                let res = client
+                    .pull_blob(reference, desc.digest.to_string().as_str(), counting)
+                    .await;
+                if let Err(e) = res {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(Self::reg_err(reference)(e));
+                }
+                Ok((path, true))
+            }
+            Fetcher::Layout { dir, .. } => {
+                Ok((dir.join("blobs/sha256").join(desc.digest.hex()), false))
+            }
+        }
+    }
+}
+
+/// An AsyncWrite that reports how much went through it.
+struct Counting<'a, W> {
+    inner: W,
+    done: u64,
+    last: u64,
+    digest: Digest,
+    report: &'a (dyn Fn(&PullEvent) + Sync),
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<'_, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.done += *n as u64;
+            if this.done - this.last >= 256 * 1024 {
+                this.last = this.done;
+                (this.report)(&PullEvent::LayerProgress {
+                    digest: this.digest.clone(),
+                    done: this.done,
+                });
+            }
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        (this.report)(&PullEvent::LayerProgress {
+            digest: this.digest.clone(),
+            done: this.done,
+        });
+        std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,335 @@
+//! The pod network: a network namespace the project owns (`nodeless-pods` by default) holding a
+//! bridge; each pod gets its own network namespace, joined to the bridge by a veth pair, with
+//! an address from the bridge's subnet. Nothing is configured in the host's own namespace.
+//! Address allocation is pure ([`allocate`]); leases are files under the state dir created with
+//! `O_EXCL`, so concurrent agents never hand out one address twice and a restart finds them.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+use tracing::debug;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("running {cmd}: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("running {0} (is iproute2 installed?)")]
+    Spawn(String, #[source] std::io::Error),
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free address left in {0}/{1}")]
+    Exhausted(Ipv4Addr, u8),
+}
+
+/// An IPv4 subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    /// The first host address: the bridge (gateway).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    fn size(&self) -> u32 {
+        1u32.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0)
+    }
+}
+
+/// The lowest free host address of `subnet` (not the network, gateway or broadcast address). Pure.
+pub fn allocate(subnet: Subnet, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let base = u32::from(subnet.network);
+    (2..subnet.size().saturating_sub(1))
+        .map(|i| Ipv4Addr::from(base + i))
+        .find(|ip| !used.contains(ip))
+}
+
+/// Names derived from a pod id: its netns and the veth end on the bridge (at most 15 chars). Pure.
+pub fn names(pod_id: &str) -> (String, String) {
+    let h = crate::digest::Digest::of(pod_id.as_bytes());
+    let short = &h.hex()[..10];
+    (format!("nl-{short}"), format!("nlv{short}"))
+}
+
+#[derive(Debug, Clone)]
+pub struct PodNetwork {
+    /// The netns holding the bridge.
+    pub netns: String,
+    pub bridge: String,
+    pub subnet: Subnet,
+    state_dir: PathBuf,
+}
+
+/// A pod's place on the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub netns: String,
+    /// `/run/netns/<name>`, for the runtime spec.
+    pub netns_path: PathBuf,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+}
+
+async fn run(args: &[&str]) -> Result<String, NetworkError> {
+    let cmd = args.join(" ");
+    let (prog, rest) = args.split_first().unwrap_or((&"true", &[]));
+    let out = Command::new(prog)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
+    if !out.status.success() {
+        return Err(NetworkError::Command {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+impl PodNetwork {
+    pub fn new(
+        netns: impl Into<String>,
+        bridge: impl Into<String>,
+        subnet: Subnet,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        PodNetwork {
+            netns: netns.into(),
+            bridge: bridge.into(),
+            subnet,
+            state_dir: state_dir.into(),
+        }
+    }
+
+    /// The default network: netns `nodeless-pods`, bridge `nl0`, 10.88.0.0/16, state in `data_dir/network`.
+    pub fn default_for(data_dir: &Path) -> Self {
+        Self::new(
+            "nodeless-pods",
+            "nl0",
+            Subnet {
+                network: Ipv4Addr::new(10, 88, 0, 0),
+                prefix: 16,
+            },
+            data_dir.join("network"),
+        )
+    }
+
+    /// Creates the namespace and bridge if missing. Idempotent.
+    pub async fn ensure(&self) -> Result<(), NetworkError> {
+        if !netns_path(&self.netns).exists() {
+            run(&["ip", "netns", "add", &self.netns]).await?;
+        }
+        let n = self.netns.as_str();
+        if run(&["ip", "-n", n, "link", "show", &self.bridge])
+            .await
+            .is_err()
+        {
+            run(&["ip", "-n", n, "link", "add", &self.bridge, "type", "bridge"]).await?;
+            let cidr = format!("{}/{}", self.subnet.gateway(), self.subnet.prefix);
+            run(&["ip", "-n", n, "addr", "add", &cidr, "dev", &self.bridge]).await?;
+        }
+        run(&["ip", "-n", n, "link", "set", &self.bridge, "up"]).await?;
+        run(&["ip", "-n", n, "link", "set", "lo", "up"]).await?;
+        Ok(())
+    }
+
+    fn leases(&self) -> PathBuf {
+        self.state_dir.join("leases")
+    }
+
+    fn lease_of(&self, pod_id: &str) -> Result<Option<Ipv4Addr>, NetworkError> {
+        let dir = self.leases();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(NetworkError::Io {
+                    op: "list",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        for e in rd.flatten() {
+            if std::fs::read_to_string(e.path()).is_ok_and(|s| s == pod_id) {
+                return Ok(e.file_name().to_str().and_then(|n| n.parse().ok()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn lease(&self, pod_id: &str) -> Result<Ipv4Addr, NetworkError> {
+        if let Some(ip) = self.lease_of(pod_id)? {
+            return Ok(ip);
+        }
+        let dir = self.leases();
+        std::fs::create_dir_all(&dir).map_err(|source| NetworkError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        loop {
+            let used: BTreeSet<Ipv4Addr> = std::fs::read_dir(&dir)
+                .map_err(|source| NetworkError::Io {
+                    op: "list",
+                    path: dir.clone(),
+                    source,
+                })?
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect();
+            let ip = allocate(self.subnet, &used).ok_or(NetworkError::Exhausted(
+                self.subnet.network,
+                self.subnet.prefix,
+            ))?;
+            let p = dir.join(ip.to_string());
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(pod_id.as_bytes())
+                        .map_err(|source| NetworkError::Io {
+                            op: "write",
+                            path: p,
+                            source,
+                        })?;
+                    return Ok(ip);
+                }
+                // Someone else took it between our listing and our create: try the next one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(NetworkError::Io {
+                        op: "create",
+                        path: p,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Gives `pod_id` a netns with `eth0` on the bridge. Idempotent (a restart re-attaches).
+    pub async fn attach(&self, pod_id: &str) -> Result<Attachment, NetworkError> {
+        self.ensure().await?;
+        let ip = self.lease(pod_id)?;
+        let (ns, veth) = names(pod_id);
+        let path = netns_path(&ns);
+        if !path.exists() {
+            run(&["ip", "netns", "add", &ns]).await?;
+        }
+        let n = self.netns.as_str();
+        if run(&["ip", "-n", &ns, "link", "show", "eth0"])
+            .await
+            .is_err()
+        {
+            let _ = run(&["ip", "-n", n, "link", "del", &veth]).await;
+            run(&[
+                "ip", "-n", n, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])
+            .await?;
+            run(&["ip", "-n", n, "link", "set", &veth, "master", &self.bridge]).await?;
+            run(&["ip", "-n", n, "link", "set", &veth, "up"]).await?;
+            let cidr = format!("{ip}/{}", self.subnet.prefix);
+            run(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"]).await?;
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]).await?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]).await?;
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.subnet.gateway().to_string(),
+            ])
+            .await?;
+        }
+        debug!(pod = pod_id, %ip, netns = %ns, "pod attached to the network");
+        Ok(Attachment {
+            netns: ns,
+            netns_path: path,
+            ip,
+            gateway: self.subnet.gateway(),
+        })
+    }
+
+    /// Removes the pod's netns (its veth goes with it) and frees its address.
+    pub async fn detach(&self, pod_id: &str) -> Result<(), NetworkError> {
+        let (ns, _) = names(pod_id);
+        if netns_path(&ns).exists() {
+            run(&["ip", "netns", "del", &ns]).await?;
+        }
+        if let Some(ip) = self.lease_of(pod_id)? {
+            let p = self.leases().join(ip.to_string());
+            std::fs::remove_file(&p).map_err(|source| NetworkError::Io {
+                op: "remove",
+                path: p,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the bridge namespace (tests; a host normally keeps it).
+    pub async fn destroy(&self) -> Result<(), NetworkError> {
+        if netns_path(&self.netns).exists() {
+            run(&["ip", "netns", "del", &self.netns]).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_skips_reserved_and_used() {
+        let s = Subnet {
+            network: Ipv4Addr::new(10, 9, 0, 0),
+            prefix: 30,
+        };
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 9, 0, 1));
+        assert_eq!(
+            allocate(s, &BTreeSet::new()),
+            Some(Ipv4Addr::new(10, 9, 0, 2))
+        );
+        let used = [Ipv4Addr::new(10, 9, 0, 2)].into();
+        assert_eq!(allocate(s, &used), None, "a /30 has one pod address");
+        let s24 = Subnet {
+            network: Ipv4Addr::new(10, 9, 1, 0),
+            prefix: 24,
+        };
+        let used = [Ipv4Addr::new(10, 9, 1, 2), Ipv4Addr::new(10, 9, 1, 3)].into();
+        assert_eq!(allocate(s24, &used), Some(Ipv4Addr::new(10, 9, 1, 4)));
+    }
+
+    #[test]
+    fn names_fit_interface_limits() {
+        let (ns, veth) = names("default/some-very-long-pod-name-0123456789");
+        assert!(veth.len() <= 15, "{veth}");
+        assert!(ns.starts_with("nl-"));
+        assert_ne!(names("a").0, names("b").0);
+    }
+}

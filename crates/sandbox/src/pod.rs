@@ -1,0 +1,484 @@
+//! A pod sandbox: the whole pod on one host. The pod gets a directory under
+//! `<data-dir>/pods/<id>` (its plan, volumes, /etc files, namespaces), an address on the pod
+//! network, then its init containers run one after the other and its regular containers run
+//! together, sharing the network and IPC namespaces, each with its own root filesystem.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::container::{self, ContainerError, Exit, Io};
+use crate::image::{ImageStore, PullOptions, Source, SourceError, StoreError};
+use crate::network::{Attachment, NetworkError, PodNetwork};
+use crate::plan::{ContainerPlan, PodPlan, VolumeKind};
+use crate::runtime::{Runtime, RuntimeKind};
+use crate::spec::{Mount, SandboxContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image of container {0:?}")]
+    Source(String, #[source] SourceError),
+    #[error("image of container {0:?}")]
+    Image(String, #[source] StoreError),
+    #[error("container {0:?}")]
+    Container(String, #[source] ContainerError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("init container {name:?} failed with exit code {code}")]
+    InitFailed { name: String, code: i32 },
+    #[error("creating the pod's IPC namespace: {0}")]
+    Namespace(String),
+    #[error("volume {0:?}: file path {1:?} escapes the volume")]
+    FilePath(String, String),
+    #[error("container {0:?} mounts volume {1:?} with subPath {2:?} that escapes it")]
+    SubPath(String, String, String),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PodError + 'a {
+    move |source| PodError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Files of the pod's ConfigMap/Secret/projected volumes, which the caller (the agent) fetched:
+/// volume name -> (relative path -> content).
+pub type VolumeFiles = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// What is kept in `pod.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub plan: PodPlan,
+    pub runtime: RuntimeKind,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub netns: Option<String>,
+}
+
+/// The pod's phase, as Kubernetes reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// The phase from the regular containers' exit codes (all have exited). Pure.
+pub fn phase_of(exits: &[i32]) -> Phase {
+    if exits.iter().all(|c| *c == 0) {
+        Phase::Succeeded
+    } else {
+        Phase::Failed
+    }
+}
+
+/// Id of a pod's container on the host.
+pub fn container_id(pod_id: &str, name: &str) -> String {
+    format!("{pod_id}-{name}")
+}
+
+/// `/etc/hosts` of a pod. Pure.
+pub fn hosts_file(hostname: &str, ip: Option<std::net::Ipv4Addr>) -> String {
+    let mut s = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
+    if let Some(ip) = ip {
+        s.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    s
+}
+
+/// `/etc/resolv.conf` of a pod in `namespace`. Pure.
+pub fn resolv_conf(namespace: &str, nameserver: Option<std::net::Ipv4Addr>) -> String {
+    let mut s = String::new();
+    if let Some(ns) = nameserver {
+        s.push_str(&format!("nameserver {ns}\n"));
+    }
+    s.push_str(&format!(
+        "search {namespace}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+    ));
+    s
+}
+
+/// Joins `rel` under `base`, refusing absolute paths and `..`. Pure.
+fn inside(base: &Path, rel: &str) -> Option<PathBuf> {
+    let mut p = base.to_path_buf();
+    for c in Path::new(rel).components() {
+        match c {
+            std::path::Component::Normal(n) => p.push(n),
+            std::path::Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some(p)
+}
+
+/// Where everything a pod sandbox needs comes from.
+#[derive(Clone)]
+pub struct Host {
+    pub data_dir: PathBuf,
+    pub images: Arc<ImageStore>,
+    pub network: Option<PodNetwork>,
+    pub pull: PullOptions,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+/// A started pod: its regular containers run; [`PodRun::wait`] collects them.
+pub struct PodRun {
+    pub id: String,
+    pub dir: PathBuf,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub init_exits: Vec<Exit>,
+    runtime: Arc<dyn Runtime>,
+    running: Vec<(
+        String,
+        tokio::task::JoinHandle<Result<Exit, ContainerError>>,
+    )>,
+}
+
+impl std::fmt::Debug for PodRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodRun")
+            .field("id", &self.id)
+            .field("ip", &self.ip)
+            .finish()
+    }
+}
+
+/// The directory of pod `id`.
+pub fn dir(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("pods").join(id)
+}
+
+/// Creates the pod sandbox and starts it: network, volumes, init containers (in order, each must
+/// succeed), then all regular containers.
+pub async fn start(
+    host: &Host,
+    runtime: Arc<dyn Runtime>,
+    plan: &PodPlan,
+    files: &VolumeFiles,
+) -> Result<PodRun, PodError> {
+    let pdir = dir(&host.data_dir, &plan.id);
+    std::fs::create_dir_all(pdir.join("etc")).map_err(io("create", &pdir))?;
+
+    // Images first: a pod whose image cannot be had never gets a network address.
+    let mut images = BTreeMap::new();
+    for c in plan.init_containers.iter().chain(&plan.containers) {
+        if images.contains_key(&c.image) {
+            continue;
+        }
+        let src: Source = c
+            .image
+            .parse()
+            .map_err(|e| PodError::Source(c.name.clone(), e))?;
+        let img = host
+            .images
+            .ensure(&src, &host.pull)
+            .await
+            .map_err(|e| PodError::Image(c.name.clone(), e))?;
+        images.insert(c.image.clone(), img);
+    }
+
+    // gVisor runs with its own network stack off for now: only the crun runtime joins the pod network.
+    let attachment: Option<Attachment> = match (&host.network, runtime.kind()) {
+        (Some(net), RuntimeKind::Container) => Some(net.attach(&plan.id).await?),
+        _ => None,
+    };
+    let ip = attachment.as_ref().map(|a| a.ip);
+    let record = PodRecord {
+        plan: plan.clone(),
+        runtime: runtime.kind(),
+        ip,
+        netns: attachment.as_ref().map(|a| a.netns.clone()),
+    };
+    let rec_path = pdir.join("pod.json");
+    std::fs::write(
+        &rec_path,
+        serde_json::to_vec_pretty(&record).unwrap_or_default(),
+    )
+    .map_err(io("write", &rec_path))?;
+
+    // /etc files shared by the pod's containers.
+    let etc = pdir.join("etc");
+    for (name, content) in [
+        ("hosts", hosts_file(&plan.hostname, ip)),
+        (
+            "resolv.conf",
+            resolv_conf(&plan.namespace, attachment.as_ref().map(|a| a.gateway)),
+        ),
+        ("hostname", format!("{}\n", plan.hostname)),
+    ] {
+        let p = etc.join(name);
+        std::fs::write(&p, content).map_err(io("write", &p))?;
+    }
+
+    // Volumes.
+    let vols = pdir.join("volumes");
+    for v in &plan.volumes {
+        let vdir = vols.join(&v.name);
+        std::fs::create_dir_all(&vdir).map_err(io("create", &vdir))?;
+        if let VolumeKind::Files { default_mode, .. } = &v.kind {
+            for (rel, content) in files.get(&v.name).into_iter().flatten() {
+                let p = inside(&vdir, rel)
+                    .ok_or_else(|| PodError::FilePath(v.name.clone(), rel.clone()))?;
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+                }
+                std::fs::write(&p, content).map_err(io("write", &p))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*default_mode))
+                    .map_err(io("chmod", &p))?;
+            }
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&vdir, std::fs::Permissions::from_mode(0o777))
+                .map_err(io("chmod", &vdir))?;
+        }
+    }
+
+    // The pod's IPC namespace, kept alive by a bind mount on a file.
+    let ipc = pdir.join("ipc.ns");
+    if runtime.kind() == RuntimeKind::Container && !crate::rootfs::is_mountpoint(&ipc) {
+        std::fs::write(&ipc, b"").map_err(io("create", &ipc))?;
+        let out = tokio::process::Command::new("unshare")
+            .arg(format!("--ipc={}", ipc.display()))
+            .arg("true")
+            .output()
+            .await
+            .map_err(io("run unshare for", &ipc))?;
+        if !out.status.success() {
+            return Err(PodError::Namespace(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+    }
+    let context = SandboxContext {
+        hostname: plan.hostname.clone(),
+        netns: attachment.as_ref().map(|a| a.netns_path.clone()),
+        ipcns: (runtime.kind() == RuntimeKind::Container).then(|| ipc.clone()),
+        ..Default::default()
+    };
+
+    let config_for = |c: &ContainerPlan| -> Result<crate::spec::ContainerConfig, PodError> {
+        let mut cfg = c.config();
+        for k in &c.pod_ip_env {
+            cfg.env
+                .push((k.clone(), ip.map(|ip| ip.to_string()).unwrap_or_default()));
+        }
+        for name in ["hosts", "resolv.conf", "hostname"] {
+            cfg.mounts.push(Mount {
+                host_path: etc.join(name),
+                container_path: format!("/etc/{name}"),
+                read_only: false,
+            });
+        }
+        for m in &c.volume_mounts {
+            let base = vols.join(&m.volume);
+            let host_path = match &m.sub_path {
+                Some(sp) => {
+                    let p = inside(&base, sp).ok_or_else(|| {
+                        PodError::SubPath(c.name.clone(), m.volume.clone(), sp.clone())
+                    })?;
+                    std::fs::create_dir_all(&p).map_err(io("create", &p))?;
+                    p
+                }
+                None => base,
+            };
+            cfg.mounts.push(Mount {
+                host_path,
+                container_path: m.path.clone(),
+                read_only: m.read_only,
+            });
+        }
+        Ok(cfg)
+    };
+
+    let mut init_exits = Vec::new();
+    for c in &plan.init_containers {
+        let id = container_id(&plan.id, &c.name);
+        let cfg = config_for(c)?;
+        let img = &images[&c.image];
+        let started = container::start(
+            &host.data_dir,
+            &host.images,
+            runtime.clone(),
+            container::Launch {
+                id: &id,
+                image: img,
+                config: &cfg,
+                sandbox: &context,
+                io: Io::Logged,
+                restart_count: 0,
+            },
+        )
+        .await
+        .map_err(|e| PodError::Container(c.name.clone(), e))?;
+        let exit = started
+            .wait()
+            .await
+            .map_err(|e| PodError::Container(c.name.clone(), e))?;
+        info!(pod = %plan.id, container = %c.name, code = exit.code, "init container finished");
+        if exit.code != 0 {
+            return Err(PodError::InitFailed {
+                name: c.name.clone(),
+                code: exit.code,
+            });
+        }
+        init_exits.push(exit);
+    }
+
+    let mut running = Vec::new();
+    for c in &plan.containers {
+        let id = container_id(&plan.id, &c.name);
+        let cfg = config_for(c)?;
+        let img = &images[&c.image];
+        let started = container::start(
+            &host.data_dir,
+            &host.images,
+            runtime.clone(),
+            container::Launch {
+                id: &id,
+                image: img,
+                config: &cfg,
+                sandbox: &context,
+                io: Io::Logged,
+                restart_count: 0,
+            },
+        )
+        .await
+        .map_err(|e| PodError::Container(c.name.clone(), e))?;
+        running.push((c.name.clone(), tokio::spawn(started.wait())));
+    }
+    info!(pod = %plan.id, ?ip, runtime = %runtime.kind(), "pod running");
+    Ok(PodRun {
+        id: plan.id.clone(),
+        dir: pdir,
+        ip,
+        init_exits,
+        runtime,
+        running,
+    })
+}
+
+impl PodRun {
+    /// Host ids of the regular containers.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.running
+            .iter()
+            .map(|(n, _)| container_id(&self.id, n))
+            .collect()
+    }
+
+    /// Stops every container: SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&self, grace: std::time::Duration) {
+        for id in self.container_ids() {
+            if let Err(e) = self.runtime.kill(&id, 15).await {
+                warn!(%id, error = %e, "SIGTERM failed (already exited?)");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if self.running.iter().all(|(_, h)| h.is_finished()) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for id in self.container_ids() {
+            let _ = self.runtime.kill(&id, 9).await;
+        }
+    }
+
+    /// Waits for every regular container; returns (name, exit) in spec order and the pod phase.
+    pub async fn wait(self) -> Result<(Vec<(String, Exit)>, Phase), PodError> {
+        let mut out = Vec::new();
+        for (name, h) in self.running {
+            let exit = h
+                .await
+                .map_err(|e| {
+                    PodError::Container(
+                        name.clone(),
+                        ContainerError::Io {
+                            op: "join",
+                            path: PathBuf::new(),
+                            source: std::io::Error::other(e),
+                        },
+                    )
+                })?
+                .map_err(|e| PodError::Container(name.clone(), e))?;
+            out.push((name, exit));
+        }
+        let phase = phase_of(&out.iter().map(|(_, e)| e.code).collect::<Vec<_>>());
+        Ok((out, phase))
+    }
+}
+
+/// Removes a stopped pod: its containers' directories, its namespaces, its address, its files.
+pub async fn remove(host: &Host, plan: &PodPlan) -> Result<(), PodError> {
+    for c in plan.init_containers.iter().chain(&plan.containers) {
+        container::remove(&host.data_dir, &container_id(&plan.id, &c.name))
+            .map_err(|e| PodError::Container(c.name.clone(), e))?;
+    }
+    if let Some(net) = &host.network {
+        net.detach(&plan.id).await?;
+    }
+    let pdir = dir(&host.data_dir, &plan.id);
+    let ipc = pdir.join("ipc.ns");
+    if crate::rootfs::is_mountpoint(&ipc) {
+        rustix::mount::unmount(&ipc, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| io("unmount", &ipc)(e.into()))?;
+    }
+    match std::fs::remove_dir_all(&pdir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("remove", &pdir)(e)),
+    }
+}
+
+/// Pods recorded on disk (what a restarted agent finds again).
+pub fn list(data_dir: &Path) -> Vec<PodRecord> {
+    let Ok(rd) = std::fs::read_dir(data_dir.join("pods")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read(e.path().join("pod.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pure_parts() {
+        assert_eq!(phase_of(&[0, 0]), Phase::Succeeded);
+        assert_eq!(phase_of(&[0, 1]), Phase::Failed);
+        let h = hosts_file("web", Some("10.0.0.5".parse().unwrap()));
+        assert!(h.contains("127.0.0.1\tlocalhost\n") && h.ends_with("10.0.0.5\tweb\n"));
+        assert!(resolv_conf("shop", None).starts_with("search shop.svc.cluster.local"));
+        assert_eq!(
+            inside(Path::new("/v"), "a/b"),
+            Some(PathBuf::from("/v/a/b"))
+        );
+        assert_eq!(inside(Path::new("/v"), "../x"), None);
+        assert_eq!(inside(Path::new("/v"), "/etc"), None);
+    }
+}

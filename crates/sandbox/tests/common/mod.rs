@@ -1,0 +1,365 @@
+//! Test fixtures: images built here from Debian's static busybox, written as OCI layouts and
+//! served by a real `docker-registry` on a loopback port. No test touches the internet.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use sandbox::digest::Digest;
+
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "ls", "true", "false", "env", "id", "hostname", "head", "yes",
+    "dd", "kill", "ps", "test", "grep", "wc", "pwd", "mkdir", "rm", "touch", "stat", "ip", "wget",
+    "nc", "httpd", "timeout", "uname", "seq",
+];
+
+#[derive(Clone, Copy, Debug)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+pub enum Entry {
+    File(&'static str, Vec<u8>, u32),
+    Dir(&'static str),
+    Symlink(&'static str, &'static str),
+}
+
+/// A tar of `entries`.
+pub fn tar(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        match e {
+            Entry::File(p, data, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                h.set_mode(*mode);
+                h.set_cksum();
+                b.append_data(&mut h, p, &data[..]).unwrap();
+            }
+            Entry::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o755);
+                h.set_cksum();
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            Entry::Symlink(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// The base layer: static busybox with applet symlinks, /etc, /tmp.
+pub fn busybox_layer() -> Vec<u8> {
+    let bb = std::fs::read(BUSYBOX).expect("install Debian's busybox-static");
+    let mut entries = vec![
+        Entry::Dir("bin/"),
+        Entry::File("bin/busybox", bb, 0o755),
+        Entry::Dir("etc/"),
+        Entry::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n".to_vec(),
+            0o644,
+        ),
+        Entry::File("etc/group", b"root:x:0:\nnobody:x:65534:\n".to_vec(), 0o644),
+        Entry::File("etc/remove-me", b"gone in layer 2\n".to_vec(), 0o644),
+        Entry::Dir("data/"),
+        Entry::File("data/old", b"hidden by opaque dir\n".to_vec(), 0o644),
+        Entry::Dir("tmp/"),
+        Entry::Dir("root/"),
+    ];
+    for a in APPLETS {
+        let p: &'static str = Box::leak(format!("bin/{a}").into_boxed_str());
+        entries.push(Entry::Symlink(p, "busybox"));
+    }
+    tar(&entries)
+}
+
+/// A second layer exercising whiteouts and opaque directories.
+pub fn top_layer() -> Vec<u8> {
+    tar(&[
+        Entry::Dir("etc/"),
+        Entry::File("etc/.wh.remove-me", vec![], 0o644),
+        Entry::File("etc/motd", b"hello from layer 2\n".to_vec(), 0o644),
+        Entry::Dir("data/"),
+        Entry::File("data/.wh..wh..opq", vec![], 0o644),
+        Entry::File("data/new", b"new\n".to_vec(), 0o644),
+    ])
+}
+
+pub fn compress(t: &[u8], c: Compression) -> (Vec<u8>, &'static str) {
+    match c {
+        Compression::None => (t.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(t).unwrap();
+            (
+                gz.finish().unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        }
+        Compression::Zstd => (
+            ruzstd::encoding::compress_to_vec(t, ruzstd::encoding::CompressionLevel::Fastest),
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+    }
+}
+
+/// Blobs of one image: (digest, bytes, media type) for each, plus the manifest bytes.
+pub struct Built {
+    pub blobs: Vec<(Digest, Vec<u8>)>,
+    pub manifest: Vec<u8>,
+    pub manifest_digest: Digest,
+    pub media_type: &'static str,
+    /// When built with an index: the index bytes and digest.
+    pub index: Option<(Vec<u8>, Digest)>,
+    pub layer_digests: Vec<Digest>,
+    /// Other manifests the index names (a decoy for another platform).
+    pub extra_manifests: Vec<(Digest, Vec<u8>)>,
+}
+
+/// Builds an image from uncompressed layer tars. `cmd` becomes the config's Cmd.
+pub fn build(layers: &[(Vec<u8>, Compression)], cmd: &[&str], with_index: bool) -> Built {
+    let mut blobs = Vec::new();
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut layer_digests = Vec::new();
+    for (t, c) in layers {
+        let (b, mt) = compress(t, *c);
+        let d = Digest::of(&b);
+        diff_ids.push(Digest::of(t).to_string());
+        descs.push(serde_json::json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()}));
+        layer_digests.push(d.clone());
+        blobs.push((d, b));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin", "FROM_IMAGE=yes"], "Cmd": cmd, "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = Digest::of(&config);
+    blobs.push((config_digest.clone(), config.clone()));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    let manifest_digest = Digest::of(&manifest);
+    let mut extra_manifests = Vec::new();
+    let index = with_index.then(|| {
+        let mut decoy: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        decoy["annotations"] = serde_json::json!({"decoy": "arm64"});
+        let decoy = serde_json::to_vec(&decoy).unwrap();
+        let bogus = Digest::of(&decoy);
+        extra_manifests.push((bogus.clone(), decoy.clone()));
+        let idx = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": bogus.to_string(), "size": decoy.len(),
+                 "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest.to_string(),
+                 "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+            ]
+        }))
+        .unwrap();
+        let d = Digest::of(&idx);
+        (idx, d)
+    });
+    Built {
+        blobs,
+        manifest,
+        manifest_digest,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        index,
+        layer_digests,
+        extra_manifests,
+    }
+}
+
+/// Writes `built` as an OCI layout in `dir` under `tag`.
+pub fn write_layout(dir: &Path, tag: &str, built: &Built) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    for (d, b) in &built.blobs {
+        std::fs::write(blobs.join(d.hex()), b).unwrap();
+    }
+    std::fs::write(blobs.join(built.manifest_digest.hex()), &built.manifest).unwrap();
+    for (d, m) in &built.extra_manifests {
+        std::fs::write(blobs.join(d.hex()), m).unwrap();
+    }
+    let (top, top_type, size) = match &built.index {
+        Some((idx, d)) => {
+            std::fs::write(blobs.join(d.hex()), idx).unwrap();
+            (
+                d.clone(),
+                "application/vnd.oci.image.index.v1+json",
+                idx.len(),
+            )
+        }
+        None => (
+            built.manifest_digest.clone(),
+            built.media_type,
+            built.manifest.len(),
+        ),
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": top_type, "digest": top.to_string(), "size": size,
+                       "annotations": {"org.opencontainers.image.ref.name": tag}}]
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// The usual test image: busybox + the whiteout layer, gzip, as an OCI layout under `dir`.
+pub fn busybox_layout(dir: &Path, cmd: &[&str]) -> Built {
+    let built = build(
+        &[
+            (busybox_layer(), Compression::Gzip),
+            (top_layer(), Compression::Zstd),
+        ],
+        cmd,
+        false,
+    );
+    write_layout(dir, "latest", &built);
+    built
+}
+
+/// A `docker-registry` (distribution 2.8) on a free loopback port, killed on drop.
+pub struct Registry {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("install Debian's docker-registry");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Registry {
+                    addr,
+                    child,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("docker-registry did not listen on {addr}");
+    }
+
+    /// Pushes `built` as `repo:tag` (the index when there is one), byte for byte.
+    pub async fn push(&self, repo: &str, tag: &str, built: &Built) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
+        let auth = oci_client::secrets::RegistryAuth::Anonymous;
+        let r: oci_client::Reference = format!("{}/{repo}:{tag}", self.addr).parse().unwrap();
+        client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        client
+            .auth(&r, &auth, oci_client::RegistryOperation::Push)
+            .await
+            .unwrap();
+        for (d, b) in &built.blobs {
+            client
+                .push_blob(&r, b.clone(), &d.to_string())
+                .await
+                .unwrap();
+        }
+        let hv = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        let by_digest: oci_client::Reference =
+            format!("{}/{repo}@{}", self.addr, built.manifest_digest)
+                .parse()
+                .unwrap();
+        match &built.index {
+            Some((idx, _)) => {
+                for (d, m) in &built.extra_manifests {
+                    let r: oci_client::Reference =
+                        format!("{}/{repo}@{d}", self.addr).parse().unwrap();
+                    client
+                        .push_manifest_raw(&r, m.clone(), hv(built.media_type))
+                        .await
+                        .unwrap();
+                }
+                client
+                    .push_manifest_raw(&by_digest, built.manifest.clone(), hv(built.media_type))
+                    .await
+                    .unwrap();
+                client
+                    .push_manifest_raw(
+                        &r,
+                        idx.clone(),
+                        hv("application/vnd.oci.image.index.v1+json"),
+                    )
+                    .await
+                    .unwrap();
+            }
+            None => {
+                client
+                    .push_manifest_raw(&r, built.manifest.clone(), hv(built.media_type))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_owned();
+    (d, p)
+}

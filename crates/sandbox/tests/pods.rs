@@ -1,0 +1,169 @@
+//! Whole pods: init containers, shared volumes, ConfigMap files, hostname, /etc/hosts, and for
+//! crun the pod network (containers share localhost; the pod IP is reachable from the bridge).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sandbox::image::{ImageStore, PullOptions, StoreOptions};
+use sandbox::network::{PodNetwork, Subnet};
+use sandbox::pod::{self, Host, Phase, VolumeFiles};
+use sandbox::runtime::{self, RuntimeKind};
+
+fn log_of(data: &std::path::Path, id: &str) -> String {
+    let raw = std::fs::read(sandbox::container::log_path(
+        &sandbox::container::dir(data, id),
+        0,
+    ))
+    .unwrap_or_default();
+    raw.split(|b| *b == b'\n')
+        .filter_map(sandbox::logs::parse_line)
+        .map(|r| String::from_utf8_lossy(&r.text).into_owned() + "\n")
+        .collect()
+}
+
+async fn wait_for_log(data: &std::path::Path, id: &str, needle: &str) -> String {
+    for _ in 0..200 {
+        let l = log_of(data, id);
+        if l.contains(needle) {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never logged {needle:?}: {}", log_of(data, id));
+}
+
+async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
+    let (_tmp, data) = data_dir();
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let image = format!("oci:{}", layout.display());
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let netns = format!("nltest-pods-{}-{subnet_octet}", std::process::id());
+    let network = PodNetwork::new(
+        &netns,
+        "nlbr0",
+        Subnet {
+            network: Ipv4Addr::new(10, 202, subnet_octet, 0),
+            prefix: 24,
+        },
+        data.join("network"),
+    );
+    let host = Host {
+        data_dir: data.clone(),
+        images: store,
+        network: Some(network.clone()),
+        pull: PullOptions::default(),
+    };
+    let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open(kind, &data).unwrap());
+
+    let shared_localhost = kind == RuntimeKind::Container;
+    let client_script = if shared_localhost {
+        "cat /cfg/key; hostname; grep web /etc/hosts; \
+         for i in $(seq 1 50); do wget -q -O - http://127.0.0.1:8080/greeting && break; sleep 0.1; done; echo client-done"
+    } else {
+        "cat /cfg/key; hostname; cat /work/greeting; echo client-done"
+    };
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "test", "uid": format!("uid-{kind}")},
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [
+                {"name": "init1", "image": image, "command": ["sh", "-c", "echo one > /work/order"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "init2", "image": image, "command": ["sh", "-c", "cat /work/order; echo hello-from-init > /work/greeting"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+            ],
+            "containers": [
+                {"name": "server", "image": image, "command": ["httpd", "-f", "-p", "8080", "-h", "/work"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work", "readOnly": true}]},
+                {"name": "client", "image": image, "command": ["sh", "-c", client_script],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}, {"name": "cfg", "mountPath": "/cfg", "readOnly": true}]}
+            ],
+            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "c"}}]
+        }
+    }))
+    .unwrap();
+    let plan = sandbox::plan::plan(&pod).unwrap();
+    let files: VolumeFiles = [(
+        "cfg".to_string(),
+        [("key".to_string(), b"value-from-configmap\n".to_vec())].into(),
+    )]
+    .into();
+    let run = pod::start(&host, rt.clone(), &plan, &files).await.unwrap();
+    assert_eq!(run.init_exits.len(), 2);
+    assert!(
+        log_of(&data, &pod::container_id(&plan.id, "init2")).contains("one"),
+        "init containers ran in order"
+    );
+
+    let client = pod::container_id(&plan.id, "client");
+    let log = wait_for_log(&data, &client, "client-done").await;
+    assert!(log.contains("value-from-configmap"), "{kind}: {log}");
+    assert!(log.contains("hello-from-init"), "{kind}: {log}");
+    assert!(
+        log.lines().any(|l| l == "web"),
+        "{kind}: hostname is the pod name: {log}"
+    );
+    if shared_localhost {
+        let ip = run.ip.unwrap();
+        assert!(
+            log.contains(&format!("{ip}\tweb")),
+            "{kind}: /etc/hosts names the pod IP: {log}"
+        );
+        // From the bridge's namespace, the pod answers on its own address.
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args([
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://{ip}:8080/greeting"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello-from-init\n",
+            "{kind}: {out:?}"
+        );
+    }
+    // Agent restart: the pod is found again on disk.
+    let found = pod::list(&data);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].plan, plan);
+
+    run.stop(Duration::from_secs(2)).await;
+    let (exits, phase) = run.wait().await.unwrap();
+    let code = |n: &str| exits.iter().find(|(name, _)| name == n).unwrap().1.code;
+    assert_eq!(code("client"), 0, "{kind}");
+    assert_ne!(code("server"), 0, "{kind}: the server was stopped");
+    assert_eq!(phase, Phase::Failed);
+    pod::remove(&host, &plan).await.unwrap();
+    assert!(!pod::dir(&data, &plan.id).exists());
+    network.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn crun_pod() {
+    if !runtime::available().contains(&RuntimeKind::Container) {
+        eprintln!("SKIPPED: crun is not installed (apt-get install crun)");
+        return;
+    }
+    pod_suite(RuntimeKind::Container, 1).await;
+}
+
+#[tokio::test]
+async fn gvisor_pod() {
+    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    pod_suite(RuntimeKind::Gvisor, 2).await;
+}
