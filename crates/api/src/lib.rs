@@ -22,3 +22,4 @@ pub mod selector;
 pub mod sizing;
 pub mod table;
 pub mod validation;
+pub mod scheduling;

@@ -40,7 +40,11 @@ pub struct Cause {
 
 impl Cause {
     pub fn required(field: impl Into<String>) -> Self {
-        Self { reason: "FieldValueRequired", message: "Required value".into(), field: field.into() }
+        Self {
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+            field: field.into(),
+        }
     }
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
         let shown = match value {
@@ -57,12 +61,19 @@ impl Cause {
         let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
             reason: "FieldValueNotSupported",
-            message: format!("Unsupported value: {value}: supported values: {}", quoted.join(", ")),
+            message: format!(
+                "Unsupported value: {value}: supported values: {}",
+                quoted.join(", ")
+            ),
             field: field.into(),
         }
     }
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { reason: "FieldValueForbidden", message: format!("Forbidden: {}", detail.into()), field: field.into() }
+        Self {
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {}", detail.into()),
+            field: field.into(),
+        }
     }
 }
 
@@ -109,7 +120,9 @@ pub struct ResourceDef {
 }
 
 /// Typed round trip of a JSON object through `T`.
-pub fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Result<Value, String> {
+pub fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: &Value,
+) -> Result<Value, String> {
     let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
@@ -155,7 +168,11 @@ fn is_empty_container(v: &Value) -> bool {
 
 impl ResourceDef {
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     pub fn namespaced(&self) -> bool {
         self.scope == Scope::Namespaced
@@ -164,12 +181,32 @@ impl ResourceDef {
 
 /// Columns for kinds without a printer: NAME and AGE (as upstream's default table convertor).
 pub const DEFAULT_COLUMNS: &[Column] = &[
-    Column { name: "Name", type_: "string", format: "name", description: "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names", priority: 0 },
-    Column { name: "Created At", type_: "date", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata", priority: 0 },
+    Column {
+        name: "Name",
+        type_: "string",
+        format: "name",
+        description: "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
+        priority: 0,
+    },
+    Column {
+        name: "Created At",
+        type_: "date",
+        format: "",
+        description: "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
+        priority: 0,
+    },
 ];
 
-const CORE_SUBRESOURCES_POD: &[&str] =
-    &["status", "binding", "log", "exec", "attach", "portforward", "eviction", "ephemeralcontainers"];
+const CORE_SUBRESOURCES_POD: &[&str] = &[
+    "status",
+    "binding",
+    "log",
+    "exec",
+    "attach",
+    "portforward",
+    "eviction",
+    "ephemeralcontainers",
+];
 
 macro_rules! resource {
     ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, [$($short:expr),*], [$($cat:expr),*],
@@ -235,12 +272,16 @@ pub static RESOURCES: &[ResourceDef] = &[
 
 /// Find a resource by group, version and plural (or singular/short name when `loose`).
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Find a resource by group and kind (any served version).
 pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceDef> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
 }
 
 /// The group-versions served, in discovery order (core first, then groups by name).

@@ -20,11 +20,23 @@ pub enum Operation {
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
     /// Change the object before validation (create and update).
-    async fn mutate(&self, _def: &ResourceDef, _op: Operation, _obj: &mut Value, _old: Option<&Value>) -> ApiResult<()> {
+    async fn mutate(
+        &self,
+        _def: &ResourceDef,
+        _op: Operation,
+        _obj: &mut Value,
+        _old: Option<&Value>,
+    ) -> ApiResult<()> {
         Ok(())
     }
     /// Accept or reject the final object (create, update; for delete `obj` is the object being deleted).
-    async fn validate(&self, _def: &ResourceDef, _op: Operation, _obj: &Value, _old: Option<&Value>) -> ApiResult<()> {
+    async fn validate(
+        &self,
+        _def: &ResourceDef,
+        _op: Operation,
+        _obj: &Value,
+        _old: Option<&Value>,
+    ) -> ApiResult<()> {
         Ok(())
     }
 }
@@ -42,13 +54,25 @@ impl Admission {
     pub fn push(&mut self, plugin: Arc<dyn Plugin>) {
         self.plugins.push(plugin);
     }
-    pub async fn mutate(&self, def: &ResourceDef, op: Operation, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+    pub async fn mutate(
+        &self,
+        def: &ResourceDef,
+        op: Operation,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> ApiResult<()> {
         for p in &self.plugins {
             p.mutate(def, op, obj, old).await?;
         }
         Ok(())
     }
-    pub async fn validate(&self, def: &ResourceDef, op: Operation, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+    pub async fn validate(
+        &self,
+        def: &ResourceDef,
+        op: Operation,
+        obj: &Value,
+        old: Option<&Value>,
+    ) -> ApiResult<()> {
         for p in &self.plugins {
             p.validate(def, op, obj, old).await?;
         }
@@ -75,23 +99,18 @@ pub mod builtin {
         fn name(&self) -> &'static str {
             "PodDefaults"
         }
-        async fn mutate(&self, def: &ResourceDef, op: Operation, obj: &mut Value, _old: Option<&Value>) -> ApiResult<()> {
+        async fn mutate(
+            &self,
+            def: &ResourceDef,
+            op: Operation,
+            obj: &mut Value,
+            _old: Option<&Value>,
+        ) -> ApiResult<()> {
             if op != Operation::Create || def.kind != "Pod" || !def.group.is_empty() {
                 return Ok(());
             }
-            let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
-            if !spec.get("serviceAccountName").is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
-                spec.insert("serviceAccountName".into(), "default".into());
-            }
-            let tolerations = spec.entry("tolerations").or_insert_with(|| Value::Array(vec![]));
-            if let Some(list) = tolerations.as_array_mut() {
-                for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
-                    let present = list.iter().any(|t| t.get("key").and_then(Value::as_str) == Some(key));
-                    if !present {
-                        list.push(serde_json::json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
-                    }
-                }
-            }
+            api::defaults::pod_default_service_account(obj);
+            api::defaults::pod_default_tolerations(obj);
             Ok(())
         }
     }

@@ -27,12 +27,29 @@ pub fn version() -> Value {
     })
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// (name, kind, group, version, verbs) of one subresource.
-fn subresource_info(def: &ResourceDef, sub: &str) -> (&'static str, &'static str, &'static str, Vec<&'static str>) {
+fn subresource_info(
+    def: &ResourceDef,
+    sub: &str,
+) -> (&'static str, &'static str, &'static str, Vec<&'static str>) {
     match sub {
-        "status" => (def.kind, def.group, def.version, vec!["get", "patch", "update"]),
+        "status" => (
+            def.kind,
+            def.group,
+            def.version,
+            vec!["get", "patch", "update"],
+        ),
         "scale" => ("Scale", "autoscaling", "v1", vec!["get", "patch", "update"]),
         "binding" => ("Binding", "", "v1", vec!["create"]),
         "eviction" => ("Eviction", "policy", "v1", vec!["create"]),
@@ -40,19 +57,41 @@ fn subresource_info(def: &ResourceDef, sub: &str) -> (&'static str, &'static str
         "exec" => ("PodExecOptions", "", "v1", vec!["create", "get"]),
         "attach" => ("PodAttachOptions", "", "v1", vec!["create", "get"]),
         "portforward" => ("PodPortForwardOptions", "", "v1", vec!["create", "get"]),
-        "proxy" if def.kind == "Node" => ("NodeProxyOptions", "", "v1", vec!["create", "delete", "get", "patch", "update"]),
-        "proxy" => ("ServiceProxyOptions", "", "v1", vec!["create", "delete", "get", "patch", "update"]),
+        "proxy" if def.kind == "Node" => (
+            "NodeProxyOptions",
+            "",
+            "v1",
+            vec!["create", "delete", "get", "patch", "update"],
+        ),
+        "proxy" => (
+            "ServiceProxyOptions",
+            "",
+            "v1",
+            vec!["create", "delete", "get", "patch", "update"],
+        ),
         "finalize" => ("Namespace", "", "v1", vec!["update"]),
-        "token" => ("TokenRequest", "authentication.k8s.io", "v1", vec!["create"]),
+        "token" => (
+            "TokenRequest",
+            "authentication.k8s.io",
+            "v1",
+            vec!["create"],
+        ),
         "ephemeralcontainers" => ("Pod", "", "v1", vec!["get", "patch", "update"]),
         _ => (def.kind, def.group, def.version, vec!["get"]),
     }
 }
 
 fn legacy_resource_list(group: &str, version: &str) -> Value {
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     let mut resources = Vec::new();
-    for def in RESOURCES.iter().filter(|d| d.group == group && d.version == version) {
+    for def in RESOURCES
+        .iter()
+        .filter(|d| d.group == group && d.version == version)
+    {
         let mut r = json!({
             "name": def.plural,
             "singularName": def.singular,
@@ -82,7 +121,10 @@ fn legacy_resource_list(group: &str, version: &str) -> Value {
 
 fn aggregated_version(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for def in RESOURCES.iter().filter(|d| d.group == group && d.version == version) {
+    for def in RESOURCES
+        .iter()
+        .filter(|d| d.group == group && d.version == version)
+    {
         let subs: Vec<Value> = def
             .subresources
             .iter()
@@ -138,7 +180,10 @@ fn aggregated_list(core: bool, av: &str) -> Value {
 
 /// Which aggregated discovery version the client accepts first, if any.
 fn aggregated_accept(headers: &HeaderMap) -> Option<&'static str> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     for part in accept.split(',') {
         let p = part.replace(' ', "");
         if p.contains("g=apidiscovery.k8s.io") && p.contains("as=APIGroupDiscoveryList") {
@@ -158,13 +203,19 @@ fn aggregated_accept(headers: &HeaderMap) -> Option<&'static str> {
 
 fn respond(body: &Value, content_type: &str) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    (StatusCode::OK, [(header::CONTENT_TYPE, content_type.to_string())], bytes).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type.to_string())],
+        bytes,
+    )
+        .into_response()
 }
 
 fn aggregated(core: bool, av: &str) -> Response {
     let ct = format!("application/json;g=apidiscovery.k8s.io;v={av};as=APIGroupDiscoveryList");
     let mut resp = respond(&aggregated_list(core, av), &ct);
-    resp.headers_mut().insert(header::VARY, http::HeaderValue::from_static("Accept"));
+    resp.headers_mut()
+        .insert(header::VARY, http::HeaderValue::from_static("Accept"));
     resp
 }
 
@@ -201,7 +252,10 @@ pub fn apis(headers: &HeaderMap) -> Response {
         }
     }
     let groups: Vec<Value> = names.into_iter().map(group_json).collect();
-    respond(&json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}), "application/json")
+    respond(
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+        "application/json",
+    )
 }
 
 /// GET /apis/G
@@ -232,12 +286,30 @@ mod tests {
         let core = aggregated_list(true, "v2");
         let items = core["items"].as_array().expect("items");
         assert_eq!(items.len(), 1);
-        let pods = items[0]["versions"][0]["resources"].as_array().expect("resources").iter().find(|r| r["resource"] == "pods").expect("pods").clone();
+        let pods = items[0]["versions"][0]["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .expect("pods")
+            .clone();
         assert_eq!(pods["responseKind"]["kind"], "Pod");
         assert_eq!(pods["scope"], "Namespaced");
-        assert!(pods["subresources"].as_array().expect("subs").iter().any(|s| s["subresource"] == "exec"));
+        assert!(
+            pods["subresources"]
+                .as_array()
+                .expect("subs")
+                .iter()
+                .any(|s| s["subresource"] == "exec")
+        );
         let groups = aggregated_list(false, "v2beta1");
-        assert!(groups["items"].as_array().expect("items").iter().any(|g| g["metadata"]["name"] == "apps"));
+        assert!(
+            groups["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .any(|g| g["metadata"]["name"] == "apps")
+        );
     }
 
     #[test]
@@ -247,14 +319,23 @@ mod tests {
         assert_eq!(aggregated_accept(&h), Some("v2"));
         h.insert(header::ACCEPT, http::HeaderValue::from_static("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"));
         assert_eq!(aggregated_accept(&h), Some("v2beta1"));
-        h.insert(header::ACCEPT, http::HeaderValue::from_static("application/json, */*"));
+        h.insert(
+            header::ACCEPT,
+            http::HeaderValue::from_static("application/json, */*"),
+        );
         assert_eq!(aggregated_accept(&h), None);
     }
 
     #[test]
     fn legacy_list_has_scale_subresource_in_autoscaling() {
         let l = legacy_resource_list("apps", "v1");
-        let scale = l["resources"].as_array().expect("r").iter().find(|r| r["name"] == "deployments/scale").expect("scale").clone();
+        let scale = l["resources"]
+            .as_array()
+            .expect("r")
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .expect("scale")
+            .clone();
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
     }

@@ -15,18 +15,20 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod subresources;
+pub mod testing;
+pub mod watchcache;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use ::http::{HeaderMap, Method, StatusCode, header};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State as AxState};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use ::http::{HeaderMap, Method, StatusCode, header};
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
@@ -54,11 +56,30 @@ pub struct NoNodes;
 
 #[async_trait::async_trait]
 impl PodProxy for NoNodes {
-    async fn proxy(&self, st: &State, pod: &ObjectRef, sub: &str, _m: Method, _q: crate::http::Query, _h: HeaderMap, _b: Body) -> ApiResult<Response> {
+    async fn proxy(
+        &self,
+        st: &State,
+        pod: &ObjectRef,
+        sub: &str,
+        _m: Method,
+        _q: crate::http::Query,
+        _h: HeaderMap,
+        _b: Body,
+    ) -> ApiResult<Response> {
         let obj = st.objects.get(pod).await?;
-        match obj.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            None => Err(ApiError::bad_request(format!("pod {} does not have a host assigned", pod.name))),
-            Some(node) => Err(ApiError::service_unavailable(format!("no agent serves node {node:?} for {sub} of pod {}", pod.name))),
+        match obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            None => Err(ApiError::bad_request(format!(
+                "pod {} does not have a host assigned",
+                pod.name
+            ))),
+            Some(node) => Err(ApiError::service_unavailable(format!(
+                "no agent serves node {node:?} for {sub} of pod {}",
+                pod.name
+            ))),
         }
     }
 }
@@ -71,7 +92,9 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn new(initial: impl IntoIterator<Item = String>) -> Self {
-        Self { tokens: RwLock::new(initial.into_iter().collect()) }
+        Self {
+            tokens: RwLock::new(initial.into_iter().collect()),
+        }
     }
     pub fn add(&self, token: String) {
         if let Ok(mut t) = self.tokens.write() {
@@ -79,7 +102,10 @@ impl Tokens {
         }
     }
     pub fn valid(&self, token: &str) -> bool {
-        self.tokens.read().map(|t| t.contains(token)).unwrap_or(false)
+        self.tokens
+            .read()
+            .map(|t| t.contains(token))
+            .unwrap_or(false)
     }
 }
 
@@ -90,6 +116,8 @@ pub struct State {
     pub pod_proxy: Arc<dyn PodProxy>,
     /// host:port clients use to reach this server (for `/api`'s serverAddressByClientCIDRs).
     pub server_address: String,
+    /// The shared watch cache (None: every watch reads the backend).
+    pub watch_cache: Option<Arc<watchcache::WatchCache>>,
 }
 
 /// The whole API as an axum router.
@@ -113,12 +141,26 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-async fn core_resource(AxState(st): AxState<Arc<State>>, Path(rest): Path<String>, RawQuery(q): RawQuery, method: Method, headers: HeaderMap, body: Body) -> Response {
+async fn core_resource(
+    AxState(st): AxState<Arc<State>>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let query = crate::http::parse_query(q.as_deref());
     crate::http::serve(st, "", "v1", &rest, method, query, headers, body).await
 }
 
-async fn group_resource(AxState(st): AxState<Arc<State>>, Path((g, v, rest)): Path<(String, String, String)>, RawQuery(q): RawQuery, method: Method, headers: HeaderMap, body: Body) -> Response {
+async fn group_resource(
+    AxState(st): AxState<Arc<State>>,
+    Path((g, v, rest)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let query = crate::http::parse_query(q.as_deref());
     crate::http::serve(st, &g, &v, &rest, method, query, headers, body).await
 }
@@ -128,12 +170,20 @@ async fn openapi_doc(Path(path): Path<String>, headers: HeaderMap) -> Response {
         return ApiError::path_not_found().into_response();
     };
     let etag = format!("\"{}\"", doc.hash);
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         return StatusCode::NOT_MODIFIED.into_response();
     }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json".to_string()), (header::ETAG, etag), (header::CACHE_CONTROL, "public, immutable".to_string())],
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, "public, immutable".to_string()),
+        ],
         doc.body.clone(),
     )
         .into_response()
@@ -157,7 +207,11 @@ async fn authenticate(AxState(st): AxState<Arc<State>>, req: Request, next: Next
 }
 
 /// Serve `app` over HTTPS on `listener` until the task is dropped.
-pub async fn serve_tls(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) -> std::io::Result<()> {
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = match listener.accept().await {
@@ -180,8 +234,12 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: Arc<rustls::Serve
                 }
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc).await {
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -192,20 +250,49 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: Arc<rustls::Serve
 /// `kube-node-lease` namespaces and their `default` service accounts.
 pub async fn bootstrap(objects: &Objects) -> ApiResult<()> {
     let nsdef = api::resource::find("", "v1", "namespaces").expect("namespaces are served");
-    let sadef = api::resource::find("", "v1", "serviceaccounts").expect("serviceaccounts are served");
-    let opts = objects::WriteOptions { field_manager: "nodeless".into(), field_validation: "Strict".into(), dry_run: false };
+    let sadef =
+        api::resource::find("", "v1", "serviceaccounts").expect("serviceaccounts are served");
+    let opts = objects::WriteOptions {
+        field_manager: "nodeless".into(),
+        field_validation: "Strict".into(),
+        dry_run: false,
+    };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let r = ObjectRef { def: nsdef, namespace: None, name: ns.into() };
+        let r = ObjectRef {
+            def: nsdef,
+            namespace: None,
+            name: ns.into(),
+        };
         if objects.get(&r).await.is_err() {
-            match objects.create(nsdef, None, serde_json::json!({"metadata": {"name": ns}}), &opts).await {
+            match objects
+                .create(
+                    nsdef,
+                    None,
+                    serde_json::json!({"metadata": {"name": ns}}),
+                    &opts,
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
             }
         }
-        let sa = ObjectRef { def: sadef, namespace: Some(ns.into()), name: "default".into() };
+        let sa = ObjectRef {
+            def: sadef,
+            namespace: Some(ns.into()),
+            name: "default".into(),
+        };
         if objects.get(&sa).await.is_err() {
-            match objects.create(sadef, Some(ns), serde_json::json!({"metadata": {"name": "default"}}), &opts).await {
+            match objects
+                .create(
+                    sadef,
+                    Some(ns),
+                    serde_json::json!({"metadata": {"name": "default"}}),
+                    &opts,
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
@@ -217,8 +304,13 @@ pub async fn bootstrap(objects: &Objects) -> ApiResult<()> {
 
 /// Compact the store's history as upstream does: keep about `keep` of history (5 minutes
 /// upstream), compacting every `every`. Watches older than the compaction point get 410 Gone.
-pub async fn compactor(backend: Arc<dyn store::Backend>, every: std::time::Duration, keep: std::time::Duration) {
-    let mut marks: std::collections::VecDeque<(std::time::Instant, store::Revision)> = Default::default();
+pub async fn compactor(
+    backend: Arc<dyn store::Backend>,
+    every: std::time::Duration,
+    keep: std::time::Duration,
+) {
+    let mut marks: std::collections::VecDeque<(std::time::Instant, store::Revision)> =
+        Default::default();
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;

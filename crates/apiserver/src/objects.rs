@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use api::resource::{Cause, ResourceDef, Scope};
+use api::resource::{Cause, ResourceDef};
 use api::selector::{FieldSelector, LabelSelector};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
@@ -36,7 +36,11 @@ impl ObjectRef {
 }
 
 pub fn resource_name(def: &ResourceDef) -> String {
-    if def.group.is_empty() { def.plural.to_string() } else { format!("{}.{}", def.plural, def.group) }
+    if def.group.is_empty() {
+        def.plural.to_string()
+    } else {
+        format!("{}.{}", def.plural, def.group)
+    }
 }
 
 /// The storage location of a resource: (group segment, plural). Converted resources live with
@@ -44,7 +48,14 @@ pub fn resource_name(def: &ResourceDef) -> String {
 fn storage(def: &ResourceDef) -> (&str, &str) {
     match def.conversion {
         Some(c) => (c.storage_group, c.storage_plural),
-        None => (if def.group.is_empty() { "core" } else { def.group }, def.plural),
+        None => (
+            if def.group.is_empty() {
+                "core"
+            } else {
+                def.group
+            },
+            def.plural,
+        ),
     }
 }
 
@@ -111,7 +122,11 @@ pub struct Objects {
 }
 
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Decode a stored value as `def`'s form and stamp its resourceVersion.
@@ -127,7 +142,10 @@ fn decode_raw(bytes: &[u8], revision: Revision) -> ApiResult<Value> {
     let mut v: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::internal(format!("stored object is not valid JSON: {e}")))?;
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
     Ok(v)
 }
@@ -152,7 +170,9 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata was just made an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -163,12 +183,17 @@ fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn parse_rv(s: &str) -> ApiResult<Revision> {
-    s.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}")))
+    s.parse::<Revision>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}")))
 }
 
 const GENERATE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -176,13 +201,17 @@ const GENERATE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 fn generate_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..5).map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Check apiVersion/kind of a body against the URL's resource (missing ones are filled in).
 pub fn check_type(def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
     let Some(map) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
     };
     let want_av = def.api_version();
     match map.get("apiVersion").and_then(Value::as_str) {
@@ -208,7 +237,10 @@ pub fn check_type(def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
             )));
         }
     }
-    if map.get("metadata").is_some_and(|m| !m.is_object() && !m.is_null()) {
+    if map
+        .get("metadata")
+        .is_some_and(|m| !m.is_object() && !m.is_null())
+    {
         return Err(ApiError::bad_request("metadata must be an object"));
     }
     Ok(())
@@ -216,19 +248,37 @@ pub fn check_type(def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
 
 /// Typed decoding: type errors are BadRequest; unknown fields are an error (Strict), a warning
 /// (Warn, the default) or dropped silently (Ignore). Returns the canonical object.
-pub fn typed(def: &ResourceDef, obj: &Value, field_validation: &str, warnings: &mut Vec<String>) -> ApiResult<Value> {
+pub fn typed(
+    def: &ResourceDef,
+    obj: &Value,
+    field_validation: &str,
+    warnings: &mut Vec<String>,
+) -> ApiResult<Value> {
     let known = (def.roundtrip)(obj).map_err(|e| {
-        ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind))
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            def.kind, def.version, def.kind
+        ))
     })?;
     let unknown = api::resource::unknown_fields(obj, &known);
     if !unknown.is_empty() {
         match field_validation {
             "Strict" => {
-                let list: Vec<String> = unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.'))).collect();
-                return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|u| format!("unknown field {:?}", u.trim_start_matches('.')))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
             }
             "Ignore" => {}
-            _ => warnings.extend(unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.')))),
+            _ => warnings.extend(
+                unknown
+                    .iter()
+                    .map(|u| format!("unknown field {:?}", u.trim_start_matches('.'))),
+            ),
         }
     }
     Ok(known)
@@ -248,14 +298,23 @@ impl Objects {
         let (_, kv) = self.backend.get(&r.key(), None).await?;
         match kv {
             Some(kv) => decode(r.def, &kv.value, kv.mod_revision),
-            None => Err(ApiError::not_found(&r.resource_name(), &r.name).with_details(r.def.group, r.def.plural, &r.name)),
+            None => Err(
+                ApiError::not_found(&r.resource_name(), &r.name).with_details(
+                    r.def.group,
+                    r.def.plural,
+                    &r.name,
+                ),
+            ),
         }
     }
 
     async fn get_kv(&self, r: &ObjectRef) -> ApiResult<Option<(Value, Revision)>> {
         let (_, kv) = self.backend.get(&r.key(), None).await?;
         match kv {
-            Some(kv) => Ok(Some((decode(r.def, &kv.value, kv.mod_revision)?, kv.mod_revision))),
+            Some(kv) => Ok(Some((
+                decode(r.def, &kv.value, kv.mod_revision)?,
+                kv.mod_revision,
+            ))),
             None => Ok(None),
         }
     }
@@ -275,22 +334,37 @@ impl Objects {
             }
             None => (None, None),
         };
-        if revision.is_none() {
-            if let Some(rv) = opts.resource_version.as_deref().filter(|s| !s.is_empty() && *s != "0") {
-                let rv = parse_rv(rv)?;
-                let current = self.backend.current_revision().await?;
-                if opts.resource_version_match.as_deref() == Some("Exact") {
-                    revision = Some(rv);
-                } else if rv > current {
-                    return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {current}")));
-                }
+        if revision.is_none()
+            && let Some(rv) = opts
+                .resource_version
+                .as_deref()
+                .filter(|s| !s.is_empty() && *s != "0")
+        {
+            let rv = parse_rv(rv)?;
+            let current = self.backend.current_revision().await?;
+            if opts.resource_version_match.as_deref() == Some("Exact") {
+                revision = Some(rv);
+            } else if rv > current {
+                return Err(ApiError::timeout(format!(
+                    "Too large resource version: {rv}, current: {current}"
+                )));
             }
         }
         let mut items = Vec::new();
-        let filtering = opts.label_selector.as_ref().is_some_and(|s| !s.is_empty()) || opts.field_selector.is_some();
+        let filtering = opts.label_selector.as_ref().is_some_and(|s| !s.is_empty())
+            || opts.field_selector.is_some();
         loop {
-            let want = if opts.limit == 0 { 0 } else { opts.limit.saturating_sub(items.len()).max(if filtering { 100 } else { 0 }) };
-            let page = self.backend.list(&pfx, start_after.as_deref(), want, revision).await?;
+            let want = if opts.limit == 0 {
+                0
+            } else {
+                opts.limit
+                    .saturating_sub(items.len())
+                    .max(if filtering { 100 } else { 0 })
+            };
+            let page = self
+                .backend
+                .list(&pfx, start_after.as_deref(), want, revision)
+                .await?;
             revision = Some(page.revision);
             let mut last_key = None;
             for kv in page.items {
@@ -304,7 +378,8 @@ impl Objects {
                 }
             }
             let rev = page.revision;
-            let more_in_store = page.more || (opts.limit > 0 && items.len() >= opts.limit && last_key.is_some());
+            let more_in_store =
+                page.more || (opts.limit > 0 && items.len() >= opts.limit && last_key.is_some());
             if opts.limit > 0 && items.len() >= opts.limit {
                 if more_in_store {
                     // Is there anything after the last returned key?
@@ -312,7 +387,12 @@ impl Objects {
                     let probe = self.backend.list(&pfx, Some(&last), 1, Some(rev)).await?;
                     if !probe.items.is_empty() {
                         let remaining = self.backend.count(&pfx).await.ok();
-                        return Ok((items, rev, Some(encode_continue(rev, &last)), remaining.map(|r| r.max(0))));
+                        return Ok((
+                            items,
+                            rev,
+                            Some(encode_continue(rev, &last)),
+                            remaining.map(|r| r.max(0)),
+                        ));
                     }
                 }
                 return Ok((items, rev, None, None));
@@ -327,25 +407,38 @@ impl Objects {
     pub fn matches(&self, def: &ResourceDef, obj: &Value, opts: &ListOptions) -> ApiResult<bool> {
         if let Some(sel) = &opts.label_selector {
             let empty = Map::new();
-            let labels = meta(obj).and_then(|m| m.get("labels")).and_then(Value::as_object).unwrap_or(&empty);
+            let labels = meta(obj)
+                .and_then(|m| m.get("labels"))
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
             if !sel.matches(labels) {
                 return Ok(false);
             }
         }
         if let Some(fs) = &opts.field_selector {
-            return fs.matches_object(def.group, def.kind, obj).map_err(|e| ApiError::bad_request(e.to_string()));
+            return fs
+                .matches_object(def.group, def.kind, obj)
+                .map_err(|e| ApiError::bad_request(e.to_string()));
         }
         Ok(true)
     }
 
     /// Check that the namespace exists and is not terminating.
     async fn check_namespace(&self, ns: &str, creating: bool) -> ApiResult<()> {
-        let nsdef = api::resource::find("", "v1", "namespaces").expect("namespaces are always served");
-        let r = ObjectRef { def: nsdef, namespace: None, name: ns.to_string() };
+        let nsdef =
+            api::resource::find("", "v1", "namespaces").expect("namespaces are always served");
+        let r = ObjectRef {
+            def: nsdef,
+            namespace: None,
+            name: ns.to_string(),
+        };
         match self.get_kv(&r).await? {
             None => Err(ApiError::not_found("namespaces", ns).with_details("", "namespaces", ns)),
             Some((nsobj, _)) => {
-                if creating && meta(&nsobj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null())) {
+                if creating
+                    && meta(&nsobj)
+                        .is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()))
+                {
                     return Err(ApiError::forbidden(format!(
                         "unable to create new content in namespace {ns} because it is being terminated"
                     ))
@@ -357,13 +450,26 @@ impl Objects {
     }
 
     /// Create an object in `namespace` (None for cluster-scoped kinds).
-    pub async fn create(&self, def: &'static ResourceDef, namespace: Option<&str>, obj: Value, opts: &WriteOptions) -> ApiResult<Written> {
+    pub async fn create(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
         self.create_as(def, namespace, obj, opts, "Update").await
     }
 
     /// Create, recording the write in managedFields as `operation` ("Update"), or keeping the
     /// managedFields that server-side apply computed ("Apply").
-    async fn create_as(&self, def: &'static ResourceDef, namespace: Option<&str>, mut obj: Value, opts: &WriteOptions, operation: &str) -> ApiResult<Written> {
+    async fn create_as(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+        operation: &str,
+    ) -> ApiResult<Written> {
         check_type(def, &mut obj)?;
         let mut warnings = Vec::new();
         let mut obj = typed(def, &obj, &opts.field_validation, &mut warnings)?;
@@ -384,19 +490,32 @@ impl Objects {
             } else {
                 m.remove("namespace");
             }
-            let has_name = m.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-            if !has_name {
-                if let Some(g) = m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
-                    let name = format!("{g}{}", generate_suffix());
-                    m.insert("name".into(), name.into());
-                }
+            let has_name = m
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if !has_name
+                && let Some(g) = m
+                    .get("generateName")
+                    .and_then(Value::as_str)
+                    .filter(|g| !g.is_empty())
+            {
+                let name = format!("{g}{}", generate_suffix());
+                m.insert("name".into(), name.into());
             }
-            if !m.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+            if m.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(|n| n.is_empty())
+            {
                 return Err(ApiError::invalid(
                     def.kind,
                     def.group,
                     "",
-                    vec![Cause { reason: "FieldValueRequired", message: "Required value: name or generateName is required".into(), field: "metadata.name".into() }],
+                    vec![Cause {
+                        reason: "FieldValueRequired",
+                        message: "Required value: name or generateName is required".into(),
+                        field: "metadata.name".into(),
+                    }],
                 ));
             }
             m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
@@ -417,47 +536,88 @@ impl Objects {
         }
         prepare_for_create(def, &mut obj);
         (def.defaults)(&mut obj);
-        self.admission.mutate(def, Operation::Create, &mut obj, None).await?;
-        let mut causes = (def.validate)(&obj, None);
-        causes.extend(validate_meta_names(def, &obj));
+        if def.group == "batch" && def.kind == "Job" {
+            let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
+            api::defaults::job_selector(&mut obj, &uid);
+        }
+        self.admission
+            .mutate(def, Operation::Create, &mut obj, None)
+            .await?;
+        let causes = (def.validate)(&obj, None);
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
         }
-        self.admission.validate(def, Operation::Create, &obj, None).await?;
-        let manager = if opts.field_manager.is_empty() { "unknown" } else { &opts.field_manager };
+        self.admission
+            .validate(def, Operation::Create, &obj, None)
+            .await?;
+        let manager = if opts.field_manager.is_empty() {
+            "unknown"
+        } else {
+            &opts.field_manager
+        };
         if operation != "Apply" {
-            api::apply::update_managed_fields(None, &mut obj, manager, operation, None, &def.api_version(), &now_rfc3339());
+            api::apply::update_managed_fields(
+                None,
+                &mut obj,
+                manager,
+                operation,
+                None,
+                &def.api_version(),
+                &now_rfc3339(),
+            );
         }
-        let r = ObjectRef { def, namespace: namespace.map(str::to_string), name: name.clone() };
+        let r = ObjectRef {
+            def,
+            namespace: namespace.map(str::to_string),
+            name: name.clone(),
+        };
         if opts.dry_run {
-            return Ok(Written { object: obj, warnings, created: true });
+            return Ok(Written {
+                object: obj,
+                warnings,
+                created: true,
+            });
         }
         match self.backend.create(&r.key(), encode(def, &obj)).await {
             Ok(rev) => {
                 meta_mut(&mut obj).insert("resourceVersion".into(), rev.to_string().into());
-                Ok(Written { object: obj, warnings, created: true })
+                Ok(Written {
+                    object: obj,
+                    warnings,
+                    created: true,
+                })
             }
             Err(store::Error::AlreadyExists(_)) => {
-                Err(ApiError::already_exists(&r.resource_name(), &name).with_details(def.group, def.plural, &name))
+                Err(ApiError::already_exists(&r.resource_name(), &name)
+                    .with_details(def.group, def.plural, &name))
             }
             Err(e) => Err(e.into()),
         }
     }
 
     /// Replace an object (PUT), or one of its subresources (`status`).
-    pub async fn update(&self, r: &ObjectRef, subresource: Option<&str>, mut obj: Value, opts: &WriteOptions) -> ApiResult<Written> {
+    pub async fn update(
+        &self,
+        r: &ObjectRef,
+        subresource: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
         check_type(r.def, &mut obj)?;
         let mut warnings = Vec::new();
         let obj = typed(r.def, &obj, &opts.field_validation, &mut warnings)?;
-        if let Some(n) = meta_str(&obj, "name") {
-            if n != r.name {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({n}) does not match the name on the URL ({})",
-                    r.name
-                )));
-            }
+        if let Some(n) = meta_str(&obj, "name")
+            && n != r.name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({})",
+                r.name
+            )));
         }
-        let precondition = meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty()).map(parse_rv).transpose()?;
+        let precondition = meta_str(&obj, "resourceVersion")
+            .filter(|s| !s.is_empty())
+            .map(parse_rv)
+            .transpose()?;
         let current = self.get_kv(r).await?;
         let Some((old, rev)) = current else {
             if allow_create_on_update(r.def) && subresource.is_none() {
@@ -465,14 +625,22 @@ impl Objects {
                 meta_mut(&mut obj).insert("name".into(), r.name.clone().into());
                 return self.create(r.def, r.namespace.as_deref(), obj, opts).await;
             }
-            return Err(ApiError::not_found(&r.resource_name(), &r.name).with_details(r.def.group, r.def.plural, &r.name));
+            return Err(
+                ApiError::not_found(&r.resource_name(), &r.name).with_details(
+                    r.def.group,
+                    r.def.plural,
+                    &r.name,
+                ),
+            );
         };
-        if let Some(p) = precondition {
-            if p != rev {
-                return Err(ApiError::conflict(&r.resource_name(), &r.name, "the object has been modified; please apply your changes to the latest version and try again").with_details(r.def.group, r.def.plural, &r.name));
-            }
+        if let Some(p) = precondition
+            && p != rev
+        {
+            return Err(ApiError::conflict(&r.resource_name(), &r.name, "the object has been modified; please apply your changes to the latest version and try again").with_details(r.def.group, r.def.plural, &r.name));
         }
-        let mut w = self.write_over(r, subresource, old, rev, obj, opts, "Update").await?;
+        let mut w = self
+            .write_over(r, subresource, old, rev, obj, opts, "Update")
+            .await?;
         w.warnings.extend(warnings);
         Ok(w)
     }
@@ -492,45 +660,89 @@ impl Objects {
     ) -> ApiResult<Written> {
         let def = r.def;
         prepare_for_update(def, subresource, &old, &mut obj);
+        if def.group.is_empty() && def.kind == "Service" {
+            api::defaults::service_keep_allocated(&mut obj, &old);
+        }
         (def.defaults)(&mut obj);
-        self.admission.mutate(def, Operation::Update, &mut obj, Some(&old)).await?;
-        let mut causes = (def.validate)(&obj, Some(&old));
-        causes.extend(validate_meta_names(def, &obj));
+        self.admission
+            .mutate(def, Operation::Update, &mut obj, Some(&old))
+            .await?;
+        let causes = (def.validate)(&obj, Some(&old));
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &r.name, causes));
         }
-        self.admission.validate(def, Operation::Update, &obj, Some(&old)).await?;
+        self.admission
+            .validate(def, Operation::Update, &obj, Some(&old))
+            .await?;
         if def.generation && spec_of(&obj) != spec_of(&old) {
-            let g = meta(&old).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+            let g = meta(&old)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             meta_mut(&mut obj).insert("generation".into(), (g + 1).into());
         }
-        let manager = if opts.field_manager.is_empty() { "unknown" } else { &opts.field_manager };
+        let manager = if opts.field_manager.is_empty() {
+            "unknown"
+        } else {
+            &opts.field_manager
+        };
         if operation != "Apply" {
-            api::apply::update_managed_fields(Some(&old), &mut obj, manager, operation, subresource, &def.api_version(), &now_rfc3339());
+            api::apply::update_managed_fields(
+                Some(&old),
+                &mut obj,
+                manager,
+                operation,
+                subresource,
+                &def.api_version(),
+                &now_rfc3339(),
+            );
         }
         // A terminating object whose last finalizer is gone is deleted now.
-        let terminating = meta(&obj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
+        let terminating =
+            meta(&obj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
         if terminating && finalizers(&obj).is_empty() && !pending_graceful(def, &obj) {
             if opts.dry_run {
-                return Ok(Written { object: obj, warnings: vec![], created: false });
+                return Ok(Written {
+                    object: obj,
+                    warnings: vec![],
+                    created: false,
+                });
             }
             return match self.backend.delete(&r.key(), Some(rev)).await {
-                Ok(_) => Ok(Written { object: obj, warnings: vec![], created: false }),
+                Ok(_) => Ok(Written {
+                    object: obj,
+                    warnings: vec![],
+                    created: false,
+                }),
                 Err(store::Error::Conflict { .. }) => Err(self.conflict(r)),
-                Err(store::Error::NotFound(_)) => Err(ApiError::not_found(&r.resource_name(), &r.name)),
+                Err(store::Error::NotFound(_)) => {
+                    Err(ApiError::not_found(&r.resource_name(), &r.name))
+                }
                 Err(e) => Err(e.into()),
             };
         }
         if strip_rv(&obj) == strip_rv(&old) {
-            return Ok(Written { object: old, warnings: vec![], created: false });
+            return Ok(Written {
+                object: old,
+                warnings: vec![],
+                created: false,
+            });
         }
         if opts.dry_run {
-            return Ok(Written { object: obj, warnings: vec![], created: false });
+            return Ok(Written {
+                object: obj,
+                warnings: vec![],
+                created: false,
+            });
         }
         match self.backend.update(&r.key(), encode(def, &obj), rev).await {
             Ok(new_rev) => {
                 meta_mut(&mut obj).insert("resourceVersion".into(), new_rev.to_string().into());
-                Ok(Written { object: obj, warnings: vec![], created: false })
+                Ok(Written {
+                    object: obj,
+                    warnings: vec![],
+                    created: false,
+                })
             }
             Err(store::Error::Conflict { .. }) => Err(self.conflict(r)),
             Err(store::Error::NotFound(_)) => Err(ApiError::not_found(&r.resource_name(), &r.name)),
@@ -545,7 +757,14 @@ impl Objects {
 
     /// Read-modify-write with retries on conflicts (for patches and internal updates). `f` gets the
     /// current object (None when missing) and returns the new one, or an error.
-    pub async fn modify<F>(&self, r: &ObjectRef, subresource: Option<&str>, opts: &WriteOptions, operation: &str, mut f: F) -> ApiResult<Written>
+    pub async fn modify<F>(
+        &self,
+        r: &ObjectRef,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+        operation: &str,
+        mut f: F,
+    ) -> ApiResult<Written>
     where
         F: FnMut(Option<&Value>) -> ApiResult<Value>,
     {
@@ -556,26 +775,33 @@ impl Objects {
             let result = match current {
                 None => {
                     let obj = f(None)?;
-                    self.create_as(r.def, r.namespace.as_deref(), obj, opts, operation).await
+                    self.create_as(r.def, r.namespace.as_deref(), obj, opts, operation)
+                        .await
                 }
                 Some((old, rev)) => {
                     let mut obj = f(Some(&old))?;
                     check_type(r.def, &mut obj)?;
                     let mut warnings = Vec::new();
                     let obj = typed(r.def, &obj, &opts.field_validation, &mut warnings)?;
-                    if let Some(p) = meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty()) {
-                        if parse_rv(p)? != rev {
-                            return Err(self.conflict(r));
-                        }
+                    if let Some(p) = meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty())
+                        && parse_rv(p)? != rev
+                    {
+                        return Err(self.conflict(r));
                     }
-                    self.write_over(r, subresource, old, rev, obj, opts, operation).await.map(|mut w| {
-                        w.warnings.extend(warnings);
-                        w
-                    })
+                    self.write_over(r, subresource, old, rev, obj, opts, operation)
+                        .await
+                        .map(|mut w| {
+                            w.warnings.extend(warnings);
+                            w
+                        })
                 }
             };
             match result {
-                Err(e) if e.code == StatusCode::CONFLICT && e.reason == "Conflict" && attempts < 8 => continue,
+                Err(e)
+                    if e.code == StatusCode::CONFLICT && e.reason == "Conflict" && attempts < 8 =>
+                {
+                    continue;
+                }
                 other => return other,
             }
         }
@@ -588,32 +814,62 @@ impl Objects {
         loop {
             attempts += 1;
             let Some((mut obj, rev)) = self.get_kv(r).await? else {
-                return Err(ApiError::not_found(&r.resource_name(), &r.name).with_details(r.def.group, r.def.plural, &r.name));
+                return Err(
+                    ApiError::not_found(&r.resource_name(), &r.name).with_details(
+                        r.def.group,
+                        r.def.plural,
+                        &r.name,
+                    ),
+                );
             };
-            if let Some(uid) = &opts.precondition_uid {
-                if meta_str(&obj, "uid") != Some(uid.as_str()) {
-                    return Err(ApiError::conflict(&r.resource_name(), &r.name, &format!(
+            if let Some(uid) = &opts.precondition_uid
+                && meta_str(&obj, "uid") != Some(uid.as_str())
+            {
+                return Err(ApiError::conflict(
+                    &r.resource_name(),
+                    &r.name,
+                    &format!(
                         "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
                         meta_str(&obj, "uid").unwrap_or_default()
-                    )));
-                }
+                    ),
+                ));
             }
-            if let Some(prv) = &opts.precondition_rv {
-                if parse_rv(prv)? != rev {
-                    return Err(ApiError::conflict(&r.resource_name(), &r.name, &format!(
+            if let Some(prv) = &opts.precondition_rv
+                && parse_rv(prv)? != rev
+            {
+                return Err(ApiError::conflict(
+                    &r.resource_name(),
+                    &r.name,
+                    &format!(
                         "Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {rev}"
-                    )));
-                }
+                    ),
+                ));
             }
             self.admission.validate_delete(r.def, &obj).await?;
             let mut fins = finalizers(&obj);
-            let was_terminating = meta(&obj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
+            let was_terminating = meta(&obj)
+                .is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
             match opts.propagation_policy.as_deref() {
-                Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") && !was_terminating => fins.push("foregroundDeletion".into()),
-                Some("Orphan") if !fins.iter().any(|f| f == "orphan") && !was_terminating => fins.push("orphan".into()),
+                Some("Foreground")
+                    if !fins.iter().any(|f| f == "foregroundDeletion") && !was_terminating =>
+                {
+                    fins.push("foregroundDeletion".into())
+                }
+                Some("Orphan") if !fins.iter().any(|f| f == "orphan") && !was_terminating => {
+                    fins.push("orphan".into())
+                }
                 None | Some("Background") | Some("Foreground") | Some("Orphan") => {}
                 Some(other) => {
-                    return Err(ApiError::invalid("DeleteOptions", "", "", vec![Cause::not_supported("propagationPolicy", &Value::String(other.into()), &["Foreground", "Background", "Orphan"])]));
+                    return Err(ApiError::invalid(
+                        "DeleteOptions",
+                        "",
+                        "",
+                        vec![Cause::not_supported(
+                            "propagationPolicy",
+                            &Value::String(other.into()),
+                            &["Foreground", "Background", "Orphan"],
+                        )],
+                    ));
                 }
             }
             let grace = graceful_period(r.def, &obj, opts.grace_period_seconds);
@@ -645,8 +901,17 @@ impl Objects {
             let existing_grace = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
             let shorten = existing_grace.is_none_or(|g| grace < g);
             if !was_terminating || shorten {
-                let at = now.checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or(now);
-                m.insert("deletionTimestamp".into(), at.round(jiff::Unit::Second).unwrap_or(at).strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into());
+                let at = now
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or(now);
+                m.insert(
+                    "deletionTimestamp".into(),
+                    at.round(jiff::Unit::Second)
+                        .unwrap_or(at)
+                        .strftime("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string()
+                        .into(),
+                );
                 m.insert("deletionGracePeriodSeconds".into(), grace.into());
                 if r.def.generation {
                     let g = m.get("generation").and_then(Value::as_i64).unwrap_or(0);
@@ -656,7 +921,11 @@ impl Objects {
             if opts.dry_run {
                 return Ok((obj, false));
             }
-            match self.backend.update(&r.key(), encode(r.def, &obj), rev).await {
+            match self
+                .backend
+                .update(&r.key(), encode(r.def, &obj), rev)
+                .await
+            {
                 Ok(new_rev) => {
                     meta_mut(&mut obj).insert("resourceVersion".into(), new_rev.to_string().into());
                     return Ok((obj, false));
@@ -670,21 +939,47 @@ impl Objects {
     /// Read-modify-write for system subresources (binding, namespace finalize) that upstream
     /// writes without the update strategy: no admission and no update validation, but the same
     /// optimistic concurrency. A terminating namespace with no finalizers left is deleted.
-    pub async fn raw_modify<F>(&self, r: &ObjectRef, mut f: F, opts: &WriteOptions) -> ApiResult<Value>
+    pub async fn raw_modify<F>(
+        &self,
+        r: &ObjectRef,
+        mut f: F,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value>
     where
         F: FnMut(&Value) -> ApiResult<Value>,
     {
         for _ in 0..8 {
             let Some((old, rev)) = self.get_kv(r).await? else {
-                return Err(ApiError::not_found(&r.resource_name(), &r.name).with_details(r.def.group, r.def.plural, &r.name));
+                return Err(
+                    ApiError::not_found(&r.resource_name(), &r.name).with_details(
+                        r.def.group,
+                        r.def.plural,
+                        &r.name,
+                    ),
+                );
             };
             let mut obj = f(&old)?;
-            api::apply::update_managed_fields(Some(&old), &mut obj, &opts.field_manager, "Update", None, &r.def.api_version(), &now_rfc3339());
-            let terminating = meta(&obj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
-            let result = if r.def.kind == "Namespace" && terminating && !namespace_has_finalizers(&obj) && finalizers(&obj).is_empty() {
+            api::apply::update_managed_fields(
+                Some(&old),
+                &mut obj,
+                &opts.field_manager,
+                "Update",
+                None,
+                &r.def.api_version(),
+                &now_rfc3339(),
+            );
+            let terminating = meta(&obj)
+                .is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
+            let result = if r.def.kind == "Namespace"
+                && terminating
+                && !namespace_has_finalizers(&obj)
+                && finalizers(&obj).is_empty()
+            {
                 self.backend.delete(&r.key(), Some(rev)).await.map(|_| rev)
             } else {
-                self.backend.update(&r.key(), encode(r.def, &obj), rev).await
+                self.backend
+                    .update(&r.key(), encode(r.def, &obj), rev)
+                    .await
             };
             match result {
                 Ok(new_rev) => {
@@ -699,7 +994,12 @@ impl Objects {
     }
 
     /// Watch a collection after `after`.
-    pub async fn watch(&self, def: &'static ResourceDef, namespace: Option<&str>, after: Revision) -> ApiResult<store::WatchStream> {
+    pub async fn watch(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        after: Revision,
+    ) -> ApiResult<store::WatchStream> {
         Ok(self.backend.watch(&prefix(def, namespace), after).await?)
     }
 }
@@ -714,18 +1014,33 @@ fn strip_rv(v: &Value) -> Value {
 }
 
 fn allow_create_on_update(def: &ResourceDef) -> bool {
-    matches!((def.group, def.kind), ("coordination.k8s.io", "Lease") | ("", "Event") | ("events.k8s.io", "Event") | ("", "Endpoints"))
+    matches!(
+        (def.group, def.kind),
+        ("coordination.k8s.io", "Lease")
+            | ("", "Event")
+            | ("events.k8s.io", "Event")
+            | ("", "Endpoints")
+    )
 }
 
 /// Pods bound to a node are deleted gracefully (the node agent finishes the deletion).
 fn graceful_period(def: &ResourceDef, obj: &Value, requested: Option<i64>) -> i64 {
     if def.group.is_empty() && def.kind == "Pod" {
-        let bound = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-        let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+        let bound = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            obj.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
         if !bound || finished {
             return 0;
         }
-        let default = obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+        let default = obj
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
         let g = requested.unwrap_or(default);
         return g.max(0);
     }
@@ -735,11 +1050,17 @@ fn graceful_period(def: &ResourceDef, obj: &Value, requested: Option<i64>) -> i6
 fn pending_graceful(def: &ResourceDef, obj: &Value) -> bool {
     def.group.is_empty()
         && def.kind == "Pod"
-        && meta(obj).and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(0) > 0
+        && meta(obj)
+            .and_then(|m| m.get("deletionGracePeriodSeconds"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0
 }
 
 fn namespace_has_finalizers(obj: &Value) -> bool {
-    obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+    obj.pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
 }
 
 fn fins_namespace(obj: &mut Value) {
@@ -755,11 +1076,16 @@ fn prepare_for_create(def: &ResourceDef, obj: &mut Value) {
     if !def.status_split {
         return;
     }
-    let Some(map) = obj.as_object_mut() else { return };
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
     match (def.group, def.kind) {
         ("", "Pod") => {
             let qos = qos_class(map.get("spec"));
-            map.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+            map.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": qos}),
+            );
         }
         ("", "Node") | ("", "Namespace") => {}
         ("", "Service") => {
@@ -774,7 +1100,9 @@ fn prepare_for_create(def: &ResourceDef, obj: &mut Value) {
 /// Upstream's spec/status split on update: the main resource keeps the old status, `/status`
 /// keeps the old spec; system metadata never changes through an update.
 fn prepare_for_update(def: &ResourceDef, subresource: Option<&str>, old: &Value, obj: &mut Value) {
-    let Some(map) = obj.as_object_mut() else { return };
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
     match subresource {
         Some("status") => {
             let status = map.get("status").cloned();
@@ -800,15 +1128,31 @@ fn prepare_for_update(def: &ResourceDef, subresource: Option<&str>, old: &Value,
     }
     let old_meta = meta(old).cloned().unwrap_or_default();
     let m = meta_mut(obj);
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace", "generateName"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "name",
+        "namespace",
+        "generateName",
+    ] {
         match old_meta.get(field) {
             Some(v) => m.insert(field.into(), v.clone()),
             None => m.remove(field),
         };
     }
     // Finalizers cannot be added to an object being deleted (they may be removed).
-    if old_meta.get("deletionTimestamp").is_some_and(|d| !d.is_null()) {
-        let old_f: Vec<Value> = old_meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+    if old_meta
+        .get("deletionTimestamp")
+        .is_some_and(|d| !d.is_null())
+    {
+        let old_f: Vec<Value> = old_meta
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if let Some(new_f) = m.get("finalizers").and_then(Value::as_array).cloned() {
             let kept: Vec<Value> = new_f.into_iter().filter(|f| old_f.contains(f)).collect();
             m.insert("finalizers".into(), Value::Array(kept));
@@ -818,7 +1162,9 @@ fn prepare_for_update(def: &ResourceDef, subresource: Option<&str>, old: &Value,
 
 /// The pod's QoS class from its containers' requests and limits.
 fn qos_class(spec: Option<&Value>) -> &'static str {
-    let Some(spec) = spec else { return "BestEffort" };
+    let Some(spec) = spec else {
+        return "BestEffort";
+    };
     let containers: Vec<&Value> = ["containers", "initContainers"]
         .iter()
         .filter_map(|k| spec.get(*k).and_then(Value::as_array))
@@ -849,40 +1195,22 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
     }
 }
 
-/// Name syntax by scope (namespaces are DNS labels, services DNS-1035 labels, others subdomains).
-fn validate_meta_names(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
-    let mut out = Vec::new();
-    let name = meta_str(obj, "name").unwrap_or_default();
-    if !name.is_empty() {
-        let errs = match (def.group, def.kind) {
-            ("", "Namespace") => api::names::is_dns1123_label(name),
-            ("", "Service") => api::names::is_dns1035_label(name),
-            _ => api::names::is_dns1123_subdomain(name),
-        };
-        for e in errs {
-            out.push(Cause::invalid("metadata.name", &Value::String(name.into()), &e));
-        }
-    }
-    if def.scope == Scope::Namespaced {
-        if let Some(ns) = meta_str(obj, "namespace") {
-            for e in api::names::is_dns1123_label(ns) {
-                out.push(Cause::invalid("metadata.namespace", &Value::String(ns.into()), &e));
-            }
-        }
-    }
-    out.dedup();
-    out
-}
-
 fn encode_continue(rev: Revision, key: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": key}).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": key}).to_string())
 }
 
 fn decode_continue(token: &str) -> ApiResult<(Revision, String)> {
     use base64::Engine;
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     let rev = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
@@ -899,14 +1227,20 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let t = encode_continue(42, "/registry/core/pods/default/a");
-        assert_eq!(decode_continue(&t).expect("valid"), (42, "/registry/core/pods/default/a".to_string()));
+        assert_eq!(
+            decode_continue(&t).expect("valid"),
+            (42, "/registry/core/pods/default/a".to_string())
+        );
         assert!(decode_continue("!!!").is_err());
         assert!(decode_continue("e30").is_err());
     }
 
     #[test]
     fn qos_classes() {
-        assert_eq!(qos_class(Some(&json!({"containers": [{"name": "a"}]}))), "BestEffort");
+        assert_eq!(
+            qos_class(Some(&json!({"containers": [{"name": "a"}]}))),
+            "BestEffort"
+        );
         let g = json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
         assert_eq!(qos_class(Some(&g)), "Guaranteed");
         let b = json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]});

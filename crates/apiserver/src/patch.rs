@@ -20,8 +20,16 @@ pub enum PatchType {
 }
 
 pub fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json-patch+json" => Ok(PatchType::Json),
         "application/merge-patch+json" => Ok(PatchType::Merge),
@@ -30,7 +38,9 @@ pub fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+            ),
         )),
     }
 }
@@ -40,17 +50,21 @@ pub fn apply_patch(kind: PatchType, current: &Value, body: &[u8]) -> ApiResult<V
     match kind {
         PatchType::Json => api::patch::json_patch(current, body).map_err(patch_error),
         PatchType::Merge => {
-            let p: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let p: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             if !p.is_object() {
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
             Ok(api::patch::merge_patch(current, &p))
         }
         PatchType::Strategic => {
-            let p: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let p: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             api::patch::strategic_merge_patch(current, &p).map_err(patch_error)
         }
-        PatchType::Apply => Err(ApiError::internal("apply patches are handled by server-side apply")),
+        PatchType::Apply => Err(ApiError::internal(
+            "apply patches are handled by server-side apply",
+        )),
     }
 }
 
@@ -59,7 +73,15 @@ fn patch_error(e: api::patch::PatchError) -> ApiError {
     ApiError::new(code, e.reason(), e.message().to_string())
 }
 
-pub async fn patch(st: &State, r: &ObjectRef, sub: Option<&str>, headers: &HeaderMap, q: &Query, body: &[u8], opts: &WriteOptions) -> ApiResult<Written> {
+pub async fn patch(
+    st: &State,
+    r: &ObjectRef,
+    sub: Option<&str>,
+    headers: &HeaderMap,
+    q: &Query,
+    body: &[u8],
+    opts: &WriteOptions,
+) -> ApiResult<Written> {
     let kind = patch_type(headers)?;
     if kind == PatchType::Apply {
         let manager = q.get("fieldManager").filter(|m| !m.is_empty()).cloned().ok_or_else(|| {
@@ -76,23 +98,34 @@ pub async fn patch(st: &State, r: &ObjectRef, sub: Option<&str>, headers: &Heade
             .modify(r, sub, opts, "Apply", |live| {
                 let mut cfg = config.clone();
                 crate::objects::check_type(def, &mut cfg)?;
-                if let Some(n) = cfg.pointer("/metadata/name").and_then(Value::as_str) {
-                    if n != r.name {
-                        return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({})", r.name)));
-                    }
+                if let Some(n) = cfg.pointer("/metadata/name").and_then(Value::as_str)
+                    && n != r.name
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({n}) does not match the name on the URL ({})",
+                        r.name
+                    )));
                 }
-                let mut out = api::apply::apply_to(live, &cfg, &manager, sub, force, &now_rfc3339()).map_err(|e| {
-                    let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::CONFLICT);
-                    let mut err = ApiError::new(code, e.reason(), e.message()).with_details(def.group, def.plural, &r.name);
-                    if let Some(d) = err.details.as_mut() {
-                        d.causes = e
-                            .causes()
-                            .into_iter()
-                            .map(|c| Cause { reason: "FieldManagerConflict", message: c.message.unwrap_or_default(), field: c.field.unwrap_or_default() })
-                            .collect();
-                    }
-                    err
-                })?;
+                let mut out =
+                    api::apply::apply_to(live, &cfg, &manager, sub, force, &now_rfc3339())
+                        .map_err(|e| {
+                            let code =
+                                StatusCode::from_u16(e.code()).unwrap_or(StatusCode::CONFLICT);
+                            let mut err = ApiError::new(code, e.reason(), e.message())
+                                .with_details(def.group, def.plural, &r.name);
+                            if let Some(d) = err.details.as_mut() {
+                                d.causes = e
+                                    .causes()
+                                    .into_iter()
+                                    .map(|c| Cause {
+                                        reason: "FieldManagerConflict",
+                                        message: c.message.unwrap_or_default(),
+                                        field: c.field.unwrap_or_default(),
+                                    })
+                                    .collect();
+                            }
+                            err
+                        })?;
                 if let Some(m) = out.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.insert("name".into(), r.name.clone().into());
                     if live.is_none() {
@@ -105,7 +138,13 @@ pub async fn patch(st: &State, r: &ObjectRef, sub: Option<&str>, headers: &Heade
     }
     st.objects
         .modify(r, sub, opts, "Update", |live| match live {
-            None => Err(ApiError::not_found(&r.resource_name(), &r.name).with_details(r.def.group, r.def.plural, &r.name)),
+            None => Err(
+                ApiError::not_found(&r.resource_name(), &r.name).with_details(
+                    r.def.group,
+                    r.def.plural,
+                    &r.name,
+                ),
+            ),
             Some(current) => apply_patch(kind, current, body),
         })
         .await

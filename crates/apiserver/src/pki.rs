@@ -5,12 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("cannot read or write {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot make a certificate")]
     Cert(#[from] rcgen::Error),
     #[error("invalid TLS material")]
@@ -33,16 +40,28 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { path: path.into(), source }),
+        Err(source) => Err(PkiError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -55,7 +74,11 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     dn.push(DnType::CommonName, "nodeless-ca");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2035, 1, 1);
     Ok(params)
@@ -64,7 +87,9 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
 fn random_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..32).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..32)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 impl Pki {
@@ -72,7 +97,10 @@ impl Pki {
     /// serving certificate must cover.
     pub fn ensure(dir: &Path, names: &[String]) -> Result<Self, PkiError> {
         let pki = dir.join("pki");
-        std::fs::create_dir_all(&pki).map_err(|source| PkiError::Io { path: pki.clone(), source })?;
+        std::fs::create_dir_all(&pki).map_err(|source| PkiError::Io {
+            path: pki.clone(),
+            source,
+        })?;
         let (ca_pem, ca_key_pem) = match (read(&pki.join("ca.crt"))?, read(&pki.join("ca.key"))?) {
             (Some(c), Some(k)) => (c, k),
             _ => {
@@ -90,7 +118,11 @@ impl Pki {
             }
         }
         let wanted = sans.join(",");
-        let existing = (read(&pki.join("server.crt"))?, read(&pki.join("server.key"))?, read(&pki.join("server.names"))?);
+        let existing = (
+            read(&pki.join("server.crt"))?,
+            read(&pki.join("server.key"))?,
+            read(&pki.join("server.names"))?,
+        );
         let (cert_pem, key_pem) = match existing {
             (Some(c), Some(k), Some(n)) if n == wanted => (c, k),
             _ => {
@@ -98,7 +130,9 @@ impl Pki {
                 let issuer = Issuer::new(ca_params()?, ca_key);
                 let key = KeyPair::generate()?;
                 let mut params = CertificateParams::new(sans.clone())?;
-                params.distinguished_name.push(DnType::CommonName, "nodeless-apiserver");
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "nodeless-apiserver");
                 params.not_before = rcgen::date_time_ymd(2025, 1, 1);
                 params.not_after = rcgen::date_time_ymd(2035, 1, 1);
                 params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
@@ -117,21 +151,31 @@ impl Pki {
                 t
             }
         };
-        Ok(Self { ca_pem, cert_pem, key_pem, admin_token, dir: dir.to_path_buf() })
+        Ok(Self {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            admin_token,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// A rustls server config (ring provider, h2 and http/1.1).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|_| PkiError::Pem(self.dir.join("pki/server.crt")))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|_| PkiError::Pem(self.dir.join("pki/server.key")))?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|_| PkiError::Pem(self.dir.join("pki/server.crt")))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|_| PkiError::Pem(self.dir.join("pki/server.key")))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
@@ -149,7 +193,10 @@ impl Pki {
     /// Write the admin kubeconfig to `path` (mode 0600).
     pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<(), PkiError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| PkiError::Io { path: parent.into(), source })?;
+            std::fs::create_dir_all(parent).map_err(|source| PkiError::Io {
+                path: parent.into(),
+                source,
+            })?;
         }
         write_private(path, &self.kubeconfig(server))
     }
@@ -169,8 +216,14 @@ mod tests {
         assert_eq!(a.admin_token, b.admin_token);
         let c = Pki::ensure(dir.path(), &["10.9.9.9".into()]).expect("new name");
         assert_eq!(a.ca_pem, c.ca_pem, "the CA stays");
-        assert_ne!(a.cert_pem, c.cert_pem, "the serving cert is re-issued for new names");
+        assert_ne!(
+            a.cert_pem, c.cert_pem,
+            "the serving cert is re-issued for new names"
+        );
         assert!(c.server_config().is_ok());
-        assert!(a.kubeconfig("https://127.0.0.1:6443").contains(&a.admin_token));
+        assert!(
+            a.kubeconfig("https://127.0.0.1:6443")
+                .contains(&a.admin_token)
+        );
     }
 }

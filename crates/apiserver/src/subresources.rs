@@ -18,7 +18,13 @@ pub fn scale_of(obj: &Value) -> Value {
         .unwrap_or_default();
     let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
     let mut m = json!({});
-    for k in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
         if let Some(v) = meta.get(k) {
             m[k] = v.clone();
         }
@@ -33,10 +39,23 @@ pub fn scale_of(obj: &Value) -> Value {
 }
 
 /// PUT or PATCH of `scale`: the new replica count goes into `.spec.replicas`.
-pub async fn write_scale(st: &State, r: &ObjectRef, method: &Method, headers: &HeaderMap, body: &[u8], opts: &WriteOptions) -> ApiResult<Value> {
-    let kind = if method == Method::PUT { None } else { Some(patch_type(headers)?) };
+pub async fn write_scale(
+    st: &State,
+    r: &ObjectRef,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+    opts: &WriteOptions,
+) -> ApiResult<Value> {
+    let kind = if method == Method::PUT {
+        None
+    } else {
+        Some(patch_type(headers)?)
+    };
     if kind == Some(PatchType::Apply) {
-        return Err(ApiError::unsupported_media_type("application/apply-patch+yaml"));
+        return Err(ApiError::unsupported_media_type(
+            "application/apply-patch+yaml",
+        ));
     }
     let w = st
         .objects
@@ -49,11 +68,10 @@ pub async fn write_scale(st: &State, r: &ObjectRef, method: &Method, headers: &H
                 None => crate::http::decode_body(headers, body)?,
                 Some(k) => apply_patch(k, &scale, body)?,
             };
-            if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                if method == Method::PUT && Some(rv) != meta_str(current, "resourceVersion") {
+            if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                && method == Method::PUT && Some(rv) != meta_str(current, "resourceVersion") {
                     return Err(ApiError::conflict(&r.resource_name(), &r.name, "the object has been modified; please apply your changes to the latest version and try again"));
                 }
-            }
             let replicas = new_scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
             if replicas < 0 {
                 return Err(ApiError::invalid("Scale", "autoscaling", &r.name, vec![api::resource::Cause::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")]));
@@ -71,11 +89,24 @@ pub async fn write_scale(st: &State, r: &ObjectRef, method: &Method, headers: &H
 
 /// POST pods/NAME/binding: assign the pod to a node (once).
 pub async fn bind(st: &State, r: &ObjectRef, binding: &Value) -> ApiResult<()> {
-    let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if node.is_empty() {
-        return Err(ApiError::invalid("Binding", "", &r.name, vec![api::resource::Cause::required("target.name")]));
+        return Err(ApiError::invalid(
+            "Binding",
+            "",
+            &r.name,
+            vec![api::resource::Cause::required("target.name")],
+        ));
     }
-    let opts = WriteOptions { field_manager: "scheduler".into(), field_validation: "Ignore".into(), dry_run: false };
+    let opts = WriteOptions {
+        field_manager: "scheduler".into(),
+        field_validation: "Ignore".into(),
+        dry_run: false,
+    };
     st.objects
         .raw_modify(r, |current| {
             if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
@@ -102,9 +133,18 @@ pub async fn evict(st: &State, r: &ObjectRef, eviction: &Value) -> ApiResult<()>
     let o = eviction.get("deleteOptions").cloned().unwrap_or(json!({}));
     let opts = DeleteOptions {
         grace_period_seconds: o.get("gracePeriodSeconds").and_then(Value::as_i64),
-        propagation_policy: o.get("propagationPolicy").and_then(Value::as_str).map(str::to_string),
-        precondition_uid: o.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        precondition_rv: o.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
+        propagation_policy: o
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        precondition_uid: o
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        precondition_rv: o
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         dry_run: false,
     };
     st.objects.delete(r, &opts).await.map(|_| ())
@@ -113,15 +153,26 @@ pub async fn evict(st: &State, r: &ObjectRef, eviction: &Value) -> ApiResult<()>
 /// PUT namespaces/NAME/finalize: replace `spec.finalizers`; the namespace goes when none is left
 /// and it is terminating.
 pub async fn finalize_namespace(st: &State, r: &ObjectRef, body: Value) -> ApiResult<Value> {
-    let fins = body.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
-    let opts = WriteOptions { field_manager: "namespace-controller".into(), field_validation: "Ignore".into(), dry_run: false };
+    let fins = body
+        .pointer("/spec/finalizers")
+        .cloned()
+        .unwrap_or(json!([]));
+    let opts = WriteOptions {
+        field_manager: "namespace-controller".into(),
+        field_validation: "Ignore".into(),
+        dry_run: false,
+    };
     let w = st
         .objects
-        .raw_modify(r, |current| {
-            let mut obj = current.clone();
-            obj["spec"]["finalizers"] = fins.clone();
-            Ok(obj)
-        }, &opts)
+        .raw_modify(
+            r,
+            |current| {
+                let mut obj = current.clone();
+                obj["spec"]["finalizers"] = fins.clone();
+                Ok(obj)
+            },
+            &opts,
+        )
         .await?;
     Ok(w)
 }

@@ -46,16 +46,22 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let backend: Arc<dyn store::Backend> = match args.store {
         StoreKind::Sqlite => {
             let path = args.data_dir.join("state.db");
-            Arc::new(store::sqlite::Sqlite::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?)
+            Arc::new(
+                store::sqlite::Sqlite::open(&path)
+                    .with_context(|| format!("cannot open the store {}", path.display()))?,
+            )
         }
         StoreKind::Etcd => Arc::new(
             store::etcd::Etcd::connect(&args.etcd_endpoints, &args.etcd_prefix)
                 .await
-                .with_context(|| format!("cannot reach etcd at {}", args.etcd_endpoints.join(",")))?,
+                .with_context(|| {
+                    format!("cannot reach etcd at {}", args.etcd_endpoints.join(","))
+                })?,
         ),
         StoreKind::Memory => Arc::new(store::memory::Memory::new()),
     };
@@ -64,16 +70,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if !ip.is_unspecified() {
         names.push(ip.to_string());
     }
-    let pki = apiserver::pki::Pki::ensure(&args.data_dir, &names).context("cannot set up the server's certificates")?;
+    let pki = apiserver::pki::Pki::ensure(&args.data_dir, &names)
+        .context("cannot set up the server's certificates")?;
     let tls = pki.server_config()?;
     let mut admission = Admission::default();
     admission.push(Arc::new(PodDefaults));
-    tokio::spawn(apiserver::compactor(backend.clone(), std::time::Duration::from_secs(60), std::time::Duration::from_secs(300)));
+    tokio::spawn(apiserver::compactor(
+        backend.clone(),
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(300),
+    ));
+    let watch_cache = apiserver::watchcache::WatchCache::start(backend.clone(), 50_000)
+        .await
+        .context("cannot start the watch cache")?;
     let objects = Objects::new(backend, admission);
-    apiserver::bootstrap(&objects).await.map_err(|e| anyhow::anyhow!("cannot create the initial namespaces: {e}"))?;
-    let host = if ip.is_unspecified() { "127.0.0.1".to_string() } else { ip.to_string() };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
-    let listener = tokio::net::TcpListener::bind(args.bind).await.with_context(|| format!("cannot listen on {}", args.bind))?;
+    apiserver::bootstrap(&objects)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the initial namespaces: {e}"))?;
+    let host = if ip.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        ip.to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
     let port = listener.local_addr()?.port();
     let server_url = format!("https://{host}:{port}");
     let state = Arc::new(apiserver::State {
@@ -81,9 +107,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokens: apiserver::Tokens::new([pki.admin_token.clone()]),
         pod_proxy: Arc::new(apiserver::NoNodes),
         server_address: format!("{host}:{port}"),
+        watch_cache: Some(watch_cache),
     });
-    let kubeconfig = args.kubeconfig.clone().unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
-    pki.write_kubeconfig(&kubeconfig, &server_url).context("cannot write the kubeconfig")?;
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+    pki.write_kubeconfig(&kubeconfig, &server_url)
+        .context("cannot write the kubeconfig")?;
     tracing::info!(url = %server_url, kubeconfig = %kubeconfig.display(), store = ?args.store, startup_ms = started.elapsed().as_millis() as u64, "API server ready");
     let app = apiserver::router(state);
     tokio::select! {

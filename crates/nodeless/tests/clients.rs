@@ -6,13 +6,17 @@ mod common;
 use common::Server;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
 async fn client(server: &Server) -> kube::Client {
     let kc = Kubeconfig::read_from(&server.kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     kube::Client::try_from(cfg).unwrap()
 }
 
@@ -34,23 +38,82 @@ async fn kube_rs_crud_watch_and_apply() {
     // Watch from the current list revision, then make changes.
     let list = pods.list(&ListParams::default()).await.unwrap();
     let rv = list.metadata.resource_version.clone().unwrap();
-    let mut stream = pods.watch(&WatchParams::default().labels("app=a"), &rv).await.unwrap().boxed();
+    let mut stream = pods
+        .watch(&WatchParams::default().labels("app=a"), &rv)
+        .await
+        .unwrap()
+        .boxed();
 
     for i in 0..3 {
-        pods.create(&PostParams::default(), &pod(&format!("a{i}"), "a")).await.unwrap();
+        pods.create(&PostParams::default(), &pod(&format!("a{i}"), "a"))
+            .await
+            .unwrap();
     }
-    pods.create(&PostParams::default(), &pod("b0", "b")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("b0", "b"))
+        .await
+        .unwrap();
     let created = pods.get("a0").await.unwrap();
-    assert_eq!(created.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending"));
-    assert_eq!(created.spec.as_ref().and_then(|s| s.restart_policy.as_deref()), Some("Always"), "defaults");
+    assert_eq!(
+        created.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+    assert_eq!(
+        created
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref()),
+        Some("Always"),
+        "defaults"
+    );
 
     // Label selectors, all operators.
-    let names = |l: kube::core::ObjectList<Pod>| l.items.into_iter().map(|p| p.metadata.name.unwrap()).collect::<Vec<_>>();
-    assert_eq!(names(pods.list(&ListParams::default().labels("app=a")).await.unwrap()), ["a0", "a1", "a2"]);
-    assert_eq!(names(pods.list(&ListParams::default().labels("app notin (a)")).await.unwrap()), ["b0"]);
-    assert_eq!(names(pods.list(&ListParams::default().labels("app in (a,b),app!=a")).await.unwrap()), ["b0"]);
-    assert_eq!(names(pods.list(&ListParams::default().labels("!app")).await.unwrap()).len(), 0);
-    assert_eq!(names(pods.list(&ListParams::default().fields("metadata.name=a1")).await.unwrap()), ["a1"]);
+    let names = |l: kube::core::ObjectList<Pod>| {
+        l.items
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("app=a"))
+                .await
+                .unwrap()
+        ),
+        ["a0", "a1", "a2"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("app notin (a)"))
+                .await
+                .unwrap()
+        ),
+        ["b0"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("app in (a,b),app!=a"))
+                .await
+                .unwrap()
+        ),
+        ["b0"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("!app"))
+                .await
+                .unwrap()
+        )
+        .len(),
+        0
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().fields("metadata.name=a1"))
+                .await
+                .unwrap()
+        ),
+        ["a1"]
+    );
 
     // Paging with limit/continue sees every pod once.
     let mut seen = Vec::new();
@@ -69,7 +132,11 @@ async fn kube_rs_crud_watch_and_apply() {
     // The watch saw exactly the three matching creations, in order.
     let mut added = Vec::new();
     while added.len() < 3 {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Some(WatchEvent::Added(p)) => added.push(p.metadata.name.unwrap()),
             Some(WatchEvent::Bookmark(_)) => {}
             other => panic!("unexpected event {other:?}"),
@@ -79,9 +146,22 @@ async fn kube_rs_crud_watch_and_apply() {
 
     // Optimistic concurrency: a stale update is a 409 Conflict.
     let mut stale = pods.get("a1").await.unwrap();
-    pods.patch("a1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}}))).await.unwrap();
-    stale.metadata.labels.get_or_insert_with(Default::default).insert("y".into(), "2".into());
-    let err = pods.replace("a1", &PostParams::default(), &stale).await.unwrap_err();
+    pods.patch(
+        "a1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+    )
+    .await
+    .unwrap();
+    stale
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("y".into(), "2".into());
+    let err = pods
+        .replace("a1", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (409, "Conflict")),
         other => panic!("expected a Conflict, got {other:?}"),
@@ -90,23 +170,60 @@ async fn kube_rs_crud_watch_and_apply() {
     // Server-side apply with field managers and conflicts.
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "v1"}});
-    cms.patch("ssa", &PatchParams::apply("alice"), &Patch::Apply(&cfg)).await.unwrap();
+    cms.patch("ssa", &PatchParams::apply("alice"), &Patch::Apply(&cfg))
+        .await
+        .unwrap();
     let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "v2"}});
-    let err = cms.patch("ssa", &PatchParams::apply("bob"), &Patch::Apply(&other)).await.unwrap_err();
+    let err = cms
+        .patch("ssa", &PatchParams::apply("bob"), &Patch::Apply(&other))
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(s) => {
             assert_eq!(s.code, 409);
-            assert!(s.message.contains("conflict with \"alice\""), "{}", s.message);
+            assert!(
+                s.message.contains("conflict with \"alice\""),
+                "{}",
+                s.message
+            );
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    let forced = cms.patch("ssa", &PatchParams::apply("bob").force(), &Patch::Apply(&other)).await.unwrap();
+    let forced = cms
+        .patch(
+            "ssa",
+            &PatchParams::apply("bob").force(),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap();
     assert_eq!(forced.data.unwrap()["k"], "v2");
 
     // Status subresource: the main resource ignores status, /status ignores spec.
-    pods.patch_status("a2", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}}))).await.unwrap();
-    pods.patch("a2", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Failed"}}))).await.unwrap();
-    assert_eq!(pods.get("a2").await.unwrap().status.unwrap().phase.as_deref(), Some("Running"));
+    pods.patch_status(
+        "a2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    pods.patch(
+        "a2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pods.get("a2")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Running")
+    );
 
     // dryRun=All writes nothing.
     let mut pp = PostParams::default();
@@ -123,7 +240,11 @@ async fn kube_rs_crud_watch_and_apply() {
 fn python_kubernetes_client() {
     let server = Server::start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python_client.py");
-    let out = std::process::Command::new("python3").arg(script).arg(&server.kubeconfig).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&server.kubeconfig)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "python client failed (is `pip install kubernetes` done? scripts/setup.sh does it):\n{}\n{}",

@@ -9,15 +9,28 @@ use common::{Server, eventually};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_share_one_etcd() {
     if store::etcd::LocalEtcd::binary().is_none() {
-        assert!(std::env::var_os("NODELESS_REQUIRE_ETCD").is_none(), "etcd is required (apt-get install etcd-server)");
+        assert!(
+            std::env::var_os("NODELESS_REQUIRE_ETCD").is_none(),
+            "etcd is required (apt-get install etcd-server)"
+        );
         eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let etcd = store::etcd::LocalEtcd::start(dir.path()).await.unwrap();
     let prefix = format!("/nodeless-test-{}", std::process::id());
-    let args = ["--store", "etcd", "--etcd-endpoints", etcd.endpoint(), "--etcd-prefix", prefix.as_str()];
-    let (a, b) = tokio::task::spawn_blocking(move || (Server::start_with(&args), Server::start_with(&args))).await.unwrap();
+    let args = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd.endpoint(),
+        "--etcd-prefix",
+        prefix.as_str(),
+    ];
+    let (a, b) =
+        tokio::task::spawn_blocking(move || (Server::start_with(&args), Server::start_with(&args)))
+            .await
+            .unwrap();
     tokio::task::spawn_blocking(move || {
         let k = "kubectl.1.33";
         let exe = common::which(k).unwrap();
@@ -31,17 +44,25 @@ async fn two_servers_share_one_etcd() {
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1500));
         a.ok(k, &["create", "configmap", "from-a", "--from-literal=k=v"]);
-        let got = b.ok(k, &["get", "configmap", "from-a", "-o", "jsonpath={.data.k}"]);
+        let got = b.ok(
+            k,
+            &["get", "configmap", "from-a", "-o", "jsonpath={.data.k}"],
+        );
         assert_eq!(got, "v", "server b reads what server a wrote");
         let stdout = watch.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });
-        eventually(15, "b's watch to see a's write", || rx.try_recv().ok().filter(|l| l.contains("from-a")));
+        eventually(15, "b's watch to see a's write", || {
+            rx.try_recv().ok().filter(|l| l.contains("from-a"))
+        });
         let _ = watch.kill();
         b.ok(k, &["delete", "configmap", "from-a"]);
         let out = a.kubectl_v(k, &["get", "configmap", "from-a"]);

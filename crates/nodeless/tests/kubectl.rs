@@ -45,80 +45,257 @@ fn kubectl_workflow_across_versions() {
         assert!(got.contains(&ns) && got.contains("Active"), "{k}: {got}");
 
         // create deployment (typed client: protobuf body on 1.32+)
-        server.ok(k, &["-n", &ns, "create", "deployment", "hello", "--image=busybox:1.36", "--replicas=2"]);
+        server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "create",
+                "deployment",
+                "hello",
+                "--image=busybox:1.36",
+                "--replicas=2",
+            ],
+        );
         let d = json(&server.ok(k, &["-n", &ns, "get", "deployment", "hello", "-o", "json"]));
         assert_eq!(d["spec"]["replicas"], 2, "{k}");
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.36");
-        assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate", "{k}: defaults applied");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["image"],
+            "busybox:1.36"
+        );
+        assert_eq!(
+            d["spec"]["strategy"]["type"], "RollingUpdate",
+            "{k}: defaults applied"
+        );
         assert_eq!(d["metadata"]["generation"], 1);
         let table = server.ok(k, &["-n", &ns, "get", "deploy"]);
-        assert!(table.contains("READY") && table.contains("UP-TO-DATE") && table.contains("hello"), "{k}: {table}");
+        assert!(
+            table.contains("READY") && table.contains("UP-TO-DATE") && table.contains("hello"),
+            "{k}: {table}"
+        );
 
         // apply -f: create, then change and re-apply (client-side, strategic merge patch)
         server.ok_stdin(k, &["-n", &ns, "apply", "-f", "-"], DEPLOYMENT_YAML);
-        let changed = DEPLOYMENT_YAML.replace("nginx:1.25", "nginx:1.26").replace("replicas: 2", "replicas: 3");
+        let changed = DEPLOYMENT_YAML
+            .replace("nginx:1.25", "nginx:1.26")
+            .replace("replicas: 2", "replicas: 3");
         let out = server.ok_stdin(k, &["-n", &ns, "apply", "-f", "-"], &changed);
         assert!(out.contains("configured"), "{k}: {out}");
         let d = json(&server.ok(k, &["-n", &ns, "get", "deploy", "web", "-o", "json"]));
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.26", "{k}");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.26",
+            "{k}"
+        );
         assert_eq!(d["spec"]["replicas"], 3);
-        assert_eq!(d["metadata"]["generation"], 2, "{k}: spec change bumps generation");
+        assert_eq!(
+            d["metadata"]["generation"], 2,
+            "{k}: spec change bumps generation"
+        );
         let out = server.ok_stdin(k, &["-n", &ns, "apply", "-f", "-"], &changed);
         assert!(out.contains("unchanged"), "{k}: {out}");
 
         // server-side apply
-        let cm = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: {ns}\ndata:\n  a: \"1\"\n");
+        let cm = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: {ns}\ndata:\n  a: \"1\"\n"
+        );
         server.ok_stdin(k, &["apply", "--server-side", "-f", "-"], &cm);
-        server.ok_stdin(k, &["apply", "--server-side", "-f", "-"], &cm.replace("\"1\"", "\"2\""));
-        let c = json(&server.ok(k, &["-n", &ns, "get", "cm", "ssa", "-o", "json", "--show-managed-fields"]));
+        server.ok_stdin(
+            k,
+            &["apply", "--server-side", "-f", "-"],
+            &cm.replace("\"1\"", "\"2\""),
+        );
+        let c = json(&server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "cm",
+                "ssa",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ));
         assert_eq!(c["data"]["a"], "2");
-        assert!(c["metadata"]["managedFields"].as_array().unwrap().iter().any(|m| m["manager"] == "kubectl" && m["operation"] == "Apply"), "{k}: {c}");
+        assert!(
+            c["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["manager"] == "kubectl" && m["operation"] == "Apply"),
+            "{k}: {c}"
+        );
 
         // scale, label, annotate, patch
         server.ok(k, &["-n", &ns, "scale", "deploy", "web", "--replicas=5"]);
-        assert_eq!(server.ok(k, &["-n", &ns, "get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "5");
+        assert_eq!(
+            server.ok(
+                k,
+                &[
+                    "-n",
+                    &ns,
+                    "get",
+                    "deploy",
+                    "web",
+                    "-o",
+                    "jsonpath={.spec.replicas}"
+                ]
+            ),
+            "5"
+        );
         server.ok(k, &["-n", &ns, "label", "deploy", "web", "tier=frontend"]);
         server.ok(k, &["-n", &ns, "annotate", "deploy", "web", "note=hi"]);
         server.ok(k, &["-n", &ns, "patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.27"}]}}}}"#]);
-        server.ok(k, &["-n", &ns, "patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]);
-        server.ok(k, &["-n", &ns, "patch", "deploy", "web", "--type=merge", "-p", r#"{"metadata":{"labels":{"merged":"yes"}}}"#]);
+        server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "deploy",
+                "web",
+                "--type=json",
+                "-p",
+                r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+            ],
+        );
+        server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "deploy",
+                "web",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"labels":{"merged":"yes"}}}"#,
+            ],
+        );
         let d = json(&server.ok(k, &["-n", &ns, "get", "deploy", "web", "-o", "json"]));
         assert_eq!(d["metadata"]["labels"]["tier"], "frontend");
         assert_eq!(d["metadata"]["labels"]["merged"], "yes");
         assert_eq!(d["metadata"]["annotations"]["note"], "hi");
         assert_eq!(d["spec"]["replicas"], 4);
-        let containers = d["spec"]["template"]["spec"]["containers"].as_array().unwrap();
-        assert_eq!(containers.len(), 1, "{k}: strategic merge by name keeps one container");
+        let containers = d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            containers.len(),
+            1,
+            "{k}: strategic merge by name keeps one container"
+        );
         assert_eq!(containers[0]["image"], "nginx:1.27");
-        assert_eq!(containers[0]["ports"][0]["containerPort"], 80, "{k}: untouched fields stay");
+        assert_eq!(
+            containers[0]["ports"][0]["containerPort"], 80,
+            "{k}: untouched fields stay"
+        );
 
         // selectors, wide output, labels, jsonpath, yaml
-        let wide = server.ok(k, &["-n", &ns, "get", "deploy", "-l", "tier=frontend", "-o", "wide", "--show-labels"]);
-        assert!(wide.contains("web") && !wide.contains("hello") && wide.contains("IMAGES") && wide.contains("tier=frontend"), "{k}: {wide}");
+        let wide = server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "-l",
+                "tier=frontend",
+                "-o",
+                "wide",
+                "--show-labels",
+            ],
+        );
+        assert!(
+            wide.contains("web")
+                && !wide.contains("hello")
+                && wide.contains("IMAGES")
+                && wide.contains("tier=frontend"),
+            "{k}: {wide}"
+        );
         let yaml = server.ok(k, &["-n", &ns, "get", "deploy", "web", "-o", "yaml"]);
-        assert!(yaml.contains("kind: Deployment") && yaml.contains("resourceVersion:"), "{k}");
+        assert!(
+            yaml.contains("kind: Deployment") && yaml.contains("resourceVersion:"),
+            "{k}"
+        );
         let all = server.ok(k, &["get", "deploy", "-A"]);
         assert!(all.contains(&ns) && all.contains("NAMESPACE"), "{k}: {all}");
 
         // describe, explain, api-resources
         let desc = server.ok(k, &["-n", &ns, "describe", "deploy", "web"]);
-        assert!(desc.contains("Name:") && desc.contains("web") && desc.contains("nginx:1.27"), "{k}: {desc}");
+        assert!(
+            desc.contains("Name:") && desc.contains("web") && desc.contains("nginx:1.27"),
+            "{k}: {desc}"
+        );
         let explain = server.ok(k, &["explain", "deployment.spec.replicas"]);
-        assert!(explain.to_lowercase().contains("replicas"), "{k}: {explain}");
+        assert!(
+            explain.to_lowercase().contains("replicas"),
+            "{k}: {explain}"
+        );
         let res = server.ok(k, &["api-resources"]);
-        for needle in ["pods", "deployments", "replicasets", "jobs", "leases", "configmaps"] {
-            assert!(res.contains(needle), "{k}: api-resources lacks {needle}: {res}");
+        for needle in [
+            "pods",
+            "deployments",
+            "replicasets",
+            "jobs",
+            "leases",
+            "configmaps",
+        ] {
+            assert!(
+                res.contains(needle),
+                "{k}: api-resources lacks {needle}: {res}"
+            );
         }
 
         // delete with finalizers: stays terminating until the finalizer goes
-        server.ok(k, &["-n", &ns, "create", "configmap", "fin", "--from-literal=a=b"]);
-        server.ok(k, &["-n", &ns, "patch", "cm", "fin", "-p", r#"{"metadata":{"finalizers":["example.com/hold"]}}"#]);
+        server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "create",
+                "configmap",
+                "fin",
+                "--from-literal=a=b",
+            ],
+        );
+        server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "cm",
+                "fin",
+                "-p",
+                r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+            ],
+        );
         server.ok(k, &["-n", &ns, "delete", "cm", "fin", "--wait=false"]);
         let c = json(&server.ok(k, &["-n", &ns, "get", "cm", "fin", "-o", "json"]));
-        assert!(c["metadata"]["deletionTimestamp"].is_string(), "{k}: terminating");
-        server.ok(k, &["-n", &ns, "patch", "cm", "fin", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
+        assert!(
+            c["metadata"]["deletionTimestamp"].is_string(),
+            "{k}: terminating"
+        );
+        server.ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "cm",
+                "fin",
+                "--type=json",
+                "-p",
+                r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+            ],
+        );
         let out = server.kubectl_v(k, &["-n", &ns, "get", "cm", "fin"]);
-        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{k}: gone after the finalizer");
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+            "{k}: gone after the finalizer"
+        );
 
         // delete (waits for the object to go)
         let out = server.ok(k, &["-n", &ns, "delete", "deploy", "hello"]);
@@ -136,7 +313,13 @@ fn kubectl_1_28_basics() {
     let k = "kubectl.1.28";
     server.ok(k, &["create", "deployment", "old", "--image=busybox:1.36"]);
     server.ok(k, &["scale", "deployment", "old", "--replicas=3"]);
-    assert_eq!(server.ok(k, &["get", "deploy", "old", "-o", "jsonpath={.spec.replicas}"]), "3");
+    assert_eq!(
+        server.ok(
+            k,
+            &["get", "deploy", "old", "-o", "jsonpath={.spec.replicas}"]
+        ),
+        "3"
+    );
     let t = server.ok(k, &["get", "deploy", "-o", "wide"]);
     assert!(t.contains("old") && t.contains("busybox:1.36"), "{t}");
     server.ok(k, &["label", "deploy", "old", "a=b"]);
@@ -156,14 +339,23 @@ fn bad_input_gets_upstream_errors() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let e = err(&["get", "pod", "nope"], None);
-    assert!(e.contains("Error from server (NotFound): pods \"nope\" not found"), "{e}");
+    assert!(
+        e.contains("Error from server (NotFound): pods \"nope\" not found"),
+        "{e}"
+    );
     let e = err(&["create", "namespace", "Bad_Name"], None);
     assert!(e.contains("Invalid") && e.contains("metadata.name"), "{e}");
     server.ok(k, &["create", "configmap", "dup"]);
     let e = err(&["create", "configmap", "dup"], None);
     assert!(e.contains("configmaps \"dup\" already exists"), "{e}");
-    let e = err(&["create", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nbogusField: 1\n"));
-    assert!(e.contains("unknown field") && e.contains("bogusField"), "strict field validation: {e}");
+    let e = err(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nbogusField: 1\n"),
+    );
+    assert!(
+        e.contains("unknown field") && e.contains("bogusField"),
+        "strict field validation: {e}"
+    );
     let e = err(&["-n", "missing", "create", "configmap", "x"], None);
     assert!(e.contains("namespaces \"missing\" not found"), "{e}");
 }
@@ -171,7 +363,9 @@ fn bad_input_gets_upstream_errors() {
 #[test]
 fn watch_streams_changes_to_kubectl() {
     let server = Server::start();
-    let k = common::which("kubectl.1.33").map(|_| "kubectl.1.33").unwrap_or("kubectl");
+    let k = common::which("kubectl.1.33")
+        .map(|_| "kubectl.1.33")
+        .unwrap_or("kubectl");
     let exe = common::which(k).unwrap();
     let mut child = std::process::Command::new(exe)
         .env("KUBECONFIG", &server.kubeconfig)
@@ -187,7 +381,10 @@ fn watch_streams_changes_to_kubectl() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -202,12 +399,23 @@ fn watch_streams_changes_to_kubectl() {
 fn requests_without_credentials_are_unauthorized() {
     let server = Server::start();
     let bad = server.dir.path().join("bad.kubeconfig");
-    let text = std::fs::read_to_string(&server.kubeconfig).unwrap().replace(&server.token(), "wrong-token");
+    let text = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .replace(&server.token(), "wrong-token");
     std::fs::write(&bad, text).unwrap();
-    let out = common::kubectl_at("kubectl.1.33", &bad, server.dir.path(), &["get", "pods"], None);
+    let out = common::kubectl_at(
+        "kubectl.1.33",
+        &bad,
+        server.dir.path(),
+        &["get", "pods"],
+        None,
+    );
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("Unauthorized") || e.contains("provide credentials"), "{e}");
+    assert!(
+        e.contains("Unauthorized") || e.contains("provide credentials"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -241,7 +449,9 @@ fn acknowledged_writes_survive_kill_9() {
             }
         }));
     }
-    eventually(60, "some acknowledged writes", || (acked.lock().unwrap().len() >= 40).then_some(()));
+    eventually(60, "some acknowledged writes", || {
+        (acked.lock().unwrap().len() >= 40).then_some(())
+    });
     server.kill9();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in writers {
@@ -250,8 +460,17 @@ fn acknowledged_writes_survive_kill_9() {
     let acked = acked.lock().unwrap().clone();
     server.spawn();
     let list = json(&server.ok("kubectl.1.33", &["get", "configmaps", "-o", "json"]));
-    let names: std::collections::HashSet<String> =
-        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let names: std::collections::HashSet<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     let missing: Vec<&String> = acked.iter().filter(|n| !names.contains(*n)).collect();
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost after kill -9: {missing:?}", missing.len(), acked.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost after kill -9: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
 }

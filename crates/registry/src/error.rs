@@ -87,6 +87,8 @@ pub enum RegistryError {
     RepositoryNotEmpty(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("another registry has {0} open")]
+    Locked(String),
 }
 
 impl RegistryError {
@@ -173,7 +175,10 @@ impl IntoResponse for RegistryError {
                 m.clone(),
                 None,
             ),
-            RegistryError::Store(_) | RegistryError::Io(_) | RegistryError::Json(_) => {
+            RegistryError::Store(_)
+            | RegistryError::Io(_)
+            | RegistryError::Json(_)
+            | RegistryError::Locked(_) => {
                 tracing::error!(error = ?self, "registry internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -110,6 +110,8 @@ pub struct Registry {
     config: Config,
     data_dir: PathBuf,
     upload_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held (flock) while the registry is open.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Registry {
@@ -209,6 +211,15 @@ impl Registry {
     ) -> Result<Registry, RegistryError> {
         let data_dir = data_dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&data_dir)?;
+        // One registry per data directory: the metadata lives in memory.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join("lock"))?;
+        if lock.try_lock().is_err() {
+            return Err(RegistryError::Locked(data_dir.display().to_string()));
+        }
         let meta = Meta::load(&data_dir.join("repositories"))?;
         let authority = Authority::load_or_create(&data_dir.join("auth"))?;
         Ok(Registry {
@@ -218,6 +229,7 @@ impl Registry {
             config,
             data_dir,
             upload_locks: std::sync::Mutex::new(HashMap::new()),
+            _lock: lock,
         })
     }
 

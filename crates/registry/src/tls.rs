@@ -200,3 +200,23 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_is_kept_and_serving_cert_follows_the_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ensure(dir.path(), &["localhost".into()]).unwrap();
+        let b = ensure(dir.path(), &["localhost".into()]).unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        assert_eq!(a.cert_pem, b.cert_pem);
+        let c = ensure(dir.path(), &["localhost".into(), "registry.example".into()]).unwrap();
+        assert_eq!(a.ca_pem, c.ca_pem);
+        assert_ne!(a.cert_pem, c.cert_pem);
+        server_config(&c).unwrap();
+        client_config(&c.ca_pem).unwrap();
+        assert!(client_config("not a pem").is_err());
+    }
+}

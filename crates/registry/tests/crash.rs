@@ -170,7 +170,7 @@ async fn kill_mid_push_loses_no_acknowledged_push() {
     drop(sock);
 
     // restart
-    let child = start(dir.path()).await;
+    let mut child = start(dir.path()).await;
     let c = &child.client;
     let (status, headers, body) = c
         .request_with(Method::GET, "/v2/app/manifests/v1", &[], Bytes::new())
@@ -221,7 +221,14 @@ async fn kill_mid_push_loses_no_acknowledged_push() {
         .await
         .unwrap();
     assert_eq!(status, 201, "{body:?}");
-    drop(child);
+
+    // while it runs, nobody else may open the data directory
+    assert!(matches!(
+        registry::Registry::open(dir.path()),
+        Err(registry::RegistryError::Locked(_))
+    ));
+    child.child.start_kill().unwrap();
+    child.child.wait().await.unwrap();
 
     // the interrupted session is left as an upload only, and the cleaner removes it
     let store = registry::store::fs::FsStore::open(dir.path().join("store")).unwrap();

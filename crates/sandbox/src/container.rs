@@ -111,7 +111,7 @@ pub enum Io {
 pub struct Started {
     pub id: String,
     pub dir: PathBuf,
-    child: tokio::process::Child,
+    process: crate::runtime::Process,
     pumps: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     runtime: Arc<dyn Runtime>,
     state: State,
@@ -268,7 +268,7 @@ pub async fn start(
         },
         _ => Stdio::piped(),
     };
-    let mut child = runtime.spawn(id, &dir, stdio)?;
+    let mut child = runtime.spawn(id, &dir, stdio).await?;
     state.status = Status::Running { started_at: now() };
     write_state(&dir, &state)?;
     debug!(%id, runtime = %runtime.kind(), "container started");
@@ -293,7 +293,7 @@ pub async fn start(
     Ok(Started {
         id: id.to_owned(),
         dir,
-        child,
+        process: child,
         pumps,
         runtime,
         state,
@@ -334,15 +334,20 @@ impl Started {
     /// Waits for the container to exit, records the result, and releases the runtime's state and
     /// the root filesystem mount (the writable layer and logs stay until [`remove`]).
     pub async fn wait(mut self) -> Result<Exit, ContainerError> {
-        let status = self.child.wait().await.map_err(io("wait", &self.dir))?;
-        for p in self.pumps.drain(..) {
-            match p.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(id = %self.id, error = %e, "log pump failed"),
-                Err(e) => warn!(id = %self.id, error = %e, "log pump panicked"),
+        let code = self.process.wait().await.map_err(io("wait", &self.dir))?;
+        for mut p in self.pumps.drain(..) {
+            // Output still buffered in the pipe drains quickly; a pipe some other process
+            // still holds open must not keep us waiting.
+            match tokio::time::timeout(std::time::Duration::from_secs(2), &mut p).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(id = %self.id, error = %e, "log pump failed"),
+                Ok(Err(e)) => warn!(id = %self.id, error = %e, "log pump panicked"),
+                Err(_) => {
+                    p.abort();
+                    warn!(id = %self.id, "log pipe still open after exit; stopped reading it");
+                }
             }
         }
-        let code = exit_code(status);
         let oom_killed = self
             .cgroup
             .as_deref()

@@ -38,6 +38,10 @@ pub enum PodError {
     InitFailed { name: String, code: i32 },
     #[error("creating the pod's IPC namespace: {0}")]
     Namespace(String),
+    #[error("pod sandbox (pause container): {0}")]
+    Pause(String),
+    #[error("no running container {0:?} in the pod")]
+    NoContainer(String),
     #[error("volume {0:?}: file path {1:?} escapes the volume")]
     FilePath(String, String),
     #[error("container {0:?} mounts volume {1:?} with subPath {2:?} that escapes it")]
@@ -152,6 +156,11 @@ pub struct PodRun {
         String,
         tokio::task::JoinHandle<Result<Exit, ContainerError>>,
     )>,
+    host: Host,
+    context: SandboxContext,
+    /// What each regular container runs, to start it again.
+    launches: BTreeMap<String, (crate::spec::ContainerConfig, crate::image::Image)>,
+    restarts: BTreeMap<String, u32>,
 }
 
 impl std::fmt::Debug for PodRun {
@@ -197,10 +206,9 @@ pub async fn start(
         images.insert(c.image.clone(), img);
     }
 
-    // gVisor runs with its own network stack off for now: only the crun runtime joins the pod network.
-    let attachment: Option<Attachment> = match (&host.network, runtime.kind()) {
-        (Some(net), RuntimeKind::Container) => Some(net.attach(&plan.id).await?),
-        _ => None,
+    let attachment: Option<Attachment> = match &host.network {
+        Some(net) => Some(net.attach(&plan.id).await?),
+        None => None,
     };
     let ip = attachment.as_ref().map(|a| a.ip);
     let record = PodRecord {
@@ -270,12 +278,21 @@ pub async fn start(
             ));
         }
     }
-    let context = SandboxContext {
+    let mut context = SandboxContext {
         hostname: plan.hostname.clone(),
         netns: attachment.as_ref().map(|a| a.netns_path.clone()),
         ipcns: (runtime.kind() == RuntimeKind::Container).then(|| ipc.clone()),
         ..Default::default()
     };
+    // gVisor: one sandbox for the whole pod, held by a pause container the others join; they
+    // share its network stack (the pod netns), IPC and PID namespaces.
+    if runtime.kind() == RuntimeKind::Gvisor {
+        let pause = start_pause(host, &runtime, &plan.id, &context).await?;
+        context.annotations = vec![
+            (crate::runtime::CONTAINER_TYPE.into(), "container".into()),
+            (crate::runtime::SANDBOX_ID.into(), pause),
+        ];
+    }
 
     let config_for = |c: &ContainerPlan| -> Result<crate::spec::ContainerConfig, PodError> {
         let mut cfg = c.config();
@@ -346,10 +363,12 @@ pub async fn start(
     }
 
     let mut running = Vec::new();
+    let mut launches = BTreeMap::new();
     for c in &plan.containers {
         let id = container_id(&plan.id, &c.name);
         let cfg = config_for(c)?;
         let img = &images[&c.image];
+        launches.insert(c.name.clone(), (cfg.clone(), img.clone()));
         let started = container::start(
             &host.data_dir,
             &host.images,
@@ -375,7 +394,91 @@ pub async fn start(
         init_exits,
         runtime,
         running,
+        host: host.clone(),
+        context,
+        launches,
+        restarts: BTreeMap::new(),
     })
+}
+
+/// The pause container's id for pod `pod_id`.
+pub fn pause_id(pod_id: &str) -> String {
+    container_id(pod_id, "pause")
+}
+
+/// The pause root filesystem: the host's static busybox, copied once.
+fn pause_rootfs(data_dir: &Path) -> Result<PathBuf, PodError> {
+    let root = data_dir.join("pause").join("rootfs");
+    let bin = root.join("bin/busybox");
+    if bin.is_file() {
+        return Ok(root);
+    }
+    let src = Path::new("/bin/busybox");
+    if !src.is_file() {
+        return Err(PodError::Pause(
+            "needs a static /bin/busybox: apt-get install busybox-static".into(),
+        ));
+    }
+    let dir = root.join("bin");
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        let p = root.join(d);
+        std::fs::create_dir_all(&p).map_err(io("create", &p))?;
+    }
+    let tmp = dir.join(".busybox.tmp");
+    std::fs::copy(src, &tmp).map_err(io("copy", &tmp))?;
+    std::fs::rename(&tmp, &bin).map_err(io("rename", &bin))?;
+    Ok(root)
+}
+
+async fn start_pause(
+    host: &Host,
+    runtime: &Arc<dyn Runtime>,
+    pod_id: &str,
+    context: &SandboxContext,
+) -> Result<String, PodError> {
+    let id = pause_id(pod_id);
+    if runtime.status(&id).await.ok().flatten().as_deref() == Some("running") {
+        return Ok(id);
+    }
+    runtime
+        .delete(&id)
+        .await
+        .map_err(|e| PodError::Pause(e.to_string()))?;
+    let rootfs = pause_rootfs(&host.data_dir)?;
+    let cfg = crate::spec::ContainerConfig {
+        name: "pause".into(),
+        command: Some(
+            ["/bin/busybox", "sleep", "2147483647"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        ..Default::default()
+    };
+    let mut sb = context.clone();
+    sb.annotations = vec![
+        (crate::runtime::CONTAINER_TYPE.into(), "sandbox".into()),
+        (crate::runtime::SANDBOX_ID.into(), id.clone()),
+    ];
+    let spec = crate::spec::runtime_spec(&cfg, &Default::default(), (0, 0), &rootfs, &sb)
+        .map_err(|e| PodError::Pause(e.to_string()))?;
+    let bundle = container::dir(&host.data_dir, &id);
+    std::fs::create_dir_all(&bundle).map_err(io("create", &bundle))?;
+    let p = bundle.join("config.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(&spec).unwrap_or_default())
+        .map_err(io("write", &p))?;
+    let stdio = crate::runtime::Stdio {
+        stdin: std::process::Stdio::null(),
+        stdout: std::process::Stdio::null(),
+        stderr: std::process::Stdio::null(),
+        foreground: false,
+    };
+    // The pause lives until the pod is removed; nobody waits for it.
+    let _process = runtime
+        .spawn(&id, &bundle, stdio)
+        .await
+        .map_err(|e| PodError::Pause(e.to_string()))?;
+    Ok(id)
 }
 
 impl PodRun {
@@ -406,6 +509,87 @@ impl PodRun {
         }
     }
 
+    /// Restarts one regular container: stops it (SIGTERM, SIGKILL after `grace`), then starts it
+    /// again with a fresh writable layer and a new log file. Returns how the previous run ended.
+    pub async fn restart(
+        &mut self,
+        name: &str,
+        grace: std::time::Duration,
+    ) -> Result<Exit, PodError> {
+        let pos = self
+            .running
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| PodError::NoContainer(name.to_owned()))?;
+        let id = container_id(&self.id, name);
+        let (_, mut handle) = self.running.remove(pos);
+        if !handle.is_finished() {
+            let _ = self.runtime.kill(&id, 15).await;
+        }
+        let previous = match tokio::time::timeout(grace, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                let _ = self.runtime.kill(&id, 9).await;
+                handle.await
+            }
+        };
+        let previous = previous
+            .map_err(|e| {
+                PodError::Container(
+                    name.to_owned(),
+                    ContainerError::Io {
+                        op: "join",
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    },
+                )
+            })?
+            .map_err(|e| PodError::Container(name.to_owned(), e))?;
+        let count = self.restarts.entry(name.to_owned()).or_insert(0);
+        *count += 1;
+        let restart_count = *count;
+        let (cfg, img) = self
+            .launches
+            .get(name)
+            .ok_or_else(|| PodError::NoContainer(name.to_owned()))?;
+        let started = container::start(
+            &self.host.data_dir,
+            &self.host.images,
+            self.runtime.clone(),
+            container::Launch {
+                id: &id,
+                image: img,
+                config: cfg,
+                sandbox: &self.context,
+                io: Io::Logged,
+                restart_count,
+            },
+        )
+        .await
+        .map_err(|e| PodError::Container(name.to_owned(), e))?;
+        self.running
+            .insert(pos, (name.to_owned(), tokio::spawn(started.wait())));
+        info!(pod = %self.id, container = name, restart_count, "container restarted");
+        Ok(previous)
+    }
+
+    /// Runs `args` in a regular container and collects its output (no TTY).
+    pub async fn exec(
+        &self,
+        name: &str,
+        args: &[String],
+    ) -> Result<std::process::Output, PodError> {
+        let id = container_id(&self.id, name);
+        let child = self
+            .runtime
+            .exec(&id, args, false, crate::runtime::Stdio::piped())
+            .map_err(|e| PodError::Container(name.to_owned(), e.into()))?;
+        child
+            .wait_with_output()
+            .await
+            .map_err(io("exec in", &self.dir))
+    }
+
     /// Waits for every regular container; returns (name, exit) in spec order and the pod phase.
     pub async fn wait(self) -> Result<(Vec<(String, Exit)>, Phase), PodError> {
         let mut out = Vec::new();
@@ -431,7 +615,16 @@ impl PodRun {
 }
 
 /// Removes a stopped pod: its containers' directories, its namespaces, its address, its files.
-pub async fn remove(host: &Host, plan: &PodPlan) -> Result<(), PodError> {
+pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Result<(), PodError> {
+    if runtime.kind() == RuntimeKind::Gvisor {
+        let pause = pause_id(&plan.id);
+        let _ = runtime.kill(&pause, 9).await;
+        runtime
+            .delete(&pause)
+            .await
+            .map_err(|e| PodError::Pause(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(container::dir(&host.data_dir, &pause));
+    }
     for c in plan.init_containers.iter().chain(&plan.containers) {
         container::remove(&host.data_dir, &container_id(&plan.id, &c.name))
             .map_err(|e| PodError::Container(c.name.clone(), e))?;

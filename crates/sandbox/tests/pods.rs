@@ -59,9 +59,9 @@ async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
         network: Some(network.clone()),
         pull: PullOptions::default(),
     };
-    let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open(kind, &data).unwrap());
+    let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open_for_pods(kind, &data).unwrap());
 
-    let shared_localhost = kind == RuntimeKind::Container;
+    let shared_localhost = true;
     let client_script = if shared_localhost {
         "cat /cfg/key; hostname; grep web /etc/hosts; \
          for i in $(seq 1 50); do wget -q -O - http://127.0.0.1:8080/greeting && break; sleep 0.1; done; echo client-done"
@@ -139,13 +139,51 @@ async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].plan, plan);
 
+    // Exec into a running container.
+    let out = run
+        .exec("server", &["cat".into(), "/work/greeting".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello-from-init\n",
+        "{kind}: {out:?}"
+    );
+
+    // Restart one container: the previous run's log stays, the new run logs into its own file.
+    let mut run = run;
+    let previous = run.restart("client", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(previous.code, 0, "{kind}");
+    let cdir = sandbox::container::dir(&data, &client);
+    for _ in 0..200 {
+        if std::fs::read_to_string(sandbox::container::log_path(&cdir, 1))
+            .unwrap_or_default()
+            .contains("client-done")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = std::fs::read_to_string(sandbox::container::log_path(&cdir, 1)).unwrap();
+    assert!(
+        second.contains("value-from-configmap") && second.contains("client-done"),
+        "{kind}: {second}"
+    );
+    assert!(
+        std::fs::read_to_string(sandbox::container::log_path(&cdir, 0))
+            .unwrap()
+            .contains("client-done")
+    );
+    let state = sandbox::container::read_state(&data, &client).unwrap();
+    assert_eq!(state.restart_count, 1);
+
     run.stop(Duration::from_secs(2)).await;
     let (exits, phase) = run.wait().await.unwrap();
     let code = |n: &str| exits.iter().find(|(name, _)| name == n).unwrap().1.code;
     assert_eq!(code("client"), 0, "{kind}");
     assert_ne!(code("server"), 0, "{kind}: the server was stopped");
     assert_eq!(phase, Phase::Failed);
-    pod::remove(&host, &plan).await.unwrap();
+    pod::remove(&host, rt.as_ref(), &plan).await.unwrap();
     assert!(!pod::dir(&data, &plan.id).exists());
     network.destroy().await.unwrap();
 }

@@ -9,10 +9,10 @@ use std::pin::Pin;
 
 use futures::Stream;
 
-pub mod memory;
-pub mod sqlite;
 pub mod etcd;
 pub mod faulty;
+pub mod memory;
+pub mod sqlite;
 
 /// A store revision. Every successful write makes the global revision grow by one.
 pub type Revision = i64;
@@ -43,7 +43,10 @@ pub struct ListPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A create (`prev` is None) or an update (`prev` is the value before).
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// A delete. `prev` is the last value; its `mod_revision` is replaced by the delete's revision.
     Delete { prev: KeyValue },
 }
@@ -74,13 +77,23 @@ pub enum Error {
     AlreadyExists(String),
     /// The key's mod revision was not the expected one.
     #[error("key {key} was modified (expected revision {expected}, current {current})")]
-    Conflict { key: String, expected: Revision, current: Revision },
+    Conflict {
+        key: String,
+        expected: Revision,
+        current: Revision,
+    },
     /// The revision asked for has been compacted away.
     #[error("revision {requested} has been compacted (oldest available {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The revision asked for is newer than the store's current revision.
     #[error("revision {requested} is in the future (current {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("storage backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -95,7 +108,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Read one key, at `revision` or at the latest when None.
     /// Returns the revision read at and the value if the key existed then.
-    async fn get(&self, key: &str, revision: Option<Revision>) -> Result<(Revision, Option<KeyValue>)>;
+    async fn get(
+        &self,
+        key: &str,
+        revision: Option<Revision>,
+    ) -> Result<(Revision, Option<KeyValue>)>;
 
     /// Read keys starting with `prefix`, in key order, strictly after `start_after` when given,
     /// at most `limit` of them (0 = no limit), at `revision` or the latest when None.

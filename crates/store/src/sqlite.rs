@@ -18,7 +18,8 @@
 //! Reads run on tokio's blocking pool with a small pool of read-only connections; WAL lets them
 //! read a consistent snapshot while the writer commits.
 //!
-//! One process per database file: live watch events come from this process's writer only.
+//! One process per database file: live watch events come from this process's writer only. The
+//! path must be a real file (not `:memory:`): the read connections open it too.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -84,9 +85,8 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 1), ('compacted', 0
 impl Sqlite {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     ///
-    /// This constructor is synchronous: it does a little blocking file I/O (open, schema, one
-    /// fsync), so call it at startup or from `spawn_blocking`. It must be called inside a tokio
-    /// runtime only for the later async calls, not for opening.
+    /// Synchronous: it does a little blocking file I/O (open, WAL setup, schema), so call it at
+    /// startup or from `spawn_blocking`. It needs no tokio runtime; the async methods do.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with_watch_buffer(path, DEFAULT_WATCH_BUFFER)
     }

@@ -19,7 +19,11 @@ pub fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -45,7 +49,11 @@ impl Server {
     /// Start (again) the server process on the same data dir and port.
     pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.kubeconfig);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
         let child = Command::new(bin())
             .arg("server")
             .arg("--data-dir")
@@ -69,7 +77,9 @@ impl Server {
                     panic!("server exited early with {status}: {}", self.log());
                 }
             }
-            if self.kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.kubeconfig.exists()
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -93,7 +103,10 @@ impl Server {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pki/admin.token")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.dir.path().join("pki/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
@@ -154,13 +167,17 @@ pub fn kubectl_versions() -> Vec<String> {
             out.push(v.to_string());
         }
     }
-    assert!(!out.is_empty(), "no versioned kubectl (kubectl.1.NN) on PATH: install the kubectl package");
+    assert!(
+        !out.is_empty(),
+        "no versioned kubectl (kubectl.1.NN) on PATH: install the kubectl package"
+    );
     out
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/lib/google-cloud-sdk/bin")]) {
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/lib/google-cloud-sdk/bin")])
+    {
         let p = dir.join(name);
         if p.is_file() {
             return Some(p);
@@ -169,7 +186,13 @@ pub fn which(name: &str) -> Option<PathBuf> {
     None
 }
 
-pub fn kubectl_at(binary: &str, kubeconfig: &Path, home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+pub fn kubectl_at(
+    binary: &str,
+    kubeconfig: &Path,
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     let exe = which(binary).unwrap_or_else(|| PathBuf::from(binary));
     let mut cmd = Command::new(exe);
     cmd.env("KUBECONFIG", kubeconfig)
@@ -188,7 +211,12 @@ pub fn kubectl_at(binary: &str, kubeconfig: &Path, home: &Path, args: &[&str], s
             use std::io::Write;
             cmd.stdin(Stdio::piped());
             let mut child = cmd.spawn().expect("run kubectl");
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
             child.wait_with_output().expect("kubectl output")
         }
     }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use oci::OciRuntime;
+pub use oci::{CONTAINER_TYPE, OciRuntime, SANDBOX_ID};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,14 +130,8 @@ impl Stdio {
 pub trait Runtime: Send + Sync + fmt::Debug {
     fn kind(&self) -> RuntimeKind;
 
-    /// Creates and starts the bundle's container; the returned child lives as long as the
-    /// container and exits with its status.
-    fn spawn(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdio: Stdio,
-    ) -> Result<tokio::process::Child, RuntimeError>;
+    /// Creates and starts the bundle's container; [`Process::wait`] returns its exit code.
+    async fn spawn(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Process, RuntimeError>;
 
     /// Sends `signal` to the container's processes.
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
@@ -158,6 +152,59 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     async fn status(&self, id: &str) -> Result<Option<String>, RuntimeError>;
 }
 
+/// A started container as its runtime reports it.
+#[derive(Debug)]
+pub struct Process {
+    pub stdout: Option<tokio::process::ChildStdout>,
+    pub stderr: Option<tokio::process::ChildStderr>,
+    waiter: Waiter,
+}
+
+#[derive(Debug)]
+enum Waiter {
+    /// A foreground `run`: exits with the container.
+    Run(tokio::process::Child),
+    /// `runsc wait`: prints `{"id":..,"exitStatus":N}` when the container exits.
+    RunscWait(tokio::process::Child),
+}
+
+/// The exit code in a `runsc wait` answer (a plain code, or a raw wait status). Pure.
+pub fn runsc_exit_code(json: &[u8]) -> Option<i32> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let status = i32::try_from(v.get("exitStatus")?.as_i64()?).ok()?;
+    Some(if status > 255 {
+        if status & 0x7f == 0 {
+            (status >> 8) & 0xff
+        } else {
+            128 + (status & 0x7f)
+        }
+    } else {
+        status
+    })
+}
+
+impl Process {
+    /// Waits for the container to exit and returns its exit code (128 + signal when killed).
+    pub async fn wait(&mut self) -> std::io::Result<i32> {
+        match &mut self.waiter {
+            Waiter::Run(child) => Ok(crate::container::exit_code(child.wait().await?)),
+            Waiter::RunscWait(child) => {
+                let mut out = Vec::new();
+                if let Some(mut so) = child.stdout.take() {
+                    tokio::io::AsyncReadExt::read_to_end(&mut so, &mut out).await?;
+                }
+                let status = child.wait().await?;
+                runsc_exit_code(&out).ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "runsc wait ended with {status} and no exit status: {}",
+                        String::from_utf8_lossy(&out)
+                    ))
+                })
+            }
+        }
+    }
+}
+
 /// Opens the runtime of `kind` with its state under `data_dir/runtime`, checking its tools.
 pub fn open(kind: RuntimeKind, data_dir: &Path) -> Result<Box<dyn Runtime>, RuntimeError> {
     let root: PathBuf = data_dir.join("runtime").join(kind.to_string());
@@ -165,6 +212,16 @@ pub fn open(kind: RuntimeKind, data_dir: &Path) -> Result<Box<dyn Runtime>, Runt
         RuntimeKind::Gvisor => Ok(Box::new(OciRuntime::gvisor(root)?)),
         RuntimeKind::Container => Ok(Box::new(OciRuntime::crun(root)?)),
         RuntimeKind::Microvm => Err(RuntimeError::NotImplemented(kind)),
+    }
+}
+
+/// Opens the runtime of `kind` for pod sandboxes: like [`open`], but gVisor runs with its
+/// network stack on, inside the pod's network namespace.
+pub fn open_for_pods(kind: RuntimeKind, data_dir: &Path) -> Result<Box<dyn Runtime>, RuntimeError> {
+    let root: PathBuf = data_dir.join("runtime").join(kind.to_string());
+    match kind {
+        RuntimeKind::Gvisor => Ok(Box::new(OciRuntime::gvisor_networked(root)?)),
+        _ => open(kind, data_dir),
     }
 }
 
@@ -183,6 +240,17 @@ pub fn available() -> Vec<RuntimeKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runsc_wait_answers() {
+        assert_eq!(runsc_exit_code(br#"{"id":"c","exitStatus":4}"#), Some(4));
+        assert_eq!(runsc_exit_code(br#"{"id":"c","exitStatus":768}"#), Some(3));
+        assert_eq!(
+            runsc_exit_code(br#"{"id":"c","exitStatus":265}"#),
+            Some(137)
+        );
+        assert_eq!(runsc_exit_code(b"garbage"), None);
+    }
 
     #[test]
     fn auto_uses_cpu_flags_not_dev_kvm() {

@@ -5,7 +5,19 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
-use super::{Runtime, RuntimeError, RuntimeKind, Stdio};
+use super::{Process, Runtime, RuntimeError, RuntimeKind, Stdio, Waiter};
+
+/// Annotation by which runsc (and CRI) tell a pod's sandbox (pause) container from the others.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// Annotation naming the pod sandbox a container joins.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// runsc with networking refuses to start when `/proc/sys/net/core/rmem_default` exists, which
+/// on newer kernels it does in every netns. So it runs in a private mount namespace whose
+/// `/proc/sys` is a tmpfs holding only `vm`, `kernel` and `fs` from a fresh proc mount.
+const PROC_SYS_SHIM: &str = "mount --make-rprivate / && mount -t proc proc \"$0\" && \
+mount -t tmpfs tmpfs /proc/sys && for d in vm kernel fs; do mkdir /proc/sys/$d && \
+mount --bind \"$0/sys/$d\" /proc/sys/$d; done && exec \"$@\"";
 
 /// Finds `tool` on PATH.
 pub(crate) fn which(tool: &str) -> Option<PathBuf> {
@@ -20,6 +32,8 @@ pub struct OciRuntime {
     kind: RuntimeKind,
     binary: PathBuf,
     global: Vec<String>,
+    /// Run every command through the /proc/sys shim, with this scratch dir for its proc mount.
+    proc_shim: Option<PathBuf>,
 }
 
 impl OciRuntime {
@@ -42,7 +56,30 @@ impl OciRuntime {
                 "--platform=ptrace".into(),
                 "--network=none".into(),
             ],
+            proc_shim: None,
         })
+    }
+
+    /// runsc with its own network stack on, for sandboxes given a pod network namespace.
+    pub fn gvisor_networked(root: PathBuf) -> Result<Self, RuntimeError> {
+        let mut rt = Self::gvisor(root.clone())?;
+        if which("unshare").is_none() {
+            return Err(RuntimeError::Missing {
+                kind: RuntimeKind::Gvisor,
+                tool: "unshare",
+                hint: "apt-get install util-linux",
+            });
+        }
+        rt.global.retain(|a| a != "--network=none");
+        rt.global.push("--gso=false".into());
+        rt.global.push("--software-gso=false".into());
+        let scratch = root.join("proc-scratch");
+        std::fs::create_dir_all(&scratch).map_err(|source| RuntimeError::Spawn {
+            tool: "mkdir".into(),
+            source,
+        })?;
+        rt.proc_shim = Some(scratch);
+        Ok(rt)
     }
 
     /// crun, after making the host's hybrid cgroup layout acceptable to it.
@@ -61,13 +98,71 @@ impl OciRuntime {
             kind: RuntimeKind::Container,
             binary,
             global: vec![format!("--root={}", root.display())],
+            proc_shim: None,
         })
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.binary);
+        let mut c = match &self.proc_shim {
+            Some(scratch) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "sh", "-c", PROC_SYS_SHIM])
+                    .arg(scratch)
+                    .arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         c.args(&self.global);
         c
+    }
+
+    fn spawn_err(&self) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+        move |source| RuntimeError::Spawn {
+            tool: self.binary.display().to_string(),
+            source,
+        }
+    }
+
+    /// Pod containers (marked with the CRI annotations) are created into the pod's gVisor
+    /// sandbox and waited for with `runsc wait`; everything else runs in the foreground.
+    async fn create_start_wait(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: Stdio,
+    ) -> Result<Process, RuntimeError> {
+        let mut create = self.command();
+        create.arg("create").arg("--bundle").arg(bundle).arg(id);
+        create
+            .stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr)
+            .process_group(0);
+        let mut child = create.spawn().map_err(self.spawn_err())?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let status = child.wait().await.map_err(self.spawn_err())?;
+        if !status.success() {
+            return Err(RuntimeError::Command {
+                tool: self.kind.to_string(),
+                action: "create",
+                id: id.to_owned(),
+                stderr: format!("exit {status} (see the container's log)"),
+            });
+        }
+        self.simple("start", id, &[]).await?;
+        let mut wait = self.command();
+        wait.arg("wait")
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .process_group(0);
+        let waiter = wait.spawn().map_err(self.spawn_err())?;
+        Ok(Process {
+            stdout,
+            stderr,
+            waiter: Waiter::RunscWait(waiter),
+        })
     }
 
     async fn simple(
@@ -100,6 +195,18 @@ impl OciRuntime {
     }
 }
 
+/// Whether the bundle's spec marks its container as part of a multi-container pod sandbox.
+fn in_pod_sandbox(bundle: &Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| {
+            v.get("annotations")
+                .and_then(|a| a.get(CONTAINER_TYPE))
+                .is_some()
+        })
+}
+
 /// On hosts with cgroup v1 controllers plus a v2 hierarchy at `unified` but no v1 hugetlb
 /// mount, crun refuses ("cgroups in hybrid mode not supported"); a v1 hugetlb mount fixes it.
 fn fix_hybrid_cgroups(cgroot: &Path) -> Result<(), RuntimeError> {
@@ -126,12 +233,10 @@ impl Runtime for OciRuntime {
         self.kind
     }
 
-    fn spawn(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdio: Stdio,
-    ) -> Result<tokio::process::Child, RuntimeError> {
+    async fn spawn(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Process, RuntimeError> {
+        if self.kind == RuntimeKind::Gvisor && in_pod_sandbox(bundle) {
+            return self.create_start_wait(id, bundle, stdio).await;
+        }
         let mut c = self.command();
         c.arg("run").arg("--bundle").arg(bundle).arg(id);
         c.stdin(stdio.stdin)
@@ -141,9 +246,11 @@ impl Runtime for OciRuntime {
             c.process_group(0);
         }
         c.kill_on_drop(false);
-        c.spawn().map_err(|source| RuntimeError::Spawn {
-            tool: self.binary.display().to_string(),
-            source,
+        let mut child = c.spawn().map_err(self.spawn_err())?;
+        Ok(Process {
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            waiter: Waiter::Run(child),
         })
     }
 

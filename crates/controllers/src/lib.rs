@@ -1,0 +1,7 @@
+//! controllers (being written)
+pub mod events;
+pub mod leader;
+pub mod podcontrol;
+pub mod replicaset;
+pub mod job;
+pub mod scheduler;
