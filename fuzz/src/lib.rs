@@ -11,7 +11,7 @@
 //! - `protobuf`: a protobuf body; `k8s\0` is prepended when missing.
 //! - `body`: 1 byte choosing the `Content-Type`, then the body.
 //! - `patch`: 1 byte choosing the patch type, the target JSON, a `0xFF` byte, the patch body.
-//! - `patch_structured`, `apply`: bytes driving `gen` (not meant to be written by hand).
+//! - `patch_structured`, `apply`: bytes driving `generate` (not meant to be written by hand).
 //! - `selector`: 1 byte choosing label text / field text / label JSON, then the selector.
 //! - `quantity`: the quantity text.
 //! - `resource`: 1 byte choosing the resource in `RESOURCES`, 1 byte choosing raw JSON or
@@ -19,7 +19,7 @@
 //!
 //! This crate may depend on `api` and `apiserver` only as their users do (public functions).
 
-pub mod gen;
+pub mod generate;
 
 use api::resource::{RESOURCES, ResourceDef};
 use arbitrary::Unstructured;
@@ -245,10 +245,10 @@ pub fn patch_structured(data: &[u8]) {
 }
 
 fn patch_structured_inner(u: &mut Unstructured) -> arbitrary::Result<()> {
-    let target = gen::object_like(u, None)?;
+    let target = generate::object_like(u, None)?;
     match u.int_in_range(0..=2)? {
         0 => {
-            let ops = gen::json_patch(u, &target)?;
+            let ops = generate::json_patch(u, &target)?;
             let body = serde_json::to_vec(&ops).expect("a Value always serializes");
             let out = api::patch::json_patch(&target, &body);
             if let Value::Array(list) = &ops
@@ -259,14 +259,14 @@ fn patch_structured_inner(u: &mut Unstructured) -> arbitrary::Result<()> {
         }
         1 => {
             let p = if u.ratio(3, 4)? {
-                gen::smp_patch(u, &target, 6)?
+                generate::smp_patch(u, &target, 6)?
             } else {
-                gen::value(u, 4)?
+                generate::value(u, 4)?
             };
             check_merge_patch(&target, &p);
         }
         _ => {
-            let p = gen::smp_patch(u, &target, 6)?;
+            let p = generate::smp_patch(u, &target, 6)?;
             check_strategic(&target, &p);
             if let Ok(out) = api::patch::strategic_merge_patch(&target, &p)
                 && let Some(def) = def_of(&out)
@@ -322,16 +322,16 @@ fn apply_inner(u: &mut Unstructured) -> arbitrary::Result<()> {
     let mut live: Option<Value> = if u.ratio(1, 3)? {
         None
     } else {
-        Some(gen::object_like(u, None)?)
+        Some(generate::object_like(u, None)?)
     };
     for _ in 0..u.int_in_range(1..=4)? {
-        let manager = *u.choose(gen::MANAGERS)?;
+        let manager = *u.choose(generate::MANAGERS)?;
         let sub = *u.choose(&[None, None, Some("status")])?;
         let valid_before = managed_fields_valid(live.as_ref());
         if u.ratio(2, 3)? {
             let config = match &live {
                 Some(l) if u.ratio(1, 2)? => {
-                    let mut c = gen::smp_patch(u, l, 5)?;
+                    let mut c = generate::smp_patch(u, l, 5)?;
                     if let (Value::Object(c), Some(av), Some(k)) =
                         (&mut c, l.get("apiVersion"), l.get("kind"))
                     {
@@ -340,7 +340,7 @@ fn apply_inner(u: &mut Unstructured) -> arbitrary::Result<()> {
                     }
                     c
                 }
-                _ => gen::object_like(u, None)?,
+                _ => generate::object_like(u, None)?,
             };
             let force = u.arbitrary()?;
             match api::apply::apply_to(live.as_ref(), &config, manager, sub, force, NOW) {
@@ -359,11 +359,11 @@ fn apply_inner(u: &mut Unstructured) -> arbitrary::Result<()> {
                 Some(l) => {
                     let mut n = l.clone();
                     for _ in 0..u.int_in_range(0..=3)? {
-                        gen::mutate(u, &mut n)?;
+                        generate::mutate(u, &mut n)?;
                     }
                     n
                 }
-                None => gen::object_like(u, None)?,
+                None => generate::object_like(u, None)?,
             };
             let new_valid = managed_fields_valid(Some(&new));
             let av = *u.choose(&["v1", "apps/v1"])?;
@@ -515,7 +515,7 @@ pub fn resource(data: &[u8]) {
         }
     } else {
         let mut u = Unstructured::new(rest);
-        if let Ok(v) = gen::object_like(&mut u, Some(def.kind)) {
+        if let Ok(v) = generate::object_like(&mut u, Some(def.kind)) {
             server_pipeline(def, &v);
         }
     }

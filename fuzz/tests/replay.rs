@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use nodeless_fuzz::{TARGETS, gen};
+use nodeless_fuzz::{TARGETS, generate};
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -48,13 +48,13 @@ fn regressions_replay_cleanly() {
 
 #[test]
 fn fixtures_parse_and_cover_every_resource() {
-    for (kind, text) in gen::FIXTURES {
+    for (kind, text) in generate::FIXTURES {
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(v["kind"], *kind);
     }
     for r in api::resource::RESOURCES {
         assert!(
-            gen::FIXTURES.iter().any(|(k, _)| *k == r.kind),
+            generate::FIXTURES.iter().any(|(k, _)| *k == r.kind),
             "no fixture of kind {}",
             r.kind
         );
@@ -97,8 +97,8 @@ fn structured_generators_reach_the_merge_code() {
     for i in 0..300u64 {
         let data = bytes(i + 7, 4096);
         let mut u = arbitrary::Unstructured::new(&data);
-        let Ok(target) = gen::mutated_fixture(&mut u, None) else { continue };
-        let Ok(p) = gen::smp_patch(&mut u, &target, 6) else { continue };
+        let Ok(target) = generate::mutated_fixture(&mut u, None) else { continue };
+        let Ok(p) = generate::smp_patch(&mut u, &target, 6) else { continue };
         if api::patch::strategic_merge_patch(&target, &p).is_ok() {
             ok += 1;
         }

@@ -1,1 +1,22 @@
-//! agent (being written)
+//! The node agent: registers Node(s) with the API server, keeps their Lease and status, and runs
+//! the pods bound to them through a [`runtime::Runtime`]. Today the runtime is [`runtime::Fake`]
+//! (kwok-like: pods go Running and Ready without running anything, Jobs' pods complete after
+//! a declared duration), and one process can serve many fake nodes for scale tests.
+//!
+//! - `connect`: a kube client from a kubeconfig or a server URL and token.
+//! - `lifecycle`: a pod's life on a node as a state enum and a transition function (sans-IO).
+//! - `status`: the pod status kubelet would write for a state (sans-IO).
+//! - `node`: the Node object, the Lease and the pod IP allocator (sans-IO).
+//! - `runtime`: the `Runtime` trait and the fake runtime.
+//! - `sync`: the shell: watches, API writes, timers.
+//!
+//! Talks to the API server only as a client; must not depend on the apiserver or sandbox crates.
+
+pub mod connect;
+pub mod lifecycle;
+pub mod node;
+pub mod runtime;
+pub mod status;
+pub mod sync;
+
+pub use sync::{AgentError, Config, run};

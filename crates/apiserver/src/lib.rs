@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod objects;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
 pub mod subresources;
@@ -136,6 +137,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .route("/openapi/v3", get(|| async { crate::http::json_response(StatusCode::OK, &openapi::index()) }))
         .route("/openapi/v3/{*path}", get(openapi_doc))
+        .route("/openapi/v2", get(openapi_v2_doc))
         .fallback(|| async { ApiError::path_not_found().into_response() })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
@@ -187,6 +189,20 @@ async fn openapi_doc(Path(path): Path<String>, headers: HeaderMap) -> Response {
         doc.body.clone(),
     )
         .into_response()
+}
+
+async fn openapi_v2_doc(headers: HeaderMap) -> Response {
+    let doc = openapi_v2::document();
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(doc.etag.as_str()) {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (ct, body) = if accept.contains("protobuf") {
+        (openapi_v2::PROTOBUF_CONTENT_TYPE, doc.protobuf.clone())
+    } else {
+        ("application/json", doc.json.clone())
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, ct.to_string()), (header::ETAG, doc.etag.clone())], body).into_response()
 }
 
 async fn authenticate(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {

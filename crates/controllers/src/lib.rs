@@ -5,3 +5,6 @@ pub mod podcontrol;
 pub mod replicaset;
 pub mod job;
 pub mod scheduler;
+pub mod deployment;
+pub mod gc;
+pub mod namespace;

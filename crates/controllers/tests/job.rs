@@ -74,7 +74,7 @@ async fn completions_parallelism_and_ttl() {
         .unwrap();
 
     // Two pods at a time; mark them Succeeded until three succeeded.
-    let mut done = 0;
+    let mut done: i32 = 0;
     while done < 3 {
         let mut running = Vec::new();
         eventually("active job pods", || {
@@ -88,7 +88,7 @@ async fn completions_parallelism_and_ttl() {
                         p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Succeeded")
                     })
                     .count();
-                active == want
+                active as i32 == want
             }
         })
         .await;

@@ -80,7 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         std::time::Duration::from_secs(60),
         std::time::Duration::from_secs(300),
     ));
-    let watch_cache = apiserver::watchcache::WatchCache::start(backend.clone(), 50_000)
+    let watch_cache = apiserver::watchcache::WatchCache::start(backend.clone(), 4096)
         .await
         .context("cannot start the watch cache")?;
     let objects = Objects::new(backend, admission);

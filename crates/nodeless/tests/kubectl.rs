@@ -306,26 +306,6 @@ fn kubectl_workflow_across_versions() {
     }
 }
 
-/// kubectl 1.28 (SPDY-era client): the commands that do not need OpenAPI v2.
-#[test]
-fn kubectl_1_28_basics() {
-    let server = Server::start();
-    let k = "kubectl.1.28";
-    server.ok(k, &["create", "deployment", "old", "--image=busybox:1.36"]);
-    server.ok(k, &["scale", "deployment", "old", "--replicas=3"]);
-    assert_eq!(
-        server.ok(
-            k,
-            &["get", "deploy", "old", "-o", "jsonpath={.spec.replicas}"]
-        ),
-        "3"
-    );
-    let t = server.ok(k, &["get", "deploy", "-o", "wide"]);
-    assert!(t.contains("old") && t.contains("busybox:1.36"), "{t}");
-    server.ok(k, &["label", "deploy", "old", "a=b"]);
-    server.ok(k, &["delete", "deploy", "old"]);
-}
-
 #[test]
 fn bad_input_gets_upstream_errors() {
     let server = Server::start();

@@ -38,6 +38,10 @@ async fn wait_for_log(data: &std::path::Path, id: &str, needle: &str) -> String 
 }
 
 async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let (_tmp, data) = data_dir();
     let layout = data.join("layout");
     busybox_layout(&layout, &["sh"]);

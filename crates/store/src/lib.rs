@@ -138,7 +138,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)>;
 
     /// Watch keys under `prefix`, delivering every event with revision > `after`, in order,
-    /// then new events as they happen. Compacted if `after` is older than the compaction point.
+    /// then new events as they happen. Compacted if `after` is below the compaction revision
+    /// (a delete made exactly at the compaction revision may be forgotten, so it cannot be replayed).
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
 
     /// Forget history at and before `revision` (reads and watches older than it fail with Compacted).

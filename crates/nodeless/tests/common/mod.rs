@@ -158,11 +158,11 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The versioned kubectl binaries present (e.g. "kubectl.1.33") that read OpenAPI v3
-/// (kubectl 1.30 and older need `/openapi/v2` as protobuf for `apply -f`, not served yet).
+/// The versioned kubectl binaries the end-to-end tests run: the server's own minor (1.33), one
+/// in between, and 1.28 (OpenAPI v2 protobuf for `apply`, SPDY-only exec).
 pub fn kubectl_versions() -> Vec<String> {
     let mut out = Vec::new();
-    for v in ["kubectl.1.33", "kubectl.1.31"] {
+    for v in ["kubectl.1.33", "kubectl.1.31", "kubectl.1.28"] {
         if which(v).is_some() {
             out.push(v.to_string());
         }

@@ -150,7 +150,9 @@ impl OciRuntime {
                 stderr: format!("exit {status} (see the container's log)"),
             });
         }
+        tracing::debug!(%id, "created in the pod sandbox");
         self.simple("start", id, &[]).await?;
+        tracing::debug!(%id, "started");
         let mut wait = self.command();
         wait.arg("wait")
             .arg(id)

@@ -168,53 +168,42 @@ pub fn object_like(u: &mut Unstructured, kind: Option<&str>) -> Result<Value> {
 /// One change somewhere in `v`: walk down a random path, then replace, delete, insert or
 /// duplicate (a duplicate list item is what merge-by-key code must survive).
 pub fn mutate(u: &mut Unstructured, v: &mut Value) -> Result<()> {
-    let mut cur = v;
-    loop {
-        let descend = u.ratio(3, 4)?;
-        match cur {
-            Value::Object(m) if !m.is_empty() && descend => {
-                let i = u.choose_index(m.len())?;
-                let k = m.keys().nth(i).cloned().unwrap_or_default();
-                match u.int_in_range(0..=5)? {
-                    0 => {
-                        m.shift_remove(&k);
-                        return Ok(());
-                    }
-                    1 => {
-                        m.insert(key(u)?, value(u, 3)?);
-                        return Ok(());
-                    }
-                    _ => match m.get_mut(&k) {
-                        Some(next) => cur = next,
-                        None => return Ok(()),
-                    },
+    let descend = u.ratio(3, 4)?;
+    match v {
+        Value::Object(m) if !m.is_empty() && descend => {
+            let i = u.choose_index(m.len())?;
+            let k = m.keys().nth(i).cloned().unwrap_or_default();
+            match u.int_in_range(0..=5)? {
+                0 => {
+                    m.shift_remove(&k);
                 }
-            }
-            Value::Array(a) if !a.is_empty() && descend => {
-                let i = u.choose_index(a.len())?;
-                match u.int_in_range(0..=5)? {
-                    0 => {
-                        a.remove(i);
-                        return Ok(());
-                    }
-                    1 => {
-                        let dup = a[i].clone();
-                        a.push(dup);
-                        return Ok(());
-                    }
-                    2 => {
-                        a.insert(i, value(u, 3)?);
-                        return Ok(());
-                    }
-                    _ => cur = &mut a[i],
+                1 => {
+                    m.insert(key(u)?, value(u, 3)?);
                 }
-            }
-            _ => {
-                *cur = value(u, 3)?;
-                return Ok(());
+                _ => {
+                    if let Some(next) = m.get_mut(&k) {
+                        mutate(u, next)?;
+                    }
+                }
             }
         }
+        Value::Array(a) if !a.is_empty() && descend => {
+            let i = u.choose_index(a.len())?;
+            match u.int_in_range(0..=5)? {
+                0 => {
+                    a.remove(i);
+                }
+                1 => {
+                    let dup = a[i].clone();
+                    a.push(dup);
+                }
+                2 => a.insert(i, value(u, 3)?),
+                _ => mutate(u, &mut a[i])?,
+            }
+        }
+        _ => *v = value(u, 3)?,
     }
+    Ok(())
 }
 
 /// A strategic merge patch shaped like `target`: some fields kept and changed, some deleted
@@ -344,7 +333,7 @@ pub fn pointers(v: &Value) -> Vec<String> {
 /// (`/-`, a new key, an index past the end), and now and then an arbitrary path.
 pub fn json_patch(u: &mut Unstructured, target: &Value) -> Result<Value> {
     let ptrs = pointers(target);
-    let mut path = |u: &mut Unstructured| -> Result<String> {
+    let path = |u: &mut Unstructured| -> Result<String> {
         let base = u.choose(&ptrs)?.clone();
         Ok(match u.int_in_range(0..=7)? {
             0 => format!("{base}/-"),

@@ -1,0 +1,291 @@
+//! What a node agent registers and keeps up to date, as plain values: the Node object (capacity,
+//! allocatable, labels, conditions, addresses, nodeInfo), its Lease in `kube-node-lease`, and the
+//! pod IP allocator of the node's pod CIDR. Pure: no IO.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::status::time;
+
+/// The namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// `leaseDurationSeconds` of node leases (kubelet's default).
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+/// The kubelet version the agent reports.
+pub const KUBELET_VERSION: &str = "v1.33.0-nodeless";
+
+/// The resources and identity of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// Its index among the nodes of this agent: picks the pod CIDR and fake addresses.
+    pub index: u32,
+    pub cpu: String,
+    pub memory: String,
+    pub pods: u32,
+    pub ephemeral_storage: String,
+    pub internal_ip: String,
+    pub runtime_version: String,
+}
+
+impl NodeSpec {
+    /// A fake node numbered `index` (kwok's defaults: 32 cpu, 256Gi, 110 pods).
+    pub fn fake(name: &str, index: u32, runtime_version: &str) -> Self {
+        NodeSpec {
+            name: name.to_string(),
+            index,
+            cpu: "32".into(),
+            memory: "256Gi".into(),
+            pods: 110,
+            ephemeral_storage: "100Gi".into(),
+            internal_ip: fake_node_ip(index),
+            runtime_version: runtime_version.to_string(),
+        }
+    }
+
+    /// The node's pod CIDR: `10.244.N.0/24` for the first 256 nodes, then `10.(245+N/256).(N%256).0/24`.
+    pub fn pod_cidr(&self) -> String {
+        let (a, b) = cidr_octets(self.index);
+        format!("10.{a}.{b}.0/24")
+    }
+}
+
+fn cidr_octets(index: u32) -> (u32, u32) {
+    (244 + (index / 256) % 8, index % 256)
+}
+
+/// The fake InternalIP of node `index`: 10.250.x.y (a string only, never contacted).
+pub fn fake_node_ip(index: u32) -> String {
+    let n = index + 1;
+    format!("10.250.{}.{}", (n / 250) % 256, n % 250 + 1)
+}
+
+/// `kubernetes.io/arch` of this machine.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn conditions(now: Timestamp) -> Value {
+    let c = |type_: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": time(now), "lastTransitionTime": time(now)})
+    };
+    json!([
+        c(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available"
+        ),
+        c(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure"
+        ),
+        c(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available"
+        ),
+        c(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status"
+        ),
+    ])
+}
+
+/// The Node object to create.
+pub fn node_object(n: &NodeSpec, now: Timestamp) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": n.name,
+            "labels": node_labels(n),
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"podCIDR": n.pod_cidr(), "podCIDRs": [n.pod_cidr()]},
+        "status": node_status(n, now),
+    })
+}
+
+/// The labels the agent sets.
+pub fn node_labels(n: &NodeSpec) -> Value {
+    json!({
+        "kubernetes.io/hostname": n.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": arch(),
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": arch(),
+    })
+}
+
+/// The node status the agent reports.
+pub fn node_status(n: &NodeSpec, now: Timestamp) -> Value {
+    let resources = json!({
+        "cpu": n.cpu, "memory": n.memory, "pods": n.pods.to_string(),
+        "ephemeral-storage": n.ephemeral_storage,
+    });
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": conditions(now),
+        "addresses": [
+            {"type": "InternalIP", "address": n.internal_ip},
+            {"type": "Hostname", "address": n.name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": format!("{:032x}", u128::from(n.index) + 1),
+            "systemUUID": format!("00000000-0000-0000-0000-{:012x}", n.index + 1),
+            "bootID": format!("00000000-0000-0000-0000-{:012x}", n.index + 1),
+            "kernelVersion": "6.0.0-nodeless",
+            "osImage": "nodeless",
+            "containerRuntimeVersion": n.runtime_version,
+            "kubeletVersion": KUBELET_VERSION,
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+        "phase": "Running",
+    })
+}
+
+/// Whether a node's observed conditions are what the agent reports (Ready True, pressures False).
+pub fn conditions_current(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let Some(cs) = node.status.as_ref().and_then(|s| s.conditions.as_ref()) else {
+        return false;
+    };
+    let want = [
+        ("Ready", "True"),
+        ("MemoryPressure", "False"),
+        ("DiskPressure", "False"),
+        ("PIDPressure", "False"),
+    ];
+    want.iter()
+        .all(|(t, s)| cs.iter().any(|c| c.type_ == *t && c.status == *s))
+}
+
+/// The node's Lease, renewed at `now`.
+pub fn lease(node: &str, node_uid: Option<&str>, now: Timestamp) -> Value {
+    let mut l = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
+        "spec": {
+            "holderIdentity": node,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        },
+    });
+    if let Some(uid) = node_uid {
+        l["metadata"]["ownerReferences"] =
+            json!([{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]);
+    }
+    l
+}
+
+/// Pod IPs of one node's /24: .2 to .254, lowest free first.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    prefix: String,
+    used: BTreeSet<u8>,
+}
+
+impl Ipam {
+    /// The allocator of node `index`'s pod CIDR.
+    pub fn new(index: u32) -> Self {
+        let (a, b) = cidr_octets(index);
+        Ipam {
+            prefix: format!("10.{a}.{b}."),
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// A free IP, or None when all are taken.
+    pub fn allocate(&mut self) -> Option<String> {
+        let free = (2u8..=254).find(|i| !self.used.contains(i))?;
+        self.used.insert(free);
+        Some(format!("{}{free}", self.prefix))
+    }
+
+    /// Mark an IP as taken (a pod found running at startup).
+    pub fn claim(&mut self, ip: &str) -> bool {
+        match ip
+            .strip_prefix(&self.prefix)
+            .and_then(|s| s.parse::<u8>().ok())
+        {
+            Some(i) if (2..=254).contains(&i) => self.used.insert(i),
+            _ => false,
+        }
+    }
+
+    /// Give an IP back.
+    pub fn release(&mut self, ip: &str) {
+        if let Some(i) = ip
+            .strip_prefix(&self.prefix)
+            .and_then(|s| s.parse::<u8>().ok())
+        {
+            self.used.remove(&i);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_object_has_what_kubelet_registers() {
+        let n = NodeSpec::fake("fake-3", 3, "fake://0.1.0");
+        let o = node_object(&n, Timestamp::UNIX_EPOCH);
+        assert_eq!(o["spec"]["podCIDR"], "10.244.3.0/24");
+        assert_eq!(o["metadata"]["labels"]["kubernetes.io/hostname"], "fake-3");
+        assert_eq!(o["metadata"]["labels"]["kubernetes.io/os"], "linux");
+        assert_eq!(o["status"]["allocatable"]["pods"], "110");
+        assert_eq!(
+            o["status"]["nodeInfo"]["kubeletVersion"],
+            "v1.33.0-nodeless"
+        );
+        assert_eq!(o["status"]["addresses"][0]["address"], "10.250.0.5");
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(o).unwrap();
+        assert!(conditions_current(&node));
+    }
+
+    #[test]
+    fn ipam_allocates_and_reuses() {
+        let mut ip = Ipam::new(1);
+        assert_eq!(ip.allocate().unwrap(), "10.244.1.2");
+        assert!(ip.claim("10.244.1.3"));
+        assert_eq!(ip.allocate().unwrap(), "10.244.1.4");
+        ip.release("10.244.1.2");
+        assert_eq!(ip.allocate().unwrap(), "10.244.1.2");
+        assert!(!ip.claim("10.244.9.9"));
+        let mut full = Ipam::new(0);
+        for _ in 2..=254 {
+            full.allocate().unwrap();
+        }
+        assert_eq!(full.allocate(), None);
+        assert_eq!(NodeSpec::fake("x", 300, "").pod_cidr(), "10.245.44.0/24");
+    }
+
+    #[test]
+    fn lease_spec() {
+        let l = lease("n", Some("uid"), Timestamp::UNIX_EPOCH);
+        assert_eq!(l["spec"]["holderIdentity"], "n");
+        assert_eq!(l["spec"]["leaseDurationSeconds"], 40);
+        assert_eq!(l["spec"]["renewTime"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(l["metadata"]["ownerReferences"][0]["kind"], "Node");
+    }
+}
