@@ -43,19 +43,19 @@ fn to_v2_schema(v: &Value) -> Value {
             let mut out = Map::new();
             // Swagger 2.0 as upstream writes it: a described reference is `$ref` + `description`,
             // not `allOf: [{$ref}]` (kubectl's v2 models do not follow allOf).
-            if let Some([only]) = m.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
-                if let Some(r) = only.get("$ref").and_then(Value::as_str) {
-                    out.insert(
-                        "$ref".into(),
-                        Value::String(r.replace("#/components/schemas/", "#/definitions/")),
-                    );
-                    for (k, val) in m {
-                        if k != "allOf" {
-                            out.insert(k.clone(), to_v2_schema(val));
-                        }
+            if let Some([only]) = m.get("allOf").and_then(Value::as_array).map(Vec::as_slice)
+                && let Some(r) = only.get("$ref").and_then(Value::as_str)
+            {
+                out.insert(
+                    "$ref".into(),
+                    Value::String(r.replace("#/components/schemas/", "#/definitions/")),
+                );
+                for (k, val) in m {
+                    if k != "allOf" {
+                        out.insert(k.clone(), to_v2_schema(val));
                     }
-                    return Value::Object(out);
                 }
+                return Value::Object(out);
             }
             for (k, val) in m {
                 if k == "$ref" {

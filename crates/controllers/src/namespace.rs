@@ -267,6 +267,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Namespac
     }
     let name = ns.name_any();
     let observed = delete_content(&ctx.client, &name).await?;
+    eprintln!("DEBUG {observed:?}");
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     if observed.empty() {
         let Some(fresh) = api.get_opt(&name).await? else {

@@ -677,8 +677,6 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&body),
         };
-        // Write the bytes first (content-addressed, harmless if the push fails: collected later).
-        self.store.put(&digest, body.clone()).await?;
         let mut meta = self.meta.lock().await;
         let r = repo_mut(&mut meta, name)?;
         let needed_blobs = parsed.blobs();
@@ -713,6 +711,12 @@ impl Registry {
                 format!("tag {t} already exists in {name} and the repository's tags are IMMUTABLE"),
             ));
         }
+        // Valid: store the bytes (under the lock, so a refused manifest leaves nothing behind and the
+        // garbage collector cannot run in between).
+        self.store.put(&digest, body.clone()).await?;
+        let Some(r) = meta.repos.get_mut(name) else {
+            return Err(name_unknown(name.as_str()));
+        };
         let before = r.clone();
         let image_size = parsed
             .config
