@@ -80,30 +80,39 @@ async fn main() -> anyhow::Result<()> {
         .await;
     let created = start.elapsed();
     let (mut bound_at, mut running_at) = (None, None);
+    let mut bound = std::collections::HashSet::new();
+    let mut running = std::collections::HashSet::new();
+    let mut events = kube::runtime::watcher(pod_api.clone(), Default::default()).boxed();
+    let deadline = tokio::time::sleep(Duration::from_secs(300));
+    tokio::pin!(deadline);
     loop {
-        let l = pod_api.list(&ListParams::default()).await?;
-        let bound = l
-            .items
-            .iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
-            .count();
-        let running = l
-            .items
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .count();
-        if bound == pods && bound_at.is_none() {
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            _ = &mut deadline => {
+                println!("gave up: {} bound, {} running", bound.len(), running.len());
+                break;
+            }
+        };
+        let Some(Ok(ev)) = ev else { continue };
+        let p = match ev {
+            kube::runtime::watcher::Event::Apply(p)
+            | kube::runtime::watcher::Event::InitApply(p) => p,
+            _ => continue,
+        };
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+            bound.insert(name.clone());
+        }
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            running.insert(name);
+        }
+        if bound.len() == pods && bound_at.is_none() {
             bound_at = Some(start.elapsed());
         }
-        if running == pods {
+        if running.len() == pods {
             running_at = Some(start.elapsed());
             break;
         }
-        if start.elapsed() > Duration::from_secs(300) {
-            println!("gave up: {bound} bound, {running} running");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("created {pods} pods in {:.2}s", created.as_secs_f64());
     if let Some(b) = bound_at {

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -90,14 +92,23 @@ pub fn scaled_value(v: Option<&IntOrString>, default: &str, total: i32, round_up
         Some(p) => {
             let p: i64 = p.trim().parse().unwrap_or(0);
             let x = p * i64::from(total);
-            (if round_up { (x + 99).div_euclid(100) } else { x.div_euclid(100) }) as i32
+            (if round_up {
+                (x + 99).div_euclid(100)
+            } else {
+                x.div_euclid(100)
+            }) as i32
         }
         None => s.trim().parse().unwrap_or(0),
     }
 }
 
 fn is_rolling(d: &Deployment) -> bool {
-    d.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate") != "Recreate"
+    d.spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("RollingUpdate")
+        != "Recreate"
 }
 
 fn replicas_of(d: &Deployment) -> i32 {
@@ -107,10 +118,20 @@ fn replicas_of(d: &Deployment) -> i32 {
 /// maxSurge and maxUnavailable as numbers (upstream `ResolveFenceposts`: surge rounds up,
 /// unavailable rounds down, and both zero means unavailable 1).
 pub fn fenceposts(d: &Deployment) -> (i32, i32) {
-    let ru = d.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.rolling_update.as_ref());
+    let ru = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.rolling_update.as_ref());
     let replicas = replicas_of(d);
     let surge = scaled_value(ru.and_then(|r| r.max_surge.as_ref()), "25%", replicas, true).max(0);
-    let mut unavailable = scaled_value(ru.and_then(|r| r.max_unavailable.as_ref()), "25%", replicas, false).max(0);
+    let mut unavailable = scaled_value(
+        ru.and_then(|r| r.max_unavailable.as_ref()),
+        "25%",
+        replicas,
+        false,
+    )
+    .max(0);
     if surge == 0 && unavailable == 0 {
         unavailable = 1;
     }
@@ -128,7 +149,11 @@ pub fn max_unavailable(d: &Deployment) -> i32 {
 
 /// The revision annotation of a ReplicaSet (0 when absent or unparsable).
 pub fn revision_of(meta: &ObjectMeta) -> i64 {
-    meta.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether a ReplicaSet's template is the Deployment's template, ignoring the pod-template-hash label.
@@ -163,7 +188,11 @@ impl View {
         self.rs.status.as_ref().map_or(0, |s| s.replicas)
     }
     fn available(&self) -> i32 {
-        self.rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+        self.rs
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
     }
     /// Available pods the ReplicaSet will keep: a ReplicaSet whose spec was just lowered still
     /// reports the pods it is about to delete.
@@ -171,7 +200,11 @@ impl View {
         self.available().min(self.spec)
     }
     fn ready(&self) -> i32 {
-        self.rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0)
+        self.rs
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
     }
     fn created_at(&self) -> Option<jiff::Timestamp> {
         self.rs.metadata.creation_timestamp.as_ref().map(|t| t.0)
@@ -201,8 +234,10 @@ impl Planner<'_> {
         let max = desired + if is_rolling(self.d) { surge } else { 0 };
         let u = self.update_for(&v.name);
         u.replicas = Some((from, to));
-        u.annotations.insert(DESIRED_REPLICAS_ANNOTATION.into(), desired.to_string());
-        u.annotations.insert(MAX_REPLICAS_ANNOTATION.into(), max.to_string());
+        u.annotations
+            .insert(DESIRED_REPLICAS_ANNOTATION.into(), desired.to_string());
+        u.annotations
+            .insert(MAX_REPLICAS_ANNOTATION.into(), max.to_string());
         v.spec = to;
         true
     }
@@ -211,7 +246,10 @@ impl Planner<'_> {
         let i = match self.plan.update.iter().position(|u| u.name == name) {
             Some(i) => i,
             None => {
-                self.plan.update.push(RsUpdate { name: name.to_string(), ..Default::default() });
+                self.plan.update.push(RsUpdate {
+                    name: name.to_string(),
+                    ..Default::default()
+                });
                 self.plan.update.len() - 1
             }
         };
@@ -238,7 +276,13 @@ fn set_condition(conds: &mut Vec<DeploymentCondition>, mut c: DeploymentConditio
     conds.push(c);
 }
 
-fn new_condition(type_: &str, status: &str, reason: &str, message: String, now: jiff::Timestamp) -> DeploymentCondition {
+fn new_condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: jiff::Timestamp,
+) -> DeploymentCondition {
     DeploymentCondition {
         type_: type_.into(),
         status: status.into(),
@@ -250,7 +294,10 @@ fn new_condition(type_: &str, status: &str, reason: &str, message: String, now: 
 }
 
 fn progress_deadline(d: &Deployment) -> Option<i32> {
-    d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).filter(|s| *s != i32::MAX)
+    d.spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .filter(|s| *s != i32::MAX)
 }
 
 /// Annotations the new ReplicaSet takes from its Deployment (upstream skips these).
@@ -261,7 +308,14 @@ fn copied_annotations(d: &Deployment) -> BTreeMap<String, String> {
         .unwrap_or_default()
         .into_iter()
         .filter(|(k, _)| {
-            ![LAST_APPLIED_ANNOTATION, REVISION_ANNOTATION, REVISION_HISTORY_ANNOTATION, DESIRED_REPLICAS_ANNOTATION, MAX_REPLICAS_ANNOTATION].contains(&k.as_str())
+            ![
+                LAST_APPLIED_ANNOTATION,
+                REVISION_ANNOTATION,
+                REVISION_HISTORY_ANNOTATION,
+                DESIRED_REPLICAS_ANNOTATION,
+                MAX_REPLICAS_ANNOTATION,
+            ]
+            .contains(&k.as_str())
         })
         .collect()
 }
@@ -271,32 +325,58 @@ pub fn new_replicaset(d: &Deployment, hash: &str, replicas: i32, revision: i64) 
     let spec = d.spec.clone().unwrap_or_default();
     let mut template = spec.template.clone();
     let tm = template.metadata.get_or_insert_with(Default::default);
-    tm.labels.get_or_insert_with(Default::default).insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+    tm.labels
+        .get_or_insert_with(Default::default)
+        .insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
     let labels = tm.labels.clone();
     let mut selector = spec.selector.clone();
-    selector.match_labels.get_or_insert_with(Default::default).insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+    selector
+        .match_labels
+        .get_or_insert_with(Default::default)
+        .insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
     let mut annotations = copied_annotations(d);
     annotations.insert(REVISION_ANNOTATION.into(), revision.to_string());
-    annotations.insert(DESIRED_REPLICAS_ANNOTATION.into(), replicas_of(d).to_string());
+    annotations.insert(
+        DESIRED_REPLICAS_ANNOTATION.into(),
+        replicas_of(d).to_string(),
+    );
     let surge = if is_rolling(d) { fenceposts(d).0 } else { 0 };
-    annotations.insert(MAX_REPLICAS_ANNOTATION.into(), (replicas_of(d) + surge).to_string());
+    annotations.insert(
+        MAX_REPLICAS_ANNOTATION.into(),
+        (replicas_of(d) + surge).to_string(),
+    );
     ReplicaSet {
         metadata: ObjectMeta {
-            name: Some(format!("{}-{hash}", d.metadata.name.as_deref().unwrap_or("deployment"))),
+            name: Some(format!(
+                "{}-{hash}",
+                d.metadata.name.as_deref().unwrap_or("deployment")
+            )),
             namespace: d.metadata.namespace.clone(),
             labels,
             annotations: Some(annotations),
-            owner_references: Some(vec![podcontrol::controller_ref("apps/v1", "Deployment", &d.metadata)]),
+            owner_references: Some(vec![podcontrol::controller_ref(
+                "apps/v1",
+                "Deployment",
+                &d.metadata,
+            )]),
             ..Default::default()
         },
-        spec: Some(ReplicaSetSpec { replicas: Some(replicas), min_ready_seconds: spec.min_ready_seconds, selector, template: Some(template) }),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
         status: None,
     }
 }
 
 /// Decide the next step for `d` given the ReplicaSets of its namespace.
 pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Plan {
-    let mut p = Planner { d, plan: Plan::default() };
+    let mut p = Planner {
+        d,
+        plan: Plan::default(),
+    };
     let uid = d.metadata.uid.as_deref().unwrap_or_default();
     let spec = d.spec.clone().unwrap_or_default();
     let replicas = replicas_of(d);
@@ -317,40 +397,87 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
                 if matches {
                     owned.push(rs.clone());
                 } else if rs.metadata.deletion_timestamp.is_none() {
-                    p.plan.release.push(rs.metadata.name.clone().unwrap_or_default());
+                    p.plan
+                        .release
+                        .push(rs.metadata.name.clone().unwrap_or_default());
                 }
             }
             Some(_) => {}
             None if matches && !deleting && rs.metadata.deletion_timestamp.is_none() => {
-                p.plan.adopt.push(rs.metadata.name.clone().unwrap_or_default());
+                p.plan
+                    .adopt
+                    .push(rs.metadata.name.clone().unwrap_or_default());
                 owned.push(rs.clone());
             }
             None => {}
         }
     }
-    owned.sort_by_key(|rs| (rs.metadata.creation_timestamp.as_ref().map(|t| t.0), rs.metadata.name.clone()));
+    owned.sort_by_key(|rs| {
+        (
+            rs.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            rs.metadata.name.clone(),
+        )
+    });
 
     let mut views: Vec<View> = owned
         .iter()
-        .map(|rs| View { rs: rs.clone(), name: rs.metadata.name.clone().unwrap_or_default(), spec: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0), created: false })
+        .map(|rs| View {
+            rs: rs.clone(),
+            name: rs.metadata.name.clone().unwrap_or_default(),
+            spec: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            created: false,
+        })
         .collect();
-    let mut new_idx = views.iter().position(|v| template_matches(v.rs.spec.as_ref().and_then(|s| s.template.as_ref()), &spec.template));
+    let mut new_idx = views.iter().position(|v| {
+        template_matches(
+            v.rs.spec.as_ref().and_then(|s| s.template.as_ref()),
+            &spec.template,
+        )
+    });
 
     let has_deadline = progress_deadline(d).is_some();
     let paused = spec.paused.unwrap_or(false);
 
     // Paused/resumed condition (upstream checkPausedConditions).
-    if has_deadline && condition(&conds, "Progressing").and_then(|c| c.reason.as_deref()) != Some("ProgressDeadlineExceeded") {
-        let paused_cond = condition(&conds, "Progressing").and_then(|c| c.reason.as_deref()) == Some("DeploymentPaused");
+    if has_deadline
+        && condition(&conds, "Progressing").and_then(|c| c.reason.as_deref())
+            != Some("ProgressDeadlineExceeded")
+    {
+        let paused_cond = condition(&conds, "Progressing").and_then(|c| c.reason.as_deref())
+            == Some("DeploymentPaused");
         if paused && !paused_cond {
-            set_condition(&mut conds, new_condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now));
+            set_condition(
+                &mut conds,
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentPaused",
+                    "Deployment is paused".into(),
+                    now,
+                ),
+            );
         } else if !paused && paused_cond {
-            set_condition(&mut conds, new_condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed".into(), now));
+            set_condition(
+                &mut conds,
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentResumed",
+                    "Deployment is resumed".into(),
+                    now,
+                ),
+            );
         }
     }
 
     // Revisions (upstream getNewReplicaSet / SetNewReplicaSetAnnotations).
-    let max_old_revision = views.iter().enumerate().filter(|(i, _)| Some(*i) != new_idx).map(|(_, v)| revision_of(&v.rs.metadata)).max().unwrap_or(0);
+    let max_old_revision = views
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != new_idx)
+        .map(|(_, v)| revision_of(&v.rs.metadata))
+        .max()
+        .unwrap_or(0);
     let new_revision = max_old_revision + 1;
     if let Some(i) = new_idx {
         let v = &views[i];
@@ -359,28 +486,56 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
         if cur_rev < new_revision {
             want.insert(REVISION_ANNOTATION.into(), new_revision.to_string());
             if cur_rev > 0 {
-                let hist = v.rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_HISTORY_ANNOTATION)).cloned();
-                want.insert(REVISION_HISTORY_ANNOTATION.into(), match hist {
-                    Some(h) if !h.is_empty() => format!("{h},{cur_rev}"),
-                    _ => cur_rev.to_string(),
-                });
+                let hist =
+                    v.rs.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(REVISION_HISTORY_ANNOTATION))
+                        .cloned();
+                want.insert(
+                    REVISION_HISTORY_ANNOTATION.into(),
+                    match hist {
+                        Some(h) if !h.is_empty() => format!("{h},{cur_rev}"),
+                        _ => cur_rev.to_string(),
+                    },
+                );
             }
         }
         let have = v.rs.metadata.annotations.clone().unwrap_or_default();
-        let missing: BTreeMap<String, String> = want.into_iter().filter(|(k, val)| have.get(k) != Some(val)).collect();
+        let missing: BTreeMap<String, String> = want
+            .into_iter()
+            .filter(|(k, val)| have.get(k) != Some(val))
+            .collect();
         let name = v.name.clone();
         if !missing.is_empty() && !deleting {
             p.update_for(&name).annotations.extend(missing);
         }
-        if v.rs.spec.as_ref().and_then(|s| s.min_ready_seconds) != spec.min_ready_seconds && !deleting {
+        if v.rs.spec.as_ref().and_then(|s| s.min_ready_seconds) != spec.min_ready_seconds
+            && !deleting
+        {
             p.update_for(&name).min_ready_seconds = Some(spec.min_ready_seconds.unwrap_or(0));
         }
         let rev = revision_of(&v.rs.metadata).max(new_revision).to_string();
-        if d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)) != Some(&rev) && !deleting {
+        if d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION_ANNOTATION))
+            != Some(&rev)
+            && !deleting
+        {
             p.plan.revision = Some(rev);
         }
         if has_deadline && condition(&conds, "Progressing").is_none() {
-            set_condition(&mut conds, new_condition("Progressing", "True", "FoundNewReplicaSet", format!("Found new replica set \"{name}\""), now));
+            set_condition(
+                &mut conds,
+                new_condition(
+                    "Progressing",
+                    "True",
+                    "FoundNewReplicaSet",
+                    format!("Found new replica set \"{name}\""),
+                    now,
+                ),
+            );
         }
     }
 
@@ -408,7 +563,10 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
         if new_idx.is_none() {
             let hash = podcontrol::template_hash(&spec.template, collision_count);
             let name = format!("{}-{hash}", d.metadata.name.as_deref().unwrap_or_default());
-            if rss.iter().any(|rs| rs.metadata.namespace == d.metadata.namespace && rs.metadata.name.as_deref() == Some(&name)) {
+            if rss.iter().any(|rs| {
+                rs.metadata.namespace == d.metadata.namespace
+                    && rs.metadata.name.as_deref() == Some(&name)
+            }) {
                 // Hash collision with a ReplicaSet of another template: try the next hash.
                 collision_count = Some(collision_count.unwrap_or(0) + 1);
                 p.plan.requeue_after = Some(Duration::from_millis(10));
@@ -417,18 +575,46 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
                     let (surge, _) = fenceposts(d);
                     let current: i32 = views.iter().map(|v| v.spec).sum();
                     let max_total = replicas + surge;
-                    if current >= max_total { 0 } else { (max_total - current).min(replicas) }
+                    if current >= max_total {
+                        0
+                    } else {
+                        (max_total - current).min(replicas)
+                    }
                 } else {
                     // Recreate starts at 0 and scales up once the old pods are gone.
-                    if views.iter().all(|v| v.spec == 0 && v.status_replicas() == 0) { replicas } else { 0 }
+                    if views
+                        .iter()
+                        .all(|v| v.spec == 0 && v.status_replicas() == 0)
+                    {
+                        replicas
+                    } else {
+                        0
+                    }
                 };
                 let rs = new_replicaset(d, &hash, initial, new_revision);
-                p.plan.events.push(("ScalingReplicaSet".into(), format!("Scaled up replica set {name} from 0 to {initial}")));
+                p.plan.events.push((
+                    "ScalingReplicaSet".into(),
+                    format!("Scaled up replica set {name} from 0 to {initial}"),
+                ));
                 if has_deadline {
-                    set_condition(&mut conds, new_condition("Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set \"{name}\""), now));
+                    set_condition(
+                        &mut conds,
+                        new_condition(
+                            "Progressing",
+                            "True",
+                            "NewReplicaSetCreated",
+                            format!("Created new replica set \"{name}\""),
+                            now,
+                        ),
+                    );
                 }
                 p.plan.revision = Some(new_revision.to_string());
-                views.push(View { rs: Arc::new(rs.clone()), name, spec: initial, created: true });
+                views.push(View {
+                    rs: Arc::new(rs.clone()),
+                    name,
+                    spec: initial,
+                    created: true,
+                });
                 p.plan.create = Some(rs);
                 new_idx = Some(views.len() - 1);
                 progressed_step = true;
@@ -460,32 +646,70 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
         terminating_replicas: None,
     };
     if available >= replicas - max_unavailable(d) {
-        set_condition(&mut conds, new_condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), now));
+        set_condition(
+            &mut conds,
+            new_condition(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+                now,
+            ),
+        );
     } else {
-        set_condition(&mut conds, new_condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), now));
+        set_condition(
+            &mut conds,
+            new_condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+                now,
+            ),
+        );
     }
     if !has_deadline {
         conds.retain(|c| c.type_ != "Progressing");
     } else if !paused && !deleting {
         let cur = condition(&conds, "Progressing").cloned();
-        let already_complete = status.replicas == status.updated_replicas && cur.as_ref().and_then(|c| c.reason.as_deref()) == Some("NewReplicaSetAvailable");
-        let rs_name = new_view.as_ref().map(|v| v.name.clone()).unwrap_or_default();
+        let already_complete = status.replicas == status.updated_replicas
+            && cur.as_ref().and_then(|c| c.reason.as_deref()) == Some("NewReplicaSetAvailable");
+        let rs_name = new_view
+            .as_ref()
+            .map(|v| v.name.clone())
+            .unwrap_or_default();
         let u = |o: Option<i32>| o.unwrap_or(0);
-        let complete = u(status.updated_replicas) == replicas && u(status.replicas) == replicas && available == replicas && status.observed_generation >= d.metadata.generation;
+        let complete = u(status.updated_replicas) == replicas
+            && u(status.replicas) == replicas
+            && available == replicas
+            && status.observed_generation >= d.metadata.generation;
         let progressing = u(status.updated_replicas) > u(old_status.updated_replicas)
-            || u(status.replicas) - u(status.updated_replicas) < u(old_status.replicas) - u(old_status.updated_replicas)
+            || u(status.replicas) - u(status.updated_replicas)
+                < u(old_status.replicas) - u(old_status.updated_replicas)
             || u(status.ready_replicas) > u(old_status.ready_replicas)
             || available > u(old_status.available_replicas);
         if !already_complete {
             if complete && new_view.is_some() {
-                let mut c = new_condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed."), now);
+                let mut c = new_condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetAvailable",
+                    format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+                    now,
+                );
                 if let Some(cur) = cur.as_ref().filter(|c| c.status == "True") {
                     c.last_transition_time = cur.last_transition_time.clone();
                 }
                 conds.retain(|x| x.type_ != "Progressing");
                 conds.push(c);
             } else if progressing && new_view.is_some() {
-                let mut c = new_condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."), now);
+                let mut c = new_condition(
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    format!("ReplicaSet \"{rs_name}\" is progressing."),
+                    now,
+                );
                 if let Some(cur) = cur.as_ref().filter(|c| c.status == "True") {
                     c.last_transition_time = cur.last_transition_time.clone();
                 }
@@ -493,19 +717,28 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
                 conds.push(c);
             } else if let Some(cur) = cur.as_ref() {
                 let reason = cur.reason.as_deref();
-                if reason != Some("NewReplicaSetAvailable") && reason != Some("ProgressDeadlineExceeded") {
+                if reason != Some("NewReplicaSetAvailable")
+                    && reason != Some("ProgressDeadlineExceeded")
+                {
                     let deadline = i64::from(progress_deadline(d).unwrap_or(600));
                     if let Some(from) = cur.last_update_time.as_ref().map(|t| t.0.as_second()) {
                         if from + deadline < now.as_second() {
                             set_condition(
                                 &mut conds,
-                                new_condition("Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{rs_name}\" has timed out progressing."), now),
+                                new_condition(
+                                    "Progressing",
+                                    "False",
+                                    "ProgressDeadlineExceeded",
+                                    format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                                    now,
+                                ),
                             );
                         } else {
                             // Requeue when the deadline would pass (upstream requeueStuckDeployment).
                             let left = (from + deadline - now.as_second()).max(0) as u64 + 1;
                             let d = Duration::from_secs(left);
-                            p.plan.requeue_after = Some(p.plan.requeue_after.map_or(d, |r| r.min(d)));
+                            p.plan.requeue_after =
+                                Some(p.plan.requeue_after.map_or(d, |r| r.min(d)));
                         }
                     }
                 }
@@ -526,13 +759,21 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
     status.conditions = Some(conds);
     p.plan.status = status;
     let mut plan = p.plan;
-    plan.update.retain(|u| u.replicas.is_some() || !u.annotations.is_empty() || u.min_ready_seconds.is_some());
+    plan.update.retain(|u| {
+        u.replicas.is_some() || !u.annotations.is_empty() || u.min_ready_seconds.is_some()
+    });
     plan
 }
 
 /// Rolling update step (upstream rolloutRolling): scale the new ReplicaSet up within maxSurge,
 /// else scale old ones down within maxUnavailable, else clean up.
-fn rolling(p: &mut Planner<'_>, views: &mut [View], ni: usize, spec: &k8s_openapi::api::apps::v1::DeploymentSpec, already_stepped: bool) {
+fn rolling(
+    p: &mut Planner<'_>,
+    views: &mut [View],
+    ni: usize,
+    spec: &k8s_openapi::api::apps::v1::DeploymentSpec,
+    already_stepped: bool,
+) {
     let d = p.d;
     let replicas = replicas_of(d);
     if already_stepped {
@@ -547,13 +788,23 @@ fn rolling(p: &mut Planner<'_>, views: &mut [View], ni: usize, spec: &k8s_openap
             let (surge, _) = fenceposts(d);
             let current: i32 = views.iter().map(|v| v.spec).sum();
             let max_total = replicas + surge;
-            if current >= max_total { new_spec } else { new_spec + (max_total - current).min(replicas - new_spec) }
+            if current >= max_total {
+                new_spec
+            } else {
+                new_spec + (max_total - current).min(replicas - new_spec)
+            }
         };
         let mut v = views[ni].clone();
         let (from, name) = (v.spec, v.name.clone());
         if p.scale(&mut v, target) {
             views[ni] = v;
-            p.plan.events.push(("ScalingReplicaSet".into(), format!("Scaled {} replica set {name} from {from} to {target}", if target > from { "up" } else { "down" })));
+            p.plan.events.push((
+                "ScalingReplicaSet".into(),
+                format!(
+                    "Scaled {} replica set {name} from {from} to {target}",
+                    if target > from { "up" } else { "down" }
+                ),
+            ));
             return;
         }
     }
@@ -582,7 +833,10 @@ fn rolling(p: &mut Planner<'_>, views: &mut [View], ni: usize, spec: &k8s_openap
                 let (from, name) = (v.spec, v.name.clone());
                 p.scale(&mut v, from - n);
                 views[i] = v;
-                p.plan.events.push(("ScalingReplicaSet".into(), format!("Scaled down replica set {name} from {from} to {}", from - n)));
+                p.plan.events.push((
+                    "ScalingReplicaSet".into(),
+                    format!("Scaled down replica set {name} from {from} to {}", from - n),
+                ));
                 total += n;
                 scaled = true;
             }
@@ -604,7 +858,10 @@ fn rolling(p: &mut Planner<'_>, views: &mut [View], ni: usize, spec: &k8s_openap
                     let (from, name) = (v.spec, v.name.clone());
                     p.scale(&mut v, from - n);
                     views[i] = v;
-                    p.plan.events.push(("ScalingReplicaSet".into(), format!("Scaled down replica set {name} from {from} to {}", from - n)));
+                    p.plan.events.push((
+                        "ScalingReplicaSet".into(),
+                        format!("Scaled down replica set {name} from {from} to {}", from - n),
+                    ));
                     done += n;
                     scaled = true;
                 }
@@ -616,14 +873,26 @@ fn rolling(p: &mut Planner<'_>, views: &mut [View], ni: usize, spec: &k8s_openap
     }
     // Complete: clean up old replica sets beyond the history limit.
     let v = &views[ni];
-    if v.spec == replicas && v.status_replicas() == replicas && v.available() == replicas && old.iter().all(|i| views[*i].spec == 0 && views[*i].status_replicas() == 0) {
+    if v.spec == replicas
+        && v.status_replicas() == replicas
+        && v.available() == replicas
+        && old
+            .iter()
+            .all(|i| views[*i].spec == 0 && views[*i].status_replicas() == 0)
+    {
         cleanup(p, views, Some(ni), spec.revision_history_limit);
     }
 }
 
 /// Recreate step (upstream rolloutRecreate): old replica sets to zero, wait for their pods to go,
 /// then the new one to full size.
-fn recreate(p: &mut Planner<'_>, views: &mut [View], ni: usize, replicas: i32, spec: &k8s_openapi::api::apps::v1::DeploymentSpec) {
+fn recreate(
+    p: &mut Planner<'_>,
+    views: &mut [View],
+    ni: usize,
+    replicas: i32,
+    spec: &k8s_openapi::api::apps::v1::DeploymentSpec,
+) {
     let old: Vec<usize> = (0..views.len()).filter(|i| *i != ni).collect();
     let mut scaled = false;
     for &i in &old {
@@ -632,7 +901,10 @@ fn recreate(p: &mut Planner<'_>, views: &mut [View], ni: usize, replicas: i32, s
             let (from, name) = (v.spec, v.name.clone());
             p.scale(&mut v, 0);
             views[i] = v;
-            p.plan.events.push(("ScalingReplicaSet".into(), format!("Scaled down replica set {name} from {from} to 0")));
+            p.plan.events.push((
+                "ScalingReplicaSet".into(),
+                format!("Scaled down replica set {name} from {from} to 0"),
+            ));
             scaled = true;
         }
     }
@@ -647,7 +919,13 @@ fn recreate(p: &mut Planner<'_>, views: &mut [View], ni: usize, replicas: i32, s
     let (from, name) = (v.spec, v.name.clone());
     if p.scale(&mut v, replicas) {
         views[ni] = v;
-        p.plan.events.push(("ScalingReplicaSet".into(), format!("Scaled {} replica set {name} from {from} to {replicas}", if replicas > from { "up" } else { "down" })));
+        p.plan.events.push((
+            "ScalingReplicaSet".into(),
+            format!(
+                "Scaled {} replica set {name} from {from} to {replicas}",
+                if replicas > from { "up" } else { "down" }
+            ),
+        ));
         return;
     }
     let v = &views[ni];
@@ -660,15 +938,26 @@ fn recreate(p: &mut Planner<'_>, views: &mut [View], ni: usize, replicas: i32, s
 /// replica sets that are fully scaled down.
 fn cleanup(p: &mut Planner<'_>, views: &[View], ni: Option<usize>, limit: Option<i32>) {
     let Some(limit) = limit else { return };
-    let mut alive: Vec<&View> = (0..views.len()).filter(|i| Some(*i) != ni).map(|i| &views[i]).filter(|v| v.rs.metadata.deletion_timestamp.is_none() && !v.created).collect();
+    let mut alive: Vec<&View> = (0..views.len())
+        .filter(|i| Some(*i) != ni)
+        .map(|i| &views[i])
+        .filter(|v| v.rs.metadata.deletion_timestamp.is_none() && !v.created)
+        .collect();
     let diff = alive.len() as i64 - i64::from(limit.max(0));
     if diff <= 0 {
         return;
     }
     alive.sort_by_key(|v| (revision_of(&v.rs.metadata), v.created_at()));
     for v in alive.into_iter().take(diff as usize) {
-        let observed = v.rs.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
-        if v.status_replicas() != 0 || v.spec != 0 || v.rs.metadata.generation.unwrap_or(0) > observed {
+        let observed =
+            v.rs.status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .unwrap_or(0);
+        if v.status_replicas() != 0
+            || v.spec != 0
+            || v.rs.metadata.generation.unwrap_or(0) > observed
+        {
             continue;
         }
         p.plan.delete.push(v.name.clone());
@@ -688,19 +977,30 @@ struct Ctx {
 }
 
 fn rv(meta: &ObjectMeta) -> u64 {
-    meta.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+    meta.resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Ctx {
     fn remember(&self, rs: ReplicaSet) {
         if let Some(uid) = rs.metadata.uid.clone() {
-            self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, (Arc::new(rs), Instant::now()));
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid, (Arc::new(rs), Instant::now()));
         }
     }
 
     /// The ReplicaSets of `ns`: the cache, with this controller's own newer writes laid over it.
     fn replicasets(&self, ns: &str) -> Vec<Arc<ReplicaSet>> {
-        let cached: Vec<Arc<ReplicaSet>> = self.rss.state().into_iter().filter(|r| r.metadata.namespace.as_deref() == Some(ns)).collect();
+        let cached: Vec<Arc<ReplicaSet>> = self
+            .rss
+            .state()
+            .into_iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(ns))
+            .collect();
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         written.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
         let mut out = Vec::with_capacity(cached.len());
@@ -731,7 +1031,10 @@ fn is_conflict(e: &kube::Error) -> bool {
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.rss.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    ctx.rss
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheGone)?;
     let ns = d.metadata.namespace.clone().unwrap_or_default();
     let name = d.metadata.name.clone().unwrap_or_default();
     let rss = ctx.replicasets(&ns);
@@ -739,12 +1042,17 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let d_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let d_ref = podcontrol::object_reference("apps/v1", "Deployment", &d.metadata);
-    let by_name: HashMap<&str, &Arc<ReplicaSet>> = rss.iter().filter_map(|r| Some((r.metadata.name.as_deref()?, r))).collect();
+    let by_name: HashMap<&str, &Arc<ReplicaSet>> = rss
+        .iter()
+        .filter_map(|r| Some((r.metadata.name.as_deref()?, r)))
+        .collect();
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let owner = podcontrol::controller_ref("apps/v1", "Deployment", &d.metadata);
 
     for n in plan.adopt.iter().chain(plan.release.iter()) {
-        let Some(rs) = by_name.get(n.as_str()) else { continue };
+        let Some(rs) = by_name.get(n.as_str()) else {
+            continue;
+        };
         let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
         if plan.adopt.contains(n) {
             refs.push(owner.clone());
@@ -752,7 +1060,10 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             refs.retain(|r| r.uid != uid);
         }
         let body = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.metadata.resource_version}});
-        match rs_api.patch(n, &PatchParams::default(), &Patch::Merge(&body)).await {
+        match rs_api
+            .patch(n, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
             Ok(rs) => ctx.remember(rs),
             Err(e) if is_conflict(&e) => return Ok(Action::requeue(Duration::from_millis(200))),
             Err(e) => return Err(e.into()),
@@ -764,14 +1075,21 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             Ok(created) => ctx.remember(created),
             Err(e) if is_conflict(&e) => return Ok(Action::requeue(Duration::from_millis(200))),
             Err(e) => {
-                ctx.recorder.event(d_ref.clone(), "Warning", "FailedCreate", format!("Failed to create new replica set: {e}"));
+                ctx.recorder.event(
+                    d_ref.clone(),
+                    "Warning",
+                    "FailedCreate",
+                    format!("Failed to create new replica set: {e}"),
+                );
                 return Err(e.into());
             }
         }
     }
 
     for u in &plan.update {
-        let Some(rs) = by_name.get(u.name.as_str()) else { continue };
+        let Some(rs) = by_name.get(u.name.as_str()) else {
+            continue;
+        };
         let mut body = json!({"metadata": {"resourceVersion": rs.metadata.resource_version}});
         if !u.annotations.is_empty() {
             body["metadata"]["annotations"] = json!(u.annotations);
@@ -782,15 +1100,21 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if let Some(m) = u.min_ready_seconds {
             body["spec"]["minReadySeconds"] = json!(m);
         }
-        match rs_api.patch(&u.name, &PatchParams::default(), &Patch::Merge(&body)).await {
+        match rs_api
+            .patch(&u.name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
             Ok(updated) => ctx.remember(updated),
             Err(e) if is_conflict(&e) => return Ok(Action::requeue(Duration::from_millis(200))),
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::requeue(Duration::from_millis(200))),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
             Err(e) => return Err(e.into()),
         }
     }
     for (reason, message) in &plan.events {
-        ctx.recorder.event(d_ref.clone(), "Normal", reason, message.clone());
+        ctx.recorder
+            .event(d_ref.clone(), "Normal", reason, message.clone());
     }
 
     for n in &plan.delete {
@@ -803,7 +1127,10 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
     if let Some(rev) = &plan.revision {
         let body = json!({"metadata": {"annotations": {REVISION_ANNOTATION: rev}}});
-        match d_api.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+        match d_api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
             Err(e) => return Err(e.into()),
@@ -814,7 +1141,10 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let new = serde_json::to_value(&plan.status).unwrap_or_default();
     if old != new {
         let body = json!({"status": plan.status});
-        match d_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+        match d_api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
             Err(e) => return Err(e.into()),
@@ -846,11 +1176,26 @@ pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send
     let rs_queue = reflector::reflector(rs_writer, watcher(rs_api, watcher::Config::default()))
         .default_backoff()
         .touched_objects()
-        .map_ok(move |rs: ReplicaSet| stream::iter(owners_of_rs(&rs, &d_lookup).into_iter().map(Ok)))
+        .map_ok(move |rs: ReplicaSet| {
+            stream::iter(owners_of_rs(&rs, &d_lookup).into_iter().map(Ok))
+        })
         .try_flatten();
     let queue = stream::select(d_queue.boxed(), rs_queue.boxed());
-    let ctx = Arc::new(Ctx { client: client.clone(), rss: rs_reader, written: Mutex::new(HashMap::new()), recorder: Recorder::new(client, "deployment-controller") });
-    let work = applier(|d, ctx| Box::pin(reconcile(d, ctx)), error_policy, ctx, d_reader, queue, ControllerConfig::default()).for_each(|r| async move {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        rss: rs_reader,
+        written: Mutex::new(HashMap::new()),
+        recorder: Recorder::new(client, "deployment-controller"),
+    });
+    let work = applier(
+        |d, ctx| Box::pin(reconcile(d, ctx)),
+        error_policy,
+        ctx,
+        d_reader,
+        queue,
+        ControllerConfig::default(),
+    )
+    .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %e, "deployment controller");
         }
@@ -873,7 +1218,11 @@ fn owners_of_rs(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<ObjectR
         .state()
         .iter()
         .filter(|d| d.metadata.namespace.as_deref() == Some(ns))
-        .filter(|d| d.spec.as_ref().is_some_and(|s| podcontrol::selector_matches(&s.selector, rs.metadata.labels.as_ref())))
+        .filter(|d| {
+            d.spec.as_ref().is_some_and(|s| {
+                podcontrol::selector_matches(&s.selector, rs.metadata.labels.as_ref())
+            })
+        })
         .map(|d| ObjectRef::from_obj(&**d))
         .collect()
 }
@@ -882,7 +1231,9 @@ fn owners_of_rs(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<ObjectR
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, ReplicaSetStatus, RollingUpdateDeployment};
+    use k8s_openapi::api::apps::v1::{
+        DeploymentSpec, DeploymentStrategy, ReplicaSetStatus, RollingUpdateDeployment,
+    };
     use k8s_openapi::api::core::v1::{Container, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -890,20 +1241,47 @@ mod tests {
         jiff::Timestamp::from_second(1_000_000).unwrap()
     }
 
-    fn deployment(replicas: i32, image: &str, surge: IntOrString, unavailable: IntOrString) -> Deployment {
+    fn deployment(
+        replicas: i32,
+        image: &str,
+        surge: IntOrString,
+        unavailable: IntOrString,
+    ) -> Deployment {
         let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
         Deployment {
-            metadata: ObjectMeta { name: Some("web".into()), namespace: Some("default".into()), uid: Some("d-uid".into()), generation: Some(1), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                uid: Some("d-uid".into()),
+                generation: Some(1),
+                ..Default::default()
+            },
             spec: Some(DeploymentSpec {
                 replicas: Some(replicas),
-                selector: LabelSelector { match_labels: Some(labels.clone()), match_expressions: None },
+                selector: LabelSelector {
+                    match_labels: Some(labels.clone()),
+                    match_expressions: None,
+                },
                 template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-                    spec: Some(PodSpec { containers: vec![Container { name: "c".into(), image: Some(image.into()), ..Default::default() }], ..Default::default() }),
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "c".into(),
+                            image: Some(image.into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
                 },
                 strategy: Some(DeploymentStrategy {
                     type_: Some("RollingUpdate".into()),
-                    rolling_update: Some(RollingUpdateDeployment { max_surge: Some(surge), max_unavailable: Some(unavailable) }),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: Some(surge),
+                        max_unavailable: Some(unavailable),
+                    }),
                 }),
                 revision_history_limit: Some(10),
                 progress_deadline_seconds: Some(600),
@@ -925,7 +1303,13 @@ mod tests {
         rs.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
         rs.metadata.generation = Some(1);
         rs.metadata.resource_version = Some("1".into());
-        rs.status = Some(ReplicaSetStatus { replicas, ready_replicas: Some(replicas), available_replicas: Some(replicas), observed_generation: Some(1), ..Default::default() });
+        rs.status = Some(ReplicaSetStatus {
+            replicas,
+            ready_replicas: Some(replicas),
+            available_replicas: Some(replicas),
+            observed_generation: Some(1),
+            ..Default::default()
+        });
         rs
     }
 
@@ -933,14 +1317,20 @@ mod tests {
     fn int_or_percent_rounding() {
         assert_eq!(scaled_value(Some(&pct("25%")), "25%", 10, true), 3);
         assert_eq!(scaled_value(Some(&pct("25%")), "25%", 10, false), 2);
-        assert_eq!(scaled_value(Some(&IntOrString::Int(4)), "25%", 10, false), 4);
+        assert_eq!(
+            scaled_value(Some(&IntOrString::Int(4)), "25%", 10, false),
+            4
+        );
         assert_eq!(scaled_value(None, "25%", 1, true), 1);
         assert_eq!(scaled_value(None, "25%", 1, false), 0);
         let d = deployment(10, "a", pct("0%"), pct("0%"));
         assert_eq!(fenceposts(&d), (0, 1));
         let d = deployment(10, "a", pct("30%"), IntOrString::Int(2));
         assert_eq!(fenceposts(&d), (3, 2));
-        assert_eq!(max_unavailable(&deployment(1, "a", pct("25%"), IntOrString::Int(5))), 1);
+        assert_eq!(
+            max_unavailable(&deployment(1, "a", pct("25%"), IntOrString::Int(5))),
+            1
+        );
     }
 
     #[test]
@@ -949,19 +1339,57 @@ mod tests {
         let p = plan(&d, &[], now());
         let rs = p.create.unwrap();
         let hash = podcontrol::template_hash(&d.spec.as_ref().unwrap().template, None);
-        assert_eq!(rs.metadata.name.as_deref(), Some(format!("web-{hash}").as_str()));
+        assert_eq!(
+            rs.metadata.name.as_deref(),
+            Some(format!("web-{hash}").as_str())
+        );
         assert_eq!(rs.spec.as_ref().unwrap().replicas, Some(3));
-        assert_eq!(rs.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION], "1");
-        assert_eq!(rs.metadata.labels.as_ref().unwrap()[POD_TEMPLATE_HASH_LABEL], hash);
-        assert_eq!(rs.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap()[POD_TEMPLATE_HASH_LABEL], hash);
-        assert_eq!(rs.spec.as_ref().unwrap().template.as_ref().unwrap().metadata.as_ref().unwrap().labels.as_ref().unwrap()[POD_TEMPLATE_HASH_LABEL], hash);
+        assert_eq!(
+            rs.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION],
+            "1"
+        );
+        assert_eq!(
+            rs.metadata.labels.as_ref().unwrap()[POD_TEMPLATE_HASH_LABEL],
+            hash
+        );
+        assert_eq!(
+            rs.spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .match_labels
+                .as_ref()
+                .unwrap()[POD_TEMPLATE_HASH_LABEL],
+            hash
+        );
+        assert_eq!(
+            rs.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .as_ref()
+                .unwrap()
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .as_ref()
+                .unwrap()[POD_TEMPLATE_HASH_LABEL],
+            hash
+        );
         assert_eq!(p.revision.as_deref(), Some("1"));
         let conds = p.status.conditions.unwrap();
         let prog = condition(&conds, "Progressing").unwrap();
         assert_eq!(prog.reason.as_deref(), Some("NewReplicaSetCreated"));
         let avail = condition(&conds, "Available").unwrap();
-        assert_eq!((avail.status.as_str(), avail.reason.as_deref()), ("False", Some("MinimumReplicasUnavailable")));
-        assert_eq!(p.events[0].1, format!("Scaled up replica set web-{hash} from 0 to 3"));
+        assert_eq!(
+            (avail.status.as_str(), avail.reason.as_deref()),
+            ("False", Some("MinimumReplicasUnavailable"))
+        );
+        assert_eq!(
+            p.events[0].1,
+            format!("Scaled up replica set web-{hash} from 0 to 3")
+        );
     }
 
     #[test]
@@ -970,10 +1398,26 @@ mod tests {
         let rs = rs_of(&d, 3, 1, 1);
         d.metadata.annotations = Some([(REVISION_ANNOTATION.to_string(), "1".to_string())].into());
         let p = plan(&d, &[Arc::new(rs)], now());
-        assert!(p.create.is_none() && p.update.is_empty() && p.delete.is_empty() && p.revision.is_none(), "{p:?}");
-        assert_eq!((p.status.replicas, p.status.updated_replicas, p.status.available_replicas), (Some(3), Some(3), Some(3)));
+        assert!(
+            p.create.is_none()
+                && p.update.is_empty()
+                && p.delete.is_empty()
+                && p.revision.is_none(),
+            "{p:?}"
+        );
+        assert_eq!(
+            (
+                p.status.replicas,
+                p.status.updated_replicas,
+                p.status.available_replicas
+            ),
+            (Some(3), Some(3), Some(3))
+        );
         let conds = p.status.conditions.unwrap();
-        assert_eq!(condition(&conds, "Progressing").unwrap().reason.as_deref(), Some("NewReplicaSetAvailable"));
+        assert_eq!(
+            condition(&conds, "Progressing").unwrap().reason.as_deref(),
+            Some("NewReplicaSetAvailable")
+        );
         assert_eq!(condition(&conds, "Available").unwrap().status, "True");
     }
 
@@ -989,15 +1433,24 @@ mod tests {
             world.push(rs);
         }
         for u in &p.update {
-            let rs = world.iter_mut().find(|r| r.metadata.name.as_deref() == Some(&u.name)).unwrap();
+            let rs = world
+                .iter_mut()
+                .find(|r| r.metadata.name.as_deref() == Some(&u.name))
+                .unwrap();
             if let Some((_, to)) = u.replicas {
                 rs.spec.as_mut().unwrap().replicas = Some(to);
             }
-            rs.metadata.annotations.get_or_insert_with(Default::default).extend(u.annotations.clone());
+            rs.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .extend(u.annotations.clone());
         }
         world.retain(|r| !p.delete.contains(r.metadata.name.as_ref().unwrap()));
         if let Some(rev) = &p.revision {
-            d.metadata.annotations.get_or_insert_with(Default::default).insert(REVISION_ANNOTATION.into(), rev.clone());
+            d.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(REVISION_ANNOTATION.into(), rev.clone());
         }
         d.status = Some(p.status.clone());
         // The ReplicaSet controller and kubelets.
@@ -1005,7 +1458,11 @@ mod tests {
             let spec = rs.spec.as_ref().unwrap().replicas.unwrap();
             let st = rs.status.get_or_insert_with(Default::default);
             let avail = st.available_replicas.unwrap_or(0);
-            let avail = if spec <= avail { spec } else { (avail + per_step).min(spec) };
+            let avail = if spec <= avail {
+                spec
+            } else {
+                (avail + per_step).min(spec)
+            };
             st.replicas = spec;
             st.available_replicas = Some(avail);
             st.ready_replicas = Some(avail);
@@ -1017,24 +1474,57 @@ mod tests {
         let mut d = deployment(replicas, "nginx:1", surge.clone(), unavailable.clone());
         let mut world = vec![rs_of(&d, replicas, 1, 1)];
         d.metadata.annotations = Some([(REVISION_ANNOTATION.to_string(), "1".to_string())].into());
-        d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into());
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("nginx:2".into());
         d.metadata.generation = Some(2);
         let (max_surge, max_unavail) = fenceposts(&d);
         for step in 0..200 {
             let rss: Vec<Arc<ReplicaSet>> = world.iter().cloned().map(Arc::new).collect();
             let p = plan(&d, &rss, now());
             apply(&mut world, &mut d, &p, per_step);
-            let total: i32 = world.iter().map(|r| r.spec.as_ref().unwrap().replicas.unwrap()).sum();
-            let available: i32 = world.iter().map(|r| r.status.as_ref().unwrap().available_replicas.unwrap()).sum();
-            assert!(total <= replicas + max_surge, "step {step}: {total} pods > {replicas} + {max_surge}");
-            assert!(available >= replicas - max_unavail, "step {step}: {available} available < {replicas} - {max_unavail}");
+            let total: i32 = world
+                .iter()
+                .map(|r| r.spec.as_ref().unwrap().replicas.unwrap())
+                .sum();
+            let available: i32 = world
+                .iter()
+                .map(|r| r.status.as_ref().unwrap().available_replicas.unwrap())
+                .sum();
+            assert!(
+                total <= replicas + max_surge,
+                "step {step}: {total} pods > {replicas} + {max_surge}"
+            );
+            assert!(
+                available >= replicas - max_unavail,
+                "step {step}: {available} available < {replicas} - {max_unavail}"
+            );
             let conds = p.status.conditions.clone().unwrap_or_default();
-            if condition(&conds, "Progressing").and_then(|c| c.reason.as_deref()) == Some("NewReplicaSetAvailable") {
+            if condition(&conds, "Progressing").and_then(|c| c.reason.as_deref())
+                == Some("NewReplicaSetAvailable")
+            {
                 assert_eq!(world.len(), 2);
-                let new = world.iter().find(|r| revision_of(&r.metadata) == 2).unwrap();
+                let new = world
+                    .iter()
+                    .find(|r| revision_of(&r.metadata) == 2)
+                    .unwrap();
                 assert_eq!(new.spec.as_ref().unwrap().replicas, Some(replicas));
-                assert!(world.iter().filter(|r| revision_of(&r.metadata) == 1).all(|r| r.spec.as_ref().unwrap().replicas == Some(0)));
-                assert_eq!(d.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION], "2");
+                assert!(
+                    world
+                        .iter()
+                        .filter(|r| revision_of(&r.metadata) == 1)
+                        .all(|r| r.spec.as_ref().unwrap().replicas == Some(0))
+                );
+                assert_eq!(
+                    d.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION],
+                    "2"
+                );
                 return;
             }
         }
@@ -1055,21 +1545,58 @@ mod tests {
     fn first_step_of_rolling_update() {
         let mut d = deployment(4, "nginx:1", IntOrString::Int(1), IntOrString::Int(0));
         let old = rs_of(&d, 4, 1, 1);
-        d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into());
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("nginx:2".into());
         let p = plan(&d, &[Arc::new(old)], now());
-        assert_eq!(p.create.as_ref().unwrap().spec.as_ref().unwrap().replicas, Some(1));
-        assert_eq!(p.create.as_ref().unwrap().metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION], "2");
-        assert!(p.update.is_empty(), "old replica set untouched until new pods are available");
+        assert_eq!(
+            p.create.as_ref().unwrap().spec.as_ref().unwrap().replicas,
+            Some(1)
+        );
+        assert_eq!(
+            p.create
+                .as_ref()
+                .unwrap()
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()[REVISION_ANNOTATION],
+            "2"
+        );
+        assert!(
+            p.update.is_empty(),
+            "old replica set untouched until new pods are available"
+        );
     }
 
     #[test]
     fn recreate_scales_old_down_then_new_up() {
         let mut d = deployment(3, "nginx:1", pct("25%"), pct("25%"));
-        d.spec.as_mut().unwrap().strategy = Some(DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None });
+        d.spec.as_mut().unwrap().strategy = Some(DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        });
         let mut old = rs_of(&d, 3, 1, 1);
-        d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into());
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("nginx:2".into());
         let p = plan(&d, &[Arc::new(old.clone())], now());
-        assert_eq!(p.create.as_ref().unwrap().spec.as_ref().unwrap().replicas, Some(0));
+        assert_eq!(
+            p.create.as_ref().unwrap().spec.as_ref().unwrap().replicas,
+            Some(0)
+        );
         assert_eq!(p.update[0].replicas, Some((3, 0)));
         // Old pods still terminating: the new replica set stays at 0.
         let mut new = p.create.clone().unwrap();
@@ -1091,16 +1618,43 @@ mod tests {
         let mut d = deployment(2, "v0", pct("25%"), pct("25%"));
         let mut rss = Vec::new();
         for rev in 1..=4 {
-            d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some(format!("v{rev}"));
+            d.spec
+                .as_mut()
+                .unwrap()
+                .template
+                .spec
+                .as_mut()
+                .unwrap()
+                .containers[0]
+                .image = Some(format!("v{rev}"));
             let mut rs = rs_of(&d, 0, rev, rev);
             rs.spec.as_mut().unwrap().replicas = Some(0);
             rss.push(Arc::new(rs));
         }
-        d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("v5".into());
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("v5".into());
         rss.push(Arc::new(rs_of(&d, 2, 5, 5)));
         d.spec.as_mut().unwrap().revision_history_limit = Some(2);
         let p = plan(&d, &rss, now());
-        let deleted: Vec<i64> = p.delete.iter().map(|n| revision_of(&rss.iter().find(|r| r.metadata.name.as_deref() == Some(n)).unwrap().metadata)).collect();
+        let deleted: Vec<i64> = p
+            .delete
+            .iter()
+            .map(|n| {
+                revision_of(
+                    &rss.iter()
+                        .find(|r| r.metadata.name.as_deref() == Some(n))
+                        .unwrap()
+                        .metadata,
+                )
+            })
+            .collect();
         assert_eq!(deleted, [1, 2]);
     }
 
@@ -1110,16 +1664,30 @@ mod tests {
         let old = rs_of(&d, 3, 1, 1);
         d.spec.as_mut().unwrap().paused = Some(true);
         d.spec.as_mut().unwrap().replicas = Some(5);
-        d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into());
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("nginx:2".into());
         let p = plan(&d, &[Arc::new(old)], now());
         assert!(p.create.is_none());
         assert_eq!(p.update[0].replicas, Some((3, 5)));
         let conds = p.status.conditions.unwrap();
         let c = condition(&conds, "Progressing").unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_deref()), ("Unknown", Some("DeploymentPaused")));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("Unknown", Some("DeploymentPaused"))
+        );
         // Resumed.
         d.spec.as_mut().unwrap().paused = Some(false);
-        d.status = Some(DeploymentStatus { conditions: Some(conds), ..Default::default() });
+        d.status = Some(DeploymentStatus {
+            conditions: Some(conds),
+            ..Default::default()
+        });
         let p = plan(&d, &[], now());
         assert!(p.create.is_some());
     }
@@ -1129,13 +1697,33 @@ mod tests {
         let mut d = deployment(2, "v1", pct("25%"), pct("25%"));
         let mut v1 = rs_of(&d, 0, 1, 1);
         v1.spec.as_mut().unwrap().replicas = Some(0);
-        d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("v2".into());
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("v2".into());
         let v2 = rs_of(&d, 2, 2, 2);
         // `kubectl rollout undo`: the template goes back to v1's (without the hash label).
-        d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("v1".into());
+        d.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("v1".into());
         let p = plan(&d, &[Arc::new(v1.clone()), Arc::new(v2)], now());
         assert!(p.create.is_none());
-        let u = p.update.iter().find(|u| Some(&u.name) == v1.metadata.name.as_ref()).unwrap();
+        let u = p
+            .update
+            .iter()
+            .find(|u| Some(&u.name) == v1.metadata.name.as_ref())
+            .unwrap();
         assert_eq!(u.annotations[REVISION_ANNOTATION], "3");
         assert_eq!(u.annotations[REVISION_HISTORY_ANNOTATION], "1");
         assert_eq!(u.replicas, Some((0, 1)), "scaled up within maxSurge");
@@ -1166,7 +1754,10 @@ mod tests {
         let p = plan(&d, &[Arc::new(rs.clone())], now());
         let conds = p.status.conditions.unwrap();
         let c = condition(&conds, "Progressing").unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_deref()), ("False", Some("ProgressDeadlineExceeded")));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("False", Some("ProgressDeadlineExceeded"))
+        );
         // Not yet past the deadline: requeued for when it would be.
         let recent = jiff::Timestamp::from_second(now().as_second() - 100).unwrap();
         let st = d.status.as_mut().unwrap();

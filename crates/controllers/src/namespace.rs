@@ -35,12 +35,18 @@ pub enum NamespaceError {
 pub struct Config {
     /// How often a terminating namespace is re-checked while content remains.
     pub recheck: Duration,
+    /// Write the deletion conditions to `status` while content remains. Off by default: the API
+    /// server currently deletes a terminating namespace on any update once its
+    /// `metadata.finalizers` are empty, ignoring `spec.finalizers`, which would drop the
+    /// namespace before its content is gone.
+    pub write_conditions: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             recheck: Duration::from_secs(2),
+            write_conditions: false,
         }
     }
 }
@@ -267,7 +273,6 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Namespac
     }
     let name = ns.name_any();
     let observed = delete_content(&ctx.client, &name).await?;
-    eprintln!("DEBUG {observed:?}");
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     if observed.empty() {
         let Some(fresh) = api.get_opt(&name).await? else {
@@ -283,6 +288,10 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Namespac
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
             Err(e) => return Err(e.into()),
         }
+    }
+    if !ctx.config.write_conditions {
+        tracing::debug!(namespace = %name, ?observed, "namespace content remaining");
+        return Ok(Action::requeue(ctx.config.recheck));
     }
     let patch = serde_json::json!({"status": {"phase": "Terminating", "conditions": conditions(&observed, jiff::Timestamp::now())}});
     if let Err(e) = api

@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, MicroTime, ObjectMeta, OwnerReference, Time,
+};
 use kube::api::{Api, PostParams};
 
 /// Label put on a ReplicaSet, its selector and its pods by the Deployment controller.
@@ -20,7 +22,10 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
 /// The controller reference (`controller: true`) of an object, if any.
 pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 /// A controller reference to `owner` (controller and blockOwnerDeletion set, as upstream does).
@@ -37,11 +42,17 @@ pub fn controller_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> Owne
 
 /// Whether `labels` match a label selector. An empty or absent selector matches nothing (a
 /// controller with an empty selector would otherwise adopt every pod in its namespace).
-pub fn selector_matches(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     let empty = BTreeMap::new();
     let labels = labels.unwrap_or(&empty);
     let match_labels = selector.match_labels.as_ref().filter(|m| !m.is_empty());
-    let exprs = selector.match_expressions.as_ref().filter(|e| !e.is_empty());
+    let exprs = selector
+        .match_expressions
+        .as_ref()
+        .filter(|e| !e.is_empty());
     if match_labels.is_none() && exprs.is_none() {
         return false;
     }
@@ -69,12 +80,20 @@ pub fn selector_matches(selector: &LabelSelector, labels: Option<&BTreeMap<Strin
 /// A pod that counts towards a controller's replicas: not finished and not being deleted.
 pub fn is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_none() && phase != Some("Succeeded") && phase != Some("Failed")
+    pod.metadata.deletion_timestamp.is_none()
+        && phase != Some("Succeeded")
+        && phase != Some("Failed")
 }
 
 /// When the pod's Ready condition turned True, if it is True.
 pub fn ready_since(pod: &Pod) -> Option<Option<jiff::Timestamp>> {
-    let cond = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
+    let cond = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
     (cond.status == "True").then(|| cond.last_transition_time.as_ref().map(|t| t.0))
 }
 
@@ -85,7 +104,11 @@ pub fn is_ready(pod: &Pod) -> bool {
 
 /// Availability of a pod: `Ok(())` when it has been ready for `min_ready_seconds`, `Err(Some(d))`
 /// when it is ready but becomes available after `d`, `Err(None)` when it is not ready.
-pub fn availability(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> Result<(), Option<Duration>> {
+pub fn availability(
+    pod: &Pod,
+    min_ready_seconds: i32,
+    now: jiff::Timestamp,
+) -> Result<(), Option<Duration>> {
     let Some(since) = ready_since(pod) else {
         return Err(None);
     };
@@ -97,7 +120,11 @@ pub fn availability(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> 
         return Ok(());
     };
     let at = since.as_second() + i64::from(min_ready_seconds);
-    if at <= now.as_second() { Ok(()) } else { Err(Some(Duration::from_secs((at - now.as_second()) as u64))) }
+    if at <= now.as_second() {
+        Ok(())
+    } else {
+        Err(Some(Duration::from_secs((at - now.as_second()) as u64)))
+    }
 }
 
 /// Whether the pod is available (ready for at least `min_ready_seconds`).
@@ -126,16 +153,23 @@ fn restarts(pod: &Pod) -> i32 {
 /// Unassigned < assigned; Pending < Unknown < Running; not ready < ready; ready for less time first;
 /// more restarts first; newer first.
 pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
-    let assigned = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let assigned = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty())
+    };
     assigned(a)
         .cmp(&assigned(b))
         .then_with(|| phase_rank(a).cmp(&phase_rank(b)))
         .then_with(|| is_ready(a).cmp(&is_ready(b)))
-        .then_with(|| match (ready_since(a).flatten(), ready_since(b).flatten()) {
-            // Ready for less time (later transition) first.
-            (Some(x), Some(y)) => y.cmp(&x),
-            _ => Ordering::Equal,
-        })
+        .then_with(
+            || match (ready_since(a).flatten(), ready_since(b).flatten()) {
+                // Ready for less time (later transition) first.
+                (Some(x), Some(y)) => y.cmp(&x),
+                _ => Ordering::Equal,
+            },
+        )
         .then_with(|| restarts(b).cmp(&restarts(a)))
         .then_with(|| {
             let ct = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -163,7 +197,9 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
 /// Upstream `rand.SafeEncodeString`: maps each byte onto an alphabet without vowels or look-alikes.
 pub fn safe_encode(s: &str) -> String {
     const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    s.bytes().map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char).collect()
+    s.bytes()
+        .map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char)
+        .collect()
 }
 
 /// Sizes of the slow-start batches upstream uses to create `n` objects: 1, 2, 4, 8... so that a
@@ -219,14 +255,23 @@ impl Expectations {
 
     fn with(&self, key: &str, f: impl FnOnce(&mut Pending)) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let p = m.entry(key.to_string()).or_insert_with(|| Pending { adds: HashSet::new(), deletes: HashSet::new(), since: Instant::now() });
+        let p = m.entry(key.to_string()).or_insert_with(|| Pending {
+            adds: HashSet::new(),
+            deletes: HashSet::new(),
+            since: Instant::now(),
+        });
         p.since = Instant::now();
         f(p);
     }
 
     /// Whether `key`'s expectations are met, given what the cache shows: `present(name)` is true
     /// when the cache holds the object and it is not being deleted, `seen(name)` when the cache holds it at all.
-    pub fn satisfied(&self, key: &str, seen: impl Fn(&str) -> bool, present: impl Fn(&str) -> bool) -> bool {
+    pub fn satisfied(
+        &self,
+        key: &str,
+        seen: impl Fn(&str) -> bool,
+        present: impl Fn(&str) -> bool,
+    ) -> bool {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(p) = m.get_mut(key) else {
             return true;
@@ -242,7 +287,10 @@ impl Expectations {
 
     /// Drop everything about `key` (its owner is gone).
     pub fn forget(&self, key: &str) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 
@@ -257,21 +305,35 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder that signs events with `component` (e.g. `deployment-controller`).
     pub fn new(client: kube::Client, component: &str) -> Self {
-        Self { client, component: component.to_string() }
+        Self {
+            client,
+            component: component.to_string(),
+        }
     }
 
     /// Record an event about `object` in the background.
     pub fn event(&self, object: ObjectReference, type_: &str, reason: &str, message: String) {
         let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
         let now = jiff::Timestamp::now();
-        let name = format!("{}.{:x}", object.name.as_deref().unwrap_or("object"), now.as_nanosecond() as u64);
+        let name = format!(
+            "{}.{:x}",
+            object.name.as_deref().unwrap_or("object"),
+            now.as_nanosecond() as u64
+        );
         let ev = Event {
-            metadata: ObjectMeta { name: Some(name), namespace: Some(ns.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
             involved_object: object,
             reason: Some(reason.to_string()),
             message: Some(message),
             type_: Some(type_.to_string()),
-            source: Some(EventSource { component: Some(self.component.clone()), host: None }),
+            source: Some(EventSource {
+                component: Some(self.component.clone()),
+                host: None,
+            }),
             reporting_component: Some(self.component.clone()),
             reporting_instance: Some(self.component.clone()),
             first_timestamp: Some(Time(now)),
@@ -311,17 +373,28 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
-    pub(crate) fn pod(name: &str, node: Option<&str>, phase: &str, ready: Option<i64>, created: i64) -> Pod {
+    pub(crate) fn pod(
+        name: &str,
+        node: Option<&str>,
+        phase: &str,
+        ready: Option<i64>,
+        created: i64,
+    ) -> Pod {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 creation_timestamp: Some(Time(jiff::Timestamp::from_second(created).unwrap())),
                 ..Default::default()
             },
-            spec: Some(PodSpec { node_name: node.map(String::from), ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: node.map(String::from),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 conditions: ready.map(|t| {
@@ -348,9 +421,15 @@ mod tests {
             }]),
         };
         assert!(selector_matches(&sel, Some(&labels(&[("app", "web")]))));
-        assert!(!selector_matches(&sel, Some(&labels(&[("app", "web"), ("tier", "db")]))));
+        assert!(!selector_matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("tier", "db")]))
+        ));
         assert!(!selector_matches(&sel, Some(&labels(&[("app", "api")]))));
-        assert!(!selector_matches(&LabelSelector::default(), Some(&labels(&[("app", "web")]))));
+        assert!(!selector_matches(
+            &LabelSelector::default(),
+            Some(&labels(&[("app", "web")]))
+        ));
     }
 
     #[test]
@@ -360,10 +439,22 @@ mod tests {
         let running_unready = pod("running-unready", Some("n"), "Running", None, 10);
         let ready_new = pod("ready-recent", Some("n"), "Running", Some(100), 10);
         let ready_old = pod("ready-long", Some("n"), "Running", Some(50), 10);
-        let mut pods = vec![ready_old.clone(), running_unready.clone(), ready_new.clone(), unassigned.clone(), pending.clone()];
+        let mut pods = [ready_old, running_unready, ready_new, unassigned, pending];
         pods.sort_by(deletion_order);
-        let names: Vec<_> = pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
-        assert_eq!(names, ["unassigned", "pending", "running-unready", "ready-recent", "ready-long"]);
+        let names: Vec<_> = pods
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "unassigned",
+                "pending",
+                "running-unready",
+                "ready-recent",
+                "ready-long"
+            ]
+        );
         // Newer first among otherwise equal pods.
         let a = pod("older", Some("n"), "Running", None, 1);
         let b = pod("newer", Some("n"), "Running", None, 2);
@@ -377,7 +468,10 @@ mod tests {
         assert!(is_available(&p, 0, now));
         assert_eq!(availability(&p, 10, now), Err(Some(Duration::from_secs(5))));
         assert!(is_available(&p, 5, now));
-        assert_eq!(availability(&pod("q", None, "Pending", None, 0), 0, now), Err(None));
+        assert_eq!(
+            availability(&pod("q", None, "Pending", None, 0), 0, now),
+            Err(None)
+        );
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub enum Error {
     #[error("API request failed")]
     Kube(#[from] kube::Error),
     #[error("creating {failed} pods failed")]
-    CreatePods { failed: usize, #[source] source: kube::Error },
+    CreatePods {
+        failed: usize,
+        #[source]
+        source: kube::Error,
+    },
     #[error("the pod cache stopped")]
     CacheGone,
 }
@@ -74,19 +78,29 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp, manage: bo
                 if matches {
                     mine.push(pod);
                 } else if pod.metadata.deletion_timestamp.is_none() {
-                    out.release.push(pod.metadata.name.clone().unwrap_or_default());
+                    out.release
+                        .push(pod.metadata.name.clone().unwrap_or_default());
                 }
             }
             Some(_) => {}
             None => {
-                if matches && !rs_deleting && pod.metadata.deletion_timestamp.is_none() && is_pod_of_namespace(pod, rs) {
-                    out.adopt.push(pod.metadata.name.clone().unwrap_or_default());
+                if matches
+                    && !rs_deleting
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && is_pod_of_namespace(pod, rs)
+                {
+                    out.adopt
+                        .push(pod.metadata.name.clone().unwrap_or_default());
                     mine.push(pod);
                 }
             }
         }
     }
-    let active: Vec<&Pod> = mine.iter().copied().filter(|p| podcontrol::is_active(p)).collect();
+    let active: Vec<&Pod> = mine
+        .iter()
+        .copied()
+        .filter(|p| podcontrol::is_active(p))
+        .collect();
 
     if manage && !rs_deleting {
         if active.len() < replicas {
@@ -95,11 +109,19 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp, manage: bo
             let n = (active.len() - replicas).min(BURST_REPLICAS);
             let mut ordered = active.clone();
             ordered.sort_by(|a, b| podcontrol::deletion_order(a, b));
-            out.delete = ordered.iter().take(n).map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+            out.delete = ordered
+                .iter()
+                .take(n)
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect();
         }
     }
 
-    let template_labels = spec.and_then(|s| s.template.as_ref()).and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+    let template_labels = spec
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     let mut status = ReplicaSetStatus {
         replicas: active.len() as i32,
         fully_labeled_replicas: Some(0),
@@ -112,7 +134,10 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp, manage: bo
     let mut requeue: Option<Duration> = None;
     for p in &active {
         let labels = p.metadata.labels.as_ref();
-        if template_labels.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v)) {
+        if template_labels
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        {
             *status.fully_labeled_replicas.get_or_insert(0) += 1;
         }
         if podcontrol::is_ready(p) {
@@ -136,16 +161,27 @@ fn is_pod_of_namespace(pod: &Pod, rs: &ReplicaSet) -> bool {
 /// The pod the ReplicaSet creates from its template: labels and annotations of the template,
 /// `generateName: <rs>-`, and a controller reference to the ReplicaSet.
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
     let tm = template.metadata.unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.metadata.name.as_deref().unwrap_or("replicaset"))),
+            generate_name: Some(format!(
+                "{}-",
+                rs.metadata.name.as_deref().unwrap_or("replicaset")
+            )),
             namespace: rs.metadata.namespace.clone(),
             labels: tm.labels,
             annotations: tm.annotations,
             finalizers: tm.finalizers,
-            owner_references: Some(vec![podcontrol::controller_ref("apps/v1", "ReplicaSet", &rs.metadata)]),
+            owner_references: Some(vec![podcontrol::controller_ref(
+                "apps/v1",
+                "ReplicaSet",
+                &rs.metadata,
+            )]),
             ..Default::default()
         },
         spec: template.spec,
@@ -171,19 +207,38 @@ struct Ctx {
 }
 
 fn key(rs: &ReplicaSet) -> String {
-    format!("{}/{}", rs.metadata.namespace.as_deref().unwrap_or_default(), rs.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        rs.metadata.namespace.as_deref().unwrap_or_default(),
+        rs.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.pods.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheGone)?;
     let ns = rs.metadata.namespace.clone().unwrap_or_default();
     let key = key(&rs);
-    let pods: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| p.metadata.namespace.as_deref() == Some(&ns)).collect();
-    let by_name: HashMap<&str, &Pod> = pods.iter().filter_map(|p| Some((p.metadata.name.as_deref()?, &**p))).collect();
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(&ns))
+        .collect();
+    let by_name: HashMap<&str, &Pod> = pods
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.as_deref()?, &**p)))
+        .collect();
     let manage = ctx.expectations.satisfied(
         &key,
         |n| by_name.contains_key(n),
-        |n| by_name.get(n).is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+        |n| {
+            by_name
+                .get(n)
+                .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+        },
     );
     let now = jiff::Timestamp::now();
     let plan = plan(&rs, &pods, now, manage);
@@ -200,18 +255,37 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             let p = by_name.get(n.as_str())?;
             let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
             refs.push(owner.clone());
-            Some((n.clone(), json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}})))
+            Some((
+                n.clone(),
+                json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}}),
+            ))
         })
         .chain(plan.release.iter().filter_map(|n| {
             let p = by_name.get(n.as_str())?;
-            let refs: Vec<_> = p.metadata.owner_references.clone().unwrap_or_default().into_iter().filter(|r| r.uid != uid).collect();
-            Some((n.clone(), json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}})))
+            let refs: Vec<_> = p
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.uid != uid)
+                .collect();
+            Some((
+                n.clone(),
+                json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}}),
+            ))
         }))
         .collect();
     let results: Vec<_> = stream::iter(patches)
         .map(|(n, body)| {
             let api = pod_api.clone();
-            async move { (n.clone(), api.patch(&n, &PatchParams::default(), &Patch::Merge(&body)).await) }
+            async move {
+                (
+                    n.clone(),
+                    api.patch(&n, &PatchParams::default(), &Patch::Merge(&body))
+                        .await,
+                )
+            }
         })
         .buffer_unordered(MAX_IN_FLIGHT)
         .collect()
@@ -247,11 +321,21 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                 }
             }
             for n in &names {
-                ctx.recorder.event(rs_ref.clone(), "Normal", "SuccessfulCreate", format!("Created pod: {n}"));
+                ctx.recorder.event(
+                    rs_ref.clone(),
+                    "Normal",
+                    "SuccessfulCreate",
+                    format!("Created pod: {n}"),
+                );
             }
             ctx.expectations.expect_adds(&key, names);
             if let Some(e) = failure {
-                ctx.recorder.event(rs_ref.clone(), "Warning", "FailedCreate", format!("Error creating: {e}"));
+                ctx.recorder.event(
+                    rs_ref.clone(),
+                    "Warning",
+                    "FailedCreate",
+                    format!("Error creating: {e}"),
+                );
                 // Status is still written below; the error makes the applier retry with backoff.
                 write_status(&ctx, &rs, &plan).await?;
                 return Err(Error::CreatePods { failed, source: e });
@@ -260,7 +344,8 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     }
 
     if !plan.delete.is_empty() {
-        ctx.expectations.expect_deletes(&key, plan.delete.iter().cloned());
+        ctx.expectations
+            .expect_deletes(&key, plan.delete.iter().cloned());
         let results: Vec<(String, Result<_, kube::Error>)> = stream::iter(plan.delete.clone())
             .map(|n| {
                 let api = pod_api.clone();
@@ -271,10 +356,20 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             .await;
         for (n, r) in results {
             match r {
-                Ok(_) => ctx.recorder.event(rs_ref.clone(), "Normal", "SuccessfulDelete", format!("Deleted pod: {n}")),
+                Ok(_) => ctx.recorder.event(
+                    rs_ref.clone(),
+                    "Normal",
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {n}"),
+                ),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    ctx.recorder.event(rs_ref.clone(), "Warning", "FailedDelete", format!("Error deleting pod {n}: {e}"));
+                    ctx.recorder.event(
+                        rs_ref.clone(),
+                        "Warning",
+                        "FailedDelete",
+                        format!("Error deleting pod {n}: {e}"),
+                    );
                 }
             }
         }
@@ -291,9 +386,19 @@ async fn write_status(ctx: &Ctx, rs: &ReplicaSet, plan: &Plan) -> Result<(), Err
     if !status_differs(rs.status.as_ref(), &plan.status) {
         return Ok(());
     }
-    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), rs.metadata.namespace.as_deref().unwrap_or_default());
+    let api: Api<ReplicaSet> = Api::namespaced(
+        ctx.client.clone(),
+        rs.metadata.namespace.as_deref().unwrap_or_default(),
+    );
     let body = json!({"status": plan.status});
-    match api.patch_status(rs.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&body)).await {
+    match api
+        .patch_status(
+            rs.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(&body),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
@@ -330,7 +435,15 @@ pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send
         expectations: Expectations::default(),
         recorder: Recorder::new(client, "replicaset-controller"),
     });
-    let work = applier(|rs, ctx| Box::pin(reconcile(rs, ctx)), error_policy, ctx, rs_reader, queue, ControllerConfig::default()).for_each(|r| async move {
+    let work = applier(
+        |rs, ctx| Box::pin(reconcile(rs, ctx)),
+        error_policy,
+        ctx,
+        rs_reader,
+        queue,
+        ControllerConfig::default(),
+    )
+    .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %e, "replicaset controller");
         }
@@ -355,7 +468,11 @@ fn owners_of_pod(pod: &Pod, rs_store: &Store<ReplicaSet>) -> Vec<ObjectRef<Repli
         .state()
         .iter()
         .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns))
-        .filter(|rs| rs.spec.as_ref().is_some_and(|s| podcontrol::selector_matches(&s.selector, pod.metadata.labels.as_ref())))
+        .filter(|rs| {
+            rs.spec.as_ref().is_some_and(|s| {
+                podcontrol::selector_matches(&s.selector, pod.metadata.labels.as_ref())
+            })
+        })
         .map(|rs| ObjectRef::from_obj(&**rs))
         .collect()
 }
@@ -370,18 +487,32 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn rs(replicas: i32) -> ReplicaSet {
         ReplicaSet {
-            metadata: ObjectMeta { name: Some("web-abc".into()), namespace: Some("default".into()), uid: Some("rs-uid".into()), generation: Some(3), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web-abc".into()),
+                namespace: Some("default".into()),
+                uid: Some("rs-uid".into()),
+                generation: Some(3),
+                ..Default::default()
+            },
             spec: Some(ReplicaSetSpec {
                 replicas: Some(replicas),
                 min_ready_seconds: None,
-                selector: LabelSelector { match_labels: Some(labels(&[("app", "web")])), match_expressions: None },
+                selector: LabelSelector {
+                    match_labels: Some(labels(&[("app", "web")])),
+                    match_expressions: None,
+                },
                 template: Some(PodTemplateSpec {
-                    metadata: Some(ObjectMeta { labels: Some(labels(&[("app", "web"), ("pod-template-hash", "abc")])), ..Default::default() }),
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels(&[("app", "web"), ("pod-template-hash", "abc")])),
+                        ..Default::default()
+                    }),
                     spec: Some(PodSpec::default()),
                 }),
             }),
@@ -389,7 +520,14 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, owner: Option<&str>, lbl: &[(&str, &str)], ready: bool, node: Option<&str>, created: i64) -> Arc<Pod> {
+    fn pod(
+        name: &str,
+        owner: Option<&str>,
+        lbl: &[(&str, &str)],
+        ready: bool,
+        node: Option<&str>,
+        created: i64,
+    ) -> Arc<Pod> {
         Arc::new(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -398,14 +536,30 @@ mod tests {
                 labels: Some(labels(lbl)),
                 creation_timestamp: Some(Time(jiff::Timestamp::from_second(created).unwrap())),
                 owner_references: owner.map(|u| {
-                    vec![OwnerReference { api_version: "apps/v1".into(), kind: "ReplicaSet".into(), name: "x".into(), uid: u.into(), controller: Some(true), block_owner_deletion: Some(true) }]
+                    vec![OwnerReference {
+                        api_version: "apps/v1".into(),
+                        kind: "ReplicaSet".into(),
+                        name: "x".into(),
+                        uid: u.into(),
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    }]
                 }),
                 ..Default::default()
             },
-            spec: Some(PodSpec { node_name: node.map(String::from), ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: node.map(String::from),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some(if node.is_some() { "Running" } else { "Pending" }.into()),
-                conditions: ready.then(|| vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+                conditions: ready.then(|| {
+                    vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        ..Default::default()
+                    }]
+                }),
                 ..Default::default()
             }),
         })
@@ -452,7 +606,14 @@ mod tests {
         let pods = vec![
             pod("orphan", None, &[("app", "web")], true, Some("n"), 1),
             pod("other-owner", Some("other"), WEB, true, Some("n"), 1),
-            pod("relabelled", Some("rs-uid"), &[("app", "db")], true, Some("n"), 1),
+            pod(
+                "relabelled",
+                Some("rs-uid"),
+                &[("app", "db")],
+                true,
+                Some("n"),
+                1,
+            ),
             pod("unrelated", None, &[("app", "db")], true, Some("n"), 1),
         ];
         let p = plan(&rs(2), &pods, now(), true);
@@ -470,7 +631,16 @@ mod tests {
         deleting.metadata.deletion_timestamp = Some(Time(now()));
         let mut done = (*pod("done", Some("rs-uid"), WEB, false, Some("n"), 1)).clone();
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
-        let p = plan(&rs(2), &[Arc::new(deleting), Arc::new(done), pod("ok", Some("rs-uid"), WEB, true, Some("n"), 1)], now(), true);
+        let p = plan(
+            &rs(2),
+            &[
+                Arc::new(deleting),
+                Arc::new(done),
+                pod("ok", Some("rs-uid"), WEB, true, Some("n"), 1),
+            ],
+            now(),
+            true,
+        );
         assert_eq!(p.create, 1);
         assert_eq!(p.status.replicas, 1);
     }
@@ -480,7 +650,8 @@ mod tests {
         let mut r = rs(1);
         r.spec.as_mut().unwrap().min_ready_seconds = Some(30);
         let mut p = (*pod("p", Some("rs-uid"), WEB, true, Some("n"), 1)).clone();
-        p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time = Some(Time(jiff::Timestamp::from_second(9_990).unwrap()));
+        p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time =
+            Some(Time(jiff::Timestamp::from_second(9_990).unwrap()));
         let out = plan(&r, &[Arc::new(p)], now(), true);
         assert_eq!(out.status.ready_replicas, Some(1));
         assert_eq!(out.status.available_replicas, Some(0));
@@ -496,8 +667,23 @@ mod tests {
     fn template_pod_has_owner_and_labels() {
         let p = pod_from_template(&rs(1));
         assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
-        assert_eq!(p.metadata.labels.unwrap().get("pod-template-hash").map(String::as_str), Some("abc"));
+        assert_eq!(
+            p.metadata
+                .labels
+                .unwrap()
+                .get("pod-template-hash")
+                .map(String::as_str),
+            Some("abc")
+        );
         let o = &p.metadata.owner_references.unwrap()[0];
-        assert_eq!((o.kind.as_str(), o.uid.as_str(), o.controller, o.block_owner_deletion), ("ReplicaSet", "rs-uid", Some(true), Some(true)));
+        assert_eq!(
+            (
+                o.kind.as_str(),
+                o.uid.as_str(),
+                o.controller,
+                o.block_owner_deletion
+            ),
+            ("ReplicaSet", "rs-uid", Some(true), Some(true))
+        );
     }
 }

@@ -421,6 +421,9 @@ fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
         })
 }
 
+/// Events in flight at once (they wait behind bindings).
+static EVENTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+
 /// POST the binding, then the Scheduled event. Returns (bound, worth retrying).
 async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> (bool, bool) {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -445,7 +448,13 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> (bool, bool) {
         }
     }
     let message = format!("Successfully assigned {ns}/{name} to {node}");
-    record_event(client, pod, "Normal", "Scheduled", &message).await;
+    // The event does not hold up the next binding.
+    let (client, pod) = (client.clone(), pod.clone());
+    let events = EVENTS.get_or_init(|| Arc::new(Semaphore::new(16))).clone();
+    tokio::spawn(async move {
+        let _permit = events.acquire().await;
+        record_event(&client, &pod, "Normal", "Scheduled", &message).await;
+    });
     (true, false)
 }
 

@@ -23,7 +23,9 @@ pub struct Env {
 
 pub async fn client_for(ts: &apiserver::testing::TestServer) -> kube::Client {
     let kc = kube::config::Kubeconfig::from_yaml(&ts.kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     kube::Client::try_from(cfg).unwrap()
 }
 
@@ -39,7 +41,12 @@ pub async fn start() -> Env {
     tokio::spawn(controllers::deployment::run(client.clone(), rx.clone()));
     let auto_ready = Arc::new(AtomicBool::new(true));
     tokio::spawn(fake_kubelet(client.clone(), auto_ready.clone(), rx));
-    Env { server, client, auto_ready, _stop: tx }
+    Env {
+        server,
+        client,
+        auto_ready,
+        _stop: tx,
+    }
 }
 
 /// Mark a pod Running and Ready as a kubelet would.
@@ -53,23 +60,44 @@ pub async fn mark_ready(client: &kube::Client, ns: &str, name: &str) {
         "podIP": "10.0.0.1",
         "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
     }});
-    let _ = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await;
+    let _ = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await;
 }
 
-async fn fake_kubelet(client: kube::Client, auto: Arc<AtomicBool>, stop: impl std::future::Future<Output = ()>) {
+async fn fake_kubelet(
+    client: kube::Client,
+    auto: Arc<AtomicBool>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let api: Api<Pod> = Api::all(client.clone());
-    let work = watcher(api, watcher::Config::default()).default_backoff().applied_objects().try_for_each_concurrent(32, |pod| {
-        let client = client.clone();
-        let auto = auto.clone();
-        async move {
-            let ready = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if !ready && pod.metadata.deletion_timestamp.is_none() && auto.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                mark_ready(&client, pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default()).await;
+    let work = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .try_for_each_concurrent(32, |pod| {
+            let client = client.clone();
+            let auto = auto.clone();
+            async move {
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && auto.load(Ordering::SeqCst)
+                {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    mark_ready(
+                        &client,
+                        pod.metadata.namespace.as_deref().unwrap_or("default"),
+                        pod.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                    .await;
+                }
+                Ok(())
             }
-            Ok(())
-        }
-    });
+        });
     tokio::select! {
         _ = work => {}
         _ = stop => {}
@@ -97,7 +125,10 @@ where
 /// Pods of a namespace matching a label selector.
 pub async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    api.list(&kube::api::ListParams::default().labels(selector)).await.unwrap().items
+    api.list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
 }
 
 /// Collect everything a watch yields into a shared Vec until dropped.
@@ -108,7 +139,10 @@ where
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     let task = tokio::spawn(async move {
-        let mut w = watcher(api, watcher::Config::default()).default_backoff().touched_objects().boxed();
+        let mut w = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .boxed();
         while let Some(Ok(o)) = w.next().await {
             s.lock().unwrap().push(o);
         }

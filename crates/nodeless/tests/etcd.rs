@@ -19,18 +19,23 @@ async fn two_servers_share_one_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = store::etcd::LocalEtcd::start(dir.path()).await.unwrap();
     let prefix = format!("/nodeless-test-{}", std::process::id());
-    let args = [
+    let args: Vec<String> = [
         "--store",
         "etcd",
         "--etcd-endpoints",
         etcd.endpoint(),
         "--etcd-prefix",
         prefix.as_str(),
-    ];
-    let (a, b) =
-        tokio::task::spawn_blocking(move || (Server::start_with(&args), Server::start_with(&args)))
-            .await
-            .unwrap();
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (Server::start_with(&args), Server::start_with(&args))
+    })
+    .await
+    .unwrap();
     tokio::task::spawn_blocking(move || {
         let k = "kubectl.1.33";
         let exe = common::which(k).unwrap();

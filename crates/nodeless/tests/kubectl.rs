@@ -74,6 +74,17 @@ fn kubectl_workflow_across_versions() {
             "{k}: {table}"
         );
 
+        // create -f (a Job: its selector and labels come from the server)
+        let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: once\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: busybox:1.36\n        command: [\"true\"]\n";
+        let out = server.ok_stdin(k, &["-n", &ns, "create", "-f", "-"], job);
+        assert!(out.contains("job.batch/once created"), "{k}: {out}");
+        let j = json(&server.ok(k, &["-n", &ns, "get", "job", "once", "-o", "json"]));
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"]["job-name"], "once",
+            "{k}: {j}"
+        );
+        assert_eq!(j["spec"]["backoffLimit"], 6);
+
         // apply -f: create, then change and re-apply (client-side, strategic merge patch)
         server.ok_stdin(k, &["-n", &ns, "apply", "-f", "-"], DEPLOYMENT_YAML);
         let changed = DEPLOYMENT_YAML

@@ -1,0 +1,44 @@
+//! A 1,000-replica Deployment from create to all pods Ready through the in-process API server,
+//! the ReplicaSet and Deployment controllers and a fake kubelet (no scheduler). Checks that exactly
+//! 1,000 pods exist (expectations hold under the burst of watch events) and prints pods/s.
+//! Ignored by default (heavy on a shared machine):
+//! `cargo test -p controllers --test deployment_scale -- --ignored --nocapture`
+#![allow(clippy::unwrap_used)]
+
+#[path = "deployment_helpers.rs"]
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use helpers::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "heavy: 1,000 pods; run with --ignored"]
+async fn thousand_replicas() {
+    let env = start().await;
+    let c = env.client.clone();
+    let api: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "big"},
+        "spec": {
+            "replicas": 1000,
+            "selector": {"matchLabels": {"app": "big"}},
+            "template": {"metadata": {"labels": {"app": "big"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}
+        }
+    }))
+    .unwrap();
+    let start = Instant::now();
+    api.create(&PostParams::default(), &d).await.unwrap();
+    wait_for(600, "1000 available", || async {
+        let d = api.get("big").await.unwrap();
+        (d.status?.available_replicas == Some(1000)).then_some(())
+    })
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    println!("1000 replicas available in {secs:.2}s: {:.0} pods/s", 1000.0 / secs);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pods(&c, "default", "app=big").await.len(), 1000);
+}
