@@ -268,6 +268,8 @@ pub static RESOURCES: &[ResourceDef] = &[
         status_split: false, generation: false, table: table::LEASE, defaults: defaults::lease, validate: validation::lease, type: k8s_openapi::api::coordination::v1::Lease),
     resource!("events.k8s.io", "v1", "Event", "events", "event", ["ev"], [], Namespaced, &[],
         status_split: false, generation: false, table: table::EVENT_V1, defaults: defaults::event_v1, validate: validation::event_v1, type: k8s_openapi::api::events::v1::Event, stored_as: &crate::convert::EVENTS_AS_CORE),
+    resource!("nodeless.io", "v1", "ServerlessProfile", "serverlessprofiles", "serverlessprofile", ["sp"], [], Cluster, &[],
+        status_split: false, generation: true, table: crate::profile::TABLE, defaults: crate::profile::defaults, validate: crate::profile::validate, type: crate::profile::ServerlessProfile),
 ];
 
 /// Find a resource by group, version and plural (or singular/short name when `loose`).

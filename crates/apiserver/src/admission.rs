@@ -54,6 +54,11 @@ impl Admission {
     pub fn push(&mut self, plugin: Arc<dyn Plugin>) {
         self.plugins.push(plugin);
     }
+    /// This chain followed by `other`'s plugins.
+    pub fn then(mut self, other: Admission) -> Self {
+        self.plugins.extend(other.plugins);
+        self
+    }
     pub async fn mutate(
         &self,
         def: &ResourceDef,

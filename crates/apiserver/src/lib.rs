@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
+pub mod serverless;
 pub mod subresources;
 pub mod testing;
 pub mod watchcache;
@@ -316,6 +317,12 @@ pub async fn bootstrap(objects: &Objects) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// The built-in admission chain: pod defaults (service account, default tolerations), then
+/// serverless profiles.
+pub fn default_admission(backend: Arc<dyn store::Backend>) -> admission::Admission {
+    admission::Admission::new(vec![Arc::new(admission::builtin::PodDefaults), Arc::new(serverless::ServerlessAdmission::new(backend))])
 }
 
 /// Compact the store's history as upstream does: keep about `keep` of history (5 minutes

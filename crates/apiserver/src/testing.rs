@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::admission::{Admission, builtin::PodDefaults};
+use crate::admission::Admission;
 use crate::objects::Objects;
 
 /// A running test server; stops when dropped.
@@ -37,11 +37,11 @@ impl Drop for TestServer {
 impl TestServer {
     /// Start a server on 127.0.0.1 with a fresh in-memory store.
     pub async fn start() -> Self {
-        Self::start_with(Admission::new(vec![Arc::new(PodDefaults)])).await
+        Self::start_with(Admission::default()).await
     }
 
-    /// Start with a given admission chain.
-    pub async fn start_with(admission: Admission) -> Self {
+    /// Start with extra admission plugins after the built-in ones (pod defaults, serverless profiles).
+    pub async fn start_with(extra: Admission) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "nodeless-test-{}-{}",
             std::process::id(),
@@ -50,6 +50,7 @@ impl TestServer {
         std::fs::create_dir_all(&dir).expect("create a temp dir");
         let pki = crate::pki::Pki::ensure(&dir, &[]).expect("make test PKI");
         let backend: Arc<dyn store::Backend> = Arc::new(store::memory::Memory::new());
+        let admission = crate::default_admission(backend.clone()).then(extra);
         let watch_cache = crate::watchcache::WatchCache::start(backend.clone(), 10_000)
             .await
             .expect("watch cache");

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiserver::State;
-use apiserver::admission::{Admission, builtin::PodDefaults};
 use apiserver::objects::Objects;
 use axum::body::Body;
 use futures::StreamExt;
@@ -18,9 +17,10 @@ use tower::ServiceExt;
 const TOKEN: &str = "test-token";
 
 async fn state_with(backend: Arc<dyn store::Backend>) -> Arc<State> {
-    let mut admission = Admission::default();
-    admission.push(Arc::new(PodDefaults));
-    let objects = Objects::new(backend.clone(), admission);
+    let objects = Objects::new(
+        backend.clone(),
+        apiserver::default_admission(backend.clone()),
+    );
     apiserver::bootstrap(&objects).await.unwrap();
     let watch_cache = apiserver::watchcache::WatchCache::start(backend, 1000)
         .await
@@ -721,4 +721,64 @@ async fn watch_from_a_past_revision_replays_the_backlog_once() {
         ["b0", "b1", "b2", "live"],
         "backlog then live, each once"
     );
+}
+
+#[tokio::test]
+async fn serverless_profiles_mark_and_police_pods() {
+    let st = state().await;
+    let profiles = "/apis/nodeless.io/v1/serverlessprofiles";
+    let fp = json!({"apiVersion": "nodeless.io/v1", "kind": "ServerlessProfile", "metadata": {"name": "fp-default"},
+        "spec": {"selectors": [{"namespace": "default"}, {"namespace": "team-*", "labels": {"app": "web"}}]}});
+    let (s, v) = post(&st, profiles, fp).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // immutable
+    let (s, _, v) = call(
+        &st,
+        "PATCH",
+        &format!("{profiles}/fp-default"),
+        "application/merge-patch+json",
+        r#"{"spec":{"selectors":[{"namespace":"x"}]}}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["reason"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")),
+        "{v}"
+    );
+    // a pod in a selected namespace is marked
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox",
+        "resources": {"requests": {"cpu": "1", "memory": "8Gi"}}}]}});
+    let (s, v) = post(&st, "/api/v1/namespaces/default/pods", pod).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["spec"]["schedulerName"], "serverless-scheduler");
+    assert_eq!(v["metadata"]["labels"]["nodeless.io/profile"], "fp-default");
+    assert_eq!(
+        v["metadata"]["annotations"]["CapacityProvisioned"],
+        "2vCPU 9GB"
+    );
+    // opt out
+    let pod = json!({"metadata": {"name": "q", "annotations": {"eks.amazonaws.com/compute-type": "ec2"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    let (_, v) = post(&st, "/api/v1/namespaces/default/pods", pod).await;
+    assert_eq!(v["spec"]["schedulerName"], "default-scheduler");
+    // what a serverless pod cannot have, in one message
+    let pod = json!({"metadata": {"name": "h"}, "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "busybox",
+        "securityContext": {"privileged": true}, "ports": [{"containerPort": 80, "hostPort": 80}]}]}});
+    let (s, v) = post(&st, "/api/v1/namespaces/default/pods", pod).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("HostNetwork") && m.contains("Privileged") && m.contains("HostPort"),
+        "{m}"
+    );
+    // a namespace no profile selects: untouched
+    post(
+        &st,
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "other"}}),
+    )
+    .await;
+    let pod = json!({"metadata": {"name": "o"}, "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "busybox"}]}});
+    let (s, v) = post(&st, "/api/v1/namespaces/other/pods", pod).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["spec"]["schedulerName"], "default-scheduler");
 }

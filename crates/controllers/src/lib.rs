@@ -8,3 +8,4 @@ pub mod scheduler;
 pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;

@@ -296,10 +296,33 @@ impl Expectations {
 
 /// Writes core/v1 Events about objects (served also as events.k8s.io/v1 for `kubectl describe`).
 /// Writes happen in the background; a failed write is logged and dropped, as upstream's recorder does.
+///
+/// Like upstream's `EventSourceObjectSpamFilter`, each involved object gets a bucket of
+/// [`EVENT_BURST`] events refilled at one per [`EVENT_REFILL`], so a 1,000-pod scale-up writes 25
+/// "Created pod" events, not 1,000.
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     component: String,
+    buckets: std::sync::Arc<Mutex<HashMap<String, (f64, Instant)>>>,
+}
+
+/// Events an object may get at once before the spam filter drops them.
+pub const EVENT_BURST: f64 = 25.0;
+/// One more event allowed per this long.
+pub const EVENT_REFILL: Duration = Duration::from_secs(300);
+
+/// Token bucket step: given `(tokens, last)` and `now`, whether one token can be taken.
+fn take_token(bucket: &mut (f64, Instant), now: Instant) -> bool {
+    let refill = now.saturating_duration_since(bucket.1).as_secs_f64() / EVENT_REFILL.as_secs_f64();
+    bucket.0 = (bucket.0 + refill).min(EVENT_BURST);
+    bucket.1 = now;
+    if bucket.0 >= 1.0 {
+        bucket.0 -= 1.0;
+        true
+    } else {
+        false
+    }
 }
 
 impl Recorder {
@@ -308,11 +331,26 @@ impl Recorder {
         Self {
             client,
             component: component.to_string(),
+            buckets: Default::default(),
         }
     }
 
     /// Record an event about `object` in the background.
     pub fn event(&self, object: ObjectReference, type_: &str, reason: &str, message: String) {
+        {
+            let key = object
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{:?}/{:?}", object.namespace, object.name));
+            let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if b.len() > 10_000 {
+                b.retain(|_, v| now.saturating_duration_since(v.1) < EVENT_REFILL * 25);
+            }
+            if !take_token(b.entry(key).or_insert((EVENT_BURST, now)), now) {
+                return;
+            }
+        }
         let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
         let now = jiff::Timestamp::now();
         let name = format!(
@@ -481,6 +519,16 @@ mod tests {
         assert_eq!(h, template_hash(&t, None));
         assert_ne!(h, template_hash(&t, Some(1)));
         assert!(h.len() <= 63 && h.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn event_spam_filter() {
+        let t0 = Instant::now();
+        let mut b = (EVENT_BURST, t0);
+        let taken = (0..100).filter(|_| take_token(&mut b, t0)).count();
+        assert_eq!(taken, 25);
+        assert!(!take_token(&mut b, t0 + Duration::from_secs(100)));
+        assert!(take_token(&mut b, t0 + Duration::from_secs(301)));
     }
 
     #[test]

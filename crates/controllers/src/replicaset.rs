@@ -241,7 +241,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         },
     );
     let now = jiff::Timestamp::now();
+    let t0 = std::time::Instant::now();
     let plan = plan(&rs, &pods, now, manage);
+    eprintln!("DBG {:?} rs plan pods={} manage={} create={} del={} planned_in={:?}", std::time::SystemTime::now(), pods.len(), manage, plan.create, plan.delete.len(), t0.elapsed());
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let rs_ref = podcontrol::object_reference("apps/v1", "ReplicaSet", &rs.metadata);
 
@@ -376,6 +378,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     }
 
     write_status(&ctx, &rs, &plan).await?;
+    eprintln!("DBG rs done in {:?}", t0.elapsed());
     Ok(match plan.requeue_after {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),

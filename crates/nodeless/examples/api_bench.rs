@@ -171,16 +171,39 @@ async fn run(bin: &Path, stores: &[StoreKind], plan: Plan) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Says so when the server binary is older than this example (likely a stale build).
+/// Says so when a source file of the workspace's crates is newer than the server binary (a stale
+/// build measures old code).
 fn warn_if_stale(bin: &Path) {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(b), Some(me)) = (
-        modified(bin),
-        std::env::current_exe().ok().as_deref().and_then(modified),
-    ) && b + Duration::from_secs(600) < me
+    let Some(built) = std::fs::metadata(bin).and_then(|m| m.modified()).ok() else {
+        return;
+    };
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&crates)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("src"))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && let Ok(m) = entry.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(t, _)| m > *t)
+            {
+                newest = Some((m, path));
+            }
+        }
+    }
+    if let Some((t, path)) = newest
+        && t > built
     {
         eprintln!(
-            "warning: {} is older than this example; rebuild it with `cargo build --release -p nodeless`",
+            "warning: {} is newer than {}: rebuild with `cargo build --release -p nodeless`",
+            path.display(),
             bin.display()
         );
     }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use apiserver::admission::{Admission, builtin::PodDefaults};
 use apiserver::objects::Objects;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,8 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pki = apiserver::pki::Pki::ensure(&args.data_dir, &names)
         .context("cannot set up the server's certificates")?;
     let tls = pki.server_config()?;
-    let mut admission = Admission::default();
-    admission.push(Arc::new(PodDefaults));
+    let admission = apiserver::default_admission(backend.clone());
     tokio::spawn(apiserver::compactor(
         backend.clone(),
         std::time::Duration::from_secs(60),
