@@ -25,7 +25,7 @@ use crate::podcontrol::{self, Expectations, Recorder};
 /// Most pods created or deleted in one reconcile (upstream's `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
 /// Most requests in flight at once within one batch.
-const MAX_IN_FLIGHT: usize = 64;
+const MAX_IN_FLIGHT: usize = 200;
 
 /// Errors of the ReplicaSet controller.
 #[derive(Debug, thiserror::Error)]
@@ -241,9 +241,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         },
     );
     let now = jiff::Timestamp::now();
-    let t0 = std::time::Instant::now();
     let plan = plan(&rs, &pods, now, manage);
-    eprintln!("DBG {:?} rs plan pods={} manage={} create={} del={} planned_in={:?}", std::time::SystemTime::now(), pods.len(), manage, plan.create, plan.delete.len(), t0.elapsed());
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let rs_ref = podcontrol::object_reference("apps/v1", "ReplicaSet", &rs.metadata);
 
@@ -378,7 +376,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     }
 
     write_status(&ctx, &rs, &plan).await?;
-    eprintln!("DBG rs done in {:?}", t0.elapsed());
     Ok(match plan.requeue_after {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),

@@ -218,3 +218,48 @@ async fn backoff_limit_fails_job() {
         "no pod after the limit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_recorder_deduplicates() {
+    use controllers::events::{NORMAL, Recorder, WARNING};
+    let ts = apiserver::testing::TestServer::start().await;
+    let c = client(&ts).await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let j = jobs
+        .create(&PostParams::default(), &job_json("ev", 1, 1, 100, 1))
+        .await
+        .unwrap();
+    let r = controllers::events::object_ref(&j);
+    let rec = Recorder::new(c.clone(), "test-component");
+    rec.record(&r, NORMAL, "Tick", "same message")
+        .await
+        .unwrap();
+    rec.record(&r, NORMAL, "Tick", "same message")
+        .await
+        .unwrap();
+    rec.record(&r, NORMAL, "Tick", "same message")
+        .await
+        .unwrap();
+    rec.record(&r, WARNING, "Tock", "another").await.unwrap();
+    let events: Api<Event> = Api::namespaced(c.clone(), "default");
+    let evs = events.list(&ListParams::default()).await.unwrap().items;
+    let ticks: Vec<&Event> = evs
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Tick"))
+        .collect();
+    assert_eq!(ticks.len(), 1, "de-duplicated");
+    let e = ticks[0];
+    assert_eq!(e.count, Some(3));
+    assert_eq!(e.involved_object.kind.as_deref(), Some("Job"));
+    assert_eq!(e.involved_object.uid, j.metadata.uid);
+    assert_eq!(e.reporting_component.as_deref(), Some("test-component"));
+    assert!(e.first_timestamp.is_some() && e.last_timestamp >= e.first_timestamp);
+    let tock = evs
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Tock"))
+        .unwrap();
+    assert_eq!(
+        (tock.type_.as_deref(), tock.count),
+        (Some("Warning"), Some(1))
+    );
+}

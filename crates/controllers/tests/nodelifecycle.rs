@@ -140,8 +140,7 @@ async fn stale_lease_node_not_ready_pods_deleted_then_recovers() {
             .await
             .unwrap()
             .spec
-            .unwrap()
-            .taints
+            .and_then(|s| s.taints)
             .unwrap_or_default()
             .is_empty()
     );
@@ -150,7 +149,7 @@ async fn stale_lease_node_not_ready_pods_deleted_then_recovers() {
     alive.store(false, Ordering::SeqCst);
     eventually("node Unknown with taint", || async {
         let n = nodes.get("n1").await.unwrap();
-        let taints = n.spec.clone().unwrap().taints.unwrap_or_default();
+        let taints = n.spec.clone().and_then(|s| s.taints).unwrap_or_default();
         ready(&n) == ("Unknown".into(), Some("NodeStatusUnknown".into()))
             && taints
                 .iter()
@@ -185,7 +184,7 @@ async fn stale_lease_node_not_ready_pods_deleted_then_recovers() {
     alive.store(true, Ordering::SeqCst);
     eventually("node Ready again without taints", || async {
         let n = nodes.get("n1").await.unwrap();
-        ready(&n).0 == "True" && n.spec.unwrap().taints.unwrap_or_default().is_empty()
+        ready(&n).0 == "True" && n.spec.and_then(|s| s.taints).unwrap_or_default().is_empty()
     })
     .await;
 }

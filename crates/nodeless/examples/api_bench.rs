@@ -409,6 +409,7 @@ struct StoreResult {
     watch_missing: usize,
     watch_expected: usize,
     watch_errors: usize,
+    watch_cpu: (f64, Option<f64>, f64),
     rss_loaded: u64,
     rss_peak: u64,
     pods_stored: usize,
@@ -506,6 +507,7 @@ async fn bench_store(bin: &Path, store: StoreKind, plan: Plan) -> anyhow::Result
     stored += w.writes_ok;
     (r.watch_p50, r.watch_p99, r.watch_max) = (w.p50, w.p99, w.max);
     (r.watch_missing, r.watch_expected, r.watch_errors) = (w.missing, w.expected, w.errors);
+    r.watch_cpu = (w.cpu_server, w.cpu_etcd, w.cpu_bench);
     r.first_error = r.first_error.take().or(w.first_error);
 
     // Memory with many pods stored.
@@ -775,6 +777,11 @@ struct FanOut {
     missing: usize,
     errors: usize,
     first_error: Option<String>,
+    /// CPU used, as a share of one core, from the first write until every watcher was done:
+    /// by the server, by etcd (if any), and by this program (the watchers' decoding).
+    cpu_server: f64,
+    cpu_etcd: Option<f64>,
+    cpu_bench: f64,
 }
 
 /// What one watcher saw.
@@ -905,6 +912,12 @@ async fn watch_fan_out(server: &Server, plan: Plan, tag: &str) -> anyhow::Result
         plan.rate, plan.watchers
     );
     warm_up(std::slice::from_ref(&writer)).await?;
+    let cpu0 = (
+        Instant::now(),
+        cpu_time(server.pid()),
+        server.etcd_pid().map(cpu_time),
+        cpu_time(std::process::id()),
+    );
     let writes = steady_creates(writer, "w", n, plan.rate, Some((base, sent.clone()))).await?;
     stop_at.store(
         (base.elapsed() + Duration::from_secs(15)).as_micros() as u64,
@@ -931,6 +944,15 @@ async fn watch_fan_out(server: &Server, plan: Plan, tag: &str) -> anyhow::Result
             first_error.get_or_insert(e);
         }
     }
+    let wall = cpu0.0.elapsed().as_secs_f64();
+    let share = |now: Duration, then: Duration| now.saturating_sub(then).as_secs_f64() / wall;
+    let cpu_server = share(cpu_time(server.pid()), cpu0.1);
+    let cpu_etcd = server
+        .etcd_pid()
+        .map(cpu_time)
+        .zip(cpu0.2)
+        .map(|(now, then)| share(now, then));
+    let cpu_bench = share(cpu_time(std::process::id()), cpu0.3);
     all.sort_unstable();
     let us = |v: Option<&u32>| Duration::from_micros(v.copied().unwrap_or(0) as u64);
     let pct = |p: f64| us(all.get(((p * all.len() as f64).ceil() as usize).saturating_sub(1)));
@@ -943,6 +965,9 @@ async fn watch_fan_out(server: &Server, plan: Plan, tag: &str) -> anyhow::Result
         missing,
         errors,
         first_error,
+        cpu_server,
+        cpu_etcd,
+        cpu_bench,
     };
     eprintln!(
         "[{tag}]   delivery p50 {} p99 {} max {}; missing {} of {} ({} watcher errors, {} write errors)",
@@ -953,6 +978,14 @@ async fn watch_fan_out(server: &Server, plan: Plan, tag: &str) -> anyhow::Result
         out.expected,
         out.errors,
         writes.errors
+    );
+    eprintln!(
+        "[{tag}]   CPU (share of one core): server {:.0}%, etcd {}, bench {:.0}%",
+        out.cpu_server * 100.0,
+        out.cpu_etcd
+            .map(|x| format!("{:.0}%", x * 100.0))
+            .unwrap_or_else(|| "-".into()),
+        out.cpu_bench * 100.0
     );
     Ok(out)
 }
@@ -1061,14 +1094,27 @@ fn table(plan: &Plan, results: &[(StoreKind, StoreResult)]) -> String {
         )
     });
     row("  max".into(), "", &|r| ms(r.watch_max));
-    row("Watch events missing".into(), "0", &|r| {
-        format!(
-            "{} of {} {}",
-            r.watch_missing,
-            r.watch_expected,
-            mark(r.watch_missing == 0 && r.watch_errors == 0)
-        )
-    });
+    row(
+        "  CPU during fan-out: server / etcd / bench".into(),
+        "",
+        &|r| {
+            let pct = |x: f64| format!("{:.0}%", x * 100.0);
+            let etcd = r.watch_cpu.1.map(pct).unwrap_or_else(|| "-".into());
+            format!("{} / {} / {}", pct(r.watch_cpu.0), etcd, pct(r.watch_cpu.2))
+        },
+    );
+    row(
+        "Watch events missing (not there 15 s after the last write)".into(),
+        "0",
+        &|r| {
+            format!(
+                "{} of {} {}",
+                r.watch_missing,
+                r.watch_expected,
+                mark(r.watch_missing == 0 && r.watch_errors == 0)
+            )
+        },
+    );
     row("Server RSS idle (after start)".into(), "≤ 40 MiB", &|r| {
         format!("{} {}", mib(r.rss_idle), mark(r.rss_idle <= 40 << 20))
     });

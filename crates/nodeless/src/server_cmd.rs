@@ -38,6 +38,12 @@ pub struct Args {
     /// Key prefix in etcd, so that several clusters can share one etcd.
     #[arg(long, default_value = "/nodeless")]
     pub etcd_prefix: String,
+    /// Address of the OCI registry (same CA); its data lives in DATA_DIR/registry.
+    #[arg(long, default_value = "127.0.0.1:6444")]
+    pub registry_bind: SocketAddr,
+    /// Do not run the registry.
+    #[arg(long)]
+    pub no_registry: bool,
     /// Extra names (DNS or IP) for the serving certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
@@ -114,6 +120,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     pki.write_kubeconfig(&kubeconfig, &server_url)
         .context("cannot write the kubeconfig")?;
     tracing::info!(url = %server_url, kubeconfig = %kubeconfig.display(), store = ?args.store, startup_ms = started.elapsed().as_millis() as u64, "API server ready");
+    if !args.no_registry {
+        start_registry(&args, &pki, tls.clone()).await?;
+    }
     let app = apiserver::router(state);
     tokio::select! {
         r = apiserver::serve_tls(listener, tls, app) => r.context("server stopped")?,
@@ -131,4 +140,64 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Serve the OCI registry on its own port with the API server's CA, and record its endpoint and CA
+/// in DATA_DIR/registry for the `nodeless registry` verbs.
+async fn start_registry(
+    args: &Args,
+    pki: &apiserver::pki::Pki,
+    tls: Arc<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
+    let dir = args.data_dir.join("registry");
+    std::fs::create_dir_all(dir.join("tls"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let config = registry::Config {
+        scheme: "https".into(),
+        ..Default::default()
+    };
+    let reg =
+        Arc::new(registry::Registry::open_with(&dir, config).context("cannot open the registry")?);
+    let listener = tokio::net::TcpListener::bind(args.registry_bind)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the registry (use --registry-bind or --no-registry)",
+                args.registry_bind
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let endpoint = format!("https://{host}:{}", addr.port());
+    std::fs::write(dir.join("tls/ca.crt"), &pki.ca_pem).context("cannot write the registry CA")?;
+    std::fs::write(dir.join("endpoint"), format!("{endpoint}\n"))
+        .context("cannot write the registry endpoint")?;
+    let maint = reg.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = maint.maintain().await {
+                tracing::warn!(error = %e, "registry maintenance failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = registry::tls::serve(
+            registry::router(reg),
+            listener,
+            Some(tls),
+            std::future::pending(),
+        )
+        .await
+        {
+            tracing::error!(error = %e, "registry stopped");
+        }
+    });
+    tracing::info!(%endpoint, "registry ready");
+    Ok(())
 }
