@@ -4,7 +4,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in protobuf-compiler etcd-server skopeo podman curl busybox-static crun runsc umoci docker-registry erofs-utils iproute2 qemu-system-x86; do
+for pkg in protobuf-compiler etcd-server skopeo podman curl busybox-static crun runsc umoci docker-registry erofs-utils iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
