@@ -1118,6 +1118,15 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
 
     for n in &plan.delete {
+        if let Some(uid) = by_name
+            .get(n.as_str())
+            .and_then(|r| r.metadata.uid.as_ref())
+        {
+            ctx.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(uid);
+        }
         match rs_api.delete(n, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}

@@ -273,12 +273,14 @@ impl Expectations {
         present: impl Fn(&str) -> bool,
     ) -> bool {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Owners that went away leave entries behind: drop the expired ones.
+        m.retain(|_, p| p.since.elapsed() <= EXPECTATIONS_TIMEOUT);
         let Some(p) = m.get_mut(key) else {
             return true;
         };
         p.adds.retain(|n| !seen(n));
         p.deletes.retain(|n| present(n));
-        if (p.adds.is_empty() && p.deletes.is_empty()) || p.since.elapsed() > EXPECTATIONS_TIMEOUT {
+        if p.adds.is_empty() && p.deletes.is_empty() {
             m.remove(key);
             return true;
         }

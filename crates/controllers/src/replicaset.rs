@@ -25,7 +25,7 @@ use crate::podcontrol::{self, Expectations, Recorder};
 /// Most pods created or deleted in one reconcile (upstream's `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
 /// Most requests in flight at once within one batch.
-const MAX_IN_FLIGHT: usize = 200;
+const MAX_IN_FLIGHT: usize = 100;
 
 /// Errors of the ReplicaSet controller.
 #[derive(Debug, thiserror::Error)]

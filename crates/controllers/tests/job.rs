@@ -67,6 +67,10 @@ async fn completions_parallelism_and_ttl() {
         c.clone(),
         controllers::job::Config::default(),
     ));
+    tokio::spawn(controllers::gc::run(
+        c.clone(),
+        controllers::gc::Config::default(),
+    ));
     let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     jobs.create(&PostParams::default(), &job_json("pi", 3, 2, 2, 6))
@@ -159,6 +163,13 @@ async fn completions_parallelism_and_ttl() {
     eventually("job deleted by TTL", || {
         let j = j.clone();
         async move { j.get_opt("pi").await.unwrap().is_none() }
+    })
+    .await;
+    // Background propagation: the collector removes the pods.
+    let p = pods.clone();
+    eventually("job pods collected", || {
+        let p = p.clone();
+        async move { job_pods(&p, "pi").await.is_empty() }
     })
     .await;
 }

@@ -243,3 +243,45 @@ async fn burst_creates_exactly_replicas() {
     assert_eq!(pods(&c, "default", "app=big").await.len(), 10);
     assert_eq!(rs_status(&api, "big").await.0, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopts_existing_orphan_instead_of_creating() {
+    let env = start().await;
+    let c = env.client.clone();
+    let pod_api: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let orphan: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "lonely", "labels": {"app": "adopt", "tier": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]}
+    }))
+    .unwrap();
+    pod_api
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+    let api: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let rs = api
+        .create(&PostParams::default(), &replicaset("adopt", 1))
+        .await
+        .unwrap();
+    let uid = rs.metadata.uid.unwrap();
+    wait_for(20, "adopted", || async {
+        let p = pod_api.get("lonely").await.unwrap();
+        let r = p
+            .metadata
+            .owner_references?
+            .into_iter()
+            .find(|r| r.uid == uid)?;
+        (r.controller == Some(true) && r.block_owner_deletion == Some(true)).then_some(())
+    })
+    .await;
+    wait_for(20, "status counts the adopted pod", || async {
+        (rs_status(&api, "adopt").await == (1, 1, 1, 1)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pods(&c, "default", "app=adopt").await.len(),
+        1,
+        "no pod created for an adopted orphan"
+    );
+}

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod agent_cmd;
 mod registry_cmd;
 mod sandbox_cmd;
 mod server_cmd;
@@ -17,8 +18,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the Kubernetes API server (with its store).
+    /// Run the Kubernetes API server (with its store, controllers, scheduler and registry).
     Server(server_cmd::Args),
+    /// Run a node agent: register this host's node(s) and run the pods bound to them.
+    Agent(agent_cmd::Args),
     /// Run or manage the OCI registry.
     Registry(registry_cmd::Args),
     /// Pull images and run pod sandboxes on this host (the data plane's engine, for debugging).
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
+            Command::Agent(args) => agent_cmd::run(args).await,
             Command::Registry(args) => registry_cmd::run(args).await,
             Command::Sandbox(args) => sandbox_cmd::run(args).await,
         }

@@ -44,6 +44,13 @@ pub struct Args {
     /// Do not run the registry.
     #[arg(long)]
     pub no_registry: bool,
+    /// In-process controllers and schedulers to turn off (comma separated): deployment, replicaset,
+    /// job, garbage-collector, namespace, node-lifecycle, scheduler; or `all`.
+    #[arg(long, value_delimiter = ',')]
+    pub disable: Vec<String>,
+    /// Run the controllers without electing a leader (only for a single server).
+    #[arg(long)]
+    pub no_leader_elect: bool,
     /// Extra names (DNS or IP) for the serving certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
@@ -124,6 +131,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         start_registry(&args, &pki, tls.clone()).await?;
     }
     let app = apiserver::router(state);
+    let kubeconfig_yaml = pki.kubeconfig(&server_url);
+    let disabled = args.disable.clone();
+    let leader_elect = !args.no_leader_elect;
+    let identity = format!("{}-{}-{port}", hostname(), std::process::id());
+    tokio::spawn(async move {
+        if let Err(e) = run_controllers(kubeconfig_yaml, disabled, leader_elect, identity).await {
+            tracing::error!(error = format!("{e:#}"), "controllers stopped");
+        }
+    });
     tokio::select! {
         r = apiserver::serve_tls(listener, tls, app) => r.context("server stopped")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -199,5 +215,107 @@ async fn start_registry(
         }
     });
     tracing::info!(%endpoint, "registry ready");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "nodeless".into())
+}
+
+/// The controllers and the default scheduler, run in this process as clients of the API server
+/// (through its HTTPS endpoint, exactly as separate processes would). With leader election,
+/// only the server holding the `nodeless-controllers` Lease runs them.
+async fn run_controllers(
+    kubeconfig: String,
+    disabled: Vec<String>,
+    leader_elect: bool,
+    identity: String,
+) -> anyhow::Result<()> {
+    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("the admin kubeconfig")?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .context("the admin kubeconfig")?;
+    let client = kube::Client::try_from(cfg).context("cannot make a client to this server")?;
+    let off = |name: &str| disabled.iter().any(|d| d == name || d == "all");
+    let start = {
+        let client = client.clone();
+        let flags: Vec<(&'static str, bool)> = [
+            "deployment",
+            "replicaset",
+            "job",
+            "garbage-collector",
+            "namespace",
+            "node-lifecycle",
+            "scheduler",
+        ]
+        .into_iter()
+        .map(|n| (n, !off(n)))
+        .collect();
+        move || {
+            let client = client.clone();
+            let flags = flags.clone();
+            async move {
+                let on = |n: &str| flags.iter().any(|(name, enabled)| *name == n && *enabled);
+                let mut tasks = tokio::task::JoinSet::new();
+                if on("deployment") {
+                    tasks.spawn(controllers::deployment::run(
+                        client.clone(),
+                        std::future::pending(),
+                    ));
+                }
+                if on("replicaset") {
+                    tasks.spawn(controllers::replicaset::run(
+                        client.clone(),
+                        std::future::pending(),
+                    ));
+                }
+                if on("job") {
+                    tasks.spawn(controllers::job::run(client.clone(), Default::default()));
+                }
+                if on("garbage-collector") {
+                    let c = client.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = controllers::gc::run(c, Default::default()).await {
+                            tracing::error!(error = %e, "garbage collector stopped");
+                        }
+                    });
+                }
+                if on("namespace") {
+                    tasks.spawn(controllers::namespace::run(
+                        client.clone(),
+                        Default::default(),
+                    ));
+                }
+                if on("node-lifecycle") {
+                    tasks.spawn(controllers::nodelifecycle::run(
+                        client.clone(),
+                        Default::default(),
+                    ));
+                }
+                if on("scheduler") {
+                    let c = client.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = controllers::scheduler::run(c, Default::default()).await {
+                            tracing::error!(error = %e, "scheduler stopped");
+                        }
+                    });
+                }
+                tracing::info!(running = tasks.len(), "controllers started");
+                while tasks.join_next().await.is_some() {}
+            }
+        }
+    };
+    if leader_elect {
+        controllers::leader::run_as_leader(
+            client,
+            controllers::leader::LeaderConfig::new("nodeless-controllers", &identity),
+            start,
+        )
+        .await;
+    } else {
+        start().await;
+    }
     Ok(())
 }

@@ -470,7 +470,7 @@ async fn start_pause(
     let stdio = crate::runtime::Stdio {
         stdin: std::process::Stdio::null(),
         stdout: std::process::Stdio::null(),
-        stderr: std::process::Stdio::null(),
+        stderr: std::process::Stdio::piped(),
         foreground: false,
     };
     // The pause lives until the pod is removed; nobody waits for it.

@@ -140,14 +140,19 @@ impl OciRuntime {
             .stderr(stdio.stderr)
             .process_group(0);
         let mut child = create.spawn().map_err(self.spawn_err())?;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let (stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
         let status = child.wait().await.map_err(self.spawn_err())?;
         if !status.success() {
+            let mut msg = Vec::new();
+            if let Some(e) = stderr.as_mut() {
+                let read = tokio::io::AsyncReadExt::read_to_end(e, &mut msg);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
+            }
             return Err(RuntimeError::Command {
                 tool: self.kind.to_string(),
                 action: "create",
                 id: id.to_owned(),
-                stderr: format!("exit {status} (see the container's log)"),
+                stderr: format!("{status}: {}", String::from_utf8_lossy(&msg).trim()),
             });
         }
         tracing::debug!(%id, "created in the pod sandbox");
@@ -173,18 +178,47 @@ impl OciRuntime {
         id: &str,
         args: &[&str],
     ) -> Result<std::process::Output, RuntimeError> {
-        let out = self
+        let mut argv = args.to_vec();
+        argv.push(id);
+        self.invoke(action, id, &argv).await
+    }
+
+    /// Runs `<runtime> <action> <argv...>`; `id` names the container in errors.
+    async fn invoke(
+        &self,
+        action: &'static str,
+        id: &str,
+        argv: &[&str],
+    ) -> Result<std::process::Output, RuntimeError> {
+        // Output goes through files, not pipes: a sandbox that `start` sets up can inherit the
+        // command's stdio and would hold a pipe open (and us waiting) for its whole life.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base =
+            std::env::temp_dir().join(format!("nodeless-{}-{}-{n}", self.kind, std::process::id()));
+        let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+        let spawn_err = |source| RuntimeError::Spawn {
+            tool: self.binary.display().to_string(),
+            source,
+        };
+        let stdout = std::fs::File::create(&out_path).map_err(spawn_err)?;
+        let stderr = std::fs::File::create(&err_path).map_err(spawn_err)?;
+        let status = self
             .command()
             .arg(action)
-            .args(args)
-            .arg(id)
+            .args(argv)
             .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|source| RuntimeError::Spawn {
-                tool: self.binary.display().to_string(),
-                source,
-            })?;
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .await;
+        let out = std::process::Output {
+            status: status.map_err(spawn_err)?,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        };
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
         if !out.status.success() {
             return Err(RuntimeError::Command {
                 tool: self.kind.to_string(),
@@ -258,27 +292,9 @@ impl Runtime for OciRuntime {
 
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
         let sig = signal.to_string();
-        let args = ["--all", id, sig.as_str()];
-        let out = self
-            .command()
-            .arg("kill")
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
+        self.invoke("kill", id, &["--all", id, sig.as_str()])
             .await
-            .map_err(|source| RuntimeError::Spawn {
-                tool: self.binary.display().to_string(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(RuntimeError::Command {
-                tool: self.kind.to_string(),
-                action: "kill",
-                id: id.to_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(())
+            .map(|_| ())
     }
 
     async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
