@@ -455,14 +455,24 @@ fn node_of(res: usize, o: &DynamicObject) -> Node {
     }
 }
 
-/// Runs the garbage collector until the process ends. Returns early only if discovery fails.
+/// Runs the garbage collector until the process ends (discovery is retried until it works).
 pub async fn run(client: Client, config: Config) -> Result<(), GcError> {
-    let (resources, discovery) = served(
-        &client,
-        &[verbs::LIST, verbs::WATCH, verbs::DELETE, verbs::PATCH],
-        false,
-    )
-    .await?;
+    // The API server may still be starting: retry discovery until it answers.
+    let (resources, discovery) = loop {
+        match served(
+            &client,
+            &[verbs::LIST, verbs::WATCH, verbs::DELETE, verbs::PATCH],
+            false,
+        )
+        .await
+        {
+            Ok(x) => break x,
+            Err(e) => {
+                tracing::warn!(error = %e, "gc discovery failed; retrying");
+                tokio::time::sleep(config.retry).await;
+            }
+        }
+    };
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     for (i, s) in resources.iter().enumerate() {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &s.ar);

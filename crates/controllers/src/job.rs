@@ -46,12 +46,15 @@ pub enum JobError {
 pub struct Config {
     /// Requeue interval for jobs that are running (safety net beside watches).
     pub resync: Duration,
+    /// Base of the delay before replacing failed pods (upstream: 10 s, doubling, max 6 min).
+    pub backoff: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             resync: Duration::from_secs(300),
+            backoff: Duration::from_secs(10),
         }
     }
 }
@@ -148,8 +151,54 @@ pub fn finished(job: &Job) -> bool {
     })
 }
 
-/// The pure reconciler: given a job, the pods it controls and the time, what to do.
+/// When a pod finished: its containers' latest `finishedAt`, else its creation.
+fn finished_at(p: &Pod) -> Option<jiff::Timestamp> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+                .map(|t| t.0)
+                .max()
+        })
+        .or_else(|| created(p))
+}
+
+/// Upstream's pod failure backoff: `base * 2^(failures since the last success - 1)`, capped at
+/// six minutes, counted from the last failure. Returns when new pods may be created.
+pub fn backoff_until(pods: &[Pod], base: Duration) -> Option<jiff::Timestamp> {
+    if base.is_zero() {
+        return None;
+    }
+    let last_success = pods
+        .iter()
+        .filter(|p| phase(p) == "Succeeded")
+        .filter_map(finished_at)
+        .max();
+    let failures: Vec<jiff::Timestamp> = pods
+        .iter()
+        .filter(|p| phase(p) == "Failed")
+        .filter_map(finished_at)
+        .filter(|t| last_success.is_none_or(|s| *t > s))
+        .collect();
+    let last = failures.iter().max()?;
+    let exp = u32::try_from(failures.len().saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    let delay = base.saturating_mul(1 << exp).min(Duration::from_secs(360));
+    let delay = jiff::SignedDuration::try_from(delay).ok()?;
+    Some(*last + delay)
+}
+
+/// The pure reconciler without pod failure backoff; see [`plan_with_backoff`].
 pub fn plan(job: &Job, pods: &[Pod], now: jiff::Timestamp) -> Plan {
+    plan_with_backoff(job, pods, now, Duration::ZERO)
+}
+
+/// The pure reconciler: given a job, the pods it controls, the time and the base of the pod
+/// failure backoff, what to do.
+pub fn plan_with_backoff(job: &Job, pods: &[Pod], now: jiff::Timestamp, backoff: Duration) -> Plan {
     let mut out = Plan::default();
     if job.metadata.deletion_timestamp.is_some() {
         return out;
@@ -311,7 +360,10 @@ pub fn plan(job: &Job, pods: &[Pod], now: jiff::Timestamp) -> Plan {
     };
     let have = active.len() as i32;
     if have < want {
-        out.create = want - have;
+        match backoff_until(pods, backoff) {
+            Some(t) if t > now => out.requeue_after = Some(until(now, t)),
+            _ => out.create = want - have,
+        }
     } else if have > want {
         let mut victims: Vec<&&Pod> = active.iter().collect();
         // Not yet scheduled first, then not ready, then newest.
@@ -398,7 +450,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, JobError> {
         .into_iter()
         .filter(|p| owned_by(p, &uid))
         .collect();
-    let p = plan(&job, &pods, jiff::Timestamp::now());
+    let p = plan_with_backoff(&job, &pods, jiff::Timestamp::now(), ctx.config.backoff);
     let jref = events::object_ref(&job);
 
     if let Some(st) = &p.status {
@@ -423,31 +475,31 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, JobError> {
             Err(e) => return Err(e.into()),
         }
     }
-    if p.create > 0 {
-        if let Some(pod) = pod_for(&job) {
-            for _ in 0..p.create {
-                match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(created) => {
-                        ctx.recorder
-                            .publish(
-                                &jref,
-                                events::NORMAL,
-                                "SuccessfulCreate",
-                                &format!("Created pod: {}", created.name_any()),
-                            )
-                            .await
-                    }
-                    Err(e) => {
-                        ctx.recorder
-                            .publish(
-                                &jref,
-                                events::WARNING,
-                                "FailedCreate",
-                                &format!("Error creating: {e}"),
-                            )
-                            .await;
-                        return Err(e.into());
-                    }
+    if p.create > 0
+        && let Some(pod) = pod_for(&job)
+    {
+        for _ in 0..p.create {
+            match pods_api.create(&PostParams::default(), &pod).await {
+                Ok(created) => {
+                    ctx.recorder
+                        .publish(
+                            &jref,
+                            events::NORMAL,
+                            "SuccessfulCreate",
+                            &format!("Created pod: {}", created.name_any()),
+                        )
+                        .await
+                }
+                Err(e) => {
+                    ctx.recorder
+                        .publish(
+                            &jref,
+                            events::WARNING,
+                            "FailedCreate",
+                            &format!("Error creating: {e}"),
+                        )
+                        .await;
+                    return Err(e.into());
                 }
             }
         }
@@ -706,6 +758,35 @@ mod tests {
         let mut d = plan(&j, &pods, t(10)).delete;
         d.sort();
         assert_eq!(d, vec!["mid".to_string(), "new".to_string()]);
+    }
+
+    #[test]
+    fn failure_backoff_delays_replacements() {
+        let j = with_status(job(Some(3), 1), t(0), &[]);
+        let pods = [pod("a", "Failed", 10)];
+        let p = plan_with_backoff(&j, &pods, t(12), Duration::from_secs(10));
+        assert_eq!(p.create, 0);
+        assert!(p.requeue_after.unwrap() >= Duration::from_secs(8));
+        assert_eq!(
+            plan_with_backoff(&j, &pods, t(20), Duration::from_secs(10)).create,
+            1
+        );
+        // Two failures: 20 s.
+        let pods = [pod("a", "Failed", 10), pod("b", "Failed", 20)];
+        assert_eq!(
+            plan_with_backoff(&j, &pods, t(39), Duration::from_secs(10)).create,
+            0
+        );
+        assert_eq!(
+            plan_with_backoff(&j, &pods, t(40), Duration::from_secs(10)).create,
+            1
+        );
+        // A later success resets it.
+        let pods = [pod("a", "Failed", 10), pod("s", "Succeeded", 30)];
+        assert_eq!(
+            plan_with_backoff(&j, &pods, t(31), Duration::from_secs(10)).create,
+            1
+        );
     }
 
     #[test]

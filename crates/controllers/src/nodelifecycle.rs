@@ -224,7 +224,7 @@ pub fn decide_node(
                     key: key.into(),
                     effect: effect.into(),
                     value: None,
-                    time_added: (effect == "NoExecute").then(|| Time(now)),
+                    time_added: (effect == "NoExecute").then_some(Time(now)),
                 });
             }
         }
@@ -286,10 +286,7 @@ pub fn eviction_time(
         let when = if matching.is_empty() {
             Some(added)
         } else if matching.iter().any(|m| m.toleration_seconds.is_none()) {
-            match cap {
-                Some(c) => Some(added + c),
-                None => None,
-            }
+            cap.map(|c| added + c)
         } else {
             let secs = matching
                 .iter()

@@ -300,6 +300,8 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
     });
     let _guard = AbortOnDrop(vec![pod_watch, node_watch]);
     let semaphore = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    // Scheduled events wait behind the bindings.
+    let events = Arc::new(Semaphore::new(config.concurrency.div_ceil(4).max(1)));
     let mut st = State {
         config,
         snapshot: Snapshot::default(),
@@ -339,7 +341,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
         {
             continue;
         }
-        schedule_active(&mut st, &client, &semaphore, &tx);
+        schedule_active(&mut st, &client, &semaphore, &events, &tx);
     }
 }
 
@@ -356,6 +358,7 @@ fn schedule_active(
     st: &mut State,
     client: &kube::Client,
     semaphore: &Arc<Semaphore>,
+    events: &Arc<Semaphore>,
     tx: &mpsc::Sender<Msg>,
 ) {
     while let Some(uid) = st.active.pop_front() {
@@ -371,10 +374,15 @@ fn schedule_active(
                 st.snapshot.assume(&pod, &node);
                 st.assumed.insert(uid.clone());
                 st.unschedulable.remove(&uid);
-                let (client, semaphore, tx) = (client.clone(), semaphore.clone(), tx.clone());
+                let (client, semaphore, tx, events) = (
+                    client.clone(),
+                    semaphore.clone(),
+                    tx.clone(),
+                    events.clone(),
+                );
                 tokio::spawn(async move {
                     let _permit = semaphore.acquire().await;
-                    let (ok, retry) = bind(&client, &pod, &node).await;
+                    let (ok, retry) = bind(&client, events, &pod, &node).await;
                     let _ = tx.send(Msg::Bound { uid, ok, retry }).await;
                 });
             }
@@ -421,11 +429,13 @@ fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
         })
 }
 
-/// Events in flight at once (they wait behind bindings).
-static EVENTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
-
 /// POST the binding, then the Scheduled event. Returns (bound, worth retrying).
-async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> (bool, bool) {
+async fn bind(
+    client: &kube::Client,
+    events: Arc<Semaphore>,
+    pod: &Pod,
+    node: &str,
+) -> (bool, bool) {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -450,7 +460,6 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> (bool, bool) {
     let message = format!("Successfully assigned {ns}/{name} to {node}");
     // The event does not hold up the next binding.
     let (client, pod) = (client.clone(), pod.clone());
-    let events = EVENTS.get_or_init(|| Arc::new(Semaphore::new(16))).clone();
     tokio::spawn(async move {
         let _permit = events.acquire().await;
         record_event(&client, &pod, "Normal", "Scheduled", &message).await;

@@ -245,6 +245,24 @@ async fn create_scale_and_rolling_update() {
             .all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("nginx:2"))
     );
 
+    // Idle once rolled out: no status or replica set writes in a loop.
+    let rv = |d: &Deployment| d.metadata.resource_version.clone();
+    let before = api.get("web").await.unwrap();
+    let rs_before: Vec<_> = owned_rs(&c, &before)
+        .await
+        .iter()
+        .map(|r| r.metadata.resource_version.clone())
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = api.get("web").await.unwrap();
+    assert_eq!(rv(&before), rv(&after), "deployment keeps being written");
+    let rs_after: Vec<_> = owned_rs(&c, &after)
+        .await
+        .iter()
+        .map(|r| r.metadata.resource_version.clone())
+        .collect();
+    assert_eq!(rs_before, rs_after, "replica sets keep being written");
+
     // Events on the Deployment.
     let ev: Api<Event> = Api::namespaced(c.clone(), "default");
     let evs = ev.list(&ListParams::default()).await.unwrap().items;

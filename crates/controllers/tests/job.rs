@@ -65,7 +65,10 @@ async fn completions_parallelism_and_ttl() {
     let c = client(&ts).await;
     tokio::spawn(controllers::job::run(
         c.clone(),
-        controllers::job::Config::default(),
+        controllers::job::Config {
+            backoff: Duration::from_millis(200),
+            ..Default::default()
+        },
     ));
     tokio::spawn(controllers::gc::run(
         c.clone(),
@@ -180,7 +183,10 @@ async fn backoff_limit_fails_job() {
     let c = client(&ts).await;
     tokio::spawn(controllers::job::run(
         c.clone(),
-        controllers::job::Config::default(),
+        controllers::job::Config {
+            backoff: Duration::from_millis(200),
+            ..Default::default()
+        },
     ));
     let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
@@ -273,4 +279,45 @@ async fn event_recorder_deduplicates() {
         (tock.type_.as_deref(), tock.count),
         (Some("Warning"), Some(1))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_deadline_fails_job_and_removes_pods() {
+    let ts = apiserver::testing::TestServer::start().await;
+    let c = client(&ts).await;
+    tokio::spawn(controllers::job::run(
+        c.clone(),
+        controllers::job::Config::default(),
+    ));
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut j = job_json("slow", 4, 2, 100, 6);
+    j.spec.as_mut().unwrap().active_deadline_seconds = Some(1);
+    jobs.create(&PostParams::default(), &j).await.unwrap();
+    let p = pods.clone();
+    eventually("two pods", || {
+        let p = p.clone();
+        async move { job_pods(&p, "slow").await.len() == 2 }
+    })
+    .await;
+    let jb = jobs.clone();
+    eventually("DeadlineExceeded", || {
+        let jb = jb.clone();
+        async move {
+            let st = jb.get("slow").await.unwrap().status.unwrap_or_default();
+            st.conditions.unwrap_or_default().iter().any(|c| {
+                c.type_ == "Failed"
+                    && c.status == "True"
+                    && c.reason.as_deref() == Some("DeadlineExceeded")
+            })
+        }
+    })
+    .await;
+    assert!(
+        job_pods(&pods, "slow").await.is_empty(),
+        "running pods deleted"
+    );
+    let st = jobs.get("slow").await.unwrap().status.unwrap();
+    assert_eq!(st.active, Some(0));
+    assert!(st.completion_time.is_none());
 }

@@ -399,6 +399,7 @@ struct StoreResult {
     throughput_p99: Duration,
     server_cpu_per_create: Duration,
     etcd_cpu_per_create: Option<Duration>,
+    bench_cpu_per_create: Duration,
     latency_p50: Duration,
     latency_p99: Duration,
     latency_max: Duration,
@@ -451,6 +452,7 @@ async fn bench_store(bin: &Path, store: StoreKind, plan: Plan) -> anyhow::Result
         plan.throughput_pods, plan.clients
     );
     let (cpu0, etcd_cpu0) = (cpu_time(server.pid()), server.etcd_pid().map(cpu_time));
+    let bench_cpu0 = cpu_time(std::process::id());
     let out = phase(create_many(&clients, "tp", plan.throughput_pods)).await?;
     let server_cpu = cpu_time(server.pid()).saturating_sub(cpu0);
     let etcd_cpu = server
@@ -468,6 +470,7 @@ async fn bench_store(bin: &Path, store: StoreKind, plan: Plan) -> anyhow::Result
     let per = |cpu: Duration| cpu.checked_div(out.ok().max(1) as u32).unwrap_or_default();
     r.server_cpu_per_create = per(server_cpu);
     r.etcd_cpu_per_create = etcd_cpu.map(per);
+    r.bench_cpu_per_create = per(cpu_time(std::process::id()).saturating_sub(bench_cpu0));
     r.first_error = r.first_error.take().or(out.first_error);
     eprintln!(
         "[{tag}]   {:.0} creates/s in {:.2} s ({} errors), server CPU {:.0} µs/create",
@@ -1047,15 +1050,17 @@ fn table(plan: &Plan, results: &[(StoreKind, StoreResult)]) -> String {
         &|r| format!("{} / {}", ms(r.throughput_p50), ms(r.throughput_p99)),
     );
     row(
-        "  server CPU per create".into(),
+        "  CPU per create: server / etcd / bench clients".into(),
         "",
-        &|r| match r.etcd_cpu_per_create {
-            Some(e) => format!(
-                "{:.0} µs (+ etcd {:.0} µs)",
-                r.server_cpu_per_create.as_secs_f64() * 1e6,
-                e.as_secs_f64() * 1e6
-            ),
-            None => format!("{:.0} µs", r.server_cpu_per_create.as_secs_f64() * 1e6),
+        &|r| {
+            let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+            let etcd = r.etcd_cpu_per_create.map(us).unwrap_or_else(|| "-".into());
+            format!(
+                "{} / {} / {}",
+                us(r.server_cpu_per_create),
+                etcd,
+                us(r.bench_cpu_per_create)
+            )
         },
     );
     row(

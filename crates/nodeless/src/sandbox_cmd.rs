@@ -49,6 +49,9 @@ enum Command {
         /// Prefix lines with their timestamps.
         #[arg(long)]
         timestamps: bool,
+        /// Keep printing new output until the container has exited.
+        #[arg(short, long)]
+        follow: bool,
     },
 }
 
@@ -206,7 +209,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Logs { id, timestamps } => print_logs(&container::dir(&data_dir, &id), timestamps),
+        Command::Logs {
+            id,
+            timestamps,
+            follow,
+        } => print_logs(&data_dir, &id, timestamps, follow).await,
         Command::Run(r) => {
             let code = run_container(&data_dir, &store, r).await?;
             std::process::exit(code);
@@ -214,36 +221,87 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn print_logs(dir: &Path, timestamps: bool) -> anyhow::Result<()> {
-    let mut n = 0;
+fn print_records(raw: &[u8], timestamps: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    while let Ok(raw) = std::fs::read(container::log_path(dir, n)) {
-        for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Some(rec) = sandbox::logs::parse_line(line) else {
-                continue;
-            };
-            let w: &mut dyn Write = if rec.stream == "stderr" {
-                &mut err
-            } else {
-                &mut out
-            };
-            if timestamps {
-                write!(w, "{} ", rec.time)?;
-            }
-            w.write_all(&rec.text)?;
-            if !rec.partial {
-                w.write_all(b"\n")?;
-            }
+    for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(rec) = sandbox::logs::parse_line(line) else {
+            continue;
+        };
+        let w: &mut dyn Write = if rec.stream == "stderr" {
+            &mut err
+        } else {
+            &mut out
+        };
+        if timestamps {
+            write!(w, "{} ", rec.time)?;
         }
-        n += 1;
+        w.write_all(&rec.text)?;
+        if !rec.partial {
+            w.write_all(b"\n")?;
+        }
     }
-    anyhow::ensure!(
-        n > 0,
-        "no logs for {} (was it run with --keep?)",
-        dir.display()
-    );
+    out.flush()?;
     Ok(())
+}
+
+/// Prints every run's log of container `id`; with `follow`, keeps printing what the current run
+/// (or a restart) writes until the container is terminated.
+async fn print_logs(
+    data_dir: &Path,
+    id: &str,
+    timestamps: bool,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let dir = container::dir(data_dir, id);
+    let mut n = 0;
+    let mut offset = 0usize;
+    loop {
+        let path = container::log_path(&dir, n);
+        let Ok(raw) = std::fs::read(&path) else {
+            if n == 0 && !follow {
+                anyhow::bail!("no logs for {id} (was it run with --keep?)");
+            }
+            if !follow {
+                return Ok(());
+            }
+            let done = matches!(
+                container::read_state(data_dir, id).map(|s| s.status),
+                Some(container::Status::Terminated { .. }) | None
+            );
+            if done && n > 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        };
+        // Only complete records; a partly written last line waits for the next round.
+        let end = raw.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        if end > offset {
+            print_records(&raw[offset..end], timestamps)?;
+            offset = end;
+        }
+        if container::log_path(&dir, n + 1).exists() {
+            n += 1;
+            offset = 0;
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        let state = container::read_state(data_dir, id);
+        if matches!(
+            state.map(|s| s.status),
+            Some(container::Status::Terminated { .. }) | None
+        ) {
+            let raw = std::fs::read(&path).unwrap_or_default();
+            if raw.len() <= offset {
+                return Ok(());
+            }
+            continue;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// A one-line progress display on stderr: layers done and bytes downloaded.

@@ -116,6 +116,8 @@ pub struct Started {
     runtime: Arc<dyn Runtime>,
     state: State,
     cgroup: Option<PathBuf>,
+    /// The container's cgroup path (relative to each hierarchy), removed after exit.
+    cgroups_path: Option<String>,
 }
 
 impl std::fmt::Debug for Started {
@@ -298,12 +300,34 @@ pub async fn start(
         runtime,
         state,
         cgroup,
+        cgroups_path: sb.cgroups_path.clone(),
     })
 }
 
 fn memory_cgroup_root() -> Option<PathBuf> {
     let p = PathBuf::from("/sys/fs/cgroup/memory");
     p.join("memory.limit_in_bytes").exists().then_some(p)
+}
+
+/// Removes the (empty) cgroup directories of `path` and its empty parents up to the root, in
+/// every hierarchy; the runtime removes only its leaf. Best effort: rmdir fails on busy cgroups.
+fn remove_cgroups(path: &str) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in rd.flatten() {
+        let mut p = Path::new(path.trim_start_matches('/')).to_path_buf();
+        loop {
+            if p.as_os_str().is_empty()
+                || std::fs::remove_dir(h.path().join(&p)).is_err() && h.path().join(&p).exists()
+            {
+                break;
+            }
+            if !p.pop() {
+                break;
+            }
+        }
+    }
 }
 
 /// Whether the memory cgroup at `cg` saw an OOM kill. Its `oom_kill` counter is the direct
@@ -370,6 +394,9 @@ impl Started {
         if let Some(cg) = &self.cgroup {
             let _ = std::fs::remove_dir(cg.join("ctr"));
             let _ = std::fs::remove_dir(cg);
+        }
+        if let Some(path) = &self.cgroups_path {
+            remove_cgroups(path);
         }
         Ok(Exit {
             code,

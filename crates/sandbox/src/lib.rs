@@ -1,7 +1,27 @@
-//! The data plane's engine: images (pull from registries and OCI layouts, unpack, a shared
-//! content-addressed cache) and, on top, root filesystems and pod sandboxes run by pluggable
-//! runtimes. A library with no knowledge of the API server; the `nodeless sandbox` CLI and the
-//! node agent drive it. State lives on disk under a data dir so a restarted agent finds it again.
+//! The data plane's engine: images, root filesystems, runtimes and pod sandboxes on one host.
+//! A library with no knowledge of the API server; the `nodeless sandbox` CLI and the node agent
+//! drive it. It must not depend on the apiserver or store crates.
+//!
+//! Map:
+//! - [`image`]: pull from registries (oci-client; loopback and configured registries over plain
+//!   HTTP; anonymous, basic and token auth), OCI layouts and archives; Docker schema2 / OCI
+//!   manifests and indexes (resolved to linux/amd64); gzip/zstd/plain layers; every digest and
+//!   diff_id verified; layers unpacked once into a content-addressed store with overlayfs
+//!   whiteouts; LRU eviction of images no pod uses.
+//! - [`rootfs`]: a container's root filesystem, image layers under a private writable layer.
+//! - [`spec`] (pure): container request + image config -> OCI runtime spec.
+//! - [`runtime`]: the [`runtime::Runtime`] trait; `gvisor` (runsc, ptrace platform) and
+//!   `container` (crun) through their shared CLI; `auto` picks by CPU flags.
+//! - [`container`]: one container's life: bundle, logs, exit code, OOM verdict, `state.json`.
+//! - [`logs`]: CRI-format log files, one per container start.
+//! - [`plan`] (pure): Kubernetes Pod -> [`plan::PodPlan`], refusing what cannot be honoured.
+//! - [`network`]: the pod network (a bridge in a netns the project owns, a netns per pod).
+//! - [`pod`]: a whole pod: network, volumes, /etc files, init containers then regular ones,
+//!   sharing network and IPC (gVisor: one sandbox per pod, held by a pause container).
+//!
+//! On disk under the data dir: `images/` (blobs, layers, records), `containers/<id>/` (bundle,
+//! rootfs mount, writable layer, logs, state.json), `pods/<id>/` (pod.json, volumes, etc),
+//! `network/leases/`, `runtime/<kind>/` (the runtimes' own state), `pause/` (gVisor pause rootfs).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

@@ -126,38 +126,66 @@ impl OciRuntime {
 
     /// Pod containers (marked with the CRI annotations) are created into the pod's gVisor
     /// sandbox and waited for with `runsc wait`; everything else runs in the foreground.
+    /// runsc hands a subcontainer the stdio of the `start` command (the sandbox container gets
+    /// those of `create`), so both get the container's streams.
     async fn create_start_wait(
         &self,
         id: &str,
         bundle: &Path,
         stdio: Stdio,
     ) -> Result<Process, RuntimeError> {
-        let mut create = self.command();
-        create.arg("create").arg("--bundle").arg(bundle).arg(id);
-        create
-            .stdin(stdio.stdin)
-            .stdout(stdio.stdout)
-            .stderr(stdio.stderr)
-            .process_group(0);
-        let mut child = create.spawn().map_err(self.spawn_err())?;
-        let (stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
-        let status = child.wait().await.map_err(self.spawn_err())?;
-        if !status.success() {
-            let mut msg = Vec::new();
-            if let Some(e) = stderr.as_mut() {
-                let read = tokio::io::AsyncReadExt::read_to_end(e, &mut msg);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
+        let bundle_arg = bundle.display().to_string();
+        let is_sandbox = pod_container_type(bundle).as_deref() == Some("sandbox");
+        let (stdout, stderr) = if is_sandbox {
+            let mut create = self.command();
+            create.arg("create").arg("--bundle").arg(bundle).arg(id);
+            create
+                .stdin(stdio.stdin)
+                .stdout(stdio.stdout)
+                .stderr(stdio.stderr)
+                .process_group(0);
+            let mut child = create.spawn().map_err(self.spawn_err())?;
+            let (stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+            let status = child.wait().await.map_err(self.spawn_err())?;
+            if !status.success() {
+                let mut msg = Vec::new();
+                if let Some(e) = stderr.as_mut() {
+                    let read = tokio::io::AsyncReadExt::read_to_end(e, &mut msg);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
+                }
+                return Err(RuntimeError::Command {
+                    tool: self.kind.to_string(),
+                    action: "create",
+                    id: id.to_owned(),
+                    stderr: format!("{status}: {}", String::from_utf8_lossy(&msg).trim()),
+                });
             }
-            return Err(RuntimeError::Command {
-                tool: self.kind.to_string(),
-                action: "create",
-                id: id.to_owned(),
-                stderr: format!("{status}: {}", String::from_utf8_lossy(&msg).trim()),
-            });
-        }
-        tracing::debug!(%id, "created in the pod sandbox");
-        self.simple("start", id, &[]).await?;
-        tracing::debug!(%id, "started");
+            self.simple("start", id, &[]).await?;
+            (stdout, stderr)
+        } else {
+            self.simple("create", id, &["--bundle", &bundle_arg])
+                .await?;
+            let mut start = self.command();
+            start.arg("start").arg(id);
+            start
+                .stdin(stdio.stdin)
+                .stdout(stdio.stdout)
+                .stderr(stdio.stderr)
+                .process_group(0);
+            let mut child = start.spawn().map_err(self.spawn_err())?;
+            let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+            let status = child.wait().await.map_err(self.spawn_err())?;
+            if !status.success() {
+                return Err(RuntimeError::Command {
+                    tool: self.kind.to_string(),
+                    action: "start",
+                    id: id.to_owned(),
+                    stderr: format!("{status} (its output is in the container's log)"),
+                });
+            }
+            (stdout, stderr)
+        };
+        tracing::debug!(%id, "started in the pod sandbox");
         let mut wait = self.command();
         wait.arg("wait")
             .arg(id)
@@ -231,16 +259,14 @@ impl OciRuntime {
     }
 }
 
-/// Whether the bundle's spec marks its container as part of a multi-container pod sandbox.
-fn in_pod_sandbox(bundle: &Path) -> bool {
-    std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| {
-            v.get("annotations")
-                .and_then(|a| a.get(CONTAINER_TYPE))
-                .is_some()
-        })
+/// The CRI container type the bundle's spec declares (`sandbox` or `container`), if any.
+fn pod_container_type(bundle: &Path) -> Option<String> {
+    let b = std::fs::read(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    v.get("annotations")?
+        .get(CONTAINER_TYPE)?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// On hosts with cgroup v1 controllers plus a v2 hierarchy at `unified` but no v1 hugetlb
@@ -270,7 +296,7 @@ impl Runtime for OciRuntime {
     }
 
     async fn spawn(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Process, RuntimeError> {
-        if self.kind == RuntimeKind::Gvisor && in_pod_sandbox(bundle) {
+        if self.kind == RuntimeKind::Gvisor && pod_container_type(bundle).is_some() {
             return self.create_start_wait(id, bundle, stdio).await;
         }
         let mut c = self.command();
