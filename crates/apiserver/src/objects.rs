@@ -700,7 +700,11 @@ impl Objects {
         // A terminating object whose last finalizer is gone is deleted now.
         let terminating =
             meta(&obj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
-        if terminating && finalizers(&obj).is_empty() && !pending_graceful(def, &obj) {
+        if terminating
+            && finalizers(&obj).is_empty()
+            && !pending_graceful(def, &obj)
+            && !(def.kind == "Namespace" && namespace_has_finalizers(&obj))
+        {
             if opts.dry_run {
                 return Ok(Written {
                     object: obj,
