@@ -283,10 +283,11 @@ async fn run_controllers(
                     });
                 }
                 if on("namespace") {
-                    tasks.spawn(controllers::namespace::run(
-                        client.clone(),
-                        Default::default(),
-                    ));
+                    let config = controllers::namespace::Config {
+                        write_conditions: true,
+                        ..Default::default()
+                    };
+                    tasks.spawn(controllers::namespace::run(client.clone(), config));
                 }
                 if on("node-lifecycle") {
                     tasks.spawn(controllers::nodelifecycle::run(
