@@ -105,3 +105,20 @@ fn structured_generators_reach_the_merge_code() {
     }
     assert!(ok > 100, "only {ok} of 300 generated strategic merge patches applied");
 }
+
+#[test]
+fn structured_generators_reach_apply() {
+    // Not vacuous: most generated applies (a mutated fixture applied onto another of its kind)
+    // must succeed, or the apply target only exercises error paths.
+    let mut ok = 0;
+    for i in 0..200u64 {
+        let data = bytes(i + 11, 4096);
+        let mut u = arbitrary::Unstructured::new(&data);
+        let Ok(live) = generate::mutated_fixture(&mut u, Some("Deployment")) else { continue };
+        let Ok(config) = generate::mutated_fixture(&mut u, Some("Deployment")) else { continue };
+        if api::apply::apply(Some(&live), &config, "kubectl", true, nodeless_fuzz::NOW).is_ok() {
+            ok += 1;
+        }
+    }
+    assert!(ok > 60, "only {ok} of 200 generated applies succeeded");
+}

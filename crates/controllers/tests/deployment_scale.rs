@@ -85,3 +85,38 @@ async fn raw_pod_creates_peer() {
     );
     assert_eq!(n, 1000);
 }
+
+/// Creation alone (no kubelet writes competing): a 1,000-replica ReplicaSet's pods created by the
+/// controller, to compare with `raw_pod_creates_peer`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "heavy: 1,000 pods; run with --ignored"]
+async fn thousand_pods_created_without_kubelet() {
+    let env = start().await;
+    env.auto_ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let c = env.client.clone();
+    let api: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let rs = serde_json::from_value(json!({
+        "metadata": {"name": "bare"},
+        "spec": {
+            "replicas": 1000,
+            "selector": {"matchLabels": {"app": "bare"}},
+            "template": {"metadata": {"labels": {"app": "bare"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}
+        }
+    }))
+    .unwrap();
+    let start = Instant::now();
+    api.create(&PostParams::default(), &rs).await.unwrap();
+    wait_for(600, "1000 pods", || async {
+        let rs = api.get("bare").await.unwrap();
+        (rs.status?.replicas == 1000).then_some(())
+    })
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "controller: 1000 pods created in {secs:.2}s: {:.0} pods/s",
+        1000.0 / secs
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pods(&c, "default", "app=bare").await.len(), 1000);
+}

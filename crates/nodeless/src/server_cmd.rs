@@ -48,6 +48,13 @@ pub struct Args {
     /// job, garbage-collector, namespace, node-lifecycle, scheduler; or `all`.
     #[arg(long, value_delimiter = ',')]
     pub disable: Vec<String>,
+    /// How long a node may go without renewing its lease before it is NotReady (seconds).
+    #[arg(long, default_value_t = 40)]
+    pub node_grace_period: u64,
+    /// Cap on how long pods stay on a NotReady node before eviction (seconds; default: their
+    /// tolerations, 300 s for the default ones).
+    #[arg(long)]
+    pub pod_eviction_timeout: Option<u64>,
     /// Run the controllers without electing a leader (only for a single server).
     #[arg(long)]
     pub no_leader_elect: bool,
@@ -135,8 +142,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let disabled = args.disable.clone();
     let leader_elect = !args.no_leader_elect;
     let identity = format!("{}-{}-{port}", hostname(), std::process::id());
+    let node_config = controllers::nodelifecycle::Config {
+        grace_period: std::time::Duration::from_secs(args.node_grace_period),
+        monitor_period: std::time::Duration::from_secs(args.node_grace_period.clamp(1, 5)),
+        toleration_cap: args
+            .pod_eviction_timeout
+            .map(std::time::Duration::from_secs),
+    };
     tokio::spawn(async move {
-        if let Err(e) = run_controllers(kubeconfig_yaml, disabled, leader_elect, identity).await {
+        if let Err(e) = run_controllers(
+            kubeconfig_yaml,
+            disabled,
+            leader_elect,
+            identity,
+            node_config,
+        )
+        .await
+        {
             tracing::error!(error = format!("{e:#}"), "controllers stopped");
         }
     });
@@ -232,6 +254,7 @@ async fn run_controllers(
     disabled: Vec<String>,
     leader_elect: bool,
     identity: String,
+    node_config: controllers::nodelifecycle::Config,
 ) -> anyhow::Result<()> {
     let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("the admin kubeconfig")?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
@@ -241,6 +264,7 @@ async fn run_controllers(
     let off = |name: &str| disabled.iter().any(|d| d == name || d == "all");
     let start = {
         let client = client.clone();
+        let node_config = node_config.clone();
         let flags: Vec<(&'static str, bool)> = [
             "deployment",
             "replicaset",
@@ -256,6 +280,7 @@ async fn run_controllers(
         move || {
             let client = client.clone();
             let flags = flags.clone();
+            let node_config = node_config.clone();
             async move {
                 let on = |n: &str| flags.iter().any(|(name, enabled)| *name == n && *enabled);
                 let mut tasks = tokio::task::JoinSet::new();
@@ -292,7 +317,7 @@ async fn run_controllers(
                 if on("node-lifecycle") {
                     tasks.spawn(controllers::nodelifecycle::run(
                         client.clone(),
-                        Default::default(),
+                        node_config.clone(),
                     ));
                 }
                 if on("scheduler") {

@@ -60,6 +60,7 @@ impl Server {
             .arg(self.dir.path())
             .arg("--bind")
             .arg(format!("127.0.0.1:{}", self.port))
+            .args(["--registry-bind", "127.0.0.1:0"])
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
