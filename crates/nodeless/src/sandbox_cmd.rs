@@ -168,7 +168,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 progress: Some(progress_printer()),
             };
             let img = store.pull(&source, &opts).await?;
-            eprintln!();
             println!("{} {}", img.name, img.manifest_digest);
             Ok(())
         }
@@ -304,29 +303,33 @@ async fn print_logs(
     }
 }
 
-/// A one-line progress display on stderr: layers done and bytes downloaded.
+/// A progress bar on stderr (indicatif): bytes downloaded over the image's compressed size,
+/// with layers done in the message.
 fn progress_printer() -> sandbox::image::store::ProgressFn {
     #[derive(Default)]
     struct P {
-        total: u64,
         layers: usize,
         done: usize,
         bytes: std::collections::HashMap<String, u64>,
         sizes: std::collections::HashMap<String, u64>,
     }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
     let state = Arc::new(Mutex::new(P::default()));
     Arc::new(move |e: &PullEvent| {
         let mut p = state.lock().unwrap_or_else(|e| e.into_inner());
         match e {
             PullEvent::Resolved { manifest, layers } => {
-                p.total = layers.iter().map(|l| l.1).sum();
                 p.layers = layers.len();
                 p.sizes = layers.iter().map(|(d, s)| (d.to_string(), *s)).collect();
-                eprintln!(
-                    "manifest {manifest}: {} layers, {} bytes",
-                    layers.len(),
-                    p.total
-                );
+                bar.set_length(layers.iter().map(|l| l.1).sum());
+                bar.println(format!("manifest {manifest}: {} layers", layers.len()));
             }
             PullEvent::LayerPresent(d) | PullEvent::LayerDone(d) => {
                 p.done += 1;
@@ -337,23 +340,11 @@ fn progress_printer() -> sandbox::image::store::ProgressFn {
                 p.bytes.insert(digest.to_string(), *done);
             }
         }
-        let got: u64 = p.bytes.values().sum();
-        let pct = if p.total > 0 {
-            got.saturating_mul(100) / p.total
-        } else {
-            100
-        };
-        let width = 30u64;
-        let filled = (pct.min(100) * width / 100) as usize;
-        eprint!(
-            "\r[{}{}] {:>3}% {}/{} layers, {} bytes",
-            "#".repeat(filled),
-            " ".repeat(width as usize - filled),
-            pct.min(100),
-            p.done,
-            p.layers,
-            got
-        );
+        bar.set_position(p.bytes.values().sum());
+        bar.set_message(format!("{}/{} layers", p.done, p.layers));
+        if p.layers > 0 && p.done == p.layers {
+            bar.finish();
+        }
     })
 }
 
