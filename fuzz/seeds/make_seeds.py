@@ -10,7 +10,8 @@ OBJ = os.path.join(HERE, "objects")
 TARGETS = ["protobuf", "body", "patch", "patch_structured", "apply", "selector", "quantity", "resource"]
 # Order of api::resource::RESOURCES (the resource target's first byte).
 KINDS = ["namespace", "pod", "node", "event", "configmap", "secret", "service", "serviceaccount",
-         "endpoints", "deployment", "replicaset", "job", "lease", "event_v1"]
+         "endpoints", "deployment", "replicaset", "job", "lease", "event_v1",
+         "serverlessprofile"]
 
 def write(target, name, data):
     if isinstance(data, str):

@@ -10,8 +10,14 @@ use serde_json::{Map, Number, Value};
 
 /// The realistic objects every structured target starts from (kind, JSON text).
 pub const FIXTURES: &[(&str, &str)] = &[
-    ("Deployment", include_str!("../seeds/objects/deployment.json")),
-    ("Deployment", include_str!("../seeds/objects/deployment_applied.json")),
+    (
+        "Deployment",
+        include_str!("../seeds/objects/deployment.json"),
+    ),
+    (
+        "Deployment",
+        include_str!("../seeds/objects/deployment_applied.json"),
+    ),
     ("Pod", include_str!("../seeds/objects/pod.json")),
     ("Service", include_str!("../seeds/objects/service.json")),
     ("ConfigMap", include_str!("../seeds/objects/configmap.json")),
@@ -20,57 +26,251 @@ pub const FIXTURES: &[(&str, &str)] = &[
     ("Node", include_str!("../seeds/objects/node.json")),
     ("Event", include_str!("../seeds/objects/event.json")),
     ("Event", include_str!("../seeds/objects/event_v1.json")),
-    ("ServiceAccount", include_str!("../seeds/objects/serviceaccount.json")),
+    (
+        "ServiceAccount",
+        include_str!("../seeds/objects/serviceaccount.json"),
+    ),
     ("Endpoints", include_str!("../seeds/objects/endpoints.json")),
-    ("ReplicaSet", include_str!("../seeds/objects/replicaset.json")),
+    (
+        "ReplicaSet",
+        include_str!("../seeds/objects/replicaset.json"),
+    ),
     ("Job", include_str!("../seeds/objects/job.json")),
     ("Lease", include_str!("../seeds/objects/lease.json")),
+    (
+        "ServerlessProfile",
+        include_str!("../seeds/objects/serverlessprofile.json"),
+    ),
 ];
 
 /// Field names the decoders, defaulting, validation, patch and apply code look at.
 pub const KEYS: &[&str] = &[
-    "apiVersion", "kind", "metadata", "name", "generateName", "namespace", "labels", "annotations",
-    "finalizers", "ownerReferences", "uid", "resourceVersion", "generation", "creationTimestamp",
-    "deletionTimestamp", "managedFields", "manager", "operation", "fieldsType", "fieldsV1", "time",
-    "subresource", "spec", "status", "template", "containers", "initContainers",
-    "ephemeralContainers", "image", "imagePullPolicy", "command", "args", "env", "value",
-    "valueFrom", "ports", "containerPort", "hostPort", "protocol", "port", "targetPort", "nodePort",
-    "volumeMounts", "mountPath", "volumes", "configMap", "secret", "emptyDir", "resources",
-    "requests", "limits", "cpu", "memory", "ephemeral-storage", "selector", "matchLabels",
-    "matchExpressions", "key", "operator", "values", "replicas", "strategy", "type",
-    "rollingUpdate", "maxSurge", "maxUnavailable", "tolerations", "effect", "tolerationSeconds",
-    "conditions", "reason", "message", "imagePullSecrets", "hostAliases", "ip", "hostnames",
-    "topologySpreadConstraints", "topologyKey", "whenUnsatisfiable", "maxSkew", "data",
-    "stringData", "binaryData", "subsets", "addresses", "nodeName", "restartPolicy", "clusterIP",
-    "clusterIPs", "ipFamilies", "ipFamilyPolicy", "externalName", "sessionAffinity",
-    "backoffLimit", "completions", "parallelism", "completionMode", "holderIdentity",
-    "leaseDurationSeconds", "renewTime", "eventTime", "involvedObject", "regarding", "series",
-    "count", "phase", "podIP", "podIPs", "containerStatuses", "securityContext", "affinity",
-    "taints", "podCIDR", "capacity", "allocatable", "serviceAccountName",
-    "terminationGracePeriodSeconds", "priority", "schedulerName", "hostNetwork", "overhead",
-    "$patch", "$retainKeys", "$setElementOrder/containers", "$setElementOrder/ports",
-    "$setElementOrder/env", "$setElementOrder/finalizers", "$setElementOrder/volumes",
-    "$deleteFromPrimitiveList/finalizers", "$deleteFromPrimitiveList/args",
-    "$deleteFromPrimitiveList/clusterIPs", "f:metadata", "f:spec", "f:labels", "f:name",
-    "f:containers", "f:replicas", "f:image", ".", "k:{\"name\":\"nginx\"}",
-    "k:{\"containerPort\":80,\"protocol\":\"TCP\"}", "v:\"x\"", "i:0",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "name",
+    "generateName",
+    "namespace",
+    "labels",
+    "annotations",
+    "finalizers",
+    "ownerReferences",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "managedFields",
+    "manager",
+    "operation",
+    "fieldsType",
+    "fieldsV1",
+    "time",
+    "subresource",
+    "spec",
+    "status",
+    "template",
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "env",
+    "value",
+    "valueFrom",
+    "ports",
+    "containerPort",
+    "hostPort",
+    "protocol",
+    "port",
+    "targetPort",
+    "nodePort",
+    "volumeMounts",
+    "mountPath",
+    "volumes",
+    "configMap",
+    "secret",
+    "emptyDir",
+    "resources",
+    "requests",
+    "limits",
+    "cpu",
+    "memory",
+    "ephemeral-storage",
+    "selector",
+    "matchLabels",
+    "matchExpressions",
+    "key",
+    "operator",
+    "values",
+    "replicas",
+    "strategy",
+    "type",
+    "rollingUpdate",
+    "maxSurge",
+    "maxUnavailable",
+    "tolerations",
+    "effect",
+    "tolerationSeconds",
+    "conditions",
+    "reason",
+    "message",
+    "imagePullSecrets",
+    "hostAliases",
+    "ip",
+    "hostnames",
+    "topologySpreadConstraints",
+    "topologyKey",
+    "whenUnsatisfiable",
+    "maxSkew",
+    "data",
+    "stringData",
+    "binaryData",
+    "subsets",
+    "addresses",
+    "nodeName",
+    "restartPolicy",
+    "clusterIP",
+    "clusterIPs",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "externalName",
+    "sessionAffinity",
+    "backoffLimit",
+    "completions",
+    "parallelism",
+    "completionMode",
+    "holderIdentity",
+    "leaseDurationSeconds",
+    "selectors",
+    "allowPrivileged",
+    "runtime",
+    "hostPID",
+    "hostIPC",
+    "privileged",
+    "hostPath",
+    "renewTime",
+    "eventTime",
+    "involvedObject",
+    "regarding",
+    "series",
+    "count",
+    "phase",
+    "podIP",
+    "podIPs",
+    "containerStatuses",
+    "securityContext",
+    "affinity",
+    "taints",
+    "podCIDR",
+    "capacity",
+    "allocatable",
+    "serviceAccountName",
+    "terminationGracePeriodSeconds",
+    "priority",
+    "schedulerName",
+    "hostNetwork",
+    "overhead",
+    "$patch",
+    "$retainKeys",
+    "$setElementOrder/containers",
+    "$setElementOrder/ports",
+    "$setElementOrder/env",
+    "$setElementOrder/finalizers",
+    "$setElementOrder/volumes",
+    "$deleteFromPrimitiveList/finalizers",
+    "$deleteFromPrimitiveList/args",
+    "$deleteFromPrimitiveList/clusterIPs",
+    "f:metadata",
+    "f:spec",
+    "f:labels",
+    "f:name",
+    "f:containers",
+    "f:replicas",
+    "f:image",
+    ".",
+    "k:{\"name\":\"nginx\"}",
+    "k:{\"containerPort\":80,\"protocol\":\"TCP\"}",
+    "v:\"x\"",
+    "i:0",
 ];
 
 /// Keys that identify an item of a merged list: a generated patch keeps them.
 pub const MERGE_KEYS: &[&str] = &[
-    "name", "containerPort", "port", "protocol", "ip", "key", "mountPath", "devicePath", "type",
-    "topologyKey", "whenUnsatisfiable", "uid",
+    "name",
+    "containerPort",
+    "port",
+    "protocol",
+    "ip",
+    "key",
+    "mountPath",
+    "devicePath",
+    "type",
+    "topologyKey",
+    "whenUnsatisfiable",
+    "uid",
 ];
 
 /// Strings that select branches: directive values, enum values, quantities, API versions.
 pub const STRINGS: &[&str] = &[
-    "", "web", "app", "nginx", "x", "a=b", "TCP", "UDP", "SCTP", "replace", "merge", "delete",
-    "deleteFromPrimitiveList", "retainKeys", "Apply", "Update", "FieldsV1", "v1", "apps/v1",
-    "batch/v1", "Pod", "Deployment", "default", "kube-system", "100m", "1Gi", "0.5", "1e3",
-    "-1", "Always", "IfNotPresent", "Never", "OnFailure", "ClusterIP", "None", "NodePort",
-    "LoadBalancer", "ExternalName", "In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt",
-    "NoSchedule", "NoExecute", "Equal", "2025-06-01T10:00:00Z", "2025-06-01T10:00:00.000001Z",
-    "status", "scale", "Indexed", "NonIndexed", "10.0.0.1", "::1", "kubernetes.io/hostname",
+    "",
+    "web",
+    "app",
+    "nginx",
+    "x",
+    "a=b",
+    "TCP",
+    "UDP",
+    "SCTP",
+    "replace",
+    "merge",
+    "delete",
+    "deleteFromPrimitiveList",
+    "retainKeys",
+    "Apply",
+    "Update",
+    "FieldsV1",
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "Pod",
+    "Deployment",
+    "default",
+    "kube-system",
+    "100m",
+    "1Gi",
+    "0.5",
+    "1e3",
+    "-1",
+    "Always",
+    "IfNotPresent",
+    "Never",
+    "OnFailure",
+    "ClusterIP",
+    "None",
+    "NodePort",
+    "LoadBalancer",
+    "ExternalName",
+    "In",
+    "NotIn",
+    "Exists",
+    "DoesNotExist",
+    "Gt",
+    "Lt",
+    "NoSchedule",
+    "NoExecute",
+    "Equal",
+    "2025-06-01T10:00:00Z",
+    "2025-06-01T10:00:00.000001Z",
+    "status",
+    "scale",
+    "Indexed",
+    "NonIndexed",
+    "10.0.0.1",
+    "::1",
+    "kubernetes.io/hostname",
 ];
 
 /// The managers the apply target alternates between.
@@ -135,10 +335,7 @@ pub fn object(u: &mut Unstructured, depth: u32) -> Result<Value> {
 
 /// One of the fixtures, parsed; `kind` picks a fixture of that kind most of the time.
 pub fn fixture(u: &mut Unstructured, kind: Option<&str>) -> Result<Value> {
-    let same: Vec<&(&str, &str)> = FIXTURES
-        .iter()
-        .filter(|(k, _)| Some(*k) == kind)
-        .collect();
+    let same: Vec<&(&str, &str)> = FIXTURES.iter().filter(|(k, _)| Some(*k) == kind).collect();
     let text = if !same.is_empty() && u.ratio(7, 8)? {
         u.choose(&same)?.1
     } else {
@@ -147,16 +344,17 @@ pub fn fixture(u: &mut Unstructured, kind: Option<&str>) -> Result<Value> {
     Ok(serde_json::from_str(text).expect("the fixtures are valid JSON (tested)"))
 }
 
-/// A fixture with up to four random changes at random paths.
+/// A fixture with up to four random changes at random paths below its root.
 pub fn mutated_fixture(u: &mut Unstructured, kind: Option<&str>) -> Result<Value> {
     let mut v = fixture(u, kind)?;
     for _ in 0..u.int_in_range(0..=4)? {
-        mutate(u, &mut v)?;
+        mutate_inside(u, &mut v)?;
     }
     Ok(v)
 }
 
-/// An object: a (mutated) fixture most of the time, else a generated object.
+/// An object: a (mutated) fixture most of the time, else a generated object (which may be
+/// anything, as a request body may).
 pub fn object_like(u: &mut Unstructured, kind: Option<&str>) -> Result<Value> {
     if u.ratio(7, 8)? {
         mutated_fixture(u, kind)
@@ -168,7 +366,17 @@ pub fn object_like(u: &mut Unstructured, kind: Option<&str>) -> Result<Value> {
 /// One change somewhere in `v`: walk down a random path, then replace, delete, insert or
 /// duplicate (a duplicate list item is what merge-by-key code must survive).
 pub fn mutate(u: &mut Unstructured, v: &mut Value) -> Result<()> {
-    let descend = u.ratio(3, 4)?;
+    mutate_at(u, v, false)
+}
+
+/// [`mutate`] that never replaces `v` itself when it is a non-empty container (an object stays
+/// an object: the change is somewhere inside).
+pub fn mutate_inside(u: &mut Unstructured, v: &mut Value) -> Result<()> {
+    mutate_at(u, v, true)
+}
+
+fn mutate_at(u: &mut Unstructured, v: &mut Value, must_descend: bool) -> Result<()> {
+    let descend = must_descend || u.ratio(3, 4)?;
     match v {
         Value::Object(m) if !m.is_empty() && descend => {
             let i = u.choose_index(m.len())?;
@@ -182,7 +390,7 @@ pub fn mutate(u: &mut Unstructured, v: &mut Value) -> Result<()> {
                 }
                 _ => {
                     if let Some(next) = m.get_mut(&k) {
-                        mutate(u, next)?;
+                        mutate_at(u, next, false)?;
                     }
                 }
             }
@@ -198,7 +406,7 @@ pub fn mutate(u: &mut Unstructured, v: &mut Value) -> Result<()> {
                     a.push(dup);
                 }
                 2 => a.insert(i, value(u, 3)?),
-                _ => mutate(u, &mut a[i])?,
+                _ => mutate_at(u, &mut a[i], false)?,
             }
         }
         _ => *v = value(u, 3)?,
@@ -235,7 +443,7 @@ pub fn smp_patch(u: &mut Unstructured, target: &Value, depth: u32) -> Result<Val
                 }
                 if let Value::Array(items) = v {
                     if u.ratio(1, 6)? {
-                        let order = items.iter().map(|it| keys_only(it)).collect();
+                        let order = items.iter().map(keys_only).collect();
                         p.insert(format!("$setElementOrder/{k}"), Value::Array(order));
                     }
                     if u.ratio(1, 8)? {
@@ -275,7 +483,9 @@ pub fn smp_patch(u: &mut Unstructured, target: &Value, depth: u32) -> Result<Val
                 }
             }
             if u.ratio(1, 6)? {
-                out.push(serde_json::json!({"$patch": *u.choose(&["replace", "delete", "merge"])?}));
+                out.push(
+                    serde_json::json!({"$patch": *u.choose(&["replace", "delete", "merge"])?}),
+                );
             }
             Value::Array(out)
         }
@@ -365,4 +575,16 @@ pub fn json_patch(u: &mut Unstructured, target: &Value) -> Result<Value> {
         ops.push(Value::Object(m));
     }
     Ok(Value::Array(ops))
+}
+
+/// A server-side apply configuration: a mutated fixture (of `kind` mostly), without
+/// `metadata.managedFields` most of the time, as kubectl sends it.
+pub fn apply_config(u: &mut Unstructured, kind: Option<&str>) -> Result<Value> {
+    let mut c = object_like(u, kind)?;
+    if u.ratio(7, 8)?
+        && let Some(m) = c.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        m.shift_remove("managedFields");
+    }
+    Ok(c)
 }

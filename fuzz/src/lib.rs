@@ -82,7 +82,11 @@ fn pure_functions(def: &ResourceDef, obj: &Value) {
     (def.defaults)(&mut d);
     let mut dd = d.clone();
     (def.defaults)(&mut dd);
-    assert_eq!(dd, d, "{}: defaulting a defaulted object changed it", def.kind);
+    assert_eq!(
+        dd, d,
+        "{}: defaulting a defaulted object changed it",
+        def.kind
+    );
     let _ = (def.validate)(&d, None);
     let _ = (def.validate)(&d, Some(obj));
     let _ = (def.validate)(obj, Some(&d));
@@ -97,6 +101,29 @@ fn pure_functions(def: &ResourceDef, obj: &Value) {
     }
     if def.kind == "Pod" {
         let _ = api::sizing::pod_size(&d);
+        let spec = d.get("spec").unwrap_or(&Value::Null);
+        let _ = api::profile::unsupported(spec, false);
+        let _ = api::profile::unsupported(spec, true);
+    }
+    if def.kind == "ServerlessProfile"
+        && let Ok(p) = serde_json::from_value::<api::profile::ServerlessProfile>(d.clone())
+    {
+        // Globs against the fixture pod and against the profile's own patterns.
+        let pod = pod_fixture();
+        let labels = |v: &Value| -> std::collections::BTreeMap<String, String> {
+            v.as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let pod_labels = labels(pod.pointer("/metadata/labels").unwrap_or(&Value::Null));
+        let _ = p.matches("default", &pod_labels);
+        for s in &p.spec.selectors {
+            let _ = p.matches(&s.namespace, &s.labels);
+        }
     }
     let _ = api::sizing::pod_size(obj);
 }
@@ -160,7 +187,10 @@ pub fn body(data: &[u8]) {
         );
     }
     let decoded = apiserver::http::decode_body(&headers, body);
-    if matches!(ct, None | Some("application/json" | "" | "application/json; charset=utf-8")) {
+    if matches!(
+        ct,
+        None | Some("application/json" | "" | "application/json; charset=utf-8")
+    ) {
         assert_eq!(
             decoded.as_ref().ok(),
             serde_json::from_slice::<Value>(body).ok().as_ref(),
@@ -176,7 +206,10 @@ pub fn body(data: &[u8]) {
         // The YAML decoder's output is plain JSON: printing and re-reading it changes nothing.
         let text = serde_json::to_string(&v).expect("a Value always serializes");
         let back: Value = serde_json::from_str(&text).expect("serialized JSON parses");
-        assert_eq!(back, v, "YAML decoded to JSON that does not survive re-encoding");
+        assert_eq!(
+            back, v,
+            "YAML decoded to JSON that does not survive re-encoding"
+        );
     }
 }
 
@@ -197,7 +230,11 @@ pub fn patch(data: &[u8]) {
     match kind {
         PatchType::Json => {
             let direct = api::patch::json_patch(&target, body);
-            assert_eq!(served.is_ok(), direct.is_ok(), "apply_patch and json_patch disagree");
+            assert_eq!(
+                served.is_ok(),
+                direct.is_ok(),
+                "apply_patch and json_patch disagree"
+            );
         }
         PatchType::Merge => {
             if let Some(p) = &patch_value {
@@ -254,7 +291,11 @@ fn patch_structured_inner(u: &mut Unstructured) -> arbitrary::Result<()> {
             if let Value::Array(list) = &ops
                 && list.is_empty()
             {
-                assert_eq!(out.as_ref(), Ok(&target), "an empty JSON patch changes nothing");
+                assert_eq!(
+                    out.as_ref(),
+                    Ok(&target),
+                    "an empty JSON patch changes nothing"
+                );
             }
         }
         1 => {
@@ -287,14 +328,22 @@ pub fn apply(data: &[u8]) {
 
 /// Every `fieldsV1` in `metadata.managedFields` decodes and is in canonical form.
 fn check_managed_fields(obj: &Value, what: &str) {
-    let Some(entries) = obj.pointer("/metadata/managedFields").and_then(Value::as_array) else {
+    let Some(entries) = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
         return;
     };
     for e in entries {
         if let Some(f) = e.get("fieldsV1") {
-            let set = api::apply::FieldSet::from_fields_v1(f)
-                .unwrap_or_else(|err| panic!("{what} wrote fieldsV1 that does not decode: {err}: {f}"));
-            assert_eq!(&set.to_fields_v1(), f, "{what} wrote fieldsV1 not in canonical form");
+            let set = api::apply::FieldSet::from_fields_v1(f).unwrap_or_else(|err| {
+                panic!("{what} wrote fieldsV1 that does not decode: {err}: {f}")
+            });
+            assert_eq!(
+                &set.to_fields_v1(),
+                f,
+                "{what} wrote fieldsV1 not in canonical form"
+            );
         }
     }
 }
@@ -311,8 +360,7 @@ fn managed_fields_valid(obj: Option<&Value>) -> bool {
     entries.iter().all(|e| {
         e.as_object().is_some_and(|m| {
             m.get("fieldsV1").is_none_or(|f| {
-                api::apply::FieldSet::from_fields_v1(f)
-                    .is_ok_and(|s| &s.to_fields_v1() == f)
+                api::apply::FieldSet::from_fields_v1(f).is_ok_and(|s| &s.to_fields_v1() == f)
             })
         })
     })
@@ -338,9 +386,16 @@ fn apply_inner(u: &mut Unstructured) -> arbitrary::Result<()> {
                         c.insert("apiVersion".into(), av.clone());
                         c.insert("kind".into(), k.clone());
                     }
+                    if let Some(m) = c.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.shift_remove("managedFields");
+                    }
                     c
                 }
-                _ => generate::object_like(u, None)?,
+                Some(l) => {
+                    let kind = l.get("kind").and_then(Value::as_str);
+                    generate::apply_config(u, kind)?
+                }
+                None => generate::apply_config(u, None)?,
             };
             let force = u.arbitrary()?;
             match api::apply::apply_to(live.as_ref(), &config, manager, sub, force, NOW) {
@@ -405,7 +460,11 @@ fn check_label_selector(sel: &api::selector::LabelSelector) {
     let text = sel.to_string();
     let again = LabelSelector::parse(&text)
         .unwrap_or_else(|e| panic!("{text:?}, printed from {sel:?}, does not parse: {e}"));
-    assert_eq!(label_terms(&again), label_terms(sel), "printed selector {text:?}");
+    assert_eq!(
+        label_terms(&again),
+        label_terms(sel),
+        "printed selector {text:?}"
+    );
     // Labels built from the selector's own values: both must agree on them.
     let mut labels = serde_json::Map::new();
     for r in sel.requirements() {
@@ -435,16 +494,23 @@ pub fn selector(data: &[u8]) {
         1 => {
             if let Ok(s) = FieldSelector::parse(text) {
                 let printed = s.to_string();
-                let again = FieldSelector::parse(&printed)
-                    .unwrap_or_else(|e| panic!("{printed:?}, printed from {s:?}, does not parse: {e}"));
+                let again = FieldSelector::parse(&printed).unwrap_or_else(|e| {
+                    panic!("{printed:?}, printed from {s:?}, does not parse: {e}")
+                });
                 let mut a = again.terms().to_vec();
                 let mut b = s.terms().to_vec();
-                let key = |t: &api::selector::FieldTerm| (t.field.clone(), t.value.clone(), t.negated);
+                let key =
+                    |t: &api::selector::FieldTerm| (t.field.clone(), t.value.clone(), t.negated);
                 a.sort_by_key(key);
                 b.sort_by_key(key);
                 assert_eq!(a, b, "printed field selector {printed:?}");
                 let pod = pod_fixture();
-                for (group, kind) in [("", "Pod"), ("", "Secret"), ("", "Event"), ("apps", "Deployment")] {
+                for (group, kind) in [
+                    ("", "Pod"),
+                    ("", "Secret"),
+                    ("", "Event"),
+                    ("apps", "Deployment"),
+                ] {
                     let _ = s.check_supported(group, kind);
                     assert_eq!(
                         s.matches_object(group, kind, &pod).ok(),
@@ -464,7 +530,8 @@ pub fn selector(data: &[u8]) {
 }
 
 fn pod_fixture() -> Value {
-    serde_json::from_str(include_str!("../seeds/objects/pod.json")).expect("the fixtures are valid JSON")
+    serde_json::from_str(include_str!("../seeds/objects/pod.json"))
+        .expect("the fixtures are valid JSON")
 }
 
 /// Target `quantity`: `api::sizing::parse_quantity` and the rounding helpers, and the pod size
@@ -479,7 +546,11 @@ pub fn quantity(data: &[u8]) {
         if q.mantissa == 0 {
             assert_eq!((value, milli), (Some(0), Some(0)), "zero is zero: {s:?}");
         } else if q.negative {
-            assert_eq!((value, milli), (None, None), "negative quantities have no size: {s:?}");
+            assert_eq!(
+                (value, milli),
+                (None, None),
+                "negative quantities have no size: {s:?}"
+            );
         }
         if let Some(m) = milli {
             let v = value.unwrap_or_else(|| panic!("{s:?}: milli value {m} but no value"));
@@ -521,8 +592,11 @@ pub fn resource(data: &[u8]) {
     }
 }
 
+/// A target's body: the fuzzer's bytes in, a panic on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("protobuf", protobuf),
     ("body", body),
     ("patch", patch),

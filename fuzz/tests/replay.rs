@@ -14,7 +14,11 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     };
     let mut out: Vec<_> = rd
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     out.sort();
     out
@@ -37,7 +41,10 @@ fn replay(kind: &str) -> usize {
 #[test]
 fn seeds_replay_cleanly() {
     let n = replay("seeds");
-    assert!(n >= 40, "expected the committed seed corpora, found {n} files");
+    assert!(
+        n >= 40,
+        "expected the committed seed corpora, found {n} files"
+    );
 }
 
 #[test]
@@ -97,13 +104,20 @@ fn structured_generators_reach_the_merge_code() {
     for i in 0..300u64 {
         let data = bytes(i + 7, 4096);
         let mut u = arbitrary::Unstructured::new(&data);
-        let Ok(target) = generate::mutated_fixture(&mut u, None) else { continue };
-        let Ok(p) = generate::smp_patch(&mut u, &target, 6) else { continue };
+        let Ok(target) = generate::mutated_fixture(&mut u, None) else {
+            continue;
+        };
+        let Ok(p) = generate::smp_patch(&mut u, &target, 6) else {
+            continue;
+        };
         if api::patch::strategic_merge_patch(&target, &p).is_ok() {
             ok += 1;
         }
     }
-    assert!(ok > 100, "only {ok} of 300 generated strategic merge patches applied");
+    assert!(
+        ok > 100,
+        "only {ok} of 300 generated strategic merge patches applied"
+    );
 }
 
 #[test]
@@ -114,8 +128,12 @@ fn structured_generators_reach_apply() {
     for i in 0..200u64 {
         let data = bytes(i + 11, 4096);
         let mut u = arbitrary::Unstructured::new(&data);
-        let Ok(live) = generate::mutated_fixture(&mut u, Some("Deployment")) else { continue };
-        let Ok(config) = generate::mutated_fixture(&mut u, Some("Deployment")) else { continue };
+        let Ok(live) = generate::mutated_fixture(&mut u, Some("Deployment")) else {
+            continue;
+        };
+        let Ok(config) = generate::apply_config(&mut u, Some("Deployment")) else {
+            continue;
+        };
         if api::apply::apply(Some(&live), &config, "kubectl", true, nodeless_fuzz::NOW).is_ok() {
             ok += 1;
         }

@@ -70,16 +70,10 @@ pub async fn run<R: Runtime>(
     config: Config,
 ) -> Result<(), AgentError> {
     let uids = register(&client, &config.nodes).await?;
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(renew_leases(
-        client.clone(),
-        config.clone(),
-        uids,
-    )));
-    tasks.push(tokio::spawn(keep_node_status(
-        client.clone(),
-        config.clone(),
-    )));
+    let tasks = vec![
+        tokio::spawn(renew_leases(client.clone(), config.clone(), uids)),
+        tokio::spawn(keep_node_status(client.clone(), config.clone())),
+    ];
     let _guard = AbortOnDrop(tasks);
     sync_pods(client, runtime, config).await
 }
@@ -221,7 +215,7 @@ struct Record {
 }
 
 enum Msg {
-    Watch(watcher::Event<Pod>),
+    Watch(Box<watcher::Event<Pod>>),
     Runtime {
         uid: String,
         input: Input,
@@ -297,7 +291,7 @@ async fn sync_pods<R: Runtime>(
         while let Some(ev) = s.next().await {
             match ev {
                 Ok(ev) => {
-                    if watch_tx.send(Msg::Watch(ev)).is_err() {
+                    if watch_tx.send(Msg::Watch(Box::new(ev))).is_err() {
                         return;
                     }
                 }
@@ -327,9 +321,17 @@ async fn sync_pods<R: Runtime>(
 
 impl<R: Runtime> Shell<R> {
     fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Watch(watcher::Event::Init) => self.relist = Some(HashSet::new()),
-            Msg::Watch(watcher::Event::InitDone) => {
+        let ev = match msg {
+            Msg::Runtime {
+                uid,
+                input,
+                started,
+            } => return self.feed(&uid, input, started),
+            Msg::Watch(ev) => *ev,
+        };
+        match ev {
+            watcher::Event::Init => self.relist = Some(HashSet::new()),
+            watcher::Event::InitDone => {
                 if let Some(seen) = self.relist.take() {
                     let gone: Vec<String> = self
                         .pods
@@ -342,17 +344,8 @@ impl<R: Runtime> Shell<R> {
                     }
                 }
             }
-            Msg::Watch(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                self.observed(pod)
-            }
-            Msg::Watch(watcher::Event::Delete(pod)) => {
-                self.feed(&uid_of(&pod), Input::Removed, None)
-            }
-            Msg::Runtime {
-                uid,
-                input,
-                started,
-            } => self.feed(&uid, input, started),
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => self.observed(pod),
+            watcher::Event::Delete(pod) => self.feed(&uid_of(&pod), Input::Removed, None),
         }
     }
 

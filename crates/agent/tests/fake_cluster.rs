@@ -439,16 +439,52 @@ async fn graceful_deletion_completes_and_jobs_pods_finish() {
         .unwrap();
     assert_eq!((term.exit_code, term.reason.as_deref()), (3, Some("Error")));
 
-    // Graceful deletion: the API server only marks the pod; the agent finishes it.
+    // Graceful deletion: the API server only marks the pod; the agent stops the containers,
+    // writes their terminated status, then deletes the pod for good. Watch it happen.
+    use futures::StreamExt;
+    let rv = pods
+        .get("long")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let wp = kube::api::WatchParams::default().fields("metadata.name=long");
+    let mut stream = pods.watch(&wp, &rv).await.unwrap().boxed();
     pods.delete("long", &DeleteParams::default()).await.unwrap();
-    let marked = pods.get("long").await;
-    if let Ok(p) = marked {
-        assert!(p.metadata.deletion_timestamp.is_some());
+    let mut saw_terminated_before_delete = false;
+    let mut saw_marked = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the pod is deleted in time");
+        match ev.unwrap().unwrap() {
+            kube::api::WatchEvent::Modified(p) => {
+                saw_marked |= p.metadata.deletion_timestamp.is_some();
+                let terminated = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+                    });
+                if terminated {
+                    assert!(saw_marked, "terminated only after the deletion request");
+                    assert_eq!(
+                        p.status.as_ref().unwrap().phase.as_deref(),
+                        Some("Succeeded")
+                    );
+                    saw_terminated_before_delete = true;
+                }
+            }
+            kube::api::WatchEvent::Deleted(_) => break,
+            _ => {}
+        }
     }
-    wait_for("long gone", || async {
-        matches!(pods.get("long").await, Err(kube::Error::Api(e)) if e.code == 404)
-    })
-    .await;
+    assert!(saw_marked && saw_terminated_before_delete);
+    assert!(matches!(pods.get("long").await, Err(kube::Error::Api(e)) if e.code == 404));
     // A completed pod is deleted at once too.
     pods.delete("job-ok", &DeleteParams::default())
         .await

@@ -378,20 +378,22 @@ pub fn validate(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         }
     }
     if let Some(rt) = obj.pointer("/spec/runtime").and_then(Value::as_str)
-        && !matches!(rt, "auto" | "gvisor" | "microvm") {
-            causes.push(Cause::not_supported(
-                "spec.runtime",
-                &Value::String(rt.into()),
-                &["auto", "gvisor", "microvm"],
-            ));
-        }
+        && !matches!(rt, "auto" | "gvisor" | "microvm")
+    {
+        causes.push(Cause::not_supported(
+            "spec.runtime",
+            &Value::String(rt.into()),
+            &["auto", "gvisor", "microvm"],
+        ));
+    }
     if let Some(old) = old
-        && old.get("spec") != obj.get("spec") {
-            causes.push(Cause::forbidden(
-                "spec",
-                "profiles are immutable: create a new profile, then delete the old one",
-            ));
-        }
+        && old.get("spec") != obj.get("spec")
+    {
+        causes.push(Cause::forbidden(
+            "spec",
+            "profiles are immutable: create a new profile, then delete the old one",
+        ));
+    }
     causes
 }
 

@@ -194,16 +194,31 @@ async fn openapi_doc(Path(path): Path<String>, headers: HeaderMap) -> Response {
 
 async fn openapi_v2_doc(headers: HeaderMap) -> Response {
     let doc = openapi_v2::document();
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(doc.etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(doc.etag.as_str())
+    {
         return StatusCode::NOT_MODIFIED.into_response();
     }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let (ct, body) = if accept.contains("protobuf") {
         (openapi_v2::PROTOBUF_CONTENT_TYPE, doc.protobuf.clone())
     } else {
         ("application/json", doc.json.clone())
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, ct.to_string()), (header::ETAG, doc.etag.clone())], body).into_response()
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, ct.to_string()),
+            (header::ETAG, doc.etag.clone()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn authenticate(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {
@@ -322,7 +337,10 @@ pub async fn bootstrap(objects: &Objects) -> ApiResult<()> {
 /// The built-in admission chain: pod defaults (service account, default tolerations), then
 /// serverless profiles.
 pub fn default_admission(backend: Arc<dyn store::Backend>) -> admission::Admission {
-    admission::Admission::new(vec![Arc::new(admission::builtin::PodDefaults), Arc::new(serverless::ServerlessAdmission::new(backend))])
+    admission::Admission::new(vec![
+        Arc::new(admission::builtin::PodDefaults),
+        Arc::new(serverless::ServerlessAdmission::new(backend)),
+    ])
 }
 
 /// Compact the store's history as upstream does: keep about `keep` of history (5 minutes

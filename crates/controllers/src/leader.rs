@@ -48,7 +48,9 @@ pub enum Decision {
 
 /// Decide from the observed lease (None: it does not exist).
 pub fn decide(lease: Option<&Lease>, me: &str, now: jiff::Timestamp) -> Decision {
-    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else { return Decision::Acquire };
+    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
+        return Decision::Acquire;
+    };
     match spec.holder_identity.as_deref() {
         Some(h) if h == me => Decision::Renew,
         None | Some("") => Decision::Acquire,
@@ -56,7 +58,12 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: jiff::Timestamp) -> Decision
             let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
             let renewed = spec.renew_time.as_ref().map(|t| t.0);
             match renewed {
-                Some(r) if r.checked_add(jiff::SignedDuration::from_secs(duration)).is_ok_and(|until| until > now) => Decision::Wait,
+                Some(r)
+                    if r.checked_add(jiff::SignedDuration::from_secs(duration))
+                        .is_ok_and(|until| until > now) =>
+                {
+                    Decision::Wait
+                }
                 _ => Decision::Acquire,
             }
         }
@@ -66,7 +73,10 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: jiff::Timestamp) -> Decision
 fn lease_body(cfg: &LeaderConfig, acquire: bool, old: Option<&Lease>) -> Lease {
     let now = MicroTime(jiff::Timestamp::now());
     let mut lease = old.cloned().unwrap_or_else(|| {
-        serde_json::from_value(json!({"metadata": {"name": cfg.lease_name, "namespace": cfg.namespace}})).expect("a static lease")
+        serde_json::from_value(
+            json!({"metadata": {"name": cfg.lease_name, "namespace": cfg.namespace}}),
+        )
+        .expect("a static lease")
     });
     let spec = lease.spec.get_or_insert_with(Default::default);
     spec.holder_identity = Some(cfg.identity.clone());
@@ -74,7 +84,8 @@ fn lease_body(cfg: &LeaderConfig, acquire: bool, old: Option<&Lease>) -> Lease {
     spec.renew_time = Some(now.clone());
     if acquire {
         spec.acquire_time = Some(now);
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + i32::from(old.is_some()));
+        spec.lease_transitions =
+            Some(spec.lease_transitions.unwrap_or(0) + i32::from(old.is_some()));
     }
     lease
 }
@@ -91,9 +102,16 @@ pub async fn try_hold(api: &Api<Lease>, cfg: &LeaderConfig) -> bool {
     let decision = decide(current.as_ref(), &cfg.identity, jiff::Timestamp::now());
     let result = match (&decision, &current) {
         (Decision::Wait, _) => return false,
-        (_, None) => api.create(&PostParams::default(), &lease_body(cfg, true, None)).await.map(|_| ()),
+        (_, None) => api
+            .create(&PostParams::default(), &lease_body(cfg, true, None))
+            .await
+            .map(|_| ()),
         (d, Some(old)) => api
-            .replace(&cfg.lease_name, &PostParams::default(), &lease_body(cfg, *d == Decision::Acquire, Some(old)))
+            .replace(
+                &cfg.lease_name,
+                &PostParams::default(),
+                &lease_body(cfg, *d == Decision::Acquire, Some(old)),
+            )
             .await
             .map(|_| ()),
     };
@@ -142,7 +160,9 @@ mod tests {
     use super::*;
 
     fn lease(holder: &str, renewed_secs_ago: i64) -> Lease {
-        let t = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(renewed_secs_ago)).unwrap();
+        let t = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(renewed_secs_ago))
+            .unwrap();
         serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": MicroTime(t)}})).unwrap()
     }
 
@@ -152,7 +172,11 @@ mod tests {
         assert_eq!(decide(None, "a", now), Decision::Acquire);
         assert_eq!(decide(Some(&lease("a", 1)), "a", now), Decision::Renew);
         assert_eq!(decide(Some(&lease("b", 1)), "a", now), Decision::Wait);
-        assert_eq!(decide(Some(&lease("b", 30)), "a", now), Decision::Acquire, "expired lease is taken over");
+        assert_eq!(
+            decide(Some(&lease("b", 30)), "a", now),
+            Decision::Acquire,
+            "expired lease is taken over"
+        );
         assert_eq!(decide(Some(&lease("", 1)), "a", now), Decision::Acquire);
     }
 }

@@ -1,11 +1,11 @@
 //! controllers (being written)
-pub mod events;
-pub mod leader;
-pub mod podcontrol;
-pub mod replicaset;
-pub mod job;
-pub mod scheduler;
 pub mod deployment;
+pub mod events;
 pub mod gc;
+pub mod job;
+pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podcontrol;
+pub mod replicaset;
+pub mod scheduler;

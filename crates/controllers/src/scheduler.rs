@@ -53,8 +53,8 @@ pub enum SchedulerError {
 }
 
 enum Msg {
-    Pod(watcher::Event<Pod>),
-    Node(watcher::Event<Node>),
+    Pod(Box<watcher::Event<Pod>>),
+    Node(Box<watcher::Event<Node>>),
     /// A binding finished; `retry` when it failed in a way worth retrying.
     Bound {
         uid: String,
@@ -157,7 +157,7 @@ impl State {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Pod(ev) => match ev {
+            Msg::Pod(ev) => match *ev {
                 watcher::Event::Init => self.pod_relist = Some(HashSet::new()),
                 watcher::Event::InitApply(p) | watcher::Event::Apply(p) => self.pod_applied(p),
                 watcher::Event::Delete(p) => self.pod_deleted(&p),
@@ -178,7 +178,7 @@ impl State {
             },
             Msg::Node(ev) => {
                 self.cluster_changed = true;
-                match ev {
+                match *ev {
                     watcher::Event::Init => self.node_relist = Some(HashSet::new()),
                     watcher::Event::InitApply(n) | watcher::Event::Apply(n) => {
                         let name = n.metadata.name.clone().unwrap_or_default();
@@ -274,7 +274,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
         while let Some(ev) = s.next().await {
             match ev {
                 Ok(ev) => {
-                    if pod_tx.send(Msg::Pod(ev)).await.is_err() {
+                    if pod_tx.send(Msg::Pod(Box::new(ev))).await.is_err() {
                         return;
                     }
                 }
@@ -290,7 +290,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
         while let Some(ev) = s.next().await {
             match ev {
                 Ok(ev) => {
-                    if node_tx.send(Msg::Node(ev)).await.is_err() {
+                    if node_tx.send(Msg::Node(Box::new(ev))).await.is_err() {
                         return;
                     }
                 }

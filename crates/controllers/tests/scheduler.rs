@@ -109,8 +109,7 @@ async fn binds_reports_unschedulable_and_retries() {
                 2 No preemption victims found for incoming pod..";
     eventually("three-cpu Unschedulable", || async {
         let p = pods.get("three-cpu").await.unwrap();
-        scheduled_condition(&p)
-            == Some(("False".into(), "Unschedulable".into(), want.into()))
+        scheduled_condition(&p) == Some(("False".into(), "Unschedulable".into(), want.into()))
     })
     .await;
     let events: Api<Event> = Api::namespaced(c.clone(), "default");

@@ -35,7 +35,7 @@ enum Command {
         auth: AuthArgs,
     },
     /// Run one container from IMAGE, like `docker run`.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the images on this host.
     Images,
     /// Evict least recently used images above --limit (bytes, e.g. 10Gi).
@@ -214,7 +214,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             follow,
         } => print_logs(&data_dir, &id, timestamps, follow).await,
         Command::Run(r) => {
-            let code = run_container(&data_dir, &store, r).await?;
+            let code = run_container(&data_dir, &store, *r).await?;
             std::process::exit(code);
         }
     }
@@ -454,7 +454,7 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
             image: &image,
             config: &config,
             sandbox: &sandbox,
-            io: io,
+            io,
             restart_count: 0,
         },
     )

@@ -226,8 +226,10 @@ async fn kube_rs_crud_watch_and_apply() {
     );
 
     // dryRun=All writes nothing.
-    let mut pp = PostParams::default();
-    pp.dry_run = true;
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     pods.create(&pp, &pod("dry", "a")).await.unwrap();
     assert!(pods.get_opt("dry").await.unwrap().is_none());
 

@@ -69,6 +69,7 @@ async fn two_servers_share_one_etcd() {
             rx.try_recv().ok().filter(|l| l.contains("from-a"))
         });
         let _ = watch.kill();
+        let _ = watch.wait();
         b.ok(k, &["delete", "configmap", "from-a"]);
         let out = a.kubectl_v(k, &["get", "configmap", "from-a"]);
         assert!(!out.status.success(), "a sees b's delete");

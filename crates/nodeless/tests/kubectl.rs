@@ -384,6 +384,7 @@ fn watch_streams_changes_to_kubectl() {
     });
     assert!(line.starts_with("seen-by-watch"), "{line}");
     let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

@@ -73,10 +73,10 @@ impl Server {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("server exited early with {status}: {}", self.log());
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("server exited early with {status}: {}", self.log());
             }
             if self.kubeconfig.exists()
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
