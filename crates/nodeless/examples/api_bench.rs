@@ -92,6 +92,10 @@ struct Args {
     /// needs), so that the bench's own JSON decoding, on the same cores, weighs less.
     #[arg(long)]
     watch_full_pods: bool,
+    /// Watchers select the pods with a label selector (`app=api-bench`, which every bench pod
+    /// has); by default they watch the whole namespace without a selector.
+    #[arg(long)]
+    watch_selector: bool,
 }
 
 /// The sizes of one run, after defaults.
@@ -105,6 +109,7 @@ struct Plan {
     watch_secs: u64,
     memory_pods: usize,
     watch_full_pods: bool,
+    watch_selector: bool,
 }
 
 impl Plan {
@@ -119,6 +124,7 @@ impl Plan {
             watch_secs: a.watch_secs.unwrap_or(if q { 3 } else { 10 }),
             memory_pods: a.memory_pods.unwrap_or(if q { 2000 } else { 10_000 }),
             watch_full_pods: a.watch_full_pods,
+            watch_selector: a.watch_selector,
         }
     }
 }
@@ -825,10 +831,14 @@ async fn watch_fan_out(server: &Server, plan: Plan, tag: &str) -> anyhow::Result
             opened.clone(),
             open_limit.clone(),
         );
-        let full = plan.watch_full_pods;
+        let (full, selector) = (plan.watch_full_pods, plan.watch_selector);
         watchers.push(tokio::spawn(async move {
             let permit = open_limit.acquire_owned().await;
-            let wp = WatchParams::default().labels("app=api-bench");
+            let wp = if selector {
+                WatchParams::default().labels("app=api-bench")
+            } else {
+                WatchParams::default()
+            };
             let mut seen = Seen {
                 received: vec![false; n],
                 ..Default::default()

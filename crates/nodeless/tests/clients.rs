@@ -138,7 +138,8 @@ async fn kube_rs_crud_watch_and_apply() {
             .unwrap()
         {
             Some(WatchEvent::Added(p)) => added.push(p.metadata.name.unwrap()),
-            Some(WatchEvent::Bookmark(_)) => {}
+            // The in-process scheduler marks these pods unschedulable (no nodes): MODIFIED.
+            Some(WatchEvent::Bookmark(_) | WatchEvent::Modified(_)) => {}
             other => panic!("unexpected event {other:?}"),
         }
     }

@@ -228,10 +228,15 @@ impl PodNetwork {
     }
 
     /// Gives `pod_id` a netns with `eth0` on the bridge. Idempotent (a restart re-attaches).
+    /// A pod id qualified by this network, so that two networks never share a pod's netns.
+    fn scoped(&self, pod_id: &str) -> String {
+        format!("{}/{pod_id}", self.netns)
+    }
+
     pub async fn attach(&self, pod_id: &str) -> Result<Attachment, NetworkError> {
         self.ensure().await?;
         let ip = self.lease(pod_id)?;
-        let (ns, veth) = names(pod_id);
+        let (ns, veth) = names(&self.scoped(pod_id));
         let path = netns_path(&ns);
         if !path.exists() {
             run(&["ip", "netns", "add", &ns]).await?;
@@ -276,7 +281,13 @@ impl PodNetwork {
 
     /// Removes the pod's netns (its veth goes with it) and frees its address.
     pub async fn detach(&self, pod_id: &str) -> Result<(), NetworkError> {
-        let (ns, _) = names(pod_id);
+        let (ns, veth) = names(&self.scoped(pod_id));
+        // Delete the veth pair first: that is synchronous, while the kernel tears a network
+        // namespace down asynchronously, so the pod's address would answer for a moment more.
+        if netns_path(&self.netns).exists() {
+            let bridge_ns = format!("--net={}", netns_path(&self.netns).display());
+            let _ = run(&["nsenter", &bridge_ns, "ip", "link", "del", &veth]).await;
+        }
         if netns_path(&ns).exists() {
             run(&["ip", "netns", "del", &ns]).await?;
         }
