@@ -718,8 +718,8 @@ async fn watch(
         },
     };
     let prefix = objects::prefix(def, ns.as_deref());
-    let plain = shape == Shape::Object
-        && def.conversion.is_none()
+    let shareable = shape == Shape::Object && def.conversion.is_none();
+    let plain = shareable
         && opts.label_selector.as_ref().is_none_or(|s| s.is_empty())
         && opts.field_selector.is_none();
     let mut columns_sent = false;
@@ -782,8 +782,19 @@ async fn watch(
                         continue;
                     }
                     match classify(&st, def, &opts, &ev) {
-                        Ok(Some((ty, obj))) => {
-                            if tx.send(event_line(ty, render(obj))).await.is_err() { return; }
+                        Ok(Some(ty)) => {
+                            // The shared pre-rendered line serves whenever this watcher sees the
+                            // event as every plain watcher does.
+                            let line = if shareable && ty == ev.plain_type() {
+                                ev.plain_line()
+                            } else {
+                                let obj = match def.conversion {
+                                    Some(c) => (c.from_storage)(ev.obj.clone()),
+                                    None => ev.obj.clone(),
+                                };
+                                event_line(ty, render(obj))
+                            };
+                            if tx.send(line).await.is_err() { return; }
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -819,24 +830,26 @@ fn classify(
     def: &ResourceDef,
     opts: &ListOptions,
     ev: &CachedEvent,
-) -> ApiResult<Option<(&'static str, Value)>> {
-    let conv = |v: &Value| match def.conversion {
-        Some(c) => (c.from_storage)(v.clone()),
-        None => v.clone(),
+) -> ApiResult<Option<&'static str>> {
+    // Selectors are evaluated on the stored form unless the resource is converted.
+    let matches = |v: &Value| -> ApiResult<bool> {
+        match def.conversion {
+            Some(c) => st.objects.matches(def, &(c.from_storage)(v.clone()), opts),
+            None => st.objects.matches(def, v, opts),
+        }
     };
-    let obj = conv(&ev.obj);
-    let now = st.objects.matches(def, &obj, opts)?;
+    let now = matches(&ev.obj)?;
     if ev.deleted {
-        return Ok(now.then_some(("DELETED", obj)));
+        return Ok(now.then_some("DELETED"));
     }
     let before = match &ev.prev {
-        Some(p) => Some(st.objects.matches(def, &conv(p), opts)?),
+        Some(p) => Some(matches(p)?),
         None => None,
     };
     Ok(match (before, now) {
-        (None, true) | (Some(false), true) => Some(("ADDED", obj)),
-        (Some(true), true) => Some(("MODIFIED", obj)),
-        (Some(true), false) => Some(("DELETED", obj)),
+        (None, true) | (Some(false), true) => Some("ADDED"),
+        (Some(true), true) => Some("MODIFIED"),
+        (Some(true), false) => Some("DELETED"),
         _ => None,
     })
 }

@@ -27,16 +27,21 @@ pub struct CachedEvent {
 impl CachedEvent {
     /// The plain watch line (`{"type":..,"object":..}\n`) for watchers without selectors,
     /// rendered once.
+    /// The event type a watcher without selectors sees.
+    pub fn plain_type(&self) -> &'static str {
+        if self.deleted {
+            "DELETED"
+        } else if self.prev.is_none() {
+            "ADDED"
+        } else {
+            "MODIFIED"
+        }
+    }
+
     pub fn plain_line(&self) -> Bytes {
         self.line
             .get_or_init(|| {
-                let ty = if self.deleted {
-                    "DELETED"
-                } else if self.prev.is_none() {
-                    "ADDED"
-                } else {
-                    "MODIFIED"
-                };
+                let ty = self.plain_type();
                 let mut v = serde_json::to_vec(&json!({"type": ty, "object": self.obj}))
                     .unwrap_or_default();
                 v.push(b'\n');

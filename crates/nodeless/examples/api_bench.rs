@@ -252,7 +252,10 @@ impl Server {
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--store")
-            .arg(store.name());
+            .arg(store.name())
+            // The figures are the API server's own: no in-process controllers or scheduler
+            // (they would schedule every created pod and write events), no registry.
+            .args(["--disable", "all", "--no-registry"]);
         if let Some(etcd) = &etcd {
             cmd.args([
                 "--etcd-endpoints",
