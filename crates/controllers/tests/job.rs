@@ -2,34 +2,16 @@
 //! (the test plays the node and marks pods Succeeded), then the TTL deletes the job.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{client, eventually};
+
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-
-async fn client(ts: &apiserver::testing::TestServer) -> Client {
-    let kc = kube::config::Kubeconfig::from_yaml(&ts.kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn job_json(name: &str, completions: i32, parallelism: i32, ttl: i32, backoff: i32) -> Job {
     serde_json::from_value(serde_json::json!({

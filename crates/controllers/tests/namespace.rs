@@ -2,34 +2,15 @@
 //! several kinds goes away, waiting for a terminating pod that the "node" finishes late.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{client, eventually};
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
-use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-
-async fn client(ts: &apiserver::testing::TestServer) -> Client {
-    let kc = kube::config::Kubeconfig::from_yaml(&ts.kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
