@@ -2,17 +2,26 @@
 //! over plain HTTP with filesystem storage in temporary directories, driven by the same client.
 //!
 //! ```text
-//! cargo run --release -p registry --example bench [-- BLOB_MIB BLOBS SMALL_PUSHES MANIFEST_GETS CONCURRENCY]
+//! cargo run --release -p registry --example bench [-- BLOB_MIB BLOBS SMALL_PUSHES MANIFEST_GETS CONCURRENCY MB_OPS]
 //! ```
 //!
 //! Workloads: push BLOBS blobs of BLOB_MIB MiB (POST + PUT ?digest=, the way docker pushes a layer),
 //! pull them back, push SMALL_PUSHES images (a 1 KiB layer, a config and a manifest each), and
-//! MANIFEST_GETS manifest fetches by tag with CONCURRENCY requests in flight. Our registry checks a
+//! MANIFEST_GETS manifest fetches by tag with CONCURRENCY requests in flight (rate, p50, p99).
+//! Then MB_OPS pushes of distinct 1 MiB blobs and MB_OPS pulls of 1 MiB blobs, each at 1 and 8
+//! requests in flight (rate and p99 per request; a push is POST + PUT).
+//!
+//! As a ceiling for pulls, the program first measures the machine's loopback + page-cache limit:
+//! a trivial std server sends a cached 100 MiB file over a loopback TCP socket (`std::io::copy`)
+//! to a client that reads it to EOF (best of 5). Pull rates are also shown as a % of it. Our registry checks a
 //! Basic credential on every request (docker-registry runs without auth); both fsync nothing
 //! differently from what they do by default (ours fsyncs every acknowledged write).
 #![allow(clippy::unwrap_used)]
 
+use std::future::Future;
+use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,6 +77,110 @@ async fn push_blob(c: &AdminClient, repo: &str, data: Bytes) -> Digest {
     d
 }
 
+/// Deterministic pseudo-random bytes, distinct per `seed`.
+fn blob(len: usize, seed: u64) -> Bytes {
+    let mut v = vec![0u8; len];
+    for (j, b) in v.iter_mut().enumerate() {
+        *b = ((j as u64)
+            .wrapping_mul(2654435761)
+            .wrapping_add(seed.wrapping_mul(7919))
+            >> 11) as u8;
+    }
+    // make blobs with nearby seeds differ from the first byte on
+    v[..8].copy_from_slice(&seed.to_le_bytes());
+    Bytes::from(v)
+}
+
+/// The `q` quantile (0..=1) of sorted latencies, in milliseconds.
+fn pct_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `op(0..n)` with `conc` operations in flight; returns (ops/s, sorted latencies).
+async fn concurrent<F, Fut>(n: usize, conc: usize, op: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (next, op) = (next.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return lat;
+                }
+                let t = Instant::now();
+                op(i).await;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    (rate, all)
+}
+
+/// The machine's loopback + page-cache limit: a cached `mib` MiB file sent over a loopback
+/// TCP socket by a trivial std server, read to EOF by a std client; best MiB/s of `runs`.
+fn loopback_ceiling(dir: &std::path::Path, mib: usize, runs: usize) -> f64 {
+    let path = dir.join("ceiling.bin");
+    {
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = blob(1 << 20, 42);
+        for _ in 0..mib {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    // warm the page cache
+    std::io::copy(
+        &mut std::fs::File::open(&path).unwrap(),
+        &mut std::io::sink(),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_path = path.clone();
+    let server = std::thread::spawn(move || {
+        for _ in 0..runs {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut f = std::fs::File::open(&server_path).unwrap();
+            std::io::copy(&mut f, &mut s).unwrap();
+        }
+    });
+    let mut best = 0f64;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let mut got = 0usize;
+        loop {
+            let k = s.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            got += k;
+        }
+        assert_eq!(got, mib << 20);
+        best = best.max(mib_s(got, start.elapsed()));
+    }
+    server.join().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    best
+}
+
 fn mib_s(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / 1048576.0 / t.as_secs_f64()
 }
@@ -79,23 +192,13 @@ async fn run(
     small: usize,
     gets: usize,
     conc: usize,
+    mb_ops: usize,
 ) -> Vec<f64> {
     let c = &t.client;
     let repo = "bench/app";
     let mut out = Vec::new();
     // big blobs
-    let datas: Vec<Bytes> = (0..blobs)
-        .map(|i| {
-            let mut v = vec![0u8; blob_mib << 20];
-            for (j, b) in v.iter_mut().enumerate() {
-                *b = ((j as u64)
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(i as u64 * 7919)
-                    >> 11) as u8;
-            }
-            Bytes::from(v)
-        })
-        .collect();
+    let datas: Vec<Bytes> = (0..blobs).map(|i| blob(blob_mib << 20, i as u64)).collect();
     let total = blobs * (blob_mib << 20);
     let start = Instant::now();
     let mut digests = Vec::new();
@@ -146,31 +249,69 @@ async fn run(
     }
     out.push(small as f64 / start.elapsed().as_secs_f64());
     // manifest gets, `conc` in flight
-    let start = Instant::now();
     let per = gets / conc;
-    let mut tasks = Vec::new();
-    for w in 0..conc {
-        let c = c.clone();
-        tasks.push(tokio::spawn(async move {
-            for k in 0..per {
-                let tag = (w * per + k) % small.max(1);
-                let (st, _, _) = c
+    let cc = c.clone();
+    let (rate, lat) = concurrent(per * conc, conc, move |i| {
+        let c = cc.clone();
+        async move {
+            let tag = i % small.max(1);
+            let (st, _, _) = c
+                .request_with(
+                    Method::GET,
+                    &format!("/v2/bench/app/manifests/t{tag}"),
+                    &[("accept", registry::manifest::OCI_MANIFEST)],
+                    Bytes::new(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(st, 200);
+        }
+    })
+    .await;
+    out.extend([rate, pct_ms(&lat, 0.5), pct_ms(&lat, 0.99)]);
+    // 1 MiB blob pushes, distinct blobs per phase, then pulls of the first set
+    let mut mb_digests = Vec::new();
+    for (phase, n) in [1usize, 8].into_iter().enumerate() {
+        let set: Arc<Vec<Bytes>> = Arc::new(
+            (0..mb_ops)
+                .map(|i| blob(1 << 20, 1_000_000 * (phase as u64 + 1) + i as u64))
+                .collect(),
+        );
+        if phase == 0 {
+            mb_digests = set.iter().map(|b| Digest::sha256_of(b)).collect();
+        }
+        let cc = c.clone();
+        let (rate, lat) = concurrent(mb_ops, n, move |i| {
+            let (c, set) = (cc.clone(), set.clone());
+            async move {
+                push_blob(&c, "bench/app", set[i].clone()).await;
+            }
+        })
+        .await;
+        out.extend([rate, pct_ms(&lat, 0.99)]);
+    }
+    let mb_digests = Arc::new(mb_digests);
+    for n in [1usize, 8] {
+        let (cc, ds) = (c.clone(), mb_digests.clone());
+        let (rate, lat) = concurrent(mb_ops, n, move |i| {
+            let (c, ds) = (cc.clone(), ds.clone());
+            async move {
+                let (st, _, body) = c
                     .request_with(
                         Method::GET,
-                        &format!("/v2/bench/app/manifests/t{tag}"),
-                        &[("accept", registry::manifest::OCI_MANIFEST)],
+                        &format!("/v2/bench/app/blobs/{}", ds[i % ds.len()]),
+                        &[],
                         Bytes::new(),
                     )
                     .await
                     .unwrap();
                 assert_eq!(st, 200);
+                assert_eq!(body.len(), 1 << 20);
             }
-        }));
+        })
+        .await;
+        out.extend([rate, pct_ms(&lat, 0.99)]);
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    out.push((per * conc) as f64 / start.elapsed().as_secs_f64());
     out
 }
 
@@ -194,8 +335,22 @@ async fn main() {
         .map(|a| a.parse().unwrap())
         .collect();
     let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
-    let (blob_mib, blobs, small, gets, conc) =
-        (arg(0, 16), arg(1, 8), arg(2, 200), arg(3, 2000), arg(4, 8));
+    let (blob_mib, blobs, small, gets, conc, mb_ops) = (
+        arg(0, 16),
+        arg(1, 8),
+        arg(2, 200),
+        arg(3, 2000),
+        arg(4, 8),
+        arg(5, 128),
+    );
+    assert!(conc > 0 && mb_ops > 0, "CONCURRENCY and MB_OPS must be > 0");
+
+    let ceil_dir = tempfile::tempdir().unwrap();
+    let ceil_path = ceil_dir.path().to_path_buf();
+    let ceiling = tokio::task::spawn_blocking(move || loopback_ceiling(&ceil_path, 100, 5))
+        .await
+        .unwrap();
+    drop(ceil_dir);
 
     // ours
     let ours_dir = tempfile::tempdir().unwrap();
@@ -272,19 +427,33 @@ async fn main() {
     };
 
     println!(
-        "workload: {blobs} x {blob_mib} MiB blobs, {small} small image pushes, {gets} manifest GETs ({conc} in flight)"
+        "workload: {blobs} x {blob_mib} MiB blobs, {small} small image pushes, {gets} manifest GETs ({conc} in flight), {mb_ops} x 1 MiB pushes and pulls at 1 and 8 in flight"
+    );
+    println!(
+        "loopback + page-cache limit (cached 100 MiB file over loopback TCP, best of 5): {ceiling:.1} MiB/s"
     );
     let mut results = Vec::new();
     for t in &targets {
-        results.push(run(t, blob_mib, blobs, small, gets, conc).await);
+        results.push(run(t, blob_mib, blobs, small, gets, conc, mb_ops).await);
     }
     let rows = [
-        "blob push MiB/s",
-        "blob pull MiB/s",
-        "image pushes/s",
-        "manifest GETs/s",
+        format!("{blob_mib} MiB push MiB/s"),
+        format!("{blob_mib} MiB pull MiB/s"),
+        "image pushes/s".to_string(),
+        format!("manifest GET/s c{conc}"),
+        "manifest GET p50 ms".to_string(),
+        "manifest GET p99 ms".to_string(),
+        "1MiB push/s c1".to_string(),
+        "1MiB push p99 ms c1".to_string(),
+        "1MiB push/s c8".to_string(),
+        "1MiB push p99 ms c8".to_string(),
+        "1MiB pull/s c1".to_string(),
+        "1MiB pull p99 ms c1".to_string(),
+        "1MiB pull/s c8".to_string(),
+        "1MiB pull p99 ms c8".to_string(),
     ];
-    print!("{:<18}", "");
+    let w = 22;
+    print!("{:<w$}", "");
     for t in &targets {
         print!("{:>18}", t.name);
     }
@@ -293,13 +462,27 @@ async fn main() {
     }
     println!();
     for (i, row) in rows.iter().enumerate() {
-        print!("{row:<18}");
+        print!("{row:<w$}");
         for r in &results {
-            print!("{:>18.1}", r[i]);
+            print!("{:>18.2}", r[i]);
         }
         if results.len() == 2 {
             print!("{:>12.2}", results[0][i] / results[1][i]);
         }
         println!();
     }
+    // pull throughput as a share of the loopback + page-cache limit (1 MiB pulls: req/s = MiB/s)
+    println!("pull as % of loopback + page-cache limit ({ceiling:.1} MiB/s):");
+    for (label, i) in [
+        (format!("{blob_mib} MiB pull c1"), 1),
+        ("1MiB pull c1".to_string(), 10),
+        ("1MiB pull c8".to_string(), 12),
+    ] {
+        print!("{label:<w$}");
+        for r in &results {
+            print!("{:>17.1}%", 100.0 * r[i] / ceiling);
+        }
+        println!();
+    }
+    drop(targets);
 }
