@@ -414,18 +414,7 @@ async fn dispatch(
         (&Method::DELETE, None, None) => {
             let opts = list_options(def, &q)?;
             let dopts = delete_options(&q, &headers, body).await?;
-            let (items, rev, _, _) = st
-                .objects
-                .list(
-                    def,
-                    ns.as_deref(),
-                    &ListOptions {
-                        limit: 0,
-                        continue_token: None,
-                        ..opts
-                    },
-                )
-                .await?;
+            let (items, rev) = st.objects.list_all(def, ns.as_deref(), &opts).await?;
             let mut deleted = Vec::new();
             for item in items {
                 let r = ObjectRef {
@@ -685,19 +674,7 @@ async fn watch(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let mut initial = Vec::new();
     let after = if rv.is_empty() || rv == "0" || send_initial {
-        let (items, rev, _, _) = st
-            .objects
-            .list(
-                def,
-                ns.as_deref(),
-                &ListOptions {
-                    limit: 0,
-                    continue_token: None,
-                    resource_version: None,
-                    ..opts.clone()
-                },
-            )
-            .await?;
+        let (items, rev) = st.objects.list_all(def, ns.as_deref(), &opts).await?;
         initial = items;
         rev
     } else {

@@ -404,6 +404,24 @@ impl Objects {
         }
     }
 
+    /// Every object matching `opts`' selectors at the latest revision (no paging), with that revision.
+    pub async fn list_all(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<(Vec<Value>, Revision)> {
+        let all = ListOptions {
+            limit: 0,
+            continue_token: None,
+            resource_version: None,
+            resource_version_match: None,
+            ..opts.clone()
+        };
+        let (items, rev, _, _) = self.list(def, namespace, &all).await?;
+        Ok((items, rev))
+    }
+
     pub fn matches(&self, def: &ResourceDef, obj: &Value, opts: &ListOptions) -> ApiResult<bool> {
         if let Some(sel) = &opts.label_selector {
             let empty = Map::new();
