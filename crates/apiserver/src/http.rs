@@ -175,19 +175,22 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
-/// Decode a request body by its Content-Type (JSON, YAML or Kubernetes protobuf).
-pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+/// The request's media type (Content-Type without parameters, lower case), or `default`.
+pub fn media_type(headers: &HeaderMap, default: &str) -> String {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let mime = ct
-        .split(';')
+        .unwrap_or(default);
+    ct.split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
+        .to_ascii_lowercase()
+}
+
+/// Decode a request body by its Content-Type (JSON, YAML or Kubernetes protobuf).
+pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    match media_type(headers, "application/json").as_str() {
         "application/json" | "" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}"))),
         "application/yaml" | "application/x-yaml" | "text/yaml" => yaml_to_json(body),

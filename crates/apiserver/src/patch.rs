@@ -2,7 +2,7 @@
 //! applied to the current object and written through the same path as an update.
 
 use api::resource::Cause;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::State;
@@ -20,16 +20,7 @@ pub enum PatchType {
 }
 
 pub fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = crate::http::media_type(headers, "");
     match mime.as_str() {
         "application/json-patch+json" => Ok(PatchType::Json),
         "application/merge-patch+json" => Ok(PatchType::Merge),

@@ -217,6 +217,23 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
+    /// Scales the ReplicaSet `views[i]` to `to` and records upstream's "Scaled up/down replica
+    /// set" event; false when it already has `to` replicas.
+    fn scale_view(&mut self, views: &mut [View], i: usize, to: i32) -> bool {
+        let mut v = views[i].clone();
+        let (from, name) = (v.spec, v.name.clone());
+        if !self.scale(&mut v, to) {
+            return false;
+        }
+        views[i] = v;
+        let dir = if to > from { "up" } else { "down" };
+        self.plan.events.push((
+            "ScalingReplicaSet".into(),
+            format!("Scaled {dir} replica set {name} from {from} to {to}"),
+        ));
+        true
+    }
+
     fn scale(&mut self, v: &mut View, to: i32) -> bool {
         if v.spec == to {
             return false;
@@ -794,17 +811,7 @@ fn rolling(
                 new_spec + (max_total - current).min(replicas - new_spec)
             }
         };
-        let mut v = views[ni].clone();
-        let (from, name) = (v.spec, v.name.clone());
-        if p.scale(&mut v, target) {
-            views[ni] = v;
-            p.plan.events.push((
-                "ScalingReplicaSet".into(),
-                format!(
-                    "Scaled {} replica set {name} from {from} to {target}",
-                    if target > from { "up" } else { "down" }
-                ),
-            ));
+        if p.scale_view(views, ni, target) {
             return;
         }
     }
@@ -829,14 +836,8 @@ fn rolling(
                     continue;
                 }
                 let n = (max_scaled_down - total).min(v.spec - v.kept_available());
-                let mut v = v.clone();
-                let (from, name) = (v.spec, v.name.clone());
-                p.scale(&mut v, from - n);
-                views[i] = v;
-                p.plan.events.push((
-                    "ScalingReplicaSet".into(),
-                    format!("Scaled down replica set {name} from {from} to {}", from - n),
-                ));
+                let to = v.spec - n;
+                p.scale_view(views, i, to);
                 total += n;
                 scaled = true;
             }
@@ -854,14 +855,8 @@ fn rolling(
                         continue;
                     }
                     let n = v.spec.min(want - done);
-                    let mut v = v.clone();
-                    let (from, name) = (v.spec, v.name.clone());
-                    p.scale(&mut v, from - n);
-                    views[i] = v;
-                    p.plan.events.push((
-                        "ScalingReplicaSet".into(),
-                        format!("Scaled down replica set {name} from {from} to {}", from - n),
-                    ));
+                    let to = v.spec - n;
+                    p.scale_view(views, i, to);
                     done += n;
                     scaled = true;
                 }
@@ -897,14 +892,7 @@ fn recreate(
     let mut scaled = false;
     for &i in &old {
         if views[i].spec > 0 {
-            let mut v = views[i].clone();
-            let (from, name) = (v.spec, v.name.clone());
-            p.scale(&mut v, 0);
-            views[i] = v;
-            p.plan.events.push((
-                "ScalingReplicaSet".into(),
-                format!("Scaled down replica set {name} from {from} to 0"),
-            ));
+            p.scale_view(views, i, 0);
             scaled = true;
         }
     }
@@ -915,17 +903,7 @@ fn recreate(
         // Old pods still running: wait for the ReplicaSet controller.
         return;
     }
-    let mut v = views[ni].clone();
-    let (from, name) = (v.spec, v.name.clone());
-    if p.scale(&mut v, replicas) {
-        views[ni] = v;
-        p.plan.events.push((
-            "ScalingReplicaSet".into(),
-            format!(
-                "Scaled {} replica set {name} from {from} to {replicas}",
-                if replicas > from { "up" } else { "down" }
-            ),
-        ));
+    if p.scale_view(views, ni, replicas) {
         return;
     }
     let v = &views[ni];

@@ -2,22 +2,16 @@
 //! (no agent): bindings, events, the Unschedulable condition and retries on cluster changes.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{client, eventually};
+
 use std::time::Duration;
 
 use apiserver::testing::TestServer;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-
-async fn client(ts: &TestServer) -> kube::Client {
-    let cfg = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&ts.kubeconfig).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
 
 async fn add_node(client: &kube::Client, name: &str, cpu: &str, ready: &str) {
     let api: Api<Node> = Api::all(client.clone());
@@ -43,20 +37,6 @@ fn pod(name: &str, cpu: &str) -> Pod {
             "resources": {"requests": {"cpu": cpu}}}]}
     }))
     .unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn node_of(p: &Pod) -> Option<String> {
