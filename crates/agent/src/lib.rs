@@ -10,13 +10,22 @@
 //! - `runtime`: the `Runtime` trait and the fake runtime.
 //! - `sync`: the shell: watches, API writes, timers.
 //!
-//! Talks to the API server only as a client; must not depend on the apiserver or sandbox crates.
+//! - `streams`: the `PodStreams` trait between the streaming server and the runtime.
+//!
+//! Talks to the API server only as a client; must not depend on the apiserver crate.
 
 pub mod connect;
+pub mod host;
 pub mod lifecycle;
+pub mod netns;
 pub mod node;
+pub mod probe;
 pub mod runtime;
+pub mod sandboxed;
+pub mod server;
+pub mod spdy;
 pub mod status;
+pub mod streams;
 pub mod sync;
 
 pub use sync::{AgentError, Config, run};

@@ -61,6 +61,41 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<i32, RuntimeError>> + Send;
     /// Forget the pod (after it is deleted).
     fn remove(&self, uid: &str);
+
+    /// What a real runtime knows better than the pod-level state machine: each container's
+    /// state, restart count, readiness (probes). None (the default, and the fake runtime's
+    /// answer) lets the shell derive the container statuses from the pod state.
+    fn pod_status(&self, _uid: &str) -> Option<RuntimeStatus> {
+        None
+    }
+
+    /// A receiver of pod uids whose [`Runtime::pod_status`] changed (a container restarted,
+    /// turned ready...): the shell rewrites their status. Taken once by the shell; the default
+    /// (no changes are ever announced) returns None.
+    fn take_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        None
+    }
+
+    /// Find again the pods that still run on this host from an earlier agent process (after a
+    /// restart of the agent): uid -> what was started. The shell adopts these pods instead of
+    /// starting them again. The default: nothing survives.
+    fn recover(&self) -> impl Future<Output = HashMap<String, Started>> + Send {
+        async { HashMap::new() }
+    }
+}
+
+/// Container statuses as the kubelet reports them, from a runtime that runs real containers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuntimeStatus {
+    /// `status.initContainerStatuses`, in spec order.
+    pub init_container_statuses: Vec<k8s_openapi::api::core::v1::ContainerStatus>,
+    /// `status.containerStatuses`, in spec order (state, lastState, ready, started,
+    /// restartCount, image, imageID, containerID).
+    pub container_statuses: Vec<k8s_openapi::api::core::v1::ContainerStatus>,
+    /// Every init container succeeded.
+    pub initialized: bool,
+    /// Every regular container runs and is ready (readiness probes pass).
+    pub ready: bool,
 }
 
 /// Parse a Go-style duration as the annotation carries it ("2s", "1.5s", "300ms", "1m", "1h").

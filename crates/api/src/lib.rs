@@ -16,6 +16,7 @@ pub mod convert;
 pub mod defaults;
 pub mod names;
 pub mod patch;
+pub mod placement;
 pub mod profile;
 pub mod protobuf;
 pub mod resource;

@@ -7,5 +7,7 @@ pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podcontrol;
+pub mod profiles;
 pub mod replicaset;
 pub mod scheduler;
+pub mod serverless;

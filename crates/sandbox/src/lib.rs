@@ -34,4 +34,5 @@ pub mod plan;
 pub mod pod;
 pub mod rootfs;
 pub mod runtime;
+pub mod shim;
 pub mod spec;
