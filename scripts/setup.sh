@@ -4,7 +4,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in protobuf-compiler etcd-server skopeo podman curl busybox-static crun runsc umoci docker-registry erofs-utils iproute2; do
+for pkg in protobuf-compiler etcd-server skopeo podman curl busybox-static crun runsc umoci docker-registry erofs-utils iproute2 qemu-system-x86 lz4 util-linux golang-go golang-github-docker-spdystream-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -12,6 +12,9 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The micro-VM runtime's guest kernel (Debian's cloud kernel, not installed on the host) and the
+# static guest agent.
+"$(dirname "$0")/microvm-assets.sh" >/dev/null
 # docker-registry starts a system service on install; tests start their own instances.
 systemctl stop docker-registry >/dev/null 2>&1 || true
 # The Python client used by the end-to-end tests (python3 here is pyenv's, not Debian's).

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$PATH:/usr/lib/google-cloud-sdk/bin"
 export NODELESS_REQUIRE_ETCD=1
+export NODELESS_REQUIRE_SANDBOX=1
+export NODELESS_REQUIRE_MICROVM=1
 cargo build --workspace --all-targets
 # Bounded parallelism: the machine has 2 cores and the end-to-end tests start servers.
 cargo test --workspace --no-fail-fast -- --test-threads=4

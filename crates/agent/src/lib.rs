@@ -7,6 +7,7 @@
 //! - `lifecycle`: a pod's life on a node as a state enum and a transition function (sans-IO).
 //! - `status`: the pod status kubelet would write for a state (sans-IO).
 //! - `node`: the Node object, the Lease and the pod IP allocator (sans-IO).
+//! - `host`: serverless host mode: the host Lease, which Nodes are this host's, their status (sans-IO), and the fake runtime's streams.
 //! - `runtime`: the `Runtime` trait and the fake runtime.
 //! - `sync`: the shell: watches, API writes, timers.
 //!

@@ -78,6 +78,8 @@ pub enum Input {
     Started { at: Timestamp },
     /// The runtime could not start the containers.
     StartFailed { at: Timestamp },
+    /// The back-off after a failed start is over: try again.
+    RetryStart,
     /// The containers exited by themselves.
     Exited { code: i32, at: Timestamp },
     /// The runtime stopped the containers after a deletion request.
@@ -91,6 +93,9 @@ pub enum Input {
 pub enum Action {
     /// Ask the runtime to (re)start the pod's containers.
     Start,
+    /// Feed [`Input::RetryStart`] after a back-off (a start failed; the kubelet keeps retrying
+    /// a pod's sync and leaves it Pending rather than failing it).
+    StartLater,
     /// Write the status that the new state implies.
     WriteStatus,
     /// Ask the runtime to stop the containers (graceful, with the pod's grace period).
@@ -149,17 +154,10 @@ pub fn transition(
             },
             vec![WriteStatus],
         ),
-        (S::Starting { restarts, .. }, Input::StartFailed { at }) => (
-            S::Completed {
-                exit: Exit {
-                    code: 128,
-                    started_at: *at,
-                    finished_at: *at,
-                },
-                restarts: *restarts,
-            },
-            vec![WriteStatus],
-        ),
+        (S::Starting { .. }, Input::StartFailed { .. }) => {
+            (state.clone(), vec![WriteStatus, StartLater])
+        }
+        (S::Starting { .. }, Input::RetryStart) => (state.clone(), vec![Start]),
 
         (
             S::Running {
@@ -263,6 +261,23 @@ mod tests {
 
     const SEEN: Input = Input::Observed { deleting: false };
     const DELETING: Input = Input::Observed { deleting: true };
+
+    #[test]
+    fn a_failed_start_is_retried_not_failed() {
+        let (s, a) = run(
+            RestartPolicy::Never,
+            &[SEEN, Input::StartFailed { at: t(1) }],
+        );
+        assert!(matches!(s, PodState::Starting { restarts: 0, .. }), "{s:?}");
+        assert_eq!(a, vec![Action::Start, Action::WriteStatus, Action::StartLater]);
+        let (s2, a2) = transition(&s, &Input::RetryStart, RestartPolicy::Never);
+        assert_eq!(s2, s);
+        assert_eq!(a2, vec![Action::Start]);
+        // Deleted while backing off: the late timer starts nothing.
+        let (t1, _) = transition(&s, &DELETING, RestartPolicy::Never);
+        let (_, a3) = transition(&t1, &Input::RetryStart, RestartPolicy::Never);
+        assert!(a3.is_empty(), "{a3:?}");
+    }
 
     #[test]
     fn starts_once_and_runs() {

@@ -1,1 +1,2350 @@
-//! (being written)
+//! The agent's real runtime: pods bound to this host run in real sandboxes (crates/sandbox):
+//! gVisor (`runsc`) for serverless pods, `crun` for worker-node pods. [`SandboxRuntime`]
+//! implements [`crate::runtime::Runtime`] and [`crate::streams::PodStreams`].
+//!
+//! Per pod: ConfigMap/Secret values and files are fetched with the kube client, images pulled
+//! (pod `imagePullSecrets` and the cluster registry's Secret `kube-system/nodeless-registry`),
+//! the sandbox prepared with exactly the pod IP, init containers run in order, then one
+//! supervisor task per regular container applies the restart policy with kubelet's back-off
+//! (10 s doubling to 5 min, reset after 10 min of running; `CrashLoopBackOff` while waiting).
+//! Container statuses are kept as kubelet reports them and every change is announced on the
+//! [`crate::runtime::Runtime::take_changes`] channel. Events go to the API server as kubelet's
+//! (`Pulling`, `Pulled`, `Created`, `Started`, `Killing`, `BackOff`, `Failed`, `Unhealthy`).
+//!
+//! The decisions (restart or not, back-off, statuses, credentials) are pure functions below;
+//! the shell runs processes and talks to the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::stream::BoxStream;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Event, EventSource, ObjectReference, Pod, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::Api;
+use sandbox::container;
+use sandbox::image::{Auth, Image, ImageStore, PullOptions, Source, StoreOptions};
+use sandbox::network::PodNetwork;
+use sandbox::plan::{ContainerPlan, Objects, PodPlan, RestartPolicy};
+use sandbox::pod;
+use sandbox::runtime::{Runtime as SbRuntime, RuntimeKind};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::runtime::{ContainerStarted, Runtime, RuntimeError, RuntimeStatus, Started};
+use crate::streams::{ExecRequest, ExecSession, LogOptions, PodStreams, StreamError, TermSize};
+
+/// The scheduler whose pods run in the serverless runtime.
+pub const SERVERLESS_SCHEDULER: &str = "serverless-scheduler";
+/// The cluster registry's pull credential (contract).
+pub const REGISTRY_SECRET: (&str, &str) = ("kube-system", "nodeless-registry");
+/// Kubelet's container restart back-off: first delay, cap, and how long a run must last for
+/// the back-off to start over.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// How the agent's sandboxes are set up.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub data_dir: PathBuf,
+    /// Runtime for serverless pods (spec.schedulerName == "serverless-scheduler"): Gvisor (default) or Microvm later.
+    pub serverless_runtime: RuntimeKind,
+    /// Runtime for other pods (worker nodes): Container (crun).
+    pub worker_runtime: RuntimeKind,
+    /// The pod network: netns, bridge and subnet (the host's pod CIDR).
+    pub network: PodNetwork,
+    pub insecure_registries: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure decisions.
+
+/// Whether a container that exited with `code` runs again under `policy` (kubelet's rule; init
+/// containers use OnFailure unless the pod's policy is Never).
+pub fn should_restart(policy: RestartPolicy, code: i32) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => code != 0,
+        RestartPolicy::Never => false,
+    }
+}
+
+/// The policy that applies to init containers of a pod with `policy`.
+pub fn init_policy(policy: RestartPolicy) -> RestartPolicy {
+    match policy {
+        RestartPolicy::Never => RestartPolicy::Never,
+        _ => RestartPolicy::OnFailure,
+    }
+}
+
+/// Kubelet's back-off for one container: `current` is the delay of the last back-off (None: the
+/// container has not backed off since the last reset), `ran` how long the run that just ended
+/// lasted. Returns the delay to wait now (None: restart at once) and the new `current`.
+pub fn next_backoff(current: Option<Duration>, ran: Duration) -> (Option<Duration>, Duration) {
+    let current = if ran >= BACKOFF_RESET { None } else { current };
+    match current {
+        None => (None, BACKOFF_INITIAL),
+        Some(d) => (Some(d), (d * 2).min(BACKOFF_MAX)),
+    }
+}
+
+/// A duration as Go prints it (`10s`, `1m20s`, `5m0s`). Pure.
+pub fn go_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{}h{}m{}s", s / 3600, (s % 3600) / 60, s % 60)
+    }
+}
+
+/// The exit code that decides the phase: 0 if every container succeeded, else the first
+/// non-zero code (in spec order). Pure.
+pub fn pod_exit_code(codes: &[i32]) -> i32 {
+    codes.iter().copied().find(|c| *c != 0).unwrap_or(0)
+}
+
+/// The registry part of a docker config key (`https://index.docker.io/v1/` -> `docker.io`). Pure.
+pub fn registry_key(key: &str) -> String {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = k.split('/').next().unwrap_or(k);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".into()
+        }
+        h => h.to_owned(),
+    }
+}
+
+/// Credentials from a `kubernetes.io/dockerconfigjson` (or legacy `.dockercfg`) Secret's
+/// content: registry -> basic auth. Pure.
+pub fn docker_config_auths(json: &[u8]) -> Vec<(String, Auth)> {
+    use base64::Engine as _;
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let auths = v.get("auths").unwrap_or(&v);
+    let Some(map) = auths.as_object() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, e) in map {
+        let field = |f: &str| e.get(f).and_then(|x| x.as_str()).map(str::to_owned);
+        let (user, pass) = match (field("username"), field("password"), field("auth")) {
+            (Some(u), Some(p), _) => (u, p),
+            (_, _, Some(a)) => {
+                let Ok(dec) = base64::engine::general_purpose::STANDARD.decode(a.trim()) else {
+                    continue;
+                };
+                let dec = String::from_utf8_lossy(&dec).into_owned();
+                let Some((u, p)) = dec.split_once(':') else {
+                    continue;
+                };
+                (u.to_owned(), p.to_owned())
+            }
+            _ => continue,
+        };
+        out.push((
+            registry_key(k),
+            Auth::Basic {
+                username: user,
+                password: pass,
+            },
+        ));
+    }
+    out
+}
+
+/// The credential for `registry` among `creds` (first match), anonymous otherwise. Pure.
+pub fn auth_for(registry: &str, creds: &[(String, Auth)]) -> Auth {
+    creds
+        .iter()
+        .find(|(r, _)| r == registry)
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default()
+}
+
+/// `imageID` of a pulled image: `repo@sha256:...` of its manifest.
+fn image_id_of(img: &Image) -> String {
+    let repo = match img.name.parse::<Source>() {
+        Ok(Source::Registry(r)) => format!("{}/{}", r.registry(), r.repository()),
+        _ => img
+            .name
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or(img.name.clone(), |(r, _)| r.to_owned()),
+    };
+    format!("{repo}@{}", img.manifest_digest)
+}
+
+fn time(s: &str) -> Option<Time> {
+    s.parse::<Timestamp>().ok().map(Time)
+}
+
+fn now_time() -> Time {
+    Time(Timestamp::now())
+}
+
+fn waiting(reason: &str, message: Option<String>) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-pod state.
+
+/// What we know of one container, as kubelet reports it.
+#[derive(Debug, Clone)]
+struct CState {
+    name: String,
+    image: String,
+    image_id: String,
+    container_id: String,
+    state: ContainerState,
+    last_state: Option<ContainerState>,
+    restart_count: i32,
+    ready: bool,
+    started: bool,
+    has_readiness: bool,
+    has_startup: bool,
+}
+
+impl CState {
+    fn status(&self) -> ContainerStatus {
+        ContainerStatus {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            image_id: self.image_id.clone(),
+            // Kubelet names the container while it exists, and the last one while waiting
+            // to restart it.
+            container_id: if self.state.waiting.is_none() && !self.image_id.is_empty() {
+                Some(self.container_id.clone())
+            } else {
+                self.last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .and_then(|t| t.container_id.clone())
+            },
+            state: Some(self.state.clone()),
+            last_state: self.last_state.clone().or_else(|| Some(Default::default())),
+            ready: self.ready,
+            started: Some(self.started),
+            restart_count: self.restart_count,
+            ..Default::default()
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.state.running.is_some()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    init: Vec<CState>,
+    regular: Vec<CState>,
+    initialized: bool,
+}
+
+/// Which list a container is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Init(usize),
+    Regular(usize),
+}
+
+struct PodEntry {
+    uid: String,
+    name: String,
+    namespace: String,
+    node: String,
+    plan: PodPlan,
+    pod: Pod,
+    host: pod::Host,
+    runtime: Arc<dyn SbRuntime>,
+    client: kube::Client,
+    changes: mpsc::UnboundedSender<String>,
+    sandbox: Mutex<Option<pod::Sandbox>>,
+    images: Mutex<BTreeMap<String, Image>>,
+    shared: Mutex<Shared>,
+    stopping: watch::Sender<bool>,
+    /// Some(code) once no container will run again.
+    done: watch::Sender<Option<i32>>,
+    /// Bumped on every status change (log followers and attach watch it).
+    version: watch::Sender<u64>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    started: Mutex<Option<Started>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PodEntry {
+    fn plan_of(&self, w: Which) -> &ContainerPlan {
+        match w {
+            Which::Init(i) => &self.plan.init_containers[i],
+            Which::Regular(i) => &self.plan.containers[i],
+        }
+    }
+
+    fn update(&self, w: Which, f: impl FnOnce(&mut CState)) {
+        {
+            let mut s = lock(&self.shared);
+            let c = match w {
+                Which::Init(i) => s.init.get_mut(i),
+                Which::Regular(i) => s.regular.get_mut(i),
+            };
+            if let Some(c) = c {
+                f(c);
+            }
+        }
+        self.changed();
+    }
+
+    fn get(&self, w: Which) -> Option<CState> {
+        let s = lock(&self.shared);
+        match w {
+            Which::Init(i) => s.init.get(i).cloned(),
+            Which::Regular(i) => s.regular.get(i).cloned(),
+        }
+    }
+
+    fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
+        let _ = self.changes.send(self.uid.clone());
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    fn pod_ref(&self) -> String {
+        format!("{}_{}({})", self.name, self.namespace, self.uid)
+    }
+
+    /// Posts a core/v1 Event about the pod (in the background; failures are logged).
+    fn event(&self, container: Option<&str>, warning: bool, reason: &str, message: String) {
+        let field_path = container.map(|c| {
+            let init = self.plan.init_containers.iter().any(|p| p.name == c);
+            if init {
+                format!("spec.initContainers{{{c}}}")
+            } else {
+                format!("spec.containers{{{c}}}")
+            }
+        });
+        let now = Timestamp::now();
+        let ev = Event {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    self.name,
+                    now.as_nanosecond().unsigned_abs()
+                )),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                uid: Some(self.uid.clone()),
+                field_path,
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node.clone()),
+            }),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node.clone()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        tokio::spawn(async move {
+            if let Err(e) = api.create(&Default::default(), &ev).await {
+                debug!(error = %e, "posting an event");
+            }
+        });
+    }
+
+    fn host_id(&self, name: &str) -> String {
+        pod::container_id(&self.plan.id, name)
+    }
+
+    fn status(&self) -> RuntimeStatus {
+        let s = lock(&self.shared);
+        RuntimeStatus {
+            init_container_statuses: s.init.iter().map(CState::status).collect(),
+            container_statuses: s.regular.iter().map(CState::status).collect(),
+            initialized: s.initialized,
+            ready: !s.regular.is_empty() && s.regular.iter().all(|c| c.running() && c.ready),
+        }
+    }
+
+    /// Resolves once the pod will run no container again.
+    async fn wait_done(&self) -> i32 {
+        let mut rx = self.done.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The terminated state of an exit.
+fn terminated(exit: &container::Exit, container_id: &str) -> ContainerState {
+    let (started_at, finished_at, reason) = match &exit.state.status {
+        container::Status::Terminated {
+            started_at,
+            finished_at,
+            reason,
+            ..
+        } => (time(started_at), time(finished_at), reason.clone()),
+        _ => (
+            None,
+            Some(now_time()),
+            container::exit_reason(exit.code, exit.oom_killed).into(),
+        ),
+    };
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: exit.code,
+            reason: Some(reason),
+            started_at,
+            finished_at,
+            container_id: Some(container_id.to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn failed_run(code: i32, reason: &str, message: String, container_id: &str) -> ContainerState {
+    let now = now_time();
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: code,
+            reason: Some(reason.into()),
+            message: Some(message),
+            started_at: Some(now.clone()),
+            finished_at: Some(now),
+            container_id: Some(container_id.to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs one container until its policy says it will not run again; returns its last exit code.
+/// `adopted`: a run already going (after an agent restart).
+async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<container::Started>) -> i32 {
+    let plan = e.plan_of(w).clone();
+    let policy = match w {
+        Which::Init(_) => init_policy(e.plan.restart_policy),
+        Which::Regular(_) => e.plan.restart_policy,
+    };
+    let cid = e.get(w).map(|c| c.container_id).unwrap_or_default();
+    let mut backoff: Option<Duration> = None;
+    let mut stop_rx = e.stopping.subscribe();
+    let mut last_code = 0;
+    loop {
+        if e.stopping() {
+            return last_code;
+        }
+        let restart_count = e
+            .get(w)
+            .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+            .unwrap_or(0);
+        let run = match adopted.take() {
+            Some(s) => Ok(s),
+            None => launch(&e, &plan, restart_count).await,
+        };
+        let began = Instant::now();
+        let (state, code) = match run {
+            Err(msg) => {
+                e.event(Some(&plan.name), true, "Failed", format!("Error: {msg}"));
+                (failed_run(128, "StartError", msg, &cid), 128)
+            }
+            Ok(started) => {
+                set_running(&e, w, &started);
+                let probes = probes::spawn_for(&e, w);
+                let exit = started.wait().await;
+                probes.abort();
+                match exit {
+                    Ok(exit) => (terminated(&exit, &cid), exit.code),
+                    Err(err) => (failed_run(255, "Unknown", format!("{err}"), &cid), 255),
+                }
+            }
+        };
+        last_code = code;
+        let ran = began.elapsed();
+        let restart = !e.stopping() && should_restart(policy, code);
+        info!(pod = %e.pod_ref(), container = %plan.name, code, restart, "container exited");
+        e.update(w, |c| {
+            c.state = state.clone();
+            // Kubelet reports a completed init container as ready.
+            c.ready = matches!(w, Which::Init(_)) && code == 0;
+            c.started = false;
+        });
+        if !restart {
+            return code;
+        }
+        let (delay, next) = next_backoff(backoff, ran);
+        backoff = Some(next);
+        if let Some(d) = delay {
+            let msg = format!(
+                "back-off {} restarting failed container={} pod={}",
+                go_duration(d),
+                plan.name,
+                e.pod_ref()
+            );
+            e.update(w, |c| {
+                c.last_state = Some(state.clone());
+                c.state = waiting("CrashLoopBackOff", Some(msg));
+            });
+            e.event(
+                Some(&plan.name),
+                true,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    plan.name,
+                    e.pod_ref()
+                ),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = stop_rx.wait_for(|s| *s) => return code,
+            }
+        }
+        e.update(w, |c| {
+            c.last_state = Some(state.clone());
+            c.restart_count += 1;
+        });
+    }
+}
+
+/// Records that a run of the container is going.
+fn set_running(e: &PodEntry, w: Which, started: &container::Started) {
+    let started_at = match &started.state().status {
+        container::Status::Running { started_at } => time(started_at),
+        _ => None,
+    }
+    .unwrap_or_else(now_time);
+    e.update(w, |c| {
+        c.state = ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(started_at),
+            }),
+            ..Default::default()
+        };
+        c.ready = !c.has_readiness && matches!(w, Which::Regular(_));
+        c.started = !c.has_startup;
+    });
+}
+
+/// Starts one run of a container (with its events); Err is the message of kubelet's `Failed`.
+async fn launch(
+    e: &Arc<PodEntry>,
+    plan: &ContainerPlan,
+    restart_count: u32,
+) -> Result<container::Started, String> {
+    let sandbox = lock(&e.sandbox).clone();
+    let image = lock(&e.images).get(&plan.image).cloned();
+    let (Some(sandbox), Some(image)) = (sandbox, image) else {
+        return Err(format!("the sandbox of container {} is gone", plan.name));
+    };
+    match sandbox.launch(plan, &image, restart_count).await {
+        Ok(s) => {
+            e.event(
+                Some(&plan.name),
+                false,
+                "Created",
+                format!("Created container {}", plan.name),
+            );
+            e.event(
+                Some(&plan.name),
+                false,
+                "Started",
+                format!("Started container {}", plan.name),
+            );
+            Ok(s)
+        }
+        Err(err) => {
+            let mut msg = err.to_string();
+            let mut src = std::error::Error::source(&err);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            warn!(container = %plan.name, error = %msg, "starting a container");
+            Err(msg)
+        }
+    }
+}
+
+/// Probes (readiness, liveness, startup) of running containers.
+mod probes {
+    use super::*;
+
+    /// The probe tasks of one run; aborted when the run ends.
+    pub(super) struct Running(Option<tokio::task::JoinHandle<()>>);
+
+    impl Running {
+        pub(super) fn abort(self) {
+            if let Some(h) = self.0 {
+                h.abort();
+            }
+        }
+    }
+
+    pub(super) fn spawn_for(e: &Arc<PodEntry>, w: Which) -> Running {
+        let Which::Regular(i) = w else {
+            return Running(None);
+        };
+        let Some(spec) = e
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.get(i))
+            .cloned()
+        else {
+            return Running(None);
+        };
+        if spec.readiness_probe.is_none()
+            && spec.liveness_probe.is_none()
+            && spec.startup_probe.is_none()
+        {
+            return Running(None);
+        }
+        let Some(sandbox) = lock(&e.sandbox).clone() else {
+            return Running(None);
+        };
+        let Some(ip) = sandbox.ip else {
+            return Running(None);
+        };
+        let (runtime, id) = (e.runtime.clone(), e.host_id(&spec.name));
+        let exec: Arc<crate::probe::ExecFn> =
+            Arc::new(move |cmd: Vec<String>, timeout: Duration| {
+                let (runtime, id) = (runtime.clone(), id.clone());
+                async move { exec_probe(runtime, id, cmd, timeout).await }.boxed()
+            });
+        let target = crate::probe::ProbeTarget {
+            pod_ip: ip,
+            netns: Some(bridge_netns(&e.host)),
+            exec,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let handle = crate::probe::spawn(&spec, target, tx);
+        let entry = e.clone();
+        let name = spec.name.clone();
+        let grace = Duration::from_secs(entry.plan.grace_period_secs);
+        let watcher = tokio::spawn(async move {
+            let _handle = AbortOnDrop(handle);
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    crate::probe::ProbeEvent::Started => entry.update(w, |c| c.started = true),
+                    crate::probe::ProbeEvent::Ready(r) => {
+                        if entry.get(w).is_some_and(|c| c.ready != r) {
+                            entry.update(w, |c| c.ready = r);
+                        }
+                    }
+                    crate::probe::ProbeEvent::LivenessFailed(msg)
+                    | crate::probe::ProbeEvent::StartupFailed(msg) => {
+                        entry.event(Some(&name), true, "Unhealthy", msg.clone());
+                        entry.event(
+                            Some(&name),
+                            false,
+                            "Killing",
+                            format!("Container {name} failed probe, will be restarted"),
+                        );
+                        kill_with_grace(&entry, &entry.host_id(&name), grace).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Running(Some(watcher))
+    }
+
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    async fn exec_probe(
+        runtime: Arc<dyn SbRuntime>,
+        id: String,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> std::io::Result<i32> {
+        let stdio = sandbox::runtime::Stdio {
+            stdin: std::process::Stdio::null(),
+            stdout: std::process::Stdio::null(),
+            stderr: std::process::Stdio::null(),
+            foreground: false,
+        };
+        let mut child = runtime
+            .exec(&id, &cmd, false, stdio)
+            .map_err(std::io::Error::other)?;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => Ok(container::exit_code(status?)),
+            Err(_) => {
+                let _ = child.start_kill();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("command timed out after {}", go_duration(timeout)),
+                ))
+            }
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace` if the container still runs.
+async fn kill_with_grace(e: &Arc<PodEntry>, id: &str, grace: Duration) {
+    let _ = e.runtime.kill(id, 15).await;
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if e.runtime.status(id).await.ok().flatten().as_deref() != Some("running") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = e.runtime.kill(id, 9).await;
+}
+
+/// The pod network's own namespace (where the bridge is, and pod IPs are reachable).
+fn bridge_netns(host: &pod::Host) -> PathBuf {
+    let name = host
+        .network
+        .as_ref()
+        .map(|n| n.netns.clone())
+        .unwrap_or_default();
+    PathBuf::from("/run/netns").join(name)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runtime.
+
+/// Pods of this host in real sandboxes.
+pub struct SandboxRuntime {
+    config: SandboxConfig,
+    client: kube::Client,
+    store: Arc<ImageStore>,
+    runtimes: HashMap<RuntimeKind, Arc<dyn SbRuntime>>,
+    pods: Mutex<HashMap<String, Arc<PodEntry>>>,
+    removing: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    changes_tx: mpsc::UnboundedSender<String>,
+    changes_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+}
+
+impl std::fmt::Debug for SandboxRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxRuntime")
+            .field("data_dir", &self.config.data_dir)
+            .finish()
+    }
+}
+
+/// The tool a runtime kind needs, and the package that has it.
+fn tool_of(kind: RuntimeKind) -> (&'static str, &'static str) {
+    match kind {
+        RuntimeKind::Gvisor => ("runsc", "runsc"),
+        RuntimeKind::Container => ("crun", "crun"),
+        RuntimeKind::Microvm => ("qemu-system-x86_64", "qemu-system-x86"),
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    on_search_path(tool, &path)
+}
+
+fn on_search_path(tool: &str, path: &std::ffi::OsStr) -> bool {
+    std::env::split_paths(path).any(|d| d.join(tool).is_file())
+}
+
+/// The error for a runtime whose tool is not on `path`, naming the package to install.
+fn missing_tool(kind: RuntimeKind, path: &std::ffi::OsStr) -> Option<String> {
+    let (tool, package) = tool_of(kind);
+    (kind != RuntimeKind::Microvm && !on_search_path(tool, path))
+        .then(|| format!("{tool} not found on PATH: apt-get install {package}"))
+}
+
+fn failed(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed(e.to_string())
+}
+
+/// Opens the sandbox runtime of `kind`, with a clear message when its tool is missing.
+fn open_runtime(
+    kind: RuntimeKind,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn SbRuntime>, RuntimeError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    if let Some(msg) = missing_tool(kind, &path) {
+        return Err(RuntimeError::Failed(msg));
+    }
+    sandbox::runtime::open_for_pods(kind, data_dir)
+        .map(Arc::from)
+        .map_err(failed)
+}
+
+impl SandboxRuntime {
+    /// Checks the tools (runsc/crun found on PATH, clear error naming the apt package otherwise), prepares the image store and the network.
+    pub async fn new(
+        config: SandboxConfig,
+        client: kube::Client,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let mut runtimes = HashMap::new();
+        for kind in [config.serverless_runtime, config.worker_runtime] {
+            if let std::collections::hash_map::Entry::Vacant(v) = runtimes.entry(kind) {
+                v.insert(open_runtime(kind, &config.data_dir)?);
+            }
+        }
+        for tool in ["ip", "nsenter", "unshare"] {
+            if !on_path(tool) {
+                let pkg = if tool == "ip" {
+                    "iproute2"
+                } else {
+                    "util-linux"
+                };
+                return Err(RuntimeError::Failed(format!(
+                    "{tool} not found on PATH: apt-get install {pkg}"
+                )));
+            }
+        }
+        let store = ImageStore::open(
+            config.data_dir.join("images"),
+            StoreOptions {
+                insecure_registries: config.insecure_registries.clone(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| failed(format!("opening the image store: {e}")))?;
+        config
+            .network
+            .ensure()
+            .await
+            .map_err(|e| failed(format!("preparing the pod network: {e}")))?;
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(SandboxRuntime {
+            config,
+            client,
+            store: Arc::new(store),
+            runtimes,
+            pods: Mutex::new(HashMap::new()),
+            removing: Mutex::new(HashMap::new()),
+            changes_tx,
+            changes_rx: Mutex::new(Some(changes_rx)),
+        }))
+    }
+
+    /// The image store (shared by every pod of the host).
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.store
+    }
+
+    fn host(&self) -> pod::Host {
+        pod::Host {
+            data_dir: self.config.data_dir.clone(),
+            images: self.store.clone(),
+            network: Some(self.config.network.clone()),
+            pull: PullOptions::default(),
+        }
+    }
+
+    fn kind_for(&self, pod: &Pod) -> RuntimeKind {
+        let serverless = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref())
+            == Some(SERVERLESS_SCHEDULER);
+        if serverless {
+            self.config.serverless_runtime
+        } else {
+            self.config.worker_runtime
+        }
+    }
+
+    fn entry(&self, uid: &str) -> Option<Arc<PodEntry>> {
+        lock(&self.pods).get(uid).cloned()
+    }
+
+    fn find(&self, namespace: &str, name: &str) -> Option<Arc<PodEntry>> {
+        lock(&self.pods)
+            .values()
+            .find(|e| e.namespace == namespace && e.name == name)
+            .cloned()
+    }
+
+    /// Waits until the cleanup that [`Runtime::remove`] started for `uid` is over.
+    pub async fn removed(&self, uid: &str) {
+        let h = lock(&self.removing).remove(uid);
+        if let Some(h) = h {
+            let _ = h.await;
+        }
+    }
+
+    /// ConfigMaps and Secrets the pod refers to, fetched from the API.
+    async fn fetch_objects(&self, pod: &Pod, namespace: &str) -> Result<Objects, String> {
+        let mut objects = Objects::new();
+        for (key, optional) in sandbox::plan::references(pod) {
+            let (kind, name) = key.split_once('/').unwrap_or(("", &key));
+            let data = match kind {
+                "configmap" => {
+                    let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+                    api.get_opt(name).await.map(|o| {
+                        o.map(|cm| {
+                            let mut d: BTreeMap<String, Vec<u8>> = cm
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.into_bytes()))
+                                .collect();
+                            for (k, v) in cm.binary_data.unwrap_or_default() {
+                                d.insert(k, v.0);
+                            }
+                            d
+                        })
+                    })
+                }
+                _ => {
+                    let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+                    api.get_opt(name).await.map(|o| {
+                        o.map(|s| {
+                            let mut d: BTreeMap<String, Vec<u8>> = s
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0))
+                                .collect();
+                            for (k, v) in s.string_data.unwrap_or_default() {
+                                d.insert(k, v.into_bytes());
+                            }
+                            d
+                        })
+                    })
+                }
+            };
+            match data {
+                Ok(Some(d)) => {
+                    objects.insert(key, d);
+                }
+                Ok(None) if optional => {}
+                Ok(None) => return Err(format!("{kind} {name:?} not found")),
+                Err(e) => return Err(format!("getting {kind} {name:?}: {e}")),
+            }
+        }
+        Ok(objects)
+    }
+
+    /// Registry credentials for the pod: its imagePullSecrets, then the cluster registry's.
+    async fn credentials(&self, pod: &Pod, namespace: &str) -> Vec<(String, Auth)> {
+        let mut creds = Vec::new();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        for r in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default()
+        {
+            if let Ok(Some(s)) = secrets.get_opt(&r.name).await {
+                let data = s.data.unwrap_or_default();
+                for key in [".dockerconfigjson", ".dockercfg"] {
+                    if let Some(b) = data.get(key) {
+                        creds.extend(docker_config_auths(&b.0));
+                    }
+                }
+            }
+        }
+        let cluster: Api<Secret> = Api::namespaced(self.client.clone(), REGISTRY_SECRET.0);
+        if let Ok(Some(s)) = cluster.get_opt(REGISTRY_SECRET.1).await {
+            let data = s.data.unwrap_or_default();
+            let text = |k: &str| {
+                data.get(k)
+                    .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
+            };
+            if let (Some(endpoint), Some(username), Some(password)) =
+                (text("endpoint"), text("username"), text("password"))
+            {
+                creds.push((endpoint, Auth::Basic { username, password }));
+            }
+            if let Some(ca) = data.get("ca.crt")
+                && let Err(err) = self.store.trust_roots_pem(&ca.0)
+            {
+                warn!(error = %err, "the cluster registry's ca.crt is not usable");
+            }
+        }
+        creds
+    }
+
+    /// Pulls one image with kubelet's events; retries with back-off (ImagePullBackOff) until
+    /// it succeeds or the pod is stopped.
+    async fn pull(
+        &self,
+        e: &Arc<PodEntry>,
+        image: &str,
+        creds: &[(String, Auth)],
+    ) -> Result<Image, RuntimeError> {
+        let users: Vec<Which> = e
+            .plan
+            .init_containers
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.image == image)
+            .map(|(i, _)| Which::Init(i))
+            .chain(
+                e.plan
+                    .containers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.image == image)
+                    .map(|(i, _)| Which::Regular(i)),
+            )
+            .collect();
+        let first = users.first().map(|w| e.plan_of(*w).name.clone());
+        let src: Source = image
+            .parse()
+            .map_err(|err| failed(format!("image {image:?}: {err}")))?;
+        if let Ok(Some(img)) = self.store.get(&src) {
+            let _ = self.store.ensure(&src, &PullOptions::default()).await;
+            e.event(
+                first.as_deref(),
+                false,
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            );
+            return Ok(img);
+        }
+        let auth = match &src {
+            Source::Registry(r) => auth_for(r.registry(), creds),
+            _ => Auth::Anonymous,
+        };
+        let opts = PullOptions {
+            auth,
+            progress: None,
+        };
+        let mut backoff: Option<Duration> = None;
+        let mut stop_rx = e.stopping.subscribe();
+        loop {
+            e.event(
+                first.as_deref(),
+                false,
+                "Pulling",
+                format!("Pulling image \"{image}\""),
+            );
+            let t0 = Instant::now();
+            match self.store.ensure(&src, &opts).await {
+                Ok(img) => {
+                    e.event(
+                        first.as_deref(),
+                        false,
+                        "Pulled",
+                        format!(
+                            "Successfully pulled image \"{image}\" in {:.3}s",
+                            t0.elapsed().as_secs_f64()
+                        ),
+                    );
+                    for w in &users {
+                        e.update(*w, |c| c.state = waiting("ContainerCreating", None));
+                    }
+                    return Ok(img);
+                }
+                Err(err) => {
+                    let mut msg = err.to_string();
+                    let mut s = std::error::Error::source(&err);
+                    while let Some(x) = s {
+                        msg.push_str(&format!(": {x}"));
+                        s = x.source();
+                    }
+                    let msg = format!("Failed to pull image \"{image}\": {msg}");
+                    warn!(pod = %e.pod_ref(), "{msg}");
+                    e.event(first.as_deref(), true, "Failed", msg.clone());
+                    e.event(
+                        first.as_deref(),
+                        true,
+                        "Failed",
+                        "Error: ErrImagePull".into(),
+                    );
+                    for w in &users {
+                        e.update(*w, |c| c.state = waiting("ErrImagePull", Some(msg.clone())));
+                    }
+                    let (_, next) = next_backoff(backoff, Duration::ZERO);
+                    let delay = backoff.unwrap_or(BACKOFF_INITIAL);
+                    backoff = Some(next);
+                    let bmsg = format!("Back-off pulling image \"{image}\"");
+                    e.event(first.as_deref(), false, "BackOff", bmsg.clone());
+                    for w in &users {
+                        e.update(*w, |c| {
+                            c.state = waiting("ImagePullBackOff", Some(bmsg.clone()))
+                        });
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop_rx.wait_for(|s| *s) => {
+                            return Err(failed(msg));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_pod(&self, pod: &Pod, pod_ip: &str) -> Result<Started, RuntimeError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(e) = self.entry(&uid) {
+            if e.done.borrow().is_none()
+                && !e.stopping()
+                && let Some(s) = lock(&e.started).clone()
+            {
+                return Ok(s);
+            }
+            // A pod started again after it ended: clean up and start afresh.
+            self.remove_now(&uid).await;
+        }
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let ip: Option<Ipv4Addr> = if pod_ip.is_empty() {
+            None
+        } else {
+            Some(
+                pod_ip
+                    .parse()
+                    .map_err(|err| failed(format!("pod IP {pod_ip:?}: {err}")))?,
+            )
+        };
+        let objects = self.fetch_objects(pod, &namespace).await;
+        let resolved = objects
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|o| sandbox::plan::resolve_env(pod, o).map_err(|e| e.to_string()));
+        let plan = match &resolved {
+            Ok(p) => sandbox::plan::plan(p),
+            // Reported below as CreateContainerConfigError.
+            Err(_) => sandbox::plan::plan(&sandbox::plan::strip_env_references(pod)),
+        }
+        .map_err(failed)?;
+        let kind = self.kind_for(pod);
+        let runtime = self
+            .runtimes
+            .get(&kind)
+            .cloned()
+            .ok_or_else(|| failed(format!("runtime {kind} is not available")))?;
+        let prefix = match kind {
+            RuntimeKind::Gvisor => "gvisor",
+            RuntimeKind::Container => "crun",
+            RuntimeKind::Microvm => "microvm",
+        };
+        let cstate =
+            |c: &ContainerPlan, spec: Option<&k8s_openapi::api::core::v1::Container>| CState {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                image_id: String::new(),
+                container_id: format!("{prefix}://{}", pod::container_id(&plan.id, &c.name)),
+                state: waiting("ContainerCreating", None),
+                last_state: None,
+                restart_count: 0,
+                ready: false,
+                started: false,
+                has_readiness: spec.is_some_and(|s| s.readiness_probe.is_some()),
+                has_startup: spec.is_some_and(|s| s.startup_probe.is_some()),
+            };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let shared = Shared {
+            init: plan
+                .init_containers
+                .iter()
+                .map(|c| {
+                    let mut s = cstate(c, None);
+                    s.state = waiting("PodInitializing", None);
+                    s
+                })
+                .collect(),
+            regular: plan
+                .containers
+                .iter()
+                .zip(&spec.containers)
+                .map(|(c, s)| cstate(c, Some(s)))
+                .collect(),
+            initialized: plan.init_containers.is_empty(),
+        };
+        let e = Arc::new(PodEntry {
+            uid: uid.clone(),
+            name: plan.name.clone(),
+            namespace: namespace.clone(),
+            node: spec.node_name.clone().unwrap_or_default(),
+            plan: plan.clone(),
+            pod: pod.clone(),
+            host: self.host(),
+            runtime: runtime.clone(),
+            client: self.client.clone(),
+            changes: self.changes_tx.clone(),
+            sandbox: Mutex::new(None),
+            images: Mutex::new(BTreeMap::new()),
+            shared: Mutex::new(shared),
+            stopping: watch::channel(false).0,
+            done: watch::channel(None).0,
+            version: watch::channel(0).0,
+            tasks: Mutex::new(Vec::new()),
+            started: Mutex::new(None),
+        });
+        lock(&self.pods).insert(uid.clone(), e.clone());
+        e.changed();
+
+        // ConfigMaps/Secrets missing: kubelet's CreateContainerConfigError.
+        let objects = match objects.and_then(|o| resolved.map(|_| o)) {
+            Ok(o) => o,
+            Err(msg) => return Err(self.config_error(&e, msg)),
+        };
+        let files = match sandbox::plan::volume_files(pod, &objects) {
+            Ok(f) => f,
+            Err(err) => return Err(self.config_error(&e, err.to_string())),
+        };
+
+        // Images.
+        let creds = self.credentials(pod, &namespace).await;
+        let mut images = BTreeMap::new();
+        for c in plan.init_containers.iter().chain(&plan.containers) {
+            if images.contains_key(&c.image) {
+                continue;
+            }
+            let img = self.pull(&e, &c.image, &creds).await?;
+            images.insert(c.image.clone(), img);
+        }
+        {
+            let mut s = lock(&e.shared);
+            let s = &mut *s;
+            for c in s.init.iter_mut().chain(s.regular.iter_mut()) {
+                if let Some(img) = images.get(&c.image) {
+                    c.image_id = image_id_of(img);
+                }
+            }
+        }
+        *lock(&e.images) = images;
+        if e.stopping() {
+            return Err(failed("the pod was stopped while starting"));
+        }
+
+        // The sandbox. The pod's IP may still be held by a pod of the same Node name that is
+        // being torn down (the scheduler reuses an address once its pod object is gone, which
+        // can be a moment before this host has released it): wait for that, bounded.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let sandbox = loop {
+            let attempt = pod::prepare(
+                &e.host,
+                runtime.clone(),
+                &plan,
+                &files,
+                &pod::Prepare {
+                    ip,
+                    uid: Some(uid.clone()),
+                },
+            )
+            .await;
+            match attempt {
+                Err(pod::PodError::Network(sandbox::network::NetworkError::InUse(addr, holder)))
+                    if tokio::time::Instant::now() < deadline && !e.stopping() =>
+                {
+                    debug!(%addr, %holder, "pod address still held by a pod being removed; waiting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other,
+            }
+        }
+        .map_err(|err| {
+            let msg = error_chain(&err);
+            e.event(
+                None,
+                true,
+                "FailedCreatePodSandBox",
+                format!("Failed to create pod sandbox: {msg}"),
+            );
+            failed(msg)
+        })?;
+        // The Pod object, for a restarted agent to find its pods again.
+        let _ = std::fs::write(
+            sandbox.dir.join("k8s-pod.json"),
+            serde_json::to_vec(pod).unwrap_or_default(),
+        );
+        *lock(&e.sandbox) = Some(sandbox);
+
+        // Init containers, in order.
+        for i in 0..plan.init_containers.len() {
+            let code = supervise(e.clone(), Which::Init(i), None).await;
+            if e.stopping() {
+                return Err(failed("the pod was stopped while initializing"));
+            }
+            if code != 0 {
+                let _ = e.done.send_replace(Some(code));
+                return Err(failed(format!(
+                    "init container {:?} failed with exit code {code}",
+                    plan.init_containers[i].name
+                )));
+            }
+        }
+        lock(&e.shared).initialized = true;
+        e.changed();
+
+        // The regular containers' first runs start here, so that they run when this returns;
+        // their supervisors take them over.
+        let mut first_runs = BTreeMap::new();
+        for (i, c) in plan.containers.iter().enumerate() {
+            if let Ok(run) = launch(&e, c, 0).await {
+                set_running(&e, Which::Regular(i), &run);
+                first_runs.insert(i, run);
+            }
+        }
+        let started = self.started_of(&e);
+        *lock(&e.started) = Some(started.clone());
+        self.spawn_supervisors(&e, first_runs);
+        Ok(started)
+    }
+
+    fn config_error(&self, e: &Arc<PodEntry>, msg: String) -> RuntimeError {
+        e.event(None, true, "Failed", format!("Error: {msg}"));
+        for i in 0..e.plan.containers.len() {
+            e.update(Which::Regular(i), |c| {
+                c.state = waiting("CreateContainerConfigError", Some(msg.clone()))
+            });
+        }
+        failed(msg)
+    }
+
+    fn started_of(&self, e: &PodEntry) -> Started {
+        let s = lock(&e.shared);
+        Started {
+            containers: s
+                .init
+                .iter()
+                .chain(&s.regular)
+                .map(|c| ContainerStarted {
+                    name: c.name.clone(),
+                    container_id: c.container_id.clone(),
+                    image_id: c.image_id.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// One supervisor per regular container, and the task that resolves `wait`.
+    fn spawn_supervisors(
+        &self,
+        e: &Arc<PodEntry>,
+        mut adopted: BTreeMap<usize, container::Started>,
+    ) {
+        let handles: Vec<_> = (0..e.plan.containers.len())
+            .map(|i| tokio::spawn(supervise(e.clone(), Which::Regular(i), adopted.remove(&i))))
+            .collect();
+        let entry = e.clone();
+        let coordinator = tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for h in handles {
+                codes.push(h.await.unwrap_or(255));
+            }
+            let code = pod_exit_code(&codes);
+            info!(pod = %entry.pod_ref(), code, "no container of the pod will run again");
+            let _ = entry.done.send_replace(Some(code));
+            entry.changed();
+        });
+        lock(&e.tasks).push(coordinator);
+    }
+
+    async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<i32, RuntimeError> {
+        let e = self
+            .entry(uid)
+            .ok_or_else(|| RuntimeError::UnknownPod(uid.to_owned()))?;
+        let _ = e.stopping.send_replace(true);
+        let running: Vec<String> = {
+            let s = lock(&e.shared);
+            s.init
+                .iter()
+                .chain(&s.regular)
+                .filter(|c| c.running())
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        for name in &running {
+            e.event(
+                Some(name),
+                false,
+                "Killing",
+                format!("Stopping container {name}"),
+            );
+            if let Err(err) = e.runtime.kill(&e.host_id(name), 15).await {
+                debug!(container = %name, error = %err, "SIGTERM");
+            }
+        }
+        let started = lock(&e.started).is_some();
+        if !started {
+            // Still starting (pulling, initializing): the start gives up on its own.
+            let _ = e.done.send_replace(Some(137));
+        }
+        if tokio::time::timeout(grace, e.wait_done()).await.is_err() {
+            for name in &running {
+                let _ = e.runtime.kill(&e.host_id(name), 9).await;
+            }
+            if tokio::time::timeout(Duration::from_secs(30), e.wait_done())
+                .await
+                .is_err()
+            {
+                warn!(pod = %e.pod_ref(), "containers did not end after SIGKILL");
+                let _ = e.done.send_replace(Some(137));
+            }
+        }
+        let code = e.wait_done().await;
+        Ok(code)
+    }
+
+    /// Stops everything of the pod and removes it from the host.
+    async fn remove_now(&self, uid: &str) {
+        let Some(e) = lock(&self.pods).remove(uid) else {
+            return;
+        };
+        cleanup(e).await;
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut s = err.source();
+    while let Some(x) = s {
+        msg.push_str(&format!(": {x}"));
+        s = x.source();
+    }
+    msg
+}
+
+/// Kills what still runs of the pod, then removes its containers, mounts, network attachment
+/// and directory.
+async fn cleanup(e: Arc<PodEntry>) {
+    let _ = e.stopping.send_replace(true);
+    if lock(&e.started).is_none() && e.done.borrow().is_none() {
+        // Still starting: the start gives up on its own; nothing of it will run.
+        e.done.send_replace(Some(137));
+    }
+    for c in e.plan.init_containers.iter().chain(&e.plan.containers) {
+        let id = e.host_id(&c.name);
+        if e.runtime.status(&id).await.ok().flatten().is_some() {
+            let _ = e.runtime.kill(&id, 9).await;
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(30), e.wait_done())
+        .await
+        .is_err()
+    {
+        warn!(pod = %e.pod_ref(), "containers still running at removal");
+    }
+    for t in lock(&e.tasks).drain(..) {
+        t.abort();
+    }
+    if let Err(err) = pod::remove(&e.host, e.runtime.as_ref(), &e.plan).await {
+        warn!(pod = %e.pod_ref(), error = %error_chain(&err), "removing the pod sandbox");
+    }
+    info!(pod = %e.pod_ref(), "pod removed from the host");
+}
+
+impl Runtime for SandboxRuntime {
+    fn version(&self) -> String {
+        let kind = self.config.serverless_runtime;
+        format!("{kind}://{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    async fn start(&self, pod: &Pod, pod_ip: &str) -> Result<Started, RuntimeError> {
+        let result = self.start_pod(pod, pod_ip).await;
+        if result.is_err() {
+            // A pod that failed to start runs nothing: `wait` answers at once.
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            if let Some(e) = self.entry(uid)
+                && lock(&e.started).is_none()
+                && e.done.borrow().is_none()
+            {
+                e.done.send_replace(Some(128));
+                e.changed();
+            }
+        }
+        result
+    }
+
+    async fn wait(&self, uid: &str) -> Result<i32, RuntimeError> {
+        let e = self
+            .entry(uid)
+            .ok_or_else(|| RuntimeError::UnknownPod(uid.to_owned()))?;
+        Ok(e.wait_done().await)
+    }
+
+    async fn stop(&self, uid: &str, grace: Duration) -> Result<i32, RuntimeError> {
+        self.stop_pod(uid, grace).await
+    }
+
+    fn remove(&self, uid: &str) {
+        let Some(e) = lock(&self.pods).remove(uid) else {
+            return;
+        };
+        let h = tokio::spawn(cleanup(e));
+        lock(&self.removing).insert(uid.to_owned(), h);
+    }
+
+    fn pod_status(&self, uid: &str) -> Option<RuntimeStatus> {
+        self.entry(uid).map(|e| e.status())
+    }
+
+    fn take_changes(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        lock(&self.changes_rx).take()
+    }
+
+    async fn recover(&self) -> HashMap<String, Started> {
+        recover::run(self).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery after an agent restart.
+
+mod recover {
+    use super::*;
+
+    pub(super) async fn run(rt: &SandboxRuntime) -> HashMap<String, Started> {
+        let mut out = HashMap::new();
+        let host = rt.host();
+        for record in pod::list(&rt.config.data_dir) {
+            let plan = record.plan.clone();
+            let Some(runtime) = rt.runtimes.get(&record.runtime).cloned() else {
+                warn!(pod = %plan.id, runtime = %record.runtime, "recorded pod of a runtime this agent does not run");
+                continue;
+            };
+            match adopt(rt, &host, runtime.clone(), &record).await {
+                Some((uid, started)) => {
+                    out.insert(uid, started);
+                }
+                None => {
+                    info!(pod = %plan.id, "nothing of the recorded pod runs: cleaning it up");
+                    // A leftover of the pause container too.
+                    // Containers this process cannot supervise (no shim) are stopped too.
+                    for c in plan.init_containers.iter().chain(&plan.containers) {
+                        let id = pod::container_id(&plan.id, &c.name);
+                        if runtime.status(&id).await.ok().flatten().is_some() {
+                            let _ = runtime.kill(&id, 9).await;
+                            let _ = runtime.delete(&id).await;
+                        }
+                        if let Some(s) =
+                            container::adopt(&rt.config.data_dir, runtime.clone(), &id).await
+                        {
+                            let _ = runtime.kill(&id, 9).await;
+                            let _ = tokio::time::timeout(Duration::from_secs(10), s.wait()).await;
+                        }
+                    }
+                    if let Err(err) = pod::remove(&host, runtime.as_ref(), &plan).await {
+                        warn!(pod = %plan.id, error = %error_chain(&err), "cleaning up a recorded pod");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn adopt(
+        rt: &SandboxRuntime,
+        host: &pod::Host,
+        runtime: Arc<dyn SbRuntime>,
+        record: &pod::PodRecord,
+    ) -> Option<(String, Started)> {
+        let plan = &record.plan;
+        let (sandbox, by_name) = pod::adopt(host, runtime.clone(), plan).await?;
+        let pod: Pod =
+            serde_json::from_slice(&std::fs::read(sandbox.dir.join("k8s-pod.json")).ok()?).ok()?;
+        let uid = record.uid.clone().or_else(|| pod.metadata.uid.clone())?;
+        if record.uid.is_none() {
+            let _ = pod::set_uid(&rt.config.data_dir, &plan.id, &uid);
+        }
+        let mut adopted = BTreeMap::new();
+        for (name, s) in by_name {
+            if let Some(i) = plan.containers.iter().position(|c| c.name == name) {
+                adopted.insert(i, s);
+            }
+        }
+        // Images from the store (no network): needed to restart containers later.
+        let mut images = BTreeMap::new();
+        for c in plan.init_containers.iter().chain(&plan.containers) {
+            if let Ok(src) = c.image.parse::<Source>()
+                && let Ok(Some(img)) = rt.store.get(&src)
+            {
+                images.insert(c.image.clone(), img);
+            }
+        }
+        let prefix = match runtime.kind() {
+            RuntimeKind::Gvisor => "gvisor",
+            RuntimeKind::Container => "crun",
+            RuntimeKind::Microvm => "microvm",
+        };
+        let image_id = |image: &str| images.get(image).map(image_id_of).unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mk = |c: &ContainerPlan, s: Option<&k8s_openapi::api::core::v1::Container>| {
+            let id = pod::container_id(&plan.id, &c.name);
+            let state = container::read_state(&rt.config.data_dir, &id);
+            let terminated_state = state.as_ref().and_then(|st| match &st.status {
+                container::Status::Terminated {
+                    exit_code,
+                    reason,
+                    started_at,
+                    finished_at,
+                } => Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: *exit_code,
+                        reason: Some(reason.clone()),
+                        started_at: time(started_at),
+                        finished_at: time(finished_at),
+                        container_id: Some(format!("{prefix}://{id}")),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                _ => None,
+            });
+            CState {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                image_id: image_id(&c.image),
+                container_id: format!("{prefix}://{id}"),
+                state: terminated_state.unwrap_or_else(|| waiting("ContainerCreating", None)),
+                last_state: None,
+                restart_count: state
+                    .as_ref()
+                    .map(|s| i32::try_from(s.restart_count).unwrap_or(0))
+                    .unwrap_or(0),
+                ready: false,
+                started: false,
+                has_readiness: s.is_some_and(|s| s.readiness_probe.is_some()),
+                has_startup: s.is_some_and(|s| s.startup_probe.is_some()),
+            }
+        };
+        let shared = Shared {
+            init: plan.init_containers.iter().map(|c| mk(c, None)).collect(),
+            regular: plan
+                .containers
+                .iter()
+                .zip(&spec.containers)
+                .map(|(c, s)| mk(c, Some(s)))
+                .collect(),
+            initialized: true,
+        };
+        let e = Arc::new(PodEntry {
+            uid: uid.clone(),
+            name: plan.name.clone(),
+            namespace: plan.namespace.clone(),
+            node: spec.node_name.clone().unwrap_or_default(),
+            plan: plan.clone(),
+            pod: pod.clone(),
+            host: host.clone(),
+            runtime,
+            client: rt.client.clone(),
+            changes: rt.changes_tx.clone(),
+            sandbox: Mutex::new(Some(sandbox)),
+            images: Mutex::new(images),
+            shared: Mutex::new(shared),
+            stopping: watch::channel(false).0,
+            done: watch::channel(None).0,
+            version: watch::channel(0).0,
+            tasks: Mutex::new(Vec::new()),
+            started: Mutex::new(None),
+        });
+        let started = rt.started_of(&e);
+        *lock(&e.started) = Some(started.clone());
+        lock(&rt.pods).insert(uid.clone(), e.clone());
+        rt.spawn_supervisors(&e, adopted);
+        info!(pod = %e.pod_ref(), "adopted a running pod");
+        Some((uid, started))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams: logs, exec, attach, port-forward.
+
+fn not_found(what: String) -> StreamError {
+    StreamError::NotFound(what)
+}
+
+impl SandboxRuntime {
+    fn container_of(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+    ) -> Result<(Arc<PodEntry>, Which), StreamError> {
+        let e = self
+            .find(namespace, pod)
+            .ok_or_else(|| not_found(format!("pod \"{pod}\" not found on this host")))?;
+        let w = match container {
+            None => Which::Regular(0),
+            Some(name) => {
+                if let Some(i) = e.plan.containers.iter().position(|c| c.name == name) {
+                    Which::Regular(i)
+                } else if let Some(i) = e.plan.init_containers.iter().position(|c| c.name == name) {
+                    Which::Init(i)
+                } else {
+                    return Err(not_found(format!(
+                        "container {name} is not valid for pod {pod}"
+                    )));
+                }
+            }
+        };
+        if e.get(w).is_none() {
+            return Err(not_found(format!("pod \"{pod}\" has no containers")));
+        }
+        Ok((e, w))
+    }
+}
+
+/// Resolves when the run `restart` of the container is over (or the pod is gone).
+fn run_over(e: &Arc<PodEntry>, w: Which, restart: i32) -> futures::future::BoxFuture<'static, ()> {
+    let entry = e.clone();
+    let mut rx = e.version.subscribe();
+    async move {
+        loop {
+            let over = entry.get(w).is_none_or(|c| {
+                c.restart_count != restart
+                    || !c.running() && c.state.waiting.is_none()
+                    || c.state.waiting.as_ref().and_then(|x| x.reason.as_deref())
+                        == Some("CrashLoopBackOff")
+            }) || entry.done.borrow().is_some();
+            if over {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+    .boxed()
+}
+
+#[async_trait::async_trait]
+impl PodStreams for SandboxRuntime {
+    async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        options: LogOptions,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, StreamError> {
+        let (e, w) = self.container_of(namespace, pod, container)?;
+        let c = e.get(w).ok_or_else(|| not_found(pod.to_owned()))?;
+        let dir = container::dir(&self.config.data_dir, &e.host_id(&c.name));
+        let run = if options.previous {
+            if c.restart_count == 0 {
+                return Err(StreamError::BadRequest(format!(
+                    "previous terminated container \"{}\" in pod \"{pod}\" not found",
+                    c.name
+                )));
+            }
+            c.restart_count - 1
+        } else {
+            c.restart_count
+        };
+        let path = container::log_path(&dir, u32::try_from(run).unwrap_or(0));
+        let ran = c.running() || c.state.terminated.is_some() || options.previous;
+        if !path.exists() && ran {
+            // Started, but nothing written yet: an empty log (followable).
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path);
+        }
+        if !path.exists() {
+            return Err(StreamError::BadRequest(format!(
+                "container \"{}\" in pod \"{pod}\" is waiting to start: {}",
+                c.name,
+                c.state
+                    .waiting
+                    .as_ref()
+                    .and_then(|x| x.reason.clone())
+                    .unwrap_or_else(|| "ContainerCreating".into())
+            )));
+        }
+        let since = match (&options.since_time, options.since_seconds) {
+            (Some(t), _) => Some(
+                t.parse::<Timestamp>()
+                    .map_err(|err| StreamError::BadRequest(format!("sinceTime {t:?}: {err}")))?,
+            ),
+            (None, Some(s)) => Timestamp::now()
+                .checked_sub(jiff::SignedDuration::from_secs(s))
+                .ok(),
+            _ => None,
+        };
+        let done = if options.follow && !options.previous {
+            run_over(&e, w, run)
+        } else {
+            futures::future::ready(()).boxed()
+        };
+        let read = sandbox::logs::ReadOptions {
+            follow: options.follow && !options.previous,
+            timestamps: options.timestamps,
+            tail_lines: options.tail_lines.and_then(|n| u64::try_from(n).ok()),
+            since,
+            limit_bytes: options.limit_bytes.and_then(|n| u64::try_from(n).ok()),
+        };
+        Ok(sandbox::logs::read(path, read, done))
+    }
+
+    async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        if request.command.is_empty() {
+            return Err(StreamError::BadRequest(
+                "you must specify at least one command for the container".into(),
+            ));
+        }
+        let (e, w) = self.container_of(namespace, pod, container)?;
+        let c = e.get(w).ok_or_else(|| not_found(pod.to_owned()))?;
+        if !c.running() {
+            return Err(StreamError::BadRequest(format!(
+                "container {} is not running in pod {pod}",
+                c.name
+            )));
+        }
+        let id = e.host_id(&c.name);
+        // A run that just began may not be running for the runtime yet.
+        for _ in 0..100 {
+            if e.runtime.status(&id).await.ok().flatten().as_deref() == Some("running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if request.tty {
+            return exec_tty(&self.config.data_dir, e.runtime.kind(), &id, &request).await;
+        }
+        let pipe = |on: bool| {
+            if on {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            }
+        };
+        let stdio = sandbox::runtime::Stdio {
+            stdin: pipe(request.stdin),
+            stdout: pipe(request.stdout),
+            stderr: pipe(request.stderr),
+            foreground: false,
+        };
+        let mut child = e
+            .runtime
+            .exec(&id, &request.command, false, stdio)
+            .map_err(|err| StreamError::Internal(err.to_string()))?;
+        let stdin = child
+            .stdin
+            .take()
+            .map(|s| Box::pin(s) as crate::streams::Writer);
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| Box::pin(s) as crate::streams::Reader);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::pin(s) as crate::streams::Reader);
+        let exit = async move {
+            let status = child
+                .wait()
+                .await
+                .map_err(|err| StreamError::Internal(err.to_string()))?;
+            Ok(container::exit_code(status))
+        }
+        .boxed();
+        Ok(ExecSession {
+            stdin,
+            stdout,
+            stderr,
+            resize: None,
+            exit,
+        })
+    }
+
+    async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        let (e, w) = self.container_of(namespace, pod, container)?;
+        let c = e.get(w).ok_or_else(|| not_found(pod.to_owned()))?;
+        if !c.running() {
+            return Err(StreamError::BadRequest(format!(
+                "container {} is not running in pod {pod}",
+                c.name
+            )));
+        }
+        // Output from now on, read from the log; the container's stdin is closed (not kept).
+        let dir = container::dir(&self.config.data_dir, &e.host_id(&c.name));
+        let path = container::log_path(&dir, u32::try_from(c.restart_count).unwrap_or(0));
+        let mut raw_done = run_over(&e, w, c.restart_count).shared();
+        let start = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let (out_tx, out_rx) = tokio::io::duplex(64 * 1024);
+        let (err_tx, err_rx) = tokio::io::duplex(64 * 1024);
+        let merged = request.tty;
+        let pump_done = raw_done.clone();
+        tokio::spawn(follow_raw(
+            path,
+            start,
+            out_tx,
+            (!merged).then_some(err_tx),
+            pump_done,
+        ));
+        let entry = e.clone();
+        let exit = async move {
+            (&mut raw_done).await;
+            let code = entry
+                .get(w)
+                .and_then(|c| {
+                    c.state
+                        .terminated
+                        .as_ref()
+                        .or(c.last_state.as_ref().and_then(|l| l.terminated.as_ref()))
+                        .map(|t| t.exit_code)
+                })
+                .unwrap_or(0);
+            Ok(code)
+        }
+        .boxed();
+        Ok(ExecSession {
+            stdin: None,
+            stdout: request
+                .stdout
+                .then(|| Box::pin(out_rx) as crate::streams::Reader),
+            stderr: (request.stderr && !merged).then(|| Box::pin(err_rx) as crate::streams::Reader),
+            resize: None,
+            exit,
+        })
+    }
+
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, StreamError> {
+        let e = self
+            .find(namespace, pod)
+            .ok_or_else(|| not_found(format!("pod \"{pod}\" not found on this host")))?;
+        let ip = lock(&e.sandbox)
+            .as_ref()
+            .and_then(|s| s.ip)
+            .ok_or_else(|| StreamError::BadRequest(format!("pod {pod} has no IP")))?;
+        let netns = bridge_netns(&e.host);
+        crate::netns::connect(
+            &netns,
+            SocketAddr::from((ip, port)),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|err| {
+            StreamError::Internal(format!(
+                "error forwarding port {port} to pod {pod}: failed to connect to {ip}:{port}: {err}"
+            ))
+        })
+    }
+}
+
+/// Copies what is appended to a CRI log file after `start` into `out` (stdout records, and
+/// stderr ones unless `err` is given), until `done` and the end of the file.
+async fn follow_raw(
+    path: PathBuf,
+    start: u64,
+    mut out: tokio::io::DuplexStream,
+    mut err: Option<tokio::io::DuplexStream>,
+    done: futures::future::Shared<futures::future::BoxFuture<'static, ()>>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+    let Ok(mut f) = tokio::fs::File::open(&path).await else {
+        return;
+    };
+    if f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let finished = done.peek().is_some();
+        let n = f.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            if finished {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let Some(rec) = sandbox::logs::parse_line(&line[..line.len() - 1]) else {
+                continue;
+            };
+            let mut text = rec.text;
+            if !rec.partial {
+                text.push(b'\n');
+            }
+            let target = match (&mut err, rec.stream.as_str()) {
+                (Some(e), "stderr") => e,
+                _ => &mut out,
+            };
+            if target.write_all(&text).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// `exec -t`: the command runs on a pseudo-terminal the agent allocates; the runtime is
+/// handed its slave side as its standard streams.
+async fn exec_tty(
+    data_dir: &std::path::Path,
+    kind: RuntimeKind,
+    id: &str,
+    request: &ExecRequest,
+) -> Result<ExecSession, StreamError> {
+    tty::exec(data_dir, kind, id, request).await
+}
+
+mod tty {
+    //! Exec with a TTY: a pty pair; the runtime gets the slave as stdin/stdout/stderr and is
+    //! told to use it as the process's terminal (runsc: `--process` with `terminal: true`, which
+    //! makes it use its own stdin as the console; crun: `--tty`).
+    use super::*;
+    use std::os::fd::{AsFd as _, OwnedFd};
+
+    pub(super) async fn exec(
+        data_dir: &std::path::Path,
+        kind: RuntimeKind,
+        id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        let internal = |e: std::io::Error| StreamError::Internal(format!("allocating a pty: {e}"));
+        let (master, slave) = open_pty().map_err(internal)?;
+        let root = data_dir.join("runtime").join(kind.to_string());
+        let mut process_file = None;
+        let mut cmd = match kind {
+            RuntimeKind::Gvisor => {
+                let process = tty_process(data_dir, id, &request.command);
+                let file = std::env::temp_dir().join(format!(
+                    "nodeless-exec-{}-{}.json",
+                    std::process::id(),
+                    Timestamp::now().as_nanosecond()
+                ));
+                std::fs::write(&file, process.to_string()).map_err(internal)?;
+                let mut c = tokio::process::Command::new("runsc");
+                c.arg(format!("--root={}", root.display()))
+                    .arg("exec")
+                    .arg("--process")
+                    .arg(&file)
+                    .arg(id);
+                process_file = Some(file);
+                c
+            }
+            _ => {
+                let mut c = tokio::process::Command::new("crun");
+                c.arg(format!("--root={}", root.display()))
+                    .arg("exec")
+                    .arg("--tty")
+                    .arg("--env")
+                    .arg("TERM=xterm")
+                    .arg(id)
+                    .args(&request.command);
+                c
+            }
+        };
+        let dup = |fd: &OwnedFd| fd.try_clone().map(std::process::Stdio::from);
+        cmd.stdin(dup(&slave).map_err(internal)?)
+            .stdout(dup(&slave).map_err(internal)?)
+            .stderr(dup(&slave).map_err(internal)?);
+        // The runtime gets the pty as its controlling terminal in a new session.
+        cmd.process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StreamError::Internal(format!("starting the exec: {e}")))?;
+        drop(slave);
+        let reader = PtyIo::new(&master).map_err(internal)?;
+        let writer = PtyIo::new(&master).map_err(internal)?;
+        let (resize_tx, mut resize_rx) = mpsc::channel::<TermSize>(8);
+        let resize_fd = master;
+        tokio::spawn(async move {
+            while let Some(size) = resize_rx.recv().await {
+                let ws = rustix::termios::Winsize {
+                    ws_row: size.height,
+                    ws_col: size.width,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                let _ = rustix::termios::tcsetwinsize(resize_fd.as_fd(), ws);
+            }
+        });
+        let exit = async move {
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| StreamError::Internal(e.to_string()));
+            if let Some(f) = process_file {
+                let _ = std::fs::remove_file(f);
+            }
+            let status = status?;
+            Ok(container::exit_code(status))
+        }
+        .boxed();
+        Ok(ExecSession {
+            stdin: request
+                .stdin
+                .then(|| Box::pin(writer) as crate::streams::Writer),
+            stdout: Some(Box::pin(reader) as crate::streams::Reader),
+            stderr: None,
+            resize: Some(resize_tx),
+            exit,
+        })
+    }
+
+    /// The process of an exec with a TTY: the container's own (env, cwd, user, as kubelet's
+    /// exec inherits them) with `args` and a terminal.
+    fn tty_process(data_dir: &std::path::Path, id: &str, args: &[String]) -> serde_json::Value {
+        let spec: serde_json::Value =
+            std::fs::read(container::dir(data_dir, id).join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+        let mut process = spec.get("process").cloned().unwrap_or_else(|| {
+            serde_json::json!({
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "cwd": "/",
+                "user": {"uid": 0, "gid": 0},
+            })
+        });
+        process["terminal"] = true.into();
+        process["args"] = args.into();
+        if let Some(env) = process.get_mut("env").and_then(|e| e.as_array_mut())
+            && !env
+                .iter()
+                .any(|v| v.as_str().is_some_and(|s| s.starts_with("TERM=")))
+        {
+            env.push("TERM=xterm".into());
+        }
+        process
+    }
+
+    fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+        grantpt(&master)?;
+        unlockpt(&master)?;
+        let name = ptsname(&master, Vec::new())?;
+        let slave = rustix::fs::open(
+            name.as_c_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
+            rustix::fs::Mode::empty(),
+        )?;
+        let flags = rustix::fs::fcntl_getfl(&master)?;
+        rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok((master, slave))
+    }
+
+    /// One side (read or write) of the pty master, async.
+    struct PtyIo {
+        fd: tokio::io::unix::AsyncFd<OwnedFd>,
+    }
+
+    impl PtyIo {
+        /// Registers its own duplicate of `fd` (one registration per descriptor).
+        fn new(fd: &OwnedFd) -> std::io::Result<Self> {
+            let fd = fd.try_clone()?;
+            // SAFETY: `fd` is an OwnedFd owned by the AsyncFd: it stays open, and is the same
+            // descriptor, for as long as it is registered.
+            #[allow(unsafe_code)]
+            let fd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    fd,
+                    tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+                )
+            }
+            .map_err(std::io::Error::from)?;
+            Ok(PtyIo { fd })
+        }
+    }
+
+    impl tokio::io::AsyncRead for PtyIo {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            loop {
+                let mut guard = match self.fd.poll_read_ready(cx) {
+                    std::task::Poll::Ready(g) => g?,
+                    std::task::Poll::Pending => return std::task::Poll::Pending,
+                };
+                let unfilled = buf.initialize_unfilled();
+                match guard.try_io(|fd| {
+                    rustix::io::read(fd.get_ref().as_fd(), &mut *unfilled).map_err(Into::into)
+                }) {
+                    Ok(Ok(n)) => {
+                        buf.advance(n);
+                        return std::task::Poll::Ready(Ok(()));
+                    }
+                    // EIO: the slave side is closed (the process ended): end of stream.
+                    Ok(Err(e)) if e.raw_os_error() == Some(5) => {
+                        return std::task::Poll::Ready(Ok(()));
+                    }
+                    Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+    }
+
+    impl tokio::io::AsyncWrite for PtyIo {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            loop {
+                let mut guard = match self.fd.poll_write_ready(cx) {
+                    std::task::Poll::Ready(g) => g?,
+                    std::task::Poll::Pending => return std::task::Poll::Pending,
+                };
+                match guard
+                    .try_io(|fd| rustix::io::write(fd.get_ref().as_fd(), data).map_err(Into::into))
+                {
+                    Ok(r) => return std::task::Poll::Ready(r),
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_rules() {
+        assert!(should_restart(RestartPolicy::Always, 0));
+        assert!(should_restart(RestartPolicy::OnFailure, 2));
+        assert!(!should_restart(RestartPolicy::OnFailure, 0));
+        assert!(!should_restart(RestartPolicy::Never, 1));
+        assert_eq!(init_policy(RestartPolicy::Always), RestartPolicy::OnFailure);
+        assert_eq!(init_policy(RestartPolicy::Never), RestartPolicy::Never);
+    }
+
+    #[test]
+    fn backoff_as_kubelet() {
+        let short = Duration::from_secs(1);
+        let (d, c) = next_backoff(None, short);
+        assert_eq!((d, c), (None, BACKOFF_INITIAL), "first restart at once");
+        let (d, c) = next_backoff(Some(c), short);
+        assert_eq!(
+            (d, c),
+            (Some(Duration::from_secs(10)), Duration::from_secs(20))
+        );
+        let (d, c) = next_backoff(Some(c), short);
+        assert_eq!(
+            (d, c),
+            (Some(Duration::from_secs(20)), Duration::from_secs(40))
+        );
+        let (d, _) = next_backoff(Some(Duration::from_secs(300)), short);
+        assert_eq!(d, Some(BACKOFF_MAX));
+        assert_eq!(
+            next_backoff(Some(Duration::from_secs(300)), short).1,
+            BACKOFF_MAX
+        );
+        assert_eq!(
+            next_backoff(Some(Duration::from_secs(160)), BACKOFF_RESET).0,
+            None
+        );
+        assert_eq!(go_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(go_duration(Duration::from_secs(80)), "1m20s");
+        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn missing_tools_name_the_package() {
+        let empty = std::env::temp_dir().join(format!("nl-empty-path-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        assert_eq!(
+            missing_tool(RuntimeKind::Gvisor, empty.as_os_str()).as_deref(),
+            Some("runsc not found on PATH: apt-get install runsc")
+        );
+        assert_eq!(
+            missing_tool(RuntimeKind::Container, empty.as_os_str()).as_deref(),
+            Some("crun not found on PATH: apt-get install crun")
+        );
+        std::fs::write(empty.join("crun"), b"").unwrap();
+        assert_eq!(
+            missing_tool(RuntimeKind::Container, empty.as_os_str()),
+            None
+        );
+        let _ = std::fs::remove_dir_all(&empty);
+    }
+
+    #[test]
+    fn exit_codes_and_credentials() {
+        assert_eq!(pod_exit_code(&[0, 0]), 0);
+        assert_eq!(pod_exit_code(&[0, 3, 1]), 3);
+        let cfg = br#"{"auths":{"https://index.docker.io/v1/":{"auth":"dXNlcjpwYXNz"},"reg.lan:5000":{"username":"a","password":"b"}}}"#;
+        let creds = docker_config_auths(cfg);
+        assert!(
+            matches!(auth_for("docker.io", &creds), Auth::Basic { username, password } if username == "user" && password == "pass")
+        );
+        assert!(
+            matches!(auth_for("reg.lan:5000", &creds), Auth::Basic { username, .. } if username == "a")
+        );
+        assert!(matches!(auth_for("quay.io", &creds), Auth::Anonymous));
+        assert!(docker_config_auths(b"nope").is_empty());
+    }
+}

@@ -2,13 +2,17 @@
 //! conditions (PodReadyToStartContainers, Initialized, Ready, ContainersReady, PodScheduled),
 //! container and init container statuses, host and pod IPs, startTime. Pure: a function of the
 //! pod, its state, what the runtime reported and the time.
+//!
+//! Two sources for the container statuses: a real runtime's own ([`RuntimeStatus`]: each
+//! container's state, restarts, readiness), used as they are when present; else they are
+//! derived from the pod-level state (the fake runtime).
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use crate::lifecycle::{Exit, PodState};
-use crate::runtime::Started;
+use crate::runtime::{RuntimeStatus, Started};
 
 /// Kubernetes' RFC 3339 time with seconds.
 pub fn time(t: Timestamp) -> String {
@@ -21,6 +25,8 @@ pub struct Context<'a> {
     pub host_ip: &'a str,
     pub pod_ip: Option<&'a str>,
     pub started: Option<&'a Started>,
+    /// What the runtime reports of the containers (None: derive them from the state).
+    pub runtime: Option<&'a RuntimeStatus>,
     pub now: Timestamp,
 }
 
@@ -59,6 +65,9 @@ fn condition(pod: &Pod, type_: &str, status: bool, reason: Option<&str>, now: Ti
 /// The status (a JSON merge patch body's `status`) for this state; None when nothing is to be
 /// written (states the kubelet does not report).
 pub fn pod_status(pod: &Pod, state: &PodState, cx: &Context<'_>) -> Option<Value> {
+    if let Some(rs) = cx.runtime {
+        return from_runtime(pod, state, rs, cx);
+    }
     let spec = pod.spec.as_ref()?;
     let (phase, running, exit, restarts, last_exit) = match state {
         PodState::Running {
@@ -160,13 +169,105 @@ pub fn pod_status(pod: &Pod, state: &PodState, cx: &Context<'_>) -> Option<Value
         })
         .collect();
     let completed = terminal.then_some("PodCompleted");
-    let mut conditions = vec![
+    let conditions = vec![
         condition(pod, "PodReadyToStartContainers", !terminal, None, now),
         condition(pod, "Initialized", true, completed, now),
         condition(pod, "Ready", !terminal, completed, now),
         condition(pod, "ContainersReady", !terminal, completed, now),
         condition(pod, "PodScheduled", true, None, now),
     ];
+    Some(assemble(
+        pod,
+        phase,
+        conditions,
+        &start_time,
+        Value::Array(containers),
+        Value::Array(init),
+        cx,
+    ))
+}
+
+/// The status from a real runtime's container statuses; the phase still comes from the state
+/// (Starting is Pending: images being pulled, containers being created).
+fn from_runtime(
+    pod: &Pod,
+    state: &PodState,
+    rs: &RuntimeStatus,
+    cx: &Context<'_>,
+) -> Option<Value> {
+    let (phase, started_at) = match state {
+        PodState::Starting { .. } => ("Pending", None),
+        PodState::Running { started_at, .. } => ("Running", Some(*started_at)),
+        PodState::Completed { exit, .. }
+        | PodState::Deleting {
+            exit: Some(exit), ..
+        } => (
+            if exit.code == 0 {
+                "Succeeded"
+            } else {
+                "Failed"
+            },
+            Some(exit.started_at),
+        ),
+        _ => return None,
+    };
+    let now = cx.now;
+    let terminal = matches!(phase, "Succeeded" | "Failed");
+    let start_time = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| time(t.0))
+        .or_else(|| started_at.map(time))
+        .unwrap_or_else(|| time(now));
+    let completed = terminal.then_some("PodCompleted");
+    let ready = rs.ready && !terminal;
+    let not_ready = if terminal {
+        completed
+    } else {
+        (!ready).then_some("ContainersNotReady")
+    };
+    let initialized_reason = if terminal {
+        completed
+    } else {
+        (!rs.initialized).then_some("ContainersNotInitialized")
+    };
+    let conditions = vec![
+        condition(pod, "PodReadyToStartContainers", !terminal, None, now),
+        condition(
+            pod,
+            "Initialized",
+            rs.initialized || terminal,
+            initialized_reason,
+            now,
+        ),
+        condition(pod, "Ready", ready, not_ready, now),
+        condition(pod, "ContainersReady", ready, not_ready, now),
+        condition(pod, "PodScheduled", true, None, now),
+    ];
+    let containers = serde_json::to_value(&rs.container_statuses).ok()?;
+    let init = serde_json::to_value(&rs.init_container_statuses).ok()?;
+    Some(assemble(
+        pod,
+        phase,
+        conditions,
+        &start_time,
+        containers,
+        init,
+        cx,
+    ))
+}
+
+/// The status body: phase, our conditions then the ones others own, IPs, startTime, statuses.
+fn assemble(
+    pod: &Pod,
+    phase: &str,
+    mut conditions: Vec<Value>,
+    start_time: &str,
+    containers: Value,
+    init: Value,
+    cx: &Context<'_>,
+) -> Value {
     // Keep conditions others own (readiness gates, DisruptionTarget...).
     let ours = [
         "PodReadyToStartContainers",
@@ -196,14 +297,14 @@ pub fn pod_status(pod: &Pod, state: &PodState, cx: &Context<'_>) -> Option<Value
         "startTime": start_time,
         "containerStatuses": containers,
     });
-    if !init.is_empty() {
-        status["initContainerStatuses"] = Value::Array(init);
+    if init.as_array().is_some_and(|a| !a.is_empty()) {
+        status["initContainerStatuses"] = init;
     }
     if let Some(ip) = cx.pod_ip {
         status["podIP"] = ip.into();
         status["podIPs"] = json!([{"ip": ip}]);
     }
-    Some(status)
+    status
 }
 
 #[cfg(test)]
@@ -240,6 +341,7 @@ mod tests {
             host_ip: "10.250.0.1",
             pod_ip: Some("10.244.0.2"),
             started: Some(&started),
+            runtime: None,
             now: ts(5),
         };
         let state = PodState::Running {
@@ -291,6 +393,7 @@ mod tests {
             host_ip: "10.250.0.1",
             pod_ip: None,
             started: None,
+            runtime: None,
             now: ts(9),
         };
         let exit = Exit {
@@ -320,6 +423,95 @@ mod tests {
             s["containerStatuses"][0]["state"]["terminated"]["reason"],
             "Error"
         );
+        assert!(pod_status(&pod(), &PodState::Pending, &cx).is_none());
+    }
+
+    fn runtime_status(ready: bool, restarts: i32) -> RuntimeStatus {
+        let cs = serde_json::from_value(json!({
+            "name": "c", "image": "nginx:1.27", "imageID": "docker.io/library/nginx@sha256:11",
+            "containerID": "runsc://c1", "ready": ready, "started": true, "restartCount": restarts,
+            "state": {"running": {"startedAt": "2027-01-15T08:00:02Z"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                "startedAt": "2027-01-15T08:00:00Z", "finishedAt": "2027-01-15T08:00:01Z"}}
+        }))
+        .unwrap();
+        let init = serde_json::from_value(json!({
+            "name": "i", "image": "busybox", "imageID": "", "containerID": "runsc://i1",
+            "ready": true, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}
+        }))
+        .unwrap();
+        RuntimeStatus {
+            init_container_statuses: vec![init],
+            container_statuses: vec![cs],
+            initialized: true,
+            ready,
+        }
+    }
+
+    #[test]
+    fn a_real_runtime_s_statuses_are_used_as_they_are() {
+        let rs = runtime_status(false, 2);
+        let cx = Context {
+            host_ip: "10.244.0.7",
+            pod_ip: Some("10.244.0.7"),
+            started: None,
+            runtime: Some(&rs),
+            now: ts(5),
+        };
+        let state = PodState::Running {
+            started_at: ts(1),
+            restarts: 0,
+            last_exit: None,
+        };
+        let s = pod_status(&pod(), &state, &cx).unwrap();
+        assert_eq!(s["phase"], "Running");
+        let c = &s["containerStatuses"][0];
+        assert_eq!(c["restartCount"], 2, "the runtime's count, not the state's");
+        assert_eq!(c["containerID"], "runsc://c1");
+        assert_eq!(c["ready"], false);
+        assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(s["initContainerStatuses"][0]["containerID"], "runsc://i1");
+        let cond = |t: &str| {
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(cond("Ready")["status"], "False");
+        assert_eq!(cond("Ready")["reason"], "ContainersNotReady");
+        assert_eq!(cond("ContainersReady")["status"], "False");
+        assert_eq!(cond("Initialized")["status"], "True");
+        assert_eq!(s["podIP"], "10.244.0.7");
+
+        let rs = runtime_status(true, 2);
+        let cx = Context {
+            runtime: Some(&rs),
+            ..cx
+        };
+        let s = pod_status(&pod(), &state, &cx).unwrap();
+        assert_eq!(s["conditions"][2]["type"], "Ready");
+        assert_eq!(s["conditions"][2]["status"], "True");
+
+        // Starting: Pending with what the runtime says (e.g. pulling).
+        let mut rs = runtime_status(false, 0);
+        rs.initialized = false;
+        let cx = Context {
+            runtime: Some(&rs),
+            ..cx
+        };
+        let starting = PodState::Starting {
+            restarts: 0,
+            last_exit: None,
+        };
+        let s = pod_status(&pod(), &starting, &cx).unwrap();
+        assert_eq!(s["phase"], "Pending");
+        assert_eq!(s["conditions"][1]["type"], "Initialized");
+        assert_eq!(s["conditions"][1]["status"], "False");
+        assert_eq!(s["conditions"][1]["reason"], "ContainersNotInitialized");
         assert!(pod_status(&pod(), &PodState::Pending, &cx).is_none());
     }
 }

@@ -10,6 +10,7 @@
 //! - `protobuf`: decoding `application/vnd.kubernetes.protobuf` bodies into JSON.
 //! - `names`: DNS-1123 and label/annotation syntax checks.
 //! - `sizing`: the serverless pod size table.
+//! - `placement`: choosing a host agent, an IP and the per-pod Node for serverless pods.
 
 pub mod apply;
 pub mod convert;

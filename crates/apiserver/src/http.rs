@@ -345,29 +345,31 @@ pub async fn read_body(body: Body) -> ApiResult<Bytes> {
     }
 }
 
-/// Serve one resource request.
-#[allow(clippy::too_many_arguments)]
+/// Serve one resource request (`rest`: the path after `/api/v1/` or `/apis/G/V/`).
 pub async fn serve(
     st: Arc<State>,
     group: &str,
     version: &str,
     rest: &str,
-    method: Method,
-    query: Query,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let target = match parse_target(group, version, &segs) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    match dispatch(st, target, method, query, headers, body).await {
+    let (mut parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let query = parse_query(parts.uri.query());
+    let headers = std::mem::take(&mut parts.headers);
+    match dispatch(st, target, method, query, headers, body, parts).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
+/// `parts` is the rest of the request (URI, extensions with the connection's upgrade handle;
+/// its headers moved out into `headers`), kept for the pod proxy.
 async fn dispatch(
     st: Arc<State>,
     t: Target,
@@ -375,6 +377,7 @@ async fn dispatch(
     q: Query,
     headers: HeaderMap,
     body: Body,
+    parts: http::request::Parts,
 ) -> ApiResult<Response> {
     let def = t.def;
     let shape = wanted_shape(&headers);
@@ -442,7 +445,7 @@ async fn dispatch(
                 namespace: ns.clone(),
                 name: name.clone(),
             };
-            item(st, r, sub, method, q, headers, body, shape).await
+            item(st, r, sub, method, q, headers, body, shape, parts).await
         }
         _ => Err(ApiError::method_not_allowed(
             "the server does not allow this method on the requested resource".to_string(),
@@ -460,6 +463,7 @@ async fn item(
     headers: HeaderMap,
     body: Body,
     shape: Shape,
+    mut parts: http::request::Parts,
 ) -> ApiResult<Response> {
     let def = r.def;
     if let Some(s) = sub
@@ -557,9 +561,10 @@ async fn item(
         }
         (_, Some("log" | "exec" | "attach" | "portforward" | "proxy")) => {
             let sub = sub.unwrap_or_default();
-            st.pod_proxy
-                .proxy(&st, &r, sub, method, q, headers, body)
-                .await
+            parts.method = method;
+            parts.headers = headers;
+            let req = axum::extract::Request::from_parts(parts, body);
+            st.pod_proxy.proxy(&st, &r, sub, req).await
         }
         _ => Err(ApiError::method_not_allowed(
             "the server does not allow this method on the requested resource",

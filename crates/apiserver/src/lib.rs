@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
+pub mod podproxy;
 pub mod serverless;
 pub mod subresources;
 pub mod testing;
@@ -24,10 +25,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use ::http::{HeaderMap, Method, StatusCode, header};
+use ::http::{HeaderMap, StatusCode, header};
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State as AxState};
+use axum::extract::{Path, Request, State as AxState};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -37,19 +37,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::objects::{ObjectRef, Objects};
 
 /// Where pod logs, exec, attach and port-forward requests go. The default answers as upstream
-/// does when no node can serve the pod.
+/// does when no node can serve the pod; [`podproxy::AgentProxy`] forwards to the node's agent.
 #[async_trait::async_trait]
 pub trait PodProxy: Send + Sync {
-    #[allow(clippy::too_many_arguments)]
+    /// Serve `subresource` (`log`, `exec`, `attach`, `portforward`, `proxy`) of `pod`. `req` is the
+    /// client's whole request: method, URI with the raw query (repeated `command=` parameters),
+    /// headers, body, and in its extensions the `hyper::upgrade::OnUpgrade` of the connection.
     async fn proxy(
         &self,
         st: &State,
         pod: &ObjectRef,
         subresource: &str,
-        method: Method,
-        query: crate::http::Query,
-        headers: HeaderMap,
-        body: Body,
+        req: Request,
     ) -> ApiResult<Response>;
 }
 
@@ -63,10 +62,7 @@ impl PodProxy for NoNodes {
         st: &State,
         pod: &ObjectRef,
         sub: &str,
-        _m: Method,
-        _q: crate::http::Query,
-        _h: HeaderMap,
-        _b: Body,
+        _req: Request,
     ) -> ApiResult<Response> {
         let obj = st.objects.get(pod).await?;
         match obj
@@ -147,25 +143,17 @@ pub fn router(state: Arc<State>) -> Router {
 async fn core_resource(
     AxState(st): AxState<Arc<State>>,
     Path(rest): Path<String>,
-    RawQuery(q): RawQuery,
-    method: Method,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
-    let query = crate::http::parse_query(q.as_deref());
-    crate::http::serve(st, "", "v1", &rest, method, query, headers, body).await
+    crate::http::serve(st, "", "v1", &rest, req).await
 }
 
 async fn group_resource(
     AxState(st): AxState<Arc<State>>,
     Path((g, v, rest)): Path<(String, String, String)>,
-    RawQuery(q): RawQuery,
-    method: Method,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
-    let query = crate::http::parse_query(q.as_deref());
-    crate::http::serve(st, &g, &v, &rest, method, query, headers, body).await
+    crate::http::serve(st, &g, &v, &rest, req).await
 }
 
 async fn openapi_doc(Path(path): Path<String>, headers: HeaderMap) -> Response {

@@ -41,7 +41,21 @@ impl TestServer {
     }
 
     /// Start with extra admission plugins after the built-in ones (pod defaults, serverless profiles).
+    /// Pod logs/exec/attach/port-forward go to the agents through
+    /// [`AgentProxy`](crate::podproxy::AgentProxy) with the server's admin token.
     pub async fn start_with(extra: Admission) -> Self {
+        Self::start_with_proxy(extra, |token| {
+            Arc::new(crate::podproxy::AgentProxy::new(token.to_string()))
+        })
+        .await
+    }
+
+    /// Start with extra admission plugins and the `PodProxy` that `proxy` makes from the
+    /// server's admin token (e.g. `|_| Arc::new(apiserver::NoNodes)`).
+    pub async fn start_with_proxy(
+        extra: Admission,
+        proxy: impl FnOnce(&str) -> Arc<dyn crate::PodProxy>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "nodeless-test-{}-{}",
             std::process::id(),
@@ -64,7 +78,7 @@ impl TestServer {
         let state = Arc::new(crate::State {
             objects,
             tokens: crate::Tokens::new([pki.admin_token.clone()]),
-            pod_proxy: Arc::new(crate::NoNodes),
+            pod_proxy: proxy(&pki.admin_token),
             server_address: format!("127.0.0.1:{}", addr.port()),
             watch_cache: Some(watch_cache),
         });

@@ -773,6 +773,33 @@ pub fn plan(d: &Deployment, rss: &[Arc<ReplicaSet>], now: jiff::Timestamp) -> Pl
             p.plan.requeue_after = Some(p.plan.requeue_after.map_or(d, |r| r.min(d)));
         }
     }
+    // The ReplicaSets' ReplicaFailure moves into the Deployment (upstream getReplicaFailures):
+    // the new ReplicaSet's first, else an old one's; none removes it.
+    let rs_failure = |rs: &ReplicaSet| {
+        rs.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"))
+            .cloned()
+    };
+    let failure = new_view
+        .as_ref()
+        .and_then(|v| rs_failure(v.rs.as_ref()))
+        .or_else(|| views.iter().find_map(|v| rs_failure(v.rs.as_ref())));
+    match failure {
+        Some(c) => set_condition(
+            &mut conds,
+            DeploymentCondition {
+                type_: "ReplicaFailure".into(),
+                status: c.status,
+                reason: c.reason,
+                message: c.message,
+                last_update_time: c.last_transition_time.clone(),
+                last_transition_time: c.last_transition_time,
+            },
+        ),
+        None => conds.retain(|c| c.type_ != "ReplicaFailure"),
+    }
     status.conditions = Some(conds);
     p.plan.status = status;
     let mut plan = p.plan;

@@ -4,6 +4,11 @@
 //! [`plan`] is the decision, a pure function of the ReplicaSet and the pods of its namespace;
 //! [`run`] is the kube-runtime shell (one watch on ReplicaSets, one on pods, both cached) that
 //! carries a plan out with concurrent, slow-start batches of requests.
+//!
+//! When creating (or deleting) pods fails, the ReplicaSet gets the condition
+//! `ReplicaFailure=True` (reason `FailedCreate`/`FailedDelete`, the API error as message) and a
+//! `FailedCreate` Warning event, as upstream's `calculateStatus`; the condition goes once a sync
+//! manages the replicas without error ([`replica_failure`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -189,6 +194,50 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
     }
 }
 
+/// The `ReplicaFailure` condition type.
+pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+
+/// Upstream `calculateStatus`'s handling of `ReplicaFailure`: a failed sync (`failure` is the
+/// error's message; `diff` is active pods minus desired replicas) adds the condition when it is
+/// absent (reason `FailedCreate` when pods were missing, `FailedDelete` when there were too
+/// many); a sync without error removes it.
+pub fn replica_failure(
+    conditions: Option<Vec<ReplicaSetCondition>>,
+    failure: Option<&str>,
+    diff: i64,
+    now: jiff::Timestamp,
+) -> Option<Vec<ReplicaSetCondition>> {
+    let mut conds = conditions.unwrap_or_default();
+    let present = conds.iter().any(|c| c.type_ == REPLICA_FAILURE);
+    match failure {
+        Some(message) if !present => {
+            let reason = match diff.cmp(&0) {
+                std::cmp::Ordering::Less => "FailedCreate",
+                std::cmp::Ordering::Greater => "FailedDelete",
+                std::cmp::Ordering::Equal => "",
+            };
+            conds.push(ReplicaSetCondition {
+                type_: REPLICA_FAILURE.into(),
+                status: "True".into(),
+                reason: (!reason.is_empty()).then(|| reason.to_string()),
+                message: Some(message.to_string()),
+                last_transition_time: Some(Time(now)),
+            });
+        }
+        None if present => conds.retain(|c| c.type_ != REPLICA_FAILURE),
+        _ => {}
+    }
+    (!conds.is_empty()).then_some(conds)
+}
+
+/// The message of an API error as upstream prints a `StatusError` (the Status message).
+fn error_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn status_differs(a: Option<&ReplicaSetStatus>, b: &ReplicaSetStatus) -> bool {
     let Some(a) = a else { return true };
     let z = |v: Option<i32>| v.unwrap_or(0);
@@ -197,6 +246,8 @@ fn status_differs(a: Option<&ReplicaSetStatus>, b: &ReplicaSetStatus) -> bool {
         || z(a.ready_replicas) != z(b.ready_replicas)
         || z(a.available_replicas) != z(b.available_replicas)
         || a.observed_generation != b.observed_generation
+        || a.conditions.as_deref().unwrap_or_default()
+            != b.conditions.as_deref().unwrap_or_default()
 }
 
 struct Ctx {
@@ -241,7 +292,15 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         },
     );
     let now = jiff::Timestamp::now();
-    let plan = plan(&rs, &pods, now, manage);
+    let mut plan = plan(&rs, &pods, now, manage);
+    let desired = i64::from(
+        rs.spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0),
+    );
+    let diff = i64::from(plan.status.replicas) - desired;
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let rs_ref = podcontrol::object_reference("apps/v1", "ReplicaSet", &rs.metadata);
 
@@ -330,19 +389,23 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             }
             ctx.expectations.expect_adds(&key, names);
             if let Some(e) = failure {
+                let message = error_message(&e);
                 ctx.recorder.event(
                     rs_ref.clone(),
                     "Warning",
                     "FailedCreate",
-                    format!("Error creating: {e}"),
+                    format!("Error creating: {message}"),
                 );
-                // Status is still written below; the error makes the applier retry with backoff.
+                plan.status.conditions =
+                    replica_failure(plan.status.conditions.take(), Some(&message), diff, now);
+                // The error makes the applier retry with backoff.
                 write_status(&ctx, &rs, &plan).await?;
                 return Err(Error::CreatePods { failed, source: e });
             }
         }
     }
 
+    let mut delete_failure = None;
     if !plan.delete.is_empty() {
         ctx.expectations
             .expect_deletes(&key, plan.delete.iter().cloned());
@@ -364,18 +427,29 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                 ),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
+                    let message = error_message(&e);
                     ctx.recorder.event(
                         rs_ref.clone(),
                         "Warning",
                         "FailedDelete",
-                        format!("Error deleting pod {n}: {e}"),
+                        format!("Error deleting pod {n}: {message}"),
                     );
+                    delete_failure = Some(message);
                 }
             }
         }
     }
 
+    plan.status.conditions = replica_failure(
+        plan.status.conditions.take(),
+        delete_failure.as_deref(),
+        diff,
+        now,
+    );
     write_status(&ctx, &rs, &plan).await?;
+    if delete_failure.is_some() {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     Ok(match plan.requeue_after {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
@@ -390,7 +464,14 @@ async fn write_status(ctx: &Ctx, rs: &ReplicaSet, plan: &Plan) -> Result<(), Err
         ctx.client.clone(),
         rs.metadata.namespace.as_deref().unwrap_or_default(),
     );
-    let body = json!({"status": plan.status});
+    let mut status = serde_json::to_value(&plan.status).unwrap_or_default();
+    // A merge patch keeps a list it does not mention: say null to drop the last condition.
+    if plan.status.conditions.is_none()
+        && let Some(obj) = status.as_object_mut()
+    {
+        obj.insert("conditions".into(), serde_json::Value::Null);
+    }
+    let body = json!({ "status": status });
     match api
         .patch_status(
             rs.metadata.name.as_deref().unwrap_or_default(),
@@ -685,5 +766,32 @@ mod tests {
             ),
             ("ReplicaSet", "rs-uid", Some(true), Some(true))
         );
+    }
+
+    #[test]
+    fn replica_failure_is_added_once_and_removed_on_success() {
+        let t0 = now();
+        let other = ReplicaSetCondition {
+            type_: "Other".into(),
+            status: "True".into(),
+            ..Default::default()
+        };
+        let c = replica_failure(Some(vec![other.clone()]), Some("quota exceeded"), -2, t0).unwrap();
+        assert_eq!(c.len(), 2);
+        let f = c.iter().find(|c| c.type_ == REPLICA_FAILURE).unwrap();
+        assert_eq!(
+            (f.status.as_str(), f.reason.as_deref(), f.message.as_deref()),
+            ("True", Some("FailedCreate"), Some("quota exceeded"))
+        );
+        // A later failure keeps the condition as it was (upstream does not rewrite it).
+        let again = replica_failure(Some(c.clone()), Some("another error"), -1, t0).unwrap();
+        assert_eq!(again, c);
+        // Too many pods and a failing delete: FailedDelete.
+        let del = replica_failure(None, Some("boom"), 1, t0).unwrap();
+        assert_eq!(del[0].reason.as_deref(), Some("FailedDelete"));
+        // Success removes it and keeps the others; nothing left is None.
+        assert_eq!(replica_failure(Some(c), None, 0, t0), Some(vec![other]));
+        assert_eq!(replica_failure(Some(del), None, 0, t0), None);
+        assert_eq!(replica_failure(None, None, 0, t0), None);
     }
 }

@@ -5,6 +5,12 @@
 //! (reason `Unschedulable`) and records a `FailedScheduling` Warning event; such pods are retried
 //! when nodes or pods change, and periodically with backoff.
 //!
+//! When the decision is to preempt, the shell nominates the node (`status.nominatedNodeName`,
+//! kept in the snapshot at once so that the pod does not preempt twice), marks each victim
+//! with the `DisruptionTarget` condition, deletes it gracefully and records a `Preempted` event
+//! on it; the pod is bound once the victims are gone. Namespaces are watched for their labels
+//! (namespace selectors of pod affinity terms).
+//!
 //! The decision logic lives in `api::scheduling`; this module only does IO and bookkeeping.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -13,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use api::scheduling::{self, Snapshot, needs_scheduling};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, EventSource, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
@@ -55,6 +61,7 @@ pub enum SchedulerError {
 enum Msg {
     Pod(Box<watcher::Event<Pod>>),
     Node(Box<watcher::Event<Node>>),
+    Namespace(Box<watcher::Event<Namespace>>),
     /// A binding finished; `retry` when it failed in a way worth retrying.
     Bound {
         uid: String,
@@ -206,6 +213,17 @@ impl State {
                     }
                 }
             }
+            Msg::Namespace(ev) => match *ev {
+                watcher::Event::Init | watcher::Event::InitDone => {}
+                watcher::Event::InitApply(n) | watcher::Event::Apply(n) => {
+                    self.snapshot.upsert_namespace(&n);
+                    self.cluster_changed = true;
+                }
+                watcher::Event::Delete(n) => {
+                    self.snapshot
+                        .remove_namespace(n.metadata.name.as_deref().unwrap_or_default());
+                }
+            },
             Msg::Bound { uid, ok, retry } => {
                 if ok {
                     self.pending.remove(&uid);
@@ -298,7 +316,24 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
             }
         }
     });
-    let _guard = AbortOnDrop(vec![pod_watch, node_watch]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_tx = tx.clone();
+    let ns_watch = tokio::spawn(async move {
+        let mut s = watcher(namespaces, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(ev) = s.next().await {
+            match ev {
+                Ok(ev) => {
+                    if ns_tx.send(Msg::Namespace(Box::new(ev))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduler: namespace watch"),
+            }
+        }
+    });
+    let _guard = AbortOnDrop(vec![pod_watch, node_watch, ns_watch]);
     let semaphore = Arc::new(Semaphore::new(config.concurrency.max(1)));
     // Scheduled events wait behind the bindings.
     let events = Arc::new(Semaphore::new(config.concurrency.div_ceil(4).max(1)));
@@ -399,6 +434,11 @@ fn schedule_active(
                     });
                 entry.attempts += 1;
                 entry.last = now;
+                if let Some(preemption) = fit.preemption {
+                    entry.message = message.clone();
+                    preempt(st, client, semaphore, &pod, preemption, message);
+                    continue;
+                }
                 let already =
                     entry.message == message && has_unschedulable_condition(&pod, &message);
                 if already && entry.attempts > 1 {
@@ -409,11 +449,102 @@ fn schedule_active(
                 let (client, semaphore) = (client.clone(), semaphore.clone());
                 tokio::spawn(async move {
                     let _permit = semaphore.acquire().await;
-                    report_unschedulable(&client, &pod, &message).await;
+                    report_unschedulable(&client, &pod, &message, None).await;
                 });
             }
         }
     }
+}
+
+/// Carry out a preemption: nominate the node (in the snapshot at once), then report, and evict
+/// the victims in the background.
+fn preempt(
+    st: &mut State,
+    client: &kube::Client,
+    semaphore: &Arc<Semaphore>,
+    pod: &Pod,
+    preemption: scheduling::Preemption,
+    message: String,
+) {
+    let uid = uid_of(pod);
+    let node = preemption.node.clone();
+    tracing::info!(pod = ?pod.metadata.name, %node, victims = preemption.victims.len(), "preempting");
+    let mut nominated = pod.clone();
+    nominated
+        .status
+        .get_or_insert_with(Default::default)
+        .nominated_node_name = Some(node.clone());
+    st.snapshot.nominate(&nominated, &node);
+    for v in &preemption.victims {
+        st.snapshot.mark_deleting(&v.uid);
+    }
+    // Until the watch shows the nomination, later attempts must see it too.
+    if let Some(p) = st.pending.get_mut(&uid) {
+        *p = nominated.clone();
+    }
+    if let Some(p) = st.known_pods.get_mut(&uid) {
+        *p = nominated.clone();
+    }
+    let (client, semaphore) = (client.clone(), semaphore.clone());
+    tokio::spawn(async move {
+        let _permit = semaphore.acquire().await;
+        report_unschedulable(&client, &nominated, &message, Some(&node)).await;
+        for v in &preemption.victims {
+            evict(&client, &nominated, &node, v).await;
+        }
+    });
+}
+
+/// Evict one victim as upstream's preemption does: a `DisruptionTarget` condition, a graceful
+/// delete (only of that very pod), a `Preempted` event.
+async fn evict(client: &kube::Client, preemptor: &Pod, node: &str, v: &scheduling::Victim) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &v.namespace);
+    let condition = json!({"status": {"conditions": [{
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "PreemptionByScheduler",
+        "message": format!("{}: preempting to accommodate a higher priority pod", scheduling::DEFAULT_SCHEDULER),
+        "lastTransitionTime": jiff::Timestamp::now().to_string(),
+    }]}});
+    if let Err(e) = api
+        .patch_status(
+            &v.name,
+            &PatchParams::default(),
+            &Patch::Strategic(condition),
+        )
+        .await
+    {
+        tracing::debug!(pod = %format!("{}/{}", v.namespace, v.name), error = %e, "marking a victim");
+    }
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(v.uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&v.name, &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
+        Err(e) => {
+            tracing::warn!(pod = %format!("{}/{}", v.namespace, v.name), error = %e, "preempting a victim");
+            return;
+        }
+    }
+    let victim = Pod {
+        metadata: ObjectMeta {
+            name: Some(v.name.clone()),
+            namespace: Some(v.namespace.clone()),
+            uid: Some(v.uid.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let message = format!(
+        "Preempted by pod {} on node {node}",
+        preemptor.metadata.uid.as_deref().unwrap_or_default()
+    );
+    record_event(client, &victim, "Normal", "Preempted", &message).await;
 }
 
 fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
@@ -467,12 +598,17 @@ async fn bind(
     (true, false)
 }
 
-async fn report_unschedulable(client: &kube::Client, pod: &Pod, message: &str) {
+async fn report_unschedulable(
+    client: &kube::Client,
+    pod: &Pod,
+    message: &str,
+    nominated: Option<&str>,
+) {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let now = jiff::Timestamp::now().to_string();
-    let patch = json!({
+    let mut patch = json!({
         "status": {"conditions": [{
             "type": "PodScheduled",
             "status": "False",
@@ -482,6 +618,9 @@ async fn report_unschedulable(client: &kube::Client, pod: &Pod, message: &str) {
             "lastTransitionTime": now,
         }]}
     });
+    if let Some(node) = nominated {
+        patch["status"]["nominatedNodeName"] = json!(node);
+    }
     if let Err(e) = api
         .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
@@ -525,10 +664,10 @@ async fn record_event(client: &kube::Client, pod: &Pod, type_: &str, reason: &st
         reporting_component: Some(scheduling::DEFAULT_SCHEDULER.into()),
         reporting_instance: Some(scheduling::DEFAULT_SCHEDULER.into()),
         action: Some(
-            if type_ == "Normal" {
-                "Binding"
-            } else {
-                "Scheduling"
+            match reason {
+                "Scheduled" => "Binding",
+                "Preempted" => "Preempting",
+                _ => "Scheduling",
             }
             .into(),
         ),

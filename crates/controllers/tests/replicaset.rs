@@ -285,3 +285,88 @@ async fn adopts_existing_orphan_instead_of_creating() {
         "no pod created for an adopted orphan"
     );
 }
+
+fn replica_failure(rs: &ReplicaSet) -> Option<(String, String, String)> {
+    let c = rs
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "ReplicaFailure")?;
+    Some((
+        c.status.clone(),
+        c.reason.clone().unwrap_or_default(),
+        c.message.clone().unwrap_or_default(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_template_sets_replica_failure_until_fixed() {
+    let env = start().await;
+    let c = env.client.clone();
+    let api: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    // The server's serverless admission rejects a pod naming a profile that does not exist
+    // (422 Invalid), though the ReplicaSet itself is valid.
+    let mut rs = replicaset("broken", 2);
+    rs.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .as_mut()
+        .unwrap()
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("nodeless.io/profile".into(), "missing".into());
+    api.create(&PostParams::default(), &rs).await.unwrap();
+    let (status, reason, message) = wait_for(20, "ReplicaFailure", || async {
+        replica_failure(&api.get("broken").await.unwrap())
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "FailedCreate"));
+    assert!(message.contains("is invalid"), "{message}");
+    assert!(message.contains("nodeless.io/profile"), "{message}");
+    assert!(pods(&c, "default", "app=broken").await.is_empty());
+    let events: Api<Event> = Api::namespaced(c.clone(), "default");
+    let want = format!("Error creating: {message}");
+    wait_for(20, "FailedCreate event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("FailedCreate")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.name.as_deref() == Some("broken")
+                    && e.message.as_deref() == Some(want.as_str())
+            })
+    })
+    .await;
+
+    // Fix the template: creations succeed and the condition goes.
+    api.patch(
+        "broken",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"template": {"metadata": {"labels": {"nodeless.io/profile": null}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for(20, "2 pods", || async {
+        Some(pods(&c, "default", "app=broken").await).filter(|p| p.len() == 2)
+    })
+    .await;
+    wait_for(20, "ReplicaFailure removed", || async {
+        let rs = api.get("broken").await.unwrap();
+        (replica_failure(&rs).is_none() && rs.status.as_ref().is_some_and(|s| s.replicas == 2))
+            .then_some(())
+    })
+    .await;
+}

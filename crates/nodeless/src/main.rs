@@ -7,6 +7,7 @@ mod agent_cmd;
 mod registry_cmd;
 mod sandbox_cmd;
 mod server_cmd;
+mod up_cmd;
 
 /// Serverless Kubernetes on your own machines.
 #[derive(Debug, Parser)]
@@ -18,6 +19,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole single-machine cluster in one process: API server, controllers, registry and
+    /// a local host agent running serverless pods in sandboxes.
+    Up(up_cmd::Args),
     /// Run the Kubernetes API server (with its store, controllers, scheduler and registry).
     Server(server_cmd::Args),
     /// Run a node agent: register this host's node(s) and run the pods bound to them.
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Up(args) => up_cmd::run(args).await,
             Command::Server(args) => server_cmd::run(args).await,
             Command::Agent(args) => agent_cmd::run(args).await,
             Command::Registry(args) => registry_cmd::run(args).await,

@@ -53,6 +53,13 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Internal: the per-container shim the node agent starts (see `sandbox::shim`).
+    #[command(hide = true)]
+    Shim {
+        /// The container's directory (its bundle and `shim.json`).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,6 +157,11 @@ fn auth(a: &AuthArgs) -> Auth {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Command::Shim { dir } = &args.command {
+        return sandbox::shim::main(dir)
+            .await
+            .with_context(|| format!("shim for {}", dir.display()));
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -217,6 +229,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let code = run_container(&data_dir, &store, *r).await?;
             std::process::exit(code);
         }
+        Command::Shim { .. } => Ok(()),
     }
 }
 

@@ -45,7 +45,8 @@ pub struct Args {
     #[arg(long)]
     pub no_registry: bool,
     /// In-process controllers and schedulers to turn off (comma separated): deployment, replicaset,
-    /// job, garbage-collector, namespace, node-lifecycle, scheduler; or `all`.
+    /// job, garbage-collector, namespace, node-lifecycle, scheduler, serverless-scheduler,
+    /// profiles; or `all`.
     #[arg(long, value_delimiter = ',')]
     pub disable: Vec<String>,
     /// How long a node may go without renewing its lease before it is NotReady (seconds).
@@ -123,7 +124,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state = Arc::new(apiserver::State {
         objects,
         tokens: apiserver::Tokens::new([pki.admin_token.clone()]),
-        pod_proxy: Arc::new(apiserver::NoNodes),
+        pod_proxy: Arc::new(apiserver::podproxy::AgentProxy::new(
+            pki.admin_token.clone(),
+        )),
         server_address: format!("{host}:{port}"),
         watch_cache: Some(watch_cache),
     });
@@ -134,11 +137,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     pki.write_kubeconfig(&kubeconfig, &server_url)
         .context("cannot write the kubeconfig")?;
     tracing::info!(url = %server_url, kubeconfig = %kubeconfig.display(), store = ?args.store, startup_ms = started.elapsed().as_millis() as u64, "API server ready");
-    if !args.no_registry {
-        start_registry(&args, &pki, tls.clone()).await?;
-    }
+    let registry = if args.no_registry {
+        None
+    } else {
+        Some(start_registry(&args, &pki, tls.clone()).await?)
+    };
     let app = apiserver::router(state);
     let kubeconfig_yaml = pki.kubeconfig(&server_url);
+    if let Some((reg, endpoint)) = registry {
+        let yaml = kubeconfig_yaml.clone();
+        let ca = pki.ca_pem.clone();
+        tokio::spawn(async move {
+            match client_from_kubeconfig(&yaml).await {
+                Ok(client) => keep_registry_secret(client, reg, endpoint, ca).await,
+                Err(e) => tracing::error!(error = format!("{e:#}"), "registry pull secret"),
+            }
+        });
+    }
     let disabled = args.disable.clone();
     let leader_elect = !args.no_leader_elect;
     let identity = format!("{}-{}-{port}", hostname(), std::process::id());
@@ -181,12 +196,13 @@ async fn shutdown_signal() {
 }
 
 /// Serve the OCI registry on its own port with the API server's CA, and record its endpoint and CA
-/// in DATA_DIR/registry for the `nodeless registry` verbs.
+/// in DATA_DIR/registry for the `nodeless registry` verbs. Returns the registry and its
+/// `host:port`.
 async fn start_registry(
     args: &Args,
     pki: &apiserver::pki::Pki,
     tls: Arc<rustls::ServerConfig>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Arc<registry::Registry>, String)> {
     let dir = args.data_dir.join("registry");
     std::fs::create_dir_all(dir.join("tls"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -214,6 +230,7 @@ async fn start_registry(
     std::fs::write(dir.join("tls/ca.crt"), &pki.ca_pem).context("cannot write the registry CA")?;
     std::fs::write(dir.join("endpoint"), format!("{endpoint}\n"))
         .context("cannot write the registry endpoint")?;
+    let hostport = format!("{host}:{}", addr.port());
     let maint = reg.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
@@ -224,9 +241,10 @@ async fn start_registry(
             }
         }
     });
+    let served = reg.clone();
     tokio::spawn(async move {
         if let Err(e) = registry::tls::serve(
-            registry::router(reg),
+            registry::router(served),
             listener,
             Some(tls),
             std::future::pending(),
@@ -237,7 +255,72 @@ async fn start_registry(
         }
     });
     tracing::info!(%endpoint, "registry ready");
-    Ok(())
+    Ok((reg, hostport))
+}
+
+/// The Secret through which node agents pull from the cluster's registry (as Fargate pods pull
+/// from ECR with the pod execution role): endpoint, CA and a pull-only login token, renewed well
+/// before the token's 12 hours run out.
+async fn keep_registry_secret(
+    client: kube::Client,
+    reg: Arc<registry::Registry>,
+    endpoint: String,
+    ca_pem: String,
+) {
+    use base64::Engine as _;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, "kube-system");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    loop {
+        let token = reg.authority().login_token(
+            "nodeless-agent",
+            vec![registry::auth::Access {
+                repository: "*".into(),
+                actions: vec!["pull".into()],
+            }],
+            registry::registry::now_secs(),
+        );
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": REGISTRY_SECRET, "namespace": "kube-system",
+                "labels": {"app.kubernetes.io/managed-by": "nodeless"}},
+            "type": "Opaque",
+            "data": {
+                "endpoint": b64(&endpoint),
+                "ca.crt": b64(&ca_pem),
+                "username": b64("nodeless"),
+                "password": b64(&token),
+            }
+        });
+        let params = kube::api::PatchParams::apply("nodeless-server").force();
+        let wait = match api
+            .patch(REGISTRY_SECRET, &params, &kube::api::Patch::Apply(&secret))
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!("registry pull secret written");
+                std::time::Duration::from_secs(registry::auth::LOGIN_TTL_SECS / 2)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the registry pull secret; retrying");
+                std::time::Duration::from_secs(2)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Name of the registry pull Secret in kube-system.
+pub const REGISTRY_SECRET: &str = "nodeless-registry";
+
+/// A client of this server from its admin kubeconfig.
+pub async fn client_from_kubeconfig(yaml: &str) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(yaml).context("the admin kubeconfig")?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .context("the admin kubeconfig")?;
+    kube::Client::try_from(cfg).context("cannot make a client to this server")
 }
 
 fn hostname() -> String {
@@ -256,11 +339,7 @@ async fn run_controllers(
     identity: String,
     node_config: controllers::nodelifecycle::Config,
 ) -> anyhow::Result<()> {
-    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("the admin kubeconfig")?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .context("the admin kubeconfig")?;
-    let client = kube::Client::try_from(cfg).context("cannot make a client to this server")?;
+    let client = client_from_kubeconfig(&kubeconfig).await?;
     let off = |name: &str| disabled.iter().any(|d| d == name || d == "all");
     let start = {
         let client = client.clone();
@@ -273,6 +352,8 @@ async fn run_controllers(
             "namespace",
             "node-lifecycle",
             "scheduler",
+            "serverless-scheduler",
+            "profiles",
         ]
         .into_iter()
         .map(|n| (n, !off(n)))
@@ -325,6 +406,22 @@ async fn run_controllers(
                     tasks.spawn(async move {
                         if let Err(e) = controllers::scheduler::run(c, Default::default()).await {
                             tracing::error!(error = %e, "scheduler stopped");
+                        }
+                    });
+                }
+                if on("serverless-scheduler") {
+                    let c = client.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = controllers::serverless::run(c, Default::default()).await {
+                            tracing::error!(error = %e, "serverless scheduler stopped");
+                        }
+                    });
+                }
+                if on("profiles") {
+                    let c = client.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = controllers::profiles::run(c).await {
+                            tracing::error!(error = %e, "profile controller stopped");
                         }
                     });
                 }

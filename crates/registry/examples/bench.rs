@@ -6,16 +6,19 @@
 //! ```
 //!
 //! Workloads: push BLOBS blobs of BLOB_MIB MiB (POST + PUT ?digest=, the way docker pushes a layer),
-//! pull them back, push SMALL_PUSHES images (a 1 KiB layer, a config and a manifest each), and
+//! pull them back (three passes: the best pass, as the ceiling is a best of 10, and the mean), push
+//! SMALL_PUSHES images (a 1 KiB layer, a config and a manifest each), and
 //! MANIFEST_GETS manifest fetches by tag with CONCURRENCY requests in flight (rate, p50, p99).
 //! Then MB_OPS pushes of distinct 1 MiB blobs and MB_OPS pulls of 1 MiB blobs, each at 1 and 8
 //! requests in flight (rate and p99 per request; a push is POST + PUT).
 //!
-//! As a ceiling for pulls, the program first measures the machine's loopback + page-cache limit:
-//! a trivial std server sends a cached 100 MiB file over a loopback TCP socket (`std::io::copy`)
-//! to a client that reads it to EOF (best of 5). Pull rates are also shown as a % of it. Our registry checks a
-//! Basic credential on every request (docker-registry runs without auth); both fsync nothing
-//! differently from what they do by default (ours fsyncs every acknowledged write).
+//! As a ceiling for pulls, the program measures the machine's loopback + page-cache limit before and
+//! after the registries (the higher counts): a trivial std server sends a cached 100 MiB file over a
+//! loopback TCP socket to a client that reads it to EOF with a 1 MiB buffer, five times with
+//! `std::io::copy` and five times with a 1 MiB read/write loop; the best transfer counts. Pull rates are also shown as a % of it. The client
+//! counts response bytes as they arrive (it keeps no copy). Our registry checks a Basic credential
+//! on every request (docker-registry runs without auth); both run with their default durability
+//! (ours fsyncs every acknowledged push, its data and its directory entries).
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
@@ -76,6 +79,9 @@ async fn push_blob(c: &AdminClient, repo: &str, data: Bytes) -> Digest {
     assert_eq!(st, 201, "{body:?}");
     d
 }
+
+/// Passes over the big blobs when pulling them.
+const PULL_PASSES: usize = 3;
 
 /// Deterministic pseudo-random bytes, distinct per `seed`.
 fn blob(len: usize, seed: u64) -> Bytes {
@@ -153,16 +159,29 @@ fn loopback_ceiling(dir: &std::path::Path, mib: usize, runs: usize) -> f64 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server_path = path.clone();
+    // two ways to send, `runs` times each: `std::io::copy` (std's own file-to-socket path) and a
+    // read/write loop with a 1 MiB buffer; the best transfer of either is the ceiling
     let server = std::thread::spawn(move || {
-        for _ in 0..runs {
+        let mut big = vec![0u8; 1 << 20];
+        for i in 0..2 * runs {
             let (mut s, _) = listener.accept().unwrap();
             let mut f = std::fs::File::open(&server_path).unwrap();
-            std::io::copy(&mut f, &mut s).unwrap();
+            if i % 2 == 0 {
+                std::io::copy(&mut f, &mut s).unwrap();
+            } else {
+                loop {
+                    let n = f.read(&mut big).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    s.write_all(&big[..n]).unwrap();
+                }
+            }
         }
     });
     let mut best = 0f64;
     let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..runs {
+    for _ in 0..2 * runs {
         let start = Instant::now();
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         let mut got = 0usize;
@@ -206,21 +225,22 @@ async fn run(
         digests.push(push_blob(c, repo, d.clone()).await);
     }
     out.push(mib_s(total, start.elapsed()));
-    let start = Instant::now();
-    for d in &digests {
-        let (st, _, body) = c
-            .request_with(
-                Method::GET,
-                &format!("/v2/{repo}/blobs/{d}"),
-                &[],
-                Bytes::new(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(st, 200);
-        assert_eq!(body.len(), blob_mib << 20);
+    // pull them PULL_PASSES times: the best pass (as the ceiling is a best of 10) and the mean
+    let mut passes = Vec::new();
+    for _ in 0..PULL_PASSES {
+        let start = Instant::now();
+        for d in &digests {
+            let (st, _, len) = c
+                .request_counting(Method::GET, &format!("/v2/{repo}/blobs/{d}"), &[])
+                .await
+                .unwrap();
+            assert_eq!(st, 200);
+            assert_eq!(len, (blob_mib as u64) << 20);
+        }
+        passes.push(mib_s(total, start.elapsed()));
     }
-    out.push(mib_s(total, start.elapsed()));
+    out.push(passes.iter().copied().fold(0.0, f64::max));
+    out.push(passes.iter().sum::<f64>() / passes.len() as f64);
     // small images
     let start = Instant::now();
     for i in 0..small {
@@ -296,17 +316,16 @@ async fn run(
         let (rate, lat) = concurrent(mb_ops, n, move |i| {
             let (c, ds) = (cc.clone(), ds.clone());
             async move {
-                let (st, _, body) = c
-                    .request_with(
+                let (st, _, len) = c
+                    .request_counting(
                         Method::GET,
                         &format!("/v2/bench/app/blobs/{}", ds[i % ds.len()]),
                         &[],
-                        Bytes::new(),
                     )
                     .await
                     .unwrap();
                 assert_eq!(st, 200);
-                assert_eq!(body.len(), 1 << 20);
+                assert_eq!(len, 1 << 20);
             }
         })
         .await;
@@ -345,12 +364,14 @@ async fn main() {
     );
     assert!(conc > 0 && mb_ops > 0, "CONCURRENCY and MB_OPS must be > 0");
 
-    let ceil_dir = tempfile::tempdir().unwrap();
-    let ceil_path = ceil_dir.path().to_path_buf();
-    let ceiling = tokio::task::spawn_blocking(move || loopback_ceiling(&ceil_path, 100, 5))
-        .await
-        .unwrap();
-    drop(ceil_dir);
+    let ceiling_now = || async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || loopback_ceiling(&path, 100, 5))
+            .await
+            .unwrap()
+    };
+    let ceiling_before = ceiling_now().await;
 
     // ours
     let ours_dir = tempfile::tempdir().unwrap();
@@ -429,16 +450,20 @@ async fn main() {
     println!(
         "workload: {blobs} x {blob_mib} MiB blobs, {small} small image pushes, {gets} manifest GETs ({conc} in flight), {mb_ops} x 1 MiB pushes and pulls at 1 and 8 in flight"
     );
-    println!(
-        "loopback + page-cache limit (cached 100 MiB file over loopback TCP, best of 5): {ceiling:.1} MiB/s"
-    );
     let mut results = Vec::new();
     for t in &targets {
         results.push(run(t, blob_mib, blobs, small, gets, conc, mb_ops).await);
     }
+    // measured before and after the registries, the higher one counts (a busy machine only lowers it)
+    let ceiling_after = ceiling_now().await;
+    let ceiling = ceiling_before.max(ceiling_after);
+    println!(
+        "loopback + page-cache limit (cached 100 MiB file over loopback TCP, best of 10, before / after): {ceiling_before:.1} / {ceiling_after:.1} MiB/s"
+    );
     let rows = [
         format!("{blob_mib} MiB push MiB/s"),
-        format!("{blob_mib} MiB pull MiB/s"),
+        format!("{blob_mib} MiB pull MiB/s best"),
+        format!("{blob_mib} MiB pull MiB/s mean"),
         "image pushes/s".to_string(),
         format!("manifest GET/s c{conc}"),
         "manifest GET p50 ms".to_string(),
@@ -474,9 +499,10 @@ async fn main() {
     // pull throughput as a share of the loopback + page-cache limit (1 MiB pulls: req/s = MiB/s)
     println!("pull as % of loopback + page-cache limit ({ceiling:.1} MiB/s):");
     for (label, i) in [
-        (format!("{blob_mib} MiB pull c1"), 1),
-        ("1MiB pull c1".to_string(), 10),
-        ("1MiB pull c8".to_string(), 12),
+        (format!("{blob_mib} MiB pull c1 best"), 1),
+        (format!("{blob_mib} MiB pull c1 mean"), 2),
+        ("1MiB pull c1".to_string(), 11),
+        ("1MiB pull c8".to_string(), 13),
     ] {
         print!("{label:<w$}");
         for r in &results {

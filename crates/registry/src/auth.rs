@@ -50,6 +50,10 @@ pub struct Claims {
     pub admin: bool,
     #[serde(default)]
     pub access: Vec<Access>,
+    /// A refresh token (OAuth2 `access_type=offline`): good only for `POST /token` with
+    /// `grant_type=refresh_token`, never as a credential for the API itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh: bool,
 }
 
 impl Claims {
@@ -85,6 +89,7 @@ impl Claims {
             exp: self.exp.min(now + ttl),
             admin: false,
             access,
+            refresh: false,
         }
     }
 }
@@ -246,9 +251,29 @@ impl Authority {
                 exp: now + LOGIN_TTL_SECS,
                 admin: true,
                 access: vec![],
+                refresh: false,
             });
         }
-        self.verify(password, now)
+        self.verify(password, now).filter(|c| !c.refresh)
+    }
+
+    /// A refresh token for the holder of `claims` (same grants, same expiry): what `POST /token`
+    /// with `access_type=offline` returns.
+    pub fn refresh_token(&self, claims: &Claims, now: u64) -> String {
+        self.issue(&Claims {
+            iat: now,
+            refresh: true,
+            ..claims.clone()
+        })
+    }
+
+    /// The claims of a valid refresh token, as access claims (`refresh` cleared).
+    pub fn check_refresh(&self, token: &str, now: u64) -> Option<Claims> {
+        let c = self.verify(token, now)?;
+        c.refresh.then_some(Claims {
+            refresh: false,
+            ..c
+        })
     }
 
     /// Claims for presented credentials.
@@ -267,6 +292,7 @@ impl Authority {
             exp: now + LOGIN_TTL_SECS,
             admin: false,
             access,
+            refresh: false,
         })
     }
 }
@@ -331,6 +357,22 @@ mod tests {
     }
 
     #[test]
+    fn refresh_tokens_are_not_credentials() {
+        let a = authority();
+        let admin = a.check_password("adminpw", 10).unwrap();
+        let r = a.refresh_token(&admin, 10);
+        assert!(a.check_password(&r, 11).is_none());
+        assert!(a.check(&Presented::Bearer(r.clone()), 11).is_none());
+        let back = a.check_refresh(&r, 11).unwrap();
+        assert!(back.admin && !back.refresh);
+        assert_eq!(back.exp, admin.exp);
+        // an access token is not a refresh token
+        let t = a.login_token("u", vec![], 10);
+        assert!(a.check_refresh(&t, 11).is_none());
+        assert!(a.check_refresh(&r, admin.exp).is_none());
+    }
+
+    #[test]
     fn narrowing_grants_only_the_intersection() {
         let a = authority();
         let c = a.check_password("adminpw", 10).unwrap();
@@ -344,6 +386,7 @@ mod tests {
                 repository: "a".into(),
                 actions: vec!["pull".into()],
             }],
+            refresh: false,
         }
         .narrow(
             &[

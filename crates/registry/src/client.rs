@@ -27,6 +27,14 @@ pub enum ClientError {
     Json(#[from] serde_json::Error),
 }
 
+/// HTTP/1.1 connection settings: a read buffer that may grow to 4 MiB, so a large blob comes in
+/// with few, large reads.
+fn http1() -> hyper::client::conn::http1::Builder {
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.max_buf_size(4 << 20);
+    b
+}
+
 /// An admin API client.
 #[derive(Clone)]
 pub struct AdminClient {
@@ -104,6 +112,41 @@ impl AdminClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<(u16, http::HeaderMap, Bytes), ClientError> {
+        let resp = self.send(method, path, headers, body).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, headers, body))
+    }
+
+    /// Send one request and read the response body to its end without keeping it: the status,
+    /// headers and the number of body bytes (large blobs, benchmarks).
+    pub async fn request_counting(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, http::HeaderMap, u64), ClientError> {
+        let resp = self.send(method, path, headers, Bytes::new()).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut body = resp.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                n += data.len() as u64;
+            }
+        }
+        Ok((status, headers, n))
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
         let host_header = if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -128,22 +171,17 @@ impl AdminClient {
                 let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
                     .connect(name, tcp)
                     .await?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                let (mut sender, conn) = http1().handshake(TokioIo::new(stream)).await?;
                 tokio::spawn(conn);
                 sender.send_request(req).await?
             }
             None => {
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+                let (mut sender, conn) = http1().handshake(TokioIo::new(tcp)).await?;
                 tokio::spawn(conn);
                 sender.send_request(req).await?
             }
         };
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, headers, body))
+        Ok(resp)
     }
 
     /// Call an admin action with a JSON body.

@@ -21,16 +21,18 @@ use crate::digest::Digest;
 use crate::error::{ErrorCode, RegistryError};
 use crate::manifest::OCI_INDEX;
 use crate::meta::TagMutability;
-use crate::names::{RepoName, Route, parse_route};
+use crate::names::{Reference, RepoName, Route, Tag, parse_route};
 use crate::registry::{Registry, now_secs, parse_reference};
 use crate::store::ByteStream;
 
 const API_VERSION: &str = "registry/2.0";
+/// Most `tag` parameters one manifest PUT may carry (the spec asks for at least 10; more get 414).
+pub const MAX_TAGS_PER_PUT: usize = 100;
 
 /// The registry's router: `/v2/...`, `/token`, `/nodeless/v1/<Action>`.
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
-        .route("/token", get(token))
+        .route("/token", get(token).post(token_post))
         .route("/nodeless/v1/{action}", post(admin))
         .fallback(v2)
         .with_state(registry)
@@ -192,6 +194,7 @@ fn authenticate(reg: &Registry, h: &HeaderMap) -> Option<Claims> {
             exp: u64::MAX,
             admin: true,
             access: vec![],
+            refresh: false,
         });
     }
     reg.authority().check(&presented(h)?, now_secs())
@@ -401,6 +404,22 @@ async fn v2_inner(reg: &Arc<Registry>, req: Request) -> Result<Response, Registr
         (Route::Manifest { reference, .. }, Method::PUT) => {
             let name = name_ref()?;
             let reference = parse_reference(&reference)?;
+            // distribution-spec: `?tag=a&tag=b` tags the manifest with each (all validated first)
+            let extra_tags = query
+                .iter()
+                .filter(|(k, _)| k == "tag")
+                .map(|(_, v)| {
+                    Tag::parse(v)
+                        .map_err(|e| RegistryError::spec(ErrorCode::TagInvalid, e.to_string()))
+                })
+                .collect::<Result<Vec<Tag>, _>>()?;
+            if extra_tags.len() > MAX_TAGS_PER_PUT {
+                return Err(RegistryError::spec_with_status(
+                    ErrorCode::TagInvalid,
+                    StatusCode::URI_TOO_LONG,
+                    format!("at most {MAX_TAGS_PER_PUT} tag parameters per request"),
+                ));
+            }
             let max = reg.config().max_manifest_bytes;
             let too_big = || {
                 RegistryError::spec_with_status(
@@ -416,11 +435,12 @@ async fn v2_inner(reg: &Arc<Registry>, req: Request) -> Result<Response, Registr
                 .await
                 .map_err(|_| too_big())?;
             let pushed = reg
-                .manifest_put(
+                .manifest_put_tagged(
                     &name,
                     &reference,
                     header_str(&headers, header::CONTENT_TYPE),
                     bytes,
+                    &extra_tags,
                 )
                 .await?;
             let mut h = vec![
@@ -433,7 +453,19 @@ async fn v2_inner(reg: &Arc<Registry>, req: Request) -> Result<Response, Registr
             if let Some(s) = pushed.subject {
                 h.push(("oci-subject", s.to_string()));
             }
-            Ok(empty(StatusCode::CREATED, &h))
+            let mut resp = empty(StatusCode::CREATED, &h);
+            if !extra_tags.is_empty() {
+                // one `OCI-Tag` header per tag the manifest now carries
+                let mut tags: Vec<&str> = extra_tags.iter().map(Tag::as_str).collect();
+                if let Reference::Tag(t) = &reference {
+                    tags.insert(0, t.as_str());
+                }
+                tags.dedup();
+                for t in tags {
+                    resp.headers_mut().append("oci-tag", hv(t));
+                }
+            }
+            Ok(resp)
         }
         (Route::Manifest { reference, .. }, Method::DELETE) => {
             let name = name_ref()?;
@@ -672,6 +704,73 @@ async fn v2_inner(reg: &Arc<Registry>, req: Request) -> Result<Response, Registr
 
 // ---- /token -------------------------------------------------------------------------------------
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // civil-from-days (H. Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The (repository, actions) pairs of every `scope` value (each space-separated).
+fn requested_scopes(q: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+    q.iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|s| auth::parse_scope(&s))
+        .collect()
+}
+
+/// The token response for `claims` narrowed to `requested` (both token endpoints).
+fn token_response(
+    reg: &Registry,
+    claims: &Claims,
+    requested: &[(String, Vec<String>)],
+    refresh_token: Option<String>,
+) -> Response {
+    let now = now_secs();
+    let narrowed = claims.narrow(requested, now, auth::LOGIN_TTL_SECS);
+    let token = reg.authority().issue(&narrowed);
+    let scope: Vec<String> = narrowed
+        .access
+        .iter()
+        .map(|a| format!("repository:{}:{}", a.repository, a.actions.join(",")))
+        .collect();
+    let mut body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": narrowed.exp.saturating_sub(now),
+        "issued_at": rfc3339(now),
+        "scope": scope.join(" "),
+    });
+    if let Some(r) = refresh_token {
+        body["refresh_token"] = serde_json::Value::String(r);
+    }
+    with_headers(
+        json(StatusCode::OK, "application/json", &body),
+        &[
+            ("cache-control", "no-store".into()),
+            ("pragma", "no-cache".into()),
+        ],
+    )
+}
+
+/// `GET /token?service=..&scope=..[&offline_token=true&client_id=..]` (the distribution token
+/// spec): credentials by Basic (a login token or the admin password) or Bearer.
 async fn token(State(reg): State<Arc<Registry>>, req: Request) -> Response {
     let headers = req.headers();
     let Some(claims) = authenticate(&reg, headers) else {
@@ -684,24 +783,129 @@ async fn token(State(reg): State<Arc<Registry>>, req: Request) -> Response {
         return resp;
     };
     let q = query_pairs(req.uri().query());
-    let requested: Vec<(String, Vec<String>)> = q
-        .iter()
-        .filter(|(k, _)| k == "scope")
-        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
-        .filter_map(|s| auth::parse_scope(&s))
-        .collect();
-    let now = now_secs();
-    let narrowed = claims.narrow(&requested, now, auth::LOGIN_TTL_SECS);
-    let token = reg.authority().issue(&narrowed);
-    json(
-        StatusCode::OK,
+    let refresh = (param(&q, "offline_token") == Some("true"))
+        .then(|| reg.authority().refresh_token(&claims, now_secs()));
+    token_response(&reg, &claims, &requested_scopes(&q), refresh)
+}
+
+/// An OAuth2 error (RFC 6749 section 5.2): `{"error": code, "error_description": ..}`.
+fn oauth_error(status: StatusCode, code: &str, description: impl Into<String>) -> Response {
+    let resp = json(
+        status,
         "application/json",
-        &serde_json::json!({
-            "token": token,
-            "access_token": token,
-            "expires_in": narrowed.exp.saturating_sub(now),
-        }),
+        &serde_json::json!({ "error": code, "error_description": description.into() }),
+    );
+    with_headers(
+        resp,
+        &[
+            ("cache-control", "no-store".into()),
+            ("pragma", "no-cache".into()),
+        ],
     )
+}
+
+/// `POST /token` (the distribution OAuth2 variant, as docker and containerd use it): a form with
+/// `grant_type=password` (`username`, `password`) or `grant_type=refresh_token` (`refresh_token`),
+/// `service`, `client_id`, `scope` (space-separated, may repeat) and `access_type=offline` for a
+/// refresh token. Errors follow RFC 6749: 400 `invalid_request` / `unsupported_grant_type` /
+/// `invalid_grant`; 401 `invalid_client` when an `Authorization` header carries bad credentials.
+async fn token_post(State(reg): State<Arc<Registry>>, headers: HeaderMap, body: Bytes) -> Response {
+    let bad = |m: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let form_type = header_str(&headers, header::CONTENT_TYPE)
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if form_type.as_deref() != Some("application/x-www-form-urlencoded") {
+        return bad("the body must be application/x-www-form-urlencoded");
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return bad("the form is not UTF-8");
+    };
+    let form = query_pairs(Some(text));
+    if presented(&headers).is_some() && reg.config().auth && authenticate(&reg, &headers).is_none()
+    {
+        let resp = oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "the credentials of the Authorization header are not valid",
+        );
+        return with_headers(
+            resp,
+            &[(
+                "www-authenticate",
+                format!("Basic realm=\"{}\"", reg.config().service),
+            )],
+        );
+    }
+    let Some(grant_type) = param(&form, "grant_type").filter(|g| !g.is_empty()) else {
+        return bad("grant_type is required");
+    };
+    if param(&form, "client_id").is_none_or(str::is_empty) {
+        return bad("client_id is required");
+    }
+    match param(&form, "service") {
+        None | Some("") => return bad("service is required"),
+        Some(s) if s != reg.config().service => {
+            return bad(&format!(
+                "this server issues tokens for service {:?}, not {s:?}",
+                reg.config().service
+            ));
+        }
+        Some(_) => {}
+    }
+    let offline = match param(&form, "access_type") {
+        None | Some("") | Some("online") => false,
+        Some("offline") => true,
+        Some(other) => return bad(&format!("unknown access_type {other:?}")),
+    };
+    let now = now_secs();
+    let invalid_grant = |m: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", m);
+    let (claims, refresh) = match grant_type {
+        "password" => {
+            let (Some(user), Some(password)) = (param(&form, "username"), param(&form, "password"))
+            else {
+                return bad("grant_type=password needs username and password");
+            };
+            let claims = if reg.config().auth {
+                match reg.authority().check_password(password, now) {
+                    Some(c) => c,
+                    None => return invalid_grant("the username or password is not valid"),
+                }
+            } else {
+                match authenticate(&reg, &headers) {
+                    Some(c) => c,
+                    None => return invalid_grant("the username or password is not valid"),
+                }
+            };
+            let claims = Claims {
+                sub: if user.is_empty() {
+                    claims.sub
+                } else {
+                    user.to_string()
+                },
+                ..claims
+            };
+            let refresh = offline.then(|| reg.authority().refresh_token(&claims, now));
+            (claims, refresh)
+        }
+        "refresh_token" => {
+            let Some(token) = param(&form, "refresh_token").filter(|t| !t.is_empty()) else {
+                return bad("grant_type=refresh_token needs refresh_token");
+            };
+            match reg.authority().check_refresh(token, now) {
+                // the same refresh token comes back; no new one is made
+                Some(c) => (c, offline.then(|| token.to_string())),
+                None => return invalid_grant("the refresh token is not valid or has expired"),
+            }
+        }
+        other => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported (password, refresh_token)"),
+            );
+        }
+    };
+    token_response(&reg, &claims, &requested_scopes(&form), refresh)
 }
 
 // ---- admin API ----------------------------------------------------------------------------------
@@ -886,6 +1090,13 @@ mod tests {
         assert_eq!(parse_content_range("0-99"), Some((0, 99)));
         assert_eq!(parse_content_range("bytes 10-19/*"), Some((10, 19)));
         assert_eq!(parse_content_range("9-1"), None);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_660_496), "2026-11-26T02:34:56Z");
     }
 
     #[test]

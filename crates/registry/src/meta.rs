@@ -1,10 +1,12 @@
 //! Repository metadata: which repositories exist, their settings, the blobs linked into each, their
 //! manifests and tags. Kept in memory and persisted as one JSON file per repository under
 //! `<data-dir>/repositories/`, each written to a temporary file, fsynced, renamed and the directory
-//! fsynced before the change is acknowledged.
+//! fsynced before the change is acknowledged. Writes of one repository are serialized and always
+//! write the newest snapshot, so changes made while a write is in flight share the next one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::digest::Digest;
 use crate::names::RepoName;
@@ -138,6 +140,57 @@ fn file_name(name: &RepoName) -> String {
 pub struct Meta {
     dir: PathBuf,
     pub repos: BTreeMap<RepoName, RepoRecord>,
+    /// Version of the last snapshot handed to a writer (snapshots are taken under the caller's
+    /// lock on `Meta`, so versions follow the order of the changes).
+    version: u64,
+    writers: HashMap<RepoName, Arc<RepoWriter>>,
+}
+
+/// The writer of one repository's record: writes are serialized by `io` (which holds the version
+/// known durable); `pending` holds the newest snapshot not written yet. Whoever takes `io` writes
+/// the newest snapshot, which covers every change submitted before it: concurrent changes share
+/// one write (group commit).
+#[derive(Debug, Default)]
+struct RepoWriter {
+    io: tokio::sync::Mutex<u64>,
+    pending: std::sync::Mutex<Option<(u64, Option<RepoRecord>)>>,
+}
+
+/// A change waiting to be durable: see [`Meta::persist_begin`].
+#[must_use = "a change is durable only once `wait` returns Ok"]
+pub struct Durable {
+    dir: PathBuf,
+    name: RepoName,
+    version: u64,
+    writer: Arc<RepoWriter>,
+}
+
+impl Durable {
+    /// Wait until the change (or a later one of the same repository) is on disk.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let mut durable = self.writer.io.lock().await;
+        if *durable >= self.version {
+            return Ok(());
+        }
+        let snapshot = match self.writer.pending.lock() {
+            Ok(mut p) => p.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        let Some((version, rec)) = snapshot.filter(|(v, _)| *v >= self.version) else {
+            return Err(std::io::Error::other(
+                "the write that carried this change failed",
+            ));
+        };
+        let (dir, name) = (self.dir.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || match rec {
+            Some(r) => Meta::write(&dir, &r),
+            None => Meta::remove(&dir, &name),
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        *durable = version;
+        Ok(())
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -173,6 +226,8 @@ impl Meta {
         Ok(Meta {
             dir: dir.to_path_buf(),
             repos,
+            version: 0,
+            writers: HashMap::new(),
         })
     }
 
@@ -208,16 +263,68 @@ impl Meta {
         &self.dir
     }
 
-    /// Persist `name`'s current record (or its absence).
-    pub async fn persist(&self, name: &RepoName) -> std::io::Result<()> {
-        let dir = self.dir.clone();
-        let rec = self.repos.get(name).cloned();
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || match rec {
-            Some(r) => Meta::write(&dir, &r),
-            None => Meta::remove(&dir, &name),
-        })
-        .await
-        .map_err(std::io::Error::other)?
+    /// Durably write `name`'s record as it is now (or remove it if it no longer exists).
+    pub async fn persist(&mut self, name: &RepoName) -> std::io::Result<()> {
+        self.persist_begin(name).wait().await
+    }
+
+    /// Snapshot `name`'s record for writing; the returned [`Durable`] completes once it is on
+    /// disk. Call under the lock on `Meta`, then wait after releasing it: changes of the same
+    /// repository made meanwhile are written together.
+    pub fn persist_begin(&mut self, name: &RepoName) -> Durable {
+        self.version += 1;
+        let version = self.version;
+        let writer = self.writers.entry(name.clone()).or_default().clone();
+        let snapshot = self.repos.get(name).cloned();
+        match writer.pending.lock() {
+            Ok(mut p) => *p = Some((version, snapshot)),
+            Err(p) => *p.into_inner() = Some((version, snapshot)),
+        }
+        Durable {
+            dir: self.dir.clone(),
+            name: name.clone(),
+            version,
+            writer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_changes_share_writes_and_the_newest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut meta = Meta::load(dir.path()).unwrap();
+        let name = RepoName::parse("app").unwrap();
+        meta.repos.insert(
+            name.clone(),
+            RepoRecord::new(name.clone(), 1, TagMutability::Mutable),
+        );
+        let d1 = Digest::sha256_of(b"1");
+        let d2 = Digest::sha256_of(b"2");
+        meta.repos
+            .get_mut(&name)
+            .unwrap()
+            .blobs
+            .insert(d1.clone(), 1);
+        let first = meta.persist_begin(&name);
+        meta.repos
+            .get_mut(&name)
+            .unwrap()
+            .blobs
+            .insert(d2.clone(), 2);
+        let second = meta.persist_begin(&name);
+        // the later change is written first; the earlier one is then already durable
+        second.wait().await.unwrap();
+        first.wait().await.unwrap();
+        let back = Meta::load(dir.path()).unwrap();
+        let blobs = &back.repos[&name].blobs;
+        assert!(blobs.contains_key(&d1) && blobs.contains_key(&d2));
+        // a removal goes through the same writer
+        meta.repos.remove(&name);
+        meta.persist(&name).await.unwrap();
+        assert!(Meta::load(dir.path()).unwrap().repos.is_empty());
     }
 }

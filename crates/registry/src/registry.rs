@@ -22,6 +22,9 @@ use crate::store::{BlobStore, ByteStream, StoreError, UploadInfo};
 /// Largest manifest accepted (the spec asks registries to accept at least 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// Age after which a link to a blob that does not exist is dropped by the garbage collector.
+const DANGLING_LINK_SECS: u64 = 600;
+
 /// Settings of a registry instance.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -445,6 +448,8 @@ impl Registry {
         let now = now_secs();
         let grace_secs = grace.as_secs();
         let mut report = GcReport::default();
+        let stored = self.store.list().await?;
+        let existing: BTreeSet<&Digest> = stored.iter().map(|b| &b.digest).collect();
         let mut referenced = BTreeSet::new();
         let mut linked = BTreeSet::new();
         let mut changed = Vec::new();
@@ -453,7 +458,13 @@ impl Registry {
             let drop: BTreeSet<Digest> = r
                 .blobs
                 .iter()
-                .filter(|(d, at)| !refs.contains(*d) && now.saturating_sub(**at) >= grace_secs)
+                .filter(|(d, at)| {
+                    let age = now.saturating_sub(**at);
+                    // unreferenced past the grace period, or a link to nothing (a crash between
+                    // the link and the blob's commit) no upload can still be finishing
+                    (!refs.contains(*d) && age >= grace_secs)
+                        || (!existing.contains(*d) && age >= DANGLING_LINK_SECS)
+                })
                 .map(|(d, _)| d.clone())
                 .collect();
             report.links_dropped += drop.len();
@@ -470,7 +481,7 @@ impl Registry {
         let file_cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        for b in self.store.list().await? {
+        for b in stored {
             if referenced.contains(&b.digest)
                 || linked.contains(&b.digest)
                 || b.modified > file_cutoff
@@ -541,11 +552,26 @@ impl Registry {
         Ok(())
     }
 
-    async fn link(&self, name: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
+    /// Link `digest` into `name` durably; whether the link is new.
+    async fn link(&self, name: &RepoName, digest: &Digest) -> Result<bool, RegistryError> {
+        let (new, durable) = {
+            let mut meta = self.meta.lock().await;
+            let r = repo_mut(&mut meta, name)?;
+            let new = r.blobs.insert(digest.clone(), now_secs()).is_none();
+            (new, meta.persist_begin(name))
+        };
+        // waited for without the lock: concurrent pushes share one metadata write
+        durable.wait().await?;
+        Ok(new)
+    }
+
+    /// Drop a link made by [`Registry::link`] for a blob that did not come to exist.
+    async fn unlink(&self, name: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
         let mut meta = self.meta.lock().await;
         let r = repo_mut(&mut meta, name)?;
-        r.blobs.insert(digest.clone(), now_secs());
-        meta.persist(name).await?;
+        if r.blobs.remove(digest).is_some() {
+            meta.persist(name).await?;
+        }
         Ok(())
     }
 
@@ -624,11 +650,23 @@ impl Registry {
         let lock = self.upload_lock(id);
         let _guard = lock.lock().await;
         self.upload_status(name, id).await?;
-        self.store
-            .upload_commit(id, digest)
-            .await
-            .map_err(upload_error)?;
-        self.link(name, digest).await
+        // The blob's two fsyncs (data, directory) and the link's (metadata) run side by side: the
+        // push is acknowledged once both are durable. A link whose blob did not come to exist is
+        // removed at once; one left by a crash in between leads nowhere (reads and manifest pushes
+        // check that the blob exists) and the garbage collector drops it.
+        let (committed, linked) = tokio::join!(
+            self.store.upload_commit(id, digest),
+            self.link(name, digest)
+        );
+        if let Err(e) = committed {
+            if matches!(linked, Ok(true))
+                && let Err(u) = self.unlink(name, digest).await
+            {
+                tracing::warn!(%name, %digest, error = %u, "could not drop the link of a failed upload");
+            }
+            return Err(upload_error(e));
+        }
+        linked.map(|_| ())
     }
 
     /// Cancel an upload.
@@ -648,6 +686,21 @@ impl Registry {
         reference: &Reference,
         content_type: Option<&str>,
         body: Bytes,
+    ) -> Result<PushedManifest, RegistryError> {
+        self.manifest_put_tagged(name, reference, content_type, body, &[])
+            .await
+    }
+
+    /// Push a manifest under `reference` and tag it with each of `tags` as well (the
+    /// distribution spec's `?tag=` parameters): all of them or, if any is refused (an IMMUTABLE
+    /// tag that names another manifest), none.
+    pub async fn manifest_put_tagged(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        tags: &[Tag],
     ) -> Result<PushedManifest, RegistryError> {
         if body.len() > self.config.max_manifest_bytes {
             return Err(RegistryError::spec_with_status(
@@ -701,15 +754,34 @@ impl Registry {
                 ));
             }
         }
-        if let Reference::Tag(t) = reference
-            && r.tag_mutability == TagMutability::Immutable
-            && let Some(existing) = r.tags.get(t.as_str())
-            && existing != &digest
-        {
-            return Err(RegistryError::spec(
-                ErrorCode::TagInvalid,
-                format!("tag {t} already exists in {name} and the repository's tags are IMMUTABLE"),
-            ));
+        let mut all_tags: Vec<&Tag> = tags.iter().collect();
+        if let Reference::Tag(t) = reference {
+            all_tags.insert(0, t);
+        }
+        if r.tag_mutability == TagMutability::Immutable {
+            for t in &all_tags {
+                if let Some(existing) = r.tags.get(t.as_str())
+                    && existing != &digest
+                {
+                    return Err(RegistryError::spec(
+                        ErrorCode::TagInvalid,
+                        format!(
+                            "tag {t} already exists in {name} and the repository's tags are IMMUTABLE"
+                        ),
+                    ));
+                }
+            }
+        }
+        // A blob known only by its link must exist (a crash between the link and the blob's commit
+        // leaves a link to nothing).
+        let referenced = referenced.unwrap_or_else(|| r.referenced_blobs());
+        for b in needed_blobs.iter().filter(|b| !referenced.contains(*b)) {
+            if self.store.stat(b).await?.is_none() {
+                return Err(RegistryError::spec(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("blob {b} is not in repository {name}"),
+                ));
+            }
         }
         // Valid: store the bytes (under the lock, so a refused manifest leaves nothing behind and the
         // garbage collector cannot run in between).
@@ -745,7 +817,7 @@ impl Registry {
                 image_size,
             },
         );
-        if let Reference::Tag(t) = reference {
+        for t in &all_tags {
             r.tags.insert(t.to_string(), digest.clone());
         }
         if let Err(e) = meta.persist(name).await {

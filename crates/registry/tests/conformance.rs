@@ -499,7 +499,7 @@ async fn wrong_digest_leaves_nothing() {
         )
         .await;
     assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN");
-    for d in [wrong, Digest::sha256_of(&data)] {
+    for d in [wrong.clone(), Digest::sha256_of(&data)] {
         assert_eq!(
             h.get(&format!("/v2/app/blobs/{d}")).await.code(),
             "BLOB_UNKNOWN"
@@ -515,6 +515,58 @@ async fn wrong_digest_leaves_nothing() {
     let loc = r.header("location").unwrap();
     let r = h.send(Method::PUT, &loc, &[], Body::empty()).await;
     assert_eq!(r.code(), "DIGEST_INVALID");
+    // the failed uploads claimed `wrong` for `app`: once another repository holds those bytes,
+    // `app` still cannot read them, nor reference them from a manifest (no link was left behind)
+    h.create_repo("other").await;
+    assert_eq!(h.push_blob("other", b"other bytes").await, wrong);
+    assert_eq!(
+        h.get(&format!("/v2/app/blobs/{wrong}")).await.code(),
+        "BLOB_UNKNOWN"
+    );
+    let cfg = h.push_blob("app", b"{}").await;
+    let m = oci_manifest(&cfg, 2, &[(wrong.clone(), 11)], None);
+    let r = h
+        .put_manifest("app", "v1", registry::manifest::OCI_MANIFEST, &m)
+        .await;
+    assert_eq!(r.code(), "MANIFEST_BLOB_UNKNOWN");
+}
+
+#[tokio::test]
+async fn sha512_chunked_upload() {
+    // chunks are hashed with SHA-256 on the way in; a SHA-512 digest is checked from disk
+    let h = harness();
+    h.create_repo("app").await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let d: Digest = format!("sha512:{}", {
+        use sha2::Digest as _;
+        registry::digest::to_hex(&sha2::Sha512::digest(&data))
+    })
+    .parse()
+    .unwrap();
+    let r = h
+        .send(Method::POST, "/v2/app/blobs/uploads/", &[], Body::empty())
+        .await;
+    let loc = r.header("location").unwrap();
+    let r = h
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "0-99999")],
+            Bytes::copy_from_slice(&data[..100_000]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let r = h
+        .send(
+            Method::PUT,
+            &format!("{loc}?digest={d}"),
+            &[("content-range", "100000-299999")],
+            Bytes::copy_from_slice(&data[100_000..]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = h.get(&format!("/v2/app/blobs/{d}")).await;
+    assert_eq!(r.body.as_ref(), data.as_slice());
 }
 
 #[tokio::test]

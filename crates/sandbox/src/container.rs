@@ -1,6 +1,11 @@
 //! Running one container from a stored image: its directory under `<data-dir>/containers/<id>`
 //! (bundle, overlay root filesystem, writable layer, logs, `state.json`), the runtime process,
 //! log pumps, exit code and the OOM verdict, then cleanup. Pods build on this.
+//!
+//! Two ways to run: when a shim program is set ([`crate::shim::set_binary`], the agent does),
+//! a logged container runs under its own shim process that outlives us, and a later process
+//! finds it again with [`adopt`]; otherwise (tests of this crate, `sandbox run` with a
+//! terminal) the runtime is our child and its output goes through our pipes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +17,7 @@ use crate::image::{Image, ImageStore};
 use crate::logs::{self, Stream, Tee};
 use crate::rootfs::{self, RootfsError};
 use crate::runtime::{Runtime, RuntimeError, RuntimeKind, Stdio};
+use crate::shim::{self, ExitRecord};
 use crate::spec::{self, ContainerConfig, SandboxContext, SpecError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,8 @@ pub enum ContainerError {
     Runtime(#[from] RuntimeError),
     #[error("container {0} has no pipe for its output")]
     NoPipe(String),
+    #[error("shim of container {id}: {message}")]
+    Shim { id: String, message: String },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
@@ -107,17 +115,34 @@ pub enum Io {
     StdinTee(Tee),
 }
 
-/// A container that was started; [`Started::wait`] reaps it.
+/// A container that was started (or found again); [`Started::wait`] reaps it.
 pub struct Started {
     pub id: String,
     pub dir: PathBuf,
-    process: crate::runtime::Process,
-    pumps: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     runtime: Arc<dyn Runtime>,
     state: State,
-    cgroup: Option<PathBuf>,
-    /// The container's cgroup path (relative to each hierarchy), removed after exit.
-    cgroups_path: Option<String>,
+    how: Running,
+}
+
+type Pump = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// How a started container is watched.
+enum Running {
+    /// The runtime is our child and its output goes through our pipes.
+    Child {
+        process: crate::runtime::Process,
+        pumps: Vec<Pump>,
+        cgroup: Option<PathBuf>,
+        /// The container's cgroup path (relative to each hierarchy), removed after exit.
+        cgroups_path: Option<String>,
+    },
+    /// A shim runs it; `child` when the shim is our child, else it was adopted.
+    Shim {
+        pid: u32,
+        child: Option<tokio::process::Child>,
+    },
+    /// It had already ended when it was adopted.
+    Exited(ExitRecord),
 }
 
 impl std::fmt::Debug for Started {
@@ -134,7 +159,7 @@ pub struct Exit {
     pub state: State,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
@@ -143,7 +168,7 @@ pub fn dir(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("containers").join(id)
 }
 
-fn write_state(dir: &Path, s: &State) -> Result<(), ContainerError> {
+pub(crate) fn write_state(dir: &Path, s: &State) -> Result<(), ContainerError> {
     let p = dir.join("state.json");
     let tmp = dir.join("state.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(s).unwrap_or_default())
@@ -257,6 +282,20 @@ pub async fn start(
     };
     // A leftover from an earlier life of this id would make `run` fail.
     runtime.delete(id).await?;
+    let cgroups_path = sb.cgroups_path.clone();
+    if matches!(io_mode, Io::Logged)
+        && let (Some(binary), Some(config)) = (shim::binary(), runtime.config())
+    {
+        let spec = shim::Spec {
+            id: id.to_owned(),
+            runtime: config,
+            restart_count,
+            memory_cgroup: cgroup,
+            cgroups_path,
+            state,
+        };
+        return start_shim(binary, &dir, runtime, spec).await;
+    }
     let stdio = match &io_mode {
         Io::Inherit => Stdio {
             stdin: std::process::Stdio::inherit(),
@@ -278,30 +317,219 @@ pub async fn start(
         Io::LoggedTee(t) | Io::StdinTee(t) => Some(t),
         _ => None,
     };
+    let pumps = start_pumps(&mut child, &log_path(&dir, restart_count), tee);
+    Ok(Started {
+        id: id.to_owned(),
+        dir,
+        runtime,
+        state,
+        how: Running::Child {
+            process: child,
+            pumps,
+            cgroup,
+            cgroups_path,
+        },
+    })
+}
+
+/// Copies the process's stdout and stderr into the log at `log` (and to `tee`).
+fn start_pumps(child: &mut crate::runtime::Process, log: &Path, tee: Option<Tee>) -> Vec<Pump> {
     let mut pumps = Vec::new();
-    let log = log_path(&dir, restart_count);
     if let Some(out) = child.stdout.take() {
-        let (l, t) = (log.clone(), tee.clone());
+        let (l, t) = (log.to_owned(), tee.clone());
         pumps.push(tokio::spawn(async move {
             logs::pump(out, Stream::Stdout, &l, t).await
         }));
     }
     if let Some(err) = child.stderr.take() {
-        let (l, t) = (log.clone(), tee.clone());
+        let (l, t) = (log.to_owned(), tee);
         pumps.push(tokio::spawn(async move {
             logs::pump(err, Stream::Stderr, &l, t).await
         }));
     }
+    pumps
+}
+
+/// How long a shim may take to report that its container runs (a loaded host, a slow runsc).
+const SHIM_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Starts `binary sandbox shim --dir DIR` for the bundle in `dir` and waits for its report.
+async fn start_shim(
+    binary: &Path,
+    dir: &Path,
+    runtime: Arc<dyn Runtime>,
+    spec: shim::Spec,
+) -> Result<Started, ContainerError> {
+    let id = spec.id.clone();
+    for f in [shim::EXIT_FILE, shim::PID_FILE] {
+        let p = dir.join(f);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &p)(e)),
+            _ => {}
+        }
+    }
+    let logs_dir = dir.join("logs");
+    std::fs::create_dir_all(&logs_dir).map_err(io("create", &logs_dir))?;
+    write_state(dir, &spec.state)?;
+    let spec_path = dir.join(shim::SPEC_FILE);
+    shim::write_atomic(
+        dir,
+        shim::SPEC_FILE,
+        &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+    )
+    .map_err(io("write", &spec_path))?;
+    let log_path = dir.join(shim::LOG_FILE);
+    let shim_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io("open", &log_path))?;
+    // Not in our process group: the shim makes its own session at once.
+    let abs = std::fs::canonicalize(dir).map_err(io("resolve", dir))?;
+    let mut child = tokio::process::Command::new(binary)
+        .arg("sandbox")
+        .arg("shim")
+        .arg("--dir")
+        .arg(&abs)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(shim_log)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(io("start shim", binary))?;
+    let pid = child.id().unwrap_or(0);
+    let mut line = String::new();
+    let read = async {
+        if let Some(out) = child.stdout.take() {
+            let mut r = tokio::io::BufReader::new(out);
+            let _ = tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line).await;
+        }
+    };
+    let timed_out = tokio::time::timeout(SHIM_READY_TIMEOUT, read)
+        .await
+        .is_err();
+    let line = line.trim();
+    if line == "ok" {
+        let state = read_state_in(dir).unwrap_or(spec.state);
+        debug!(%id, pid, runtime = %runtime.kind(), "container started under its shim");
+        return Ok(Started {
+            id,
+            dir: dir.to_owned(),
+            runtime,
+            state,
+            how: Running::Shim {
+                pid,
+                child: Some(child),
+            },
+        });
+    }
+    let message = if timed_out {
+        let _ = child.start_kill();
+        format!("no report within {SHIM_READY_TIMEOUT:?}")
+    } else if let Some(m) = line.strip_prefix("error: ") {
+        m.to_owned()
+    } else {
+        let status = child.wait().await.map_err(io("wait for shim", binary))?;
+        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+        format!(
+            "exited ({status}) before reporting: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
+    };
+    // Reap it (a failed shim exits right after its report).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+    Err(ContainerError::Shim { id, message })
+}
+
+fn read_state_in(dir: &Path) -> Option<State> {
+    let b = std::fs::read(dir.join("state.json")).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Starts the pod's gVisor pause (sandbox) container from the bundle the caller wrote in
+/// [`dir`]`(data_dir, id)` (its `config.json`; the root filesystem is the caller's). Under a
+/// shim when one is set, so it outlives this process; its output goes to `logs/0.log`. The
+/// caller may drop the returned [`Started`]: the pause lives until it is killed, and
+/// [`adopt`] finds it again.
+pub async fn start_pause(
+    data_dir: &Path,
+    runtime: Arc<dyn Runtime>,
+    id: &str,
+) -> Result<Started, ContainerError> {
+    let dir = dir(data_dir, id);
+    std::fs::create_dir_all(dir.join("logs")).map_err(io("create", &dir))?;
+    let mut state = State {
+        id: id.to_owned(),
+        name: "pause".into(),
+        image: String::new(),
+        runtime: runtime.kind(),
+        restart_count: 0,
+        status: Status::Waiting {
+            reason: "ContainerCreating".into(),
+        },
+    };
+    runtime.delete(id).await?;
+    if let (Some(binary), Some(config)) = (shim::binary(), runtime.config()) {
+        let spec = shim::Spec {
+            id: id.to_owned(),
+            runtime: config,
+            restart_count: 0,
+            memory_cgroup: None,
+            cgroups_path: None,
+            state,
+        };
+        return start_shim(binary, &dir, runtime, spec).await;
+    }
+    let mut child = runtime.spawn(id, &dir, Stdio::piped()).await?;
+    state.status = Status::Running { started_at: now() };
+    write_state(&dir, &state)?;
+    let pumps = start_pumps(&mut child, &log_path(&dir, 0), None);
     Ok(Started {
         id: id.to_owned(),
         dir,
-        process: child,
-        pumps,
         runtime,
         state,
-        cgroup,
-        cgroups_path: sb.cgroups_path.clone(),
+        how: Running::Child {
+            process: child,
+            pumps,
+            cgroup: None,
+            cgroups_path: None,
+        },
     })
+}
+
+/// Finds container `id` again after this process (or an earlier one) started it under a shim:
+/// running -> a [`Started`] whose [`Started::wait`] resolves when it exits; ended while nobody
+/// watched -> one whose `wait` gives the recorded exit at once; never started (or not under a
+/// shim) -> `None`. A shim that died without recording the end (killed) yields a `Started`
+/// whose `wait` stops what is left of the container and reports exit code 255, reason Unknown.
+pub async fn adopt(data_dir: &Path, runtime: Arc<dyn Runtime>, id: &str) -> Option<Started> {
+    let dir = dir(data_dir, id);
+    let state = read_state_in(&dir)?;
+    let found = |how| Started {
+        id: id.to_owned(),
+        dir: dir.clone(),
+        runtime: runtime.clone(),
+        state: state.clone(),
+        how,
+    };
+    if let Some(rec) = shim::read_exit(&dir) {
+        return Some(found(Running::Exited(rec)));
+    }
+    let pid = shim::read_pid(&dir)?;
+    if shim::is_alive(pid, &dir) {
+        return Some(found(Running::Shim { pid, child: None }));
+    }
+    // It may have finished between the two looks.
+    if let Some(rec) = shim::read_exit(&dir) {
+        return Some(found(Running::Exited(rec)));
+    }
+    match state.status {
+        Status::Running { .. } => Some(found(Running::Shim { pid, child: None })),
+        _ => None,
+    }
 }
 
 fn memory_cgroup_root() -> Option<PathBuf> {
@@ -333,7 +561,7 @@ fn remove_cgroups(path: &str) {
 /// Whether the memory cgroup at `cg` saw an OOM kill. Its `oom_kill` counter is the direct
 /// evidence, but some kernels count it (and `failcnt`) only in the already removed leaf; so a
 /// SIGKILL exit with the peak usage at the limit counts as well.
-fn oom_killed(cg: &Path, code: i32) -> bool {
+pub(crate) fn oom_killed(cg: &Path, code: i32) -> bool {
     let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap_or_default();
     let num = |f: &str| read(f).trim().parse::<u64>().unwrap_or(0);
     let kills: u64 = read("memory.oom_control")
@@ -350,65 +578,220 @@ fn oom_killed(cg: &Path, code: i32) -> bool {
         || (code == 137 && limit > 0 && peak + 256 * 1024 >= limit)
 }
 
+/// Waits for the log pumps to finish after the process exited.
+pub(crate) async fn drain_pumps(id: &str, pumps: Vec<Pump>) {
+    for mut p in pumps {
+        // Output still buffered in the pipe drains quickly; a pipe some other process
+        // still holds open must not keep us waiting.
+        match tokio::time::timeout(std::time::Duration::from_secs(2), &mut p).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(%id, error = %e, "log pump failed"),
+            Ok(Err(e)) => warn!(%id, error = %e, "log pump panicked"),
+            Err(_) => {
+                p.abort();
+                warn!(%id, "log pipe still open after exit; stopped reading it");
+            }
+        }
+    }
+}
+
+/// Releases what an exited container held: the runtime's state, the root filesystem mount,
+/// our memory cgroup and its cgroup directories. The writable layer and logs stay.
+pub(crate) async fn release(
+    runtime: &Arc<dyn Runtime>,
+    id: &str,
+    dir: &Path,
+    memory_cgroup: Option<&Path>,
+    cgroups_path: Option<&str>,
+) -> Result<(), ContainerError> {
+    if let Err(e) = runtime.delete(id).await {
+        warn!(%id, error = %e, "runtime delete failed");
+    }
+    let unmounted = rootfs::unmount(dir);
+    if let Some(cg) = memory_cgroup {
+        let _ = std::fs::remove_dir(cg.join("ctr"));
+        let _ = std::fs::remove_dir(cg);
+    }
+    if let Some(path) = cgroups_path {
+        remove_cgroups(path);
+    }
+    Ok(unmounted?)
+}
+
+/// Waits until the shim `pid` of the container in `dir` has exited or recorded the end.
+async fn shim_done(pid: u32, child: Option<&mut tokio::process::Child>, dir: &Path) {
+    if let Some(c) = child {
+        let _ = c.wait().await;
+        return;
+    }
+    // `AsyncFd::new` is deprecated for fds it does not own; it owns this OwnedFd outright.
+    #[allow(deprecated)]
+    let pidfd = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0))
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+        .and_then(|fd| tokio::io::unix::AsyncFd::new(fd).ok());
+    // Opened after the pid was read: make sure it still is that shim.
+    if !shim::is_alive(pid, dir) {
+        return;
+    }
+    loop {
+        if dir.join(shim::EXIT_FILE).exists() {
+            return;
+        }
+        let tick = std::time::Duration::from_millis(500);
+        match &pidfd {
+            // A pidfd turns readable when the process exits (zombie or reaped).
+            Some(fd) => {
+                if tokio::time::timeout(tick, fd.readable()).await.is_ok() {
+                    return;
+                }
+            }
+            None => {
+                if !shim::is_alive(pid, dir) {
+                    return;
+                }
+                tokio::time::sleep(tick).await;
+            }
+        }
+    }
+}
+
 impl Started {
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
     }
 
+    /// The container's record as it was when started (or adopted).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The pid of the container's shim, when it runs under one.
+    pub fn shim_pid(&self) -> Option<u32> {
+        match &self.how {
+            Running::Shim { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
     /// Waits for the container to exit, records the result, and releases the runtime's state and
     /// the root filesystem mount (the writable layer and logs stay until [`remove`]).
-    pub async fn wait(mut self) -> Result<Exit, ContainerError> {
-        let code = self.process.wait().await.map_err(io("wait", &self.dir))?;
-        for mut p in self.pumps.drain(..) {
-            // Output still buffered in the pipe drains quickly; a pipe some other process
-            // still holds open must not keep us waiting.
-            match tokio::time::timeout(std::time::Duration::from_secs(2), &mut p).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => warn!(id = %self.id, error = %e, "log pump failed"),
-                Ok(Err(e)) => warn!(id = %self.id, error = %e, "log pump panicked"),
-                Err(_) => {
-                    p.abort();
-                    warn!(id = %self.id, "log pipe still open after exit; stopped reading it");
+    pub async fn wait(self) -> Result<Exit, ContainerError> {
+        let Started {
+            id,
+            dir,
+            runtime,
+            mut state,
+            how,
+        } = self;
+        let record = match how {
+            Running::Exited(rec) => rec,
+            Running::Shim { pid, mut child } => {
+                shim_done(pid, child.as_mut(), &dir).await;
+                match shim::read_exit(&dir) {
+                    Some(rec) => rec,
+                    None => shim_lost(&runtime, &id, &dir, &state).await?,
                 }
             }
-        }
-        let oom_killed = self
-            .cgroup
-            .as_deref()
-            .is_some_and(|cg| oom_killed(cg, code));
-        let started_at = match &self.state.status {
-            Status::Running { started_at } => started_at.clone(),
-            _ => now(),
+            Running::Child {
+                mut process,
+                pumps,
+                cgroup,
+                cgroups_path,
+            } => {
+                let code = process.wait().await.map_err(io("wait", &dir))?;
+                drain_pumps(&id, pumps).await;
+                let oom_killed = cgroup.as_deref().is_some_and(|cg| oom_killed(cg, code));
+                let started_at = match &state.status {
+                    Status::Running { started_at } => started_at.clone(),
+                    _ => now(),
+                };
+                let rec = ExitRecord {
+                    exit_code: code,
+                    oom_killed,
+                    reason: exit_reason(code, oom_killed).into(),
+                    started_at,
+                    finished_at: now(),
+                    restart_count: state.restart_count,
+                };
+                state.status = rec.status();
+                write_state(&dir, &state)?;
+                release(
+                    &runtime,
+                    &id,
+                    &dir,
+                    cgroup.as_deref(),
+                    cgroups_path.as_deref(),
+                )
+                .await?;
+                rec
+            }
         };
-        self.state.status = Status::Terminated {
-            exit_code: code,
-            reason: exit_reason(code, oom_killed).into(),
-            started_at,
-            finished_at: now(),
-        };
-        write_state(&self.dir, &self.state)?;
-        if let Err(e) = self.runtime.delete(&self.id).await {
-            warn!(id = %self.id, error = %e, "runtime delete failed");
-        }
-        rootfs::unmount(&self.dir)?;
-        if let Some(cg) = &self.cgroup {
-            let _ = std::fs::remove_dir(cg.join("ctr"));
-            let _ = std::fs::remove_dir(cg);
-        }
-        if let Some(path) = &self.cgroups_path {
-            remove_cgroups(path);
-        }
+        state.status = record.status();
+        state.restart_count = record.restart_count;
         Ok(Exit {
-            code,
-            oom_killed,
-            state: self.state,
+            code: record.exit_code,
+            oom_killed: record.oom_killed,
+            state,
         })
     }
 }
 
-/// Removes a stopped container's directory (writable layer, logs, state).
+/// The shim of a container died without recording its end (it was killed): nobody pumps the
+/// container's output any more, so what is left of it is stopped, and the end recorded as
+/// exit code 255, reason Unknown (what the kubelet reports for a lost container).
+async fn shim_lost(
+    runtime: &Arc<dyn Runtime>,
+    id: &str,
+    dir: &Path,
+    state: &State,
+) -> Result<ExitRecord, ContainerError> {
+    warn!(%id, "the container's shim is gone without recording an exit; stopping the container");
+    let _ = runtime.kill(id, 9).await;
+    let spec: Option<shim::Spec> = std::fs::read(dir.join(shim::SPEC_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let (cg, path) = spec
+        .map(|s| (s.memory_cgroup, s.cgroups_path))
+        .unwrap_or_default();
+    if let Err(e) = release(runtime, id, dir, cg.as_deref(), path.as_deref()).await {
+        warn!(%id, error = %e, "releasing a lost container");
+    }
+    let rec = ExitRecord {
+        exit_code: 255,
+        oom_killed: false,
+        reason: "Unknown".into(),
+        started_at: match &state.status {
+            Status::Running { started_at } => started_at.clone(),
+            _ => now(),
+        },
+        finished_at: now(),
+        restart_count: state.restart_count,
+    };
+    let mut st = state.clone();
+    st.status = rec.status();
+    write_state(dir, &st)?;
+    let p = dir.join(shim::EXIT_FILE);
+    shim::write_atomic(
+        dir,
+        shim::EXIT_FILE,
+        &serde_json::to_vec_pretty(&rec).unwrap_or_default(),
+    )
+    .map_err(io("write", &p))?;
+    Ok(rec)
+}
+
+/// Removes a stopped container's directory (writable layer, logs, state). A shim still
+/// finishing up (the container was just killed) gets a few seconds to record the end first.
 pub fn remove(data_dir: &Path, id: &str) -> Result<(), ContainerError> {
     let d = dir(data_dir, id);
+    if let Some(pid) = shim::read_pid(&d) {
+        for _ in 0..250 {
+            if !shim::is_alive(pid, &d) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     rootfs::unmount(&d)?;
     match std::fs::remove_dir_all(&d) {
         Ok(()) => Ok(()),

@@ -29,6 +29,7 @@ pub mod container;
 pub mod digest;
 pub mod image;
 pub mod logs;
+pub mod microvm;
 pub mod network;
 pub mod plan;
 pub mod pod;

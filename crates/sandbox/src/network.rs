@@ -26,6 +26,10 @@ pub enum NetworkError {
     },
     #[error("no free address left in {0}/{1}")]
     Exhausted(Ipv4Addr, u8),
+    #[error("address {0} is not a pod address of {1}/{2}")]
+    OutOfSubnet(Ipv4Addr, Ipv4Addr, u8),
+    #[error("address {0} is already leased to pod {1}")]
+    InUse(Ipv4Addr, String),
 }
 
 /// An IPv4 subnet.
@@ -43,6 +47,34 @@ impl Subnet {
 
     fn size(&self) -> u32 {
         1u32.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0)
+    }
+
+    /// Whether `ip` is a pod address of the subnet (not the network, gateway or broadcast). Pure.
+    pub fn is_pod_address(&self, ip: Ipv4Addr) -> bool {
+        let (base, ip) = (u32::from(self.network), u32::from(ip));
+        ip.checked_sub(base)
+            .is_some_and(|i| i >= 2 && i < self.size().saturating_sub(1))
+    }
+}
+
+impl std::str::FromStr for Subnet {
+    type Err = String;
+
+    /// `10.244.0.0/24` (host bits are cleared).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if prefix > 30 {
+            return Err(format!("{s:?}: prefix too long for a pod network"));
+        }
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        Ok(Subnet {
+            network: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
     }
 }
 
@@ -174,6 +206,59 @@ impl PodNetwork {
         Ok(None)
     }
 
+    /// Leases exactly `ip` to `pod_id` (idempotent for the same pod).
+    fn lease_exact(&self, pod_id: &str, ip: Ipv4Addr) -> Result<Ipv4Addr, NetworkError> {
+        if !self.subnet.is_pod_address(ip) {
+            return Err(NetworkError::OutOfSubnet(
+                ip,
+                self.subnet.network,
+                self.subnet.prefix,
+            ));
+        }
+        if let Some(old) = self.lease_of(pod_id)?
+            && old != ip
+        {
+            let p = self.leases().join(old.to_string());
+            let _ = std::fs::remove_file(p);
+        }
+        let dir = self.leases();
+        std::fs::create_dir_all(&dir).map_err(|source| NetworkError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let p = dir.join(ip.to_string());
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(pod_id.as_bytes())
+                    .map_err(|source| NetworkError::Io {
+                        op: "write",
+                        path: p,
+                        source,
+                    })?;
+                Ok(ip)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&p).unwrap_or_default();
+                if holder == pod_id {
+                    Ok(ip)
+                } else {
+                    Err(NetworkError::InUse(ip, holder))
+                }
+            }
+            Err(source) => Err(NetworkError::Io {
+                op: "create",
+                path: p,
+                source,
+            }),
+        }
+    }
+
     fn lease(&self, pod_id: &str) -> Result<Ipv4Addr, NetworkError> {
         if let Some(ip) = self.lease_of(pod_id)? {
             return Ok(ip);
@@ -234,8 +319,21 @@ impl PodNetwork {
     }
 
     pub async fn attach(&self, pod_id: &str) -> Result<Attachment, NetworkError> {
+        self.attach_with_ip(pod_id, None).await
+    }
+
+    /// Like [`PodNetwork::attach`], with exactly `ip` when given (the address the pod's Node
+    /// carries); fails if another pod holds it or it is not a pod address of the subnet.
+    pub async fn attach_with_ip(
+        &self,
+        pod_id: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Attachment, NetworkError> {
         self.ensure().await?;
-        let ip = self.lease(pod_id)?;
+        let ip = match ip {
+            Some(ip) => self.lease_exact(pod_id, ip)?,
+            None => self.lease(pod_id)?,
+        };
         let (ns, veth) = names(&self.scoped(pod_id));
         let path = netns_path(&ns);
         if !path.exists() {
@@ -334,6 +432,37 @@ mod tests {
         };
         let used = [Ipv4Addr::new(10, 9, 1, 2), Ipv4Addr::new(10, 9, 1, 3)].into();
         assert_eq!(allocate(s24, &used), Some(Ipv4Addr::new(10, 9, 1, 4)));
+    }
+
+    #[test]
+    fn subnets_parse_and_bound_pod_addresses() {
+        let s: Subnet = "10.244.3.7/24".parse().unwrap();
+        assert_eq!(s.network, Ipv4Addr::new(10, 244, 3, 0));
+        assert!(s.is_pod_address(Ipv4Addr::new(10, 244, 3, 2)));
+        assert!(s.is_pod_address(Ipv4Addr::new(10, 244, 3, 254)));
+        assert!(!s.is_pod_address(Ipv4Addr::new(10, 244, 3, 1)));
+        assert!(!s.is_pod_address(Ipv4Addr::new(10, 244, 3, 255)));
+        assert!(!s.is_pod_address(Ipv4Addr::new(10, 244, 4, 2)));
+        assert!("10.0.0.0".parse::<Subnet>().is_err());
+    }
+
+    #[test]
+    fn exact_leases() {
+        let tmp = std::env::temp_dir().join(format!("nl-lease-test-{}", std::process::id()));
+        let net = PodNetwork::new("x", "b", "10.9.2.0/24".parse().unwrap(), &tmp);
+        let ip = Ipv4Addr::new(10, 9, 2, 9);
+        assert_eq!(net.lease_exact("a", ip).unwrap(), ip);
+        assert_eq!(net.lease_exact("a", ip).unwrap(), ip, "idempotent");
+        assert!(matches!(
+            net.lease_exact("b", ip),
+            Err(NetworkError::InUse(_, holder)) if holder == "a"
+        ));
+        assert!(matches!(
+            net.lease_exact("b", Ipv4Addr::new(10, 9, 3, 9)),
+            Err(NetworkError::OutOfSubnet(..))
+        ));
+        assert_eq!(net.lease("b").unwrap(), Ipv4Addr::new(10, 9, 2, 2));
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]

@@ -381,6 +381,348 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, PlanError> {
     })
 }
 
+/// Data of the ConfigMaps and Secrets a pod refers to, fetched by the caller:
+/// `configmap/NAME` or `secret/NAME` -> key -> bytes (ConfigMap `data` and `binaryData` together).
+pub type Objects = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+fn all_containers(spec: &k8s_openapi::api::core::v1::PodSpec) -> impl Iterator<Item = &Container> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+}
+
+/// The ConfigMaps and Secrets the pod refers to (env, envFrom, volumes): key as in [`Objects`]
+/// -> whether every reference to it is optional.
+pub fn references(pod: &Pod) -> BTreeMap<String, bool> {
+    let mut out: BTreeMap<String, bool> = BTreeMap::new();
+    let mut add = |key: String, optional: Option<bool>| {
+        let o = optional.unwrap_or(false);
+        out.entry(key).and_modify(|v| *v = *v && o).or_insert(o);
+    };
+    let Some(spec) = pod.spec.as_ref() else {
+        return BTreeMap::new();
+    };
+    for c in all_containers(spec) {
+        for e in c.env.iter().flatten() {
+            let Some(from) = &e.value_from else { continue };
+            if let Some(r) = &from.config_map_key_ref {
+                add(format!("configmap/{}", r.name), r.optional);
+            }
+            if let Some(r) = &from.secret_key_ref {
+                add(format!("secret/{}", r.name), r.optional);
+            }
+        }
+        for f in c.env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref {
+                add(format!("configmap/{}", r.name), r.optional);
+            }
+            if let Some(r) = &f.secret_ref {
+                add(format!("secret/{}", r.name), r.optional);
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Some(cm) = &v.config_map {
+            add(format!("configmap/{}", cm.name), cm.optional);
+        }
+        if let Some(sec) = &v.secret {
+            add(
+                format!("secret/{}", sec.secret_name.clone().unwrap_or_default()),
+                sec.optional,
+            );
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(cm) = &src.config_map {
+                add(format!("configmap/{}", cm.name), cm.optional);
+            }
+            if let Some(sec) = &src.secret {
+                add(format!("secret/{}", sec.name), sec.optional);
+            }
+        }
+    }
+    out
+}
+
+fn is_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// The pod with `env[].valueFrom.configMapKeyRef/secretKeyRef` and `envFrom` replaced by plain
+/// values from `objects` (envFrom first, `env` overriding, as the kubelet does). A missing
+/// object or key that is not optional is an error (kubelet's CreateContainerConfigError).
+pub fn resolve_env(pod: &Pod, objects: &Objects) -> Result<Pod, PlanError> {
+    use k8s_openapi::api::core::v1::EnvVar;
+    let mut pod = pod.clone();
+    let mut errs = Vec::new();
+    let Some(spec) = pod.spec.as_mut() else {
+        return Ok(pod);
+    };
+    let lookup = |kind: &str, name: &str, key: &str| -> Option<String> {
+        objects
+            .get(&format!("{kind}/{name}"))
+            .and_then(|o| o.get(key))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    for c in spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+    {
+        let mut env: Vec<EnvVar> = Vec::new();
+        let set = |env: &mut Vec<EnvVar>, v: EnvVar| match env.iter_mut().find(|e| e.name == v.name)
+        {
+            Some(e) => *e = v,
+            None => env.push(v),
+        };
+        for f in c.env_from.take().into_iter().flatten() {
+            let prefix = f.prefix.clone().unwrap_or_default();
+            let (kind, name, optional) = match (&f.config_map_ref, &f.secret_ref) {
+                (Some(r), _) => ("configmap", r.name.clone(), r.optional.unwrap_or(false)),
+                (None, Some(r)) => ("secret", r.name.clone(), r.optional.unwrap_or(false)),
+                (None, None) => continue,
+            };
+            match objects.get(&format!("{kind}/{name}")) {
+                Some(data) => {
+                    for (k, v) in data {
+                        let key = format!("{prefix}{k}");
+                        if is_env_name(&key) {
+                            set(
+                                &mut env,
+                                EnvVar {
+                                    name: key,
+                                    value: Some(String::from_utf8_lossy(v).into_owned()),
+                                    value_from: None,
+                                },
+                            );
+                        }
+                    }
+                }
+                None if optional => {}
+                None => errs.push(format!(
+                    "container {:?}: envFrom {kind} {name:?} not found",
+                    c.name
+                )),
+            }
+        }
+        for e in c.env.take().into_iter().flatten() {
+            let from = e.value_from.as_ref();
+            let resolved = if let Some(r) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
+                Some((
+                    lookup("configmap", &r.name, &r.key),
+                    r.optional,
+                    "configmap",
+                    &r.name,
+                    &r.key,
+                ))
+            } else {
+                from.and_then(|f| f.secret_key_ref.as_ref()).map(|r| {
+                    (
+                        lookup("secret", &r.name, &r.key),
+                        r.optional,
+                        "secret",
+                        &r.name,
+                        &r.key,
+                    )
+                })
+            };
+            match resolved {
+                None => set(&mut env, e.clone()),
+                Some((Some(value), ..)) => set(
+                    &mut env,
+                    EnvVar {
+                        name: e.name.clone(),
+                        value: Some(value),
+                        value_from: None,
+                    },
+                ),
+                Some((None, Some(true), ..)) => {}
+                Some((None, _, kind, name, key)) => errs.push(format!(
+                    "container {:?}: env {:?}: key {key:?} of {kind} {name:?} not found",
+                    c.name, e.name
+                )),
+            }
+        }
+        c.env = (!env.is_empty()).then_some(env);
+    }
+    if errs.is_empty() {
+        Ok(pod)
+    } else {
+        Err(PlanError(errs))
+    }
+}
+
+/// The pod without its ConfigMap/Secret environment references (`env[].valueFrom`
+/// configMapKeyRef/secretKeyRef and `envFrom`): what can still be planned when they cannot be
+/// resolved, to report the pod's containers while it waits for them.
+pub fn strip_env_references(pod: &Pod) -> Pod {
+    let mut pod = pod.clone();
+    if let Some(spec) = pod.spec.as_mut() {
+        for c in spec
+            .init_containers
+            .iter_mut()
+            .flatten()
+            .chain(spec.containers.iter_mut())
+        {
+            c.env_from = None;
+            if let Some(env) = c.env.as_mut() {
+                env.retain(|e| {
+                    e.value_from.as_ref().is_none_or(|f| {
+                        f.config_map_key_ref.is_none() && f.secret_key_ref.is_none()
+                    })
+                });
+            }
+        }
+    }
+    pod
+}
+
+fn downward_field(pod: &Pod, path: &str) -> Option<Vec<u8>> {
+    let m = &pod.metadata;
+    let map = |m: &Option<BTreeMap<String, String>>| {
+        m.iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v:?}\n"))
+            .collect::<String>()
+    };
+    Some(
+        match path {
+            "metadata.name" => m.name.clone().unwrap_or_default(),
+            "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+            "metadata.uid" => m.uid.clone().unwrap_or_default(),
+            "metadata.labels" => map(&m.labels),
+            "metadata.annotations" => map(&m.annotations),
+            _ => return None,
+        }
+        .into_bytes(),
+    )
+}
+
+/// The files of the pod's ConfigMap, Secret, projected and downwardAPI volumes, from `objects`
+/// (`items` select and rename keys). Missing objects that are optional give no files; others
+/// are an error.
+pub fn volume_files(
+    pod: &Pod,
+    objects: &Objects,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, PlanError> {
+    use k8s_openapi::api::core::v1::KeyToPath;
+    let mut out = BTreeMap::new();
+    let mut errs = Vec::new();
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(out);
+    };
+    let mut take = |vol: &str,
+                    files: &mut BTreeMap<String, Vec<u8>>,
+                    key: String,
+                    items: &Option<Vec<KeyToPath>>,
+                    optional: Option<bool>| {
+        let Some(data) = objects.get(&key) else {
+            if optional != Some(true) {
+                errs.push(format!("volume {vol:?}: {key} not found"));
+            }
+            return;
+        };
+        match items {
+            Some(items) if !items.is_empty() => {
+                for it in items {
+                    match data.get(&it.key) {
+                        Some(v) => {
+                            files.insert(it.path.clone(), v.clone());
+                        }
+                        None if optional == Some(true) => {}
+                        None => errs.push(format!(
+                            "volume {vol:?}: key {:?} of {key} not found",
+                            it.key
+                        )),
+                    }
+                }
+            }
+            _ => {
+                for (k, v) in data {
+                    files.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    };
+    for v in spec.volumes.iter().flatten() {
+        let mut files = BTreeMap::new();
+        if let Some(cm) = &v.config_map {
+            take(
+                &v.name,
+                &mut files,
+                format!("configmap/{}", cm.name),
+                &cm.items,
+                cm.optional,
+            );
+        } else if let Some(sec) = &v.secret {
+            let name = sec.secret_name.clone().unwrap_or_default();
+            take(
+                &v.name,
+                &mut files,
+                format!("secret/{name}"),
+                &sec.items,
+                sec.optional,
+            );
+        } else if let Some(p) = &v.projected {
+            for src in p.sources.iter().flatten() {
+                if let Some(cm) = &src.config_map {
+                    take(
+                        &v.name,
+                        &mut files,
+                        format!("configmap/{}", cm.name),
+                        &cm.items,
+                        cm.optional,
+                    );
+                }
+                if let Some(sec) = &src.secret {
+                    take(
+                        &v.name,
+                        &mut files,
+                        format!("secret/{}", sec.name),
+                        &sec.items,
+                        sec.optional,
+                    );
+                }
+                for it in src
+                    .downward_api
+                    .iter()
+                    .flat_map(|d| d.items.iter().flatten())
+                {
+                    if let Some(b) = it
+                        .field_ref
+                        .as_ref()
+                        .and_then(|f| downward_field(pod, &f.field_path))
+                    {
+                        files.insert(it.path.clone(), b);
+                    }
+                }
+            }
+        } else if let Some(d) = &v.downward_api {
+            for it in d.items.iter().flatten() {
+                if let Some(b) = it
+                    .field_ref
+                    .as_ref()
+                    .and_then(|f| downward_field(pod, &f.field_path))
+                {
+                    files.insert(it.path.clone(), b);
+                }
+            }
+        } else {
+            continue;
+        }
+        out.insert(v.name.clone(), files);
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(PlanError(errs))
+    }
+}
+
 fn mode(m: Option<i32>) -> u32 {
     m.and_then(|m| u32::try_from(m).ok()).unwrap_or(0o644)
 }
@@ -438,6 +780,69 @@ mod tests {
         );
         assert_eq!(app.config().resources.memory_bytes, Some(64 << 20));
         assert!(plan.id.starts_with("shop_web_"));
+    }
+
+    #[test]
+    fn resolves_env_and_volume_files() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1"},
+            "spec": {
+                "containers": [{
+                    "name": "app", "image": "x",
+                    "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}, {"secretRef": {"name": "gone", "optional": true}}],
+                    "env": [
+                        {"name": "CFG_A", "value": "override"},
+                        {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+                        {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nope", "optional": true}}}
+                    ]
+                }],
+                "volumes": [
+                    {"name": "c", "configMap": {"name": "cfg", "items": [{"key": "b", "path": "sub/b.txt"}]}},
+                    {"name": "s", "secret": {"secretName": "sec"}},
+                    {"name": "d", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}
+                ]
+            }
+        }));
+        let refs = references(&p);
+        assert_eq!(refs.get("configmap/cfg"), Some(&false));
+        assert_eq!(refs.get("secret/gone"), Some(&true));
+        assert_eq!(refs.get("secret/sec"), Some(&false));
+        let objects: Objects = [
+            (
+                "configmap/cfg".to_string(),
+                [
+                    ("A".to_string(), b"1".to_vec()),
+                    ("b".to_string(), b"2".to_vec()),
+                ]
+                .into(),
+            ),
+            (
+                "secret/sec".to_string(),
+                [("password".to_string(), b"hunter2".to_vec())].into(),
+            ),
+        ]
+        .into();
+        let resolved = resolve_env(&p, &objects).unwrap();
+        let planned = plan(&resolved).unwrap();
+        assert_eq!(
+            planned.containers[0].env,
+            [
+                ("CFG_A".to_string(), "override".to_string()),
+                ("CFG_b".to_string(), "2".to_string()),
+                ("PASS".to_string(), "hunter2".to_string())
+            ]
+        );
+        let files = volume_files(&p, &objects).unwrap();
+        assert_eq!(files["c"].keys().collect::<Vec<_>>(), ["sub/b.txt"]);
+        assert_eq!(files["s"]["password"], b"hunter2");
+        assert_eq!(files["d"]["name"], b"web");
+        assert!(plan(&strip_env_references(&p)).is_ok());
+        let err = resolve_env(&p, &Objects::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("envFrom configmap \"cfg\" not found") && err.contains("PASS"),
+            "{err}"
+        );
+        assert!(volume_files(&p, &Objects::new()).is_err());
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct PodRecord {
     pub runtime: RuntimeKind,
     pub ip: Option<std::net::Ipv4Addr>,
     pub netns: Option<String>,
+    /// The Kubernetes uid of the pod (agents key pods by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// The pod's phase, as Kubernetes reports it.
@@ -177,18 +180,11 @@ pub fn dir(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("pods").join(id)
 }
 
-/// Creates the pod sandbox and starts it: network, volumes, init containers (in order, each must
-/// succeed), then all regular containers.
-pub async fn start(
+/// Pulls (or finds in the store) every image of the plan: image reference -> image.
+pub async fn pull_images(
     host: &Host,
-    runtime: Arc<dyn Runtime>,
     plan: &PodPlan,
-    files: &VolumeFiles,
-) -> Result<PodRun, PodError> {
-    let pdir = dir(&host.data_dir, &plan.id);
-    std::fs::create_dir_all(pdir.join("etc")).map_err(io("create", &pdir))?;
-
-    // Images first: a pod whose image cannot be had never gets a network address.
+) -> Result<BTreeMap<String, crate::image::Image>, PodError> {
     let mut images = BTreeMap::new();
     for c in plan.init_containers.iter().chain(&plan.containers) {
         if images.contains_key(&c.image) {
@@ -205,9 +201,134 @@ pub async fn start(
             .map_err(|e| PodError::Image(c.name.clone(), e))?;
         images.insert(c.image.clone(), img);
     }
+    Ok(images)
+}
+
+/// Creates the pod sandbox and starts it: network, volumes, init containers (in order, each must
+/// succeed), then all regular containers.
+pub async fn start(
+    host: &Host,
+    runtime: Arc<dyn Runtime>,
+    plan: &PodPlan,
+    files: &VolumeFiles,
+) -> Result<PodRun, PodError> {
+    // Images first: a pod whose image cannot be had never gets a network address.
+    let images = pull_images(host, plan).await?;
+    let sandbox = prepare(host, runtime.clone(), plan, files, &Prepare::default()).await?;
+
+    let mut init_exits = Vec::new();
+    for c in &plan.init_containers {
+        let started = sandbox.launch(c, &images[&c.image], 0).await?;
+        let exit = started
+            .wait()
+            .await
+            .map_err(|e| PodError::Container(c.name.clone(), e))?;
+        info!(pod = %plan.id, container = %c.name, code = exit.code, "init container finished");
+        if exit.code != 0 {
+            return Err(PodError::InitFailed {
+                name: c.name.clone(),
+                code: exit.code,
+            });
+        }
+        init_exits.push(exit);
+    }
+
+    let mut running = Vec::new();
+    let mut launches = BTreeMap::new();
+    for c in &plan.containers {
+        let img = &images[&c.image];
+        launches.insert(c.name.clone(), (sandbox.config_for(c)?, img.clone()));
+        let started = sandbox.launch(c, img, 0).await?;
+        running.push((c.name.clone(), tokio::spawn(started.wait())));
+    }
+    info!(pod = %plan.id, ip = ?sandbox.ip, runtime = %runtime.kind(), "pod running");
+    Ok(PodRun {
+        id: plan.id.clone(),
+        dir: sandbox.dir.clone(),
+        ip: sandbox.ip,
+        init_exits,
+        runtime,
+        running,
+        host: host.clone(),
+        context: sandbox.context.clone(),
+        launches,
+        restarts: BTreeMap::new(),
+    })
+}
+
+/// Options of [`prepare`].
+#[derive(Debug, Clone, Default)]
+pub struct Prepare {
+    /// The pod's address on the network (None: the network allocates one).
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The Kubernetes uid of the pod, kept in the record.
+    pub uid: Option<String>,
+}
+
+/// A pod sandbox whose shared parts exist (directory, network, /etc files, volumes, IPC
+/// namespace, gVisor's pause container): containers are launched into it one by one.
+#[derive(Clone)]
+pub struct Sandbox {
+    pub id: String,
+    pub dir: PathBuf,
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The pod's network namespace (`/run/netns/...`), if it is on a network.
+    pub netns_path: Option<PathBuf>,
+    runtime: Arc<dyn Runtime>,
+    host: Host,
+    context: SandboxContext,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .field("ip", &self.ip)
+            .finish()
+    }
+}
+
+fn write_record(pdir: &Path, record: &PodRecord) -> Result<(), PodError> {
+    let rec_path = pdir.join("pod.json");
+    let tmp = pdir.join("pod.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(record).unwrap_or_default())
+        .map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &rec_path).map_err(io("rename", &rec_path))
+}
+
+/// Reads the record of pod `id`.
+pub fn read_record(data_dir: &Path, id: &str) -> Option<PodRecord> {
+    let b = std::fs::read(dir(data_dir, id).join("pod.json")).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Records the Kubernetes uid of pod `id` (a record written before uids were kept).
+pub fn set_uid(data_dir: &Path, id: &str, uid: &str) -> Result<(), PodError> {
+    let pdir = dir(data_dir, id);
+    let Some(mut rec) = read_record(data_dir, id) else {
+        return Err(PodError::NoContainer(id.to_owned()));
+    };
+    if rec.uid.as_deref() != Some(uid) {
+        rec.uid = Some(uid.to_owned());
+        write_record(&pdir, &rec)?;
+    }
+    Ok(())
+}
+
+/// Creates the shared parts of the pod sandbox (idempotent: a pod prepared again keeps its
+/// address and namespaces).
+pub async fn prepare(
+    host: &Host,
+    runtime: Arc<dyn Runtime>,
+    plan: &PodPlan,
+    files: &VolumeFiles,
+    options: &Prepare,
+) -> Result<Sandbox, PodError> {
+    let pdir = dir(&host.data_dir, &plan.id);
+    std::fs::create_dir_all(pdir.join("etc")).map_err(io("create", &pdir))?;
 
     let attachment: Option<Attachment> = match &host.network {
-        Some(net) => Some(net.attach(&plan.id).await?),
+        Some(net) => Some(net.attach_with_ip(&plan.id, options.ip).await?),
         None => None,
     };
     let ip = attachment.as_ref().map(|a| a.ip);
@@ -216,13 +337,9 @@ pub async fn start(
         runtime: runtime.kind(),
         ip,
         netns: attachment.as_ref().map(|a| a.netns.clone()),
+        uid: options.uid.clone(),
     };
-    let rec_path = pdir.join("pod.json");
-    std::fs::write(
-        &rec_path,
-        serde_json::to_vec_pretty(&record).unwrap_or_default(),
-    )
-    .map_err(io("write", &rec_path))?;
+    write_record(&pdir, &record)?;
 
     // /etc files shared by the pod's containers.
     let etc = pdir.join("etc");
@@ -278,27 +395,116 @@ pub async fn start(
             ));
         }
     }
-    let mut context = SandboxContext {
-        hostname: plan.hostname.clone(),
-        netns: attachment.as_ref().map(|a| a.netns_path.clone()),
-        ipcns: (runtime.kind() == RuntimeKind::Container).then(|| ipc.clone()),
-        ..Default::default()
+    let mut sandbox = Sandbox {
+        id: plan.id.clone(),
+        dir: pdir,
+        ip,
+        netns_path: attachment.as_ref().map(|a| a.netns_path.clone()),
+        runtime: runtime.clone(),
+        host: host.clone(),
+        context: SandboxContext::default(),
     };
+    sandbox.context = sandbox.base_context(plan);
     // gVisor: one sandbox for the whole pod, held by a pause container the others join; they
     // share its network stack (the pod netns), IPC and PID namespaces.
     if runtime.kind() == RuntimeKind::Gvisor {
-        let pause = start_pause(host, &runtime, &plan.id, &context).await?;
-        context.annotations = vec![
-            (crate::runtime::CONTAINER_TYPE.into(), "container".into()),
-            (crate::runtime::SANDBOX_ID.into(), pause),
-        ];
+        let mut bare = sandbox.context.clone();
+        bare.annotations.clear();
+        start_pause(host, &runtime, &plan.id, &bare).await?;
+    }
+    Ok(sandbox)
+}
+
+/// The sandbox of a pod prepared earlier (by this or an earlier agent process), from its record;
+/// None if the pod was never prepared.
+pub fn reopen(host: &Host, runtime: Arc<dyn Runtime>, plan: &PodPlan) -> Option<Sandbox> {
+    let record = read_record(&host.data_dir, &plan.id)?;
+    let mut sandbox = Sandbox {
+        id: plan.id.clone(),
+        dir: dir(&host.data_dir, &plan.id),
+        ip: record.ip,
+        netns_path: record
+            .netns
+            .as_deref()
+            .map(|n| Path::new("/run/netns").join(n)),
+        runtime,
+        host: host.clone(),
+        context: SandboxContext::default(),
+    };
+    sandbox.context = sandbox.base_context(plan);
+    Some(sandbox)
+}
+
+/// Finds a pod again after the agent restarted: its sandbox and its regular containers that
+/// were started under shims (name -> [`container::Started`], whose `wait` resolves when the
+/// container exits, at once if it ended while nobody watched). None when nothing of the pod
+/// runs any more (no container runs, or gVisor's pause container is gone): the caller cleans up.
+pub async fn adopt(
+    host: &Host,
+    runtime: Arc<dyn Runtime>,
+    plan: &PodPlan,
+) -> Option<(Sandbox, BTreeMap<String, container::Started>)> {
+    let sandbox = reopen(host, runtime.clone(), plan)?;
+    if runtime.kind() == RuntimeKind::Gvisor
+        && runtime
+            .status(&pause_id(&plan.id))
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some("running")
+    {
+        return None;
+    }
+    let mut adopted = BTreeMap::new();
+    let mut any_running = false;
+    for c in &plan.containers {
+        let id = container_id(&plan.id, &c.name);
+        if let Some(s) = container::adopt(&host.data_dir, runtime.clone(), &id).await {
+            any_running |= matches!(s.state().status, container::Status::Running { .. });
+            adopted.insert(c.name.clone(), s);
+        }
+    }
+    if !any_running {
+        return None;
+    }
+    info!(pod = %plan.id, containers = adopted.len(), "pod adopted");
+    Some((sandbox, adopted))
+}
+
+impl Sandbox {
+    fn base_context(&self, plan: &PodPlan) -> SandboxContext {
+        let kind = self.runtime.kind();
+        let mut context = SandboxContext {
+            hostname: plan.hostname.clone(),
+            netns: self.netns_path.clone(),
+            ipcns: (kind == RuntimeKind::Container).then(|| self.dir.join("ipc.ns")),
+            ..Default::default()
+        };
+        if kind == RuntimeKind::Gvisor {
+            context.annotations = vec![
+                (crate::runtime::CONTAINER_TYPE.into(), "container".into()),
+                (crate::runtime::SANDBOX_ID.into(), pause_id(&plan.id)),
+            ];
+        }
+        context
     }
 
-    let config_for = |c: &ContainerPlan| -> Result<crate::spec::ContainerConfig, PodError> {
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The configuration of container `c` in this sandbox: its plan plus the pod IP variables,
+    /// the pod's /etc files and its volume mounts.
+    pub fn config_for(&self, c: &ContainerPlan) -> Result<crate::spec::ContainerConfig, PodError> {
+        let etc = self.dir.join("etc");
+        let vols = self.dir.join("volumes");
         let mut cfg = c.config();
         for k in &c.pod_ip_env {
-            cfg.env
-                .push((k.clone(), ip.map(|ip| ip.to_string()).unwrap_or_default()));
+            cfg.env.push((
+                k.clone(),
+                self.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ));
         }
         for name in ["hosts", "resolv.conf", "hostname"] {
             cfg.mounts.push(Mount {
@@ -326,79 +532,33 @@ pub async fn start(
             });
         }
         Ok(cfg)
-    };
+    }
 
-    let mut init_exits = Vec::new();
-    for c in &plan.init_containers {
-        let id = container_id(&plan.id, &c.name);
-        let cfg = config_for(c)?;
-        let img = &images[&c.image];
-        let started = container::start(
-            &host.data_dir,
-            &host.images,
-            runtime.clone(),
+    /// Starts container `c` (its `restart_count`-th run: a fresh writable layer and log file).
+    pub async fn launch(
+        &self,
+        c: &ContainerPlan,
+        image: &crate::image::Image,
+        restart_count: u32,
+    ) -> Result<container::Started, PodError> {
+        let id = container_id(&self.id, &c.name);
+        let cfg = self.config_for(c)?;
+        container::start(
+            &self.host.data_dir,
+            &self.host.images,
+            self.runtime.clone(),
             container::Launch {
                 id: &id,
-                image: img,
+                image,
                 config: &cfg,
-                sandbox: &context,
+                sandbox: &self.context,
                 io: Io::Logged,
-                restart_count: 0,
+                restart_count,
             },
         )
         .await
-        .map_err(|e| PodError::Container(c.name.clone(), e))?;
-        let exit = started
-            .wait()
-            .await
-            .map_err(|e| PodError::Container(c.name.clone(), e))?;
-        info!(pod = %plan.id, container = %c.name, code = exit.code, "init container finished");
-        if exit.code != 0 {
-            return Err(PodError::InitFailed {
-                name: c.name.clone(),
-                code: exit.code,
-            });
-        }
-        init_exits.push(exit);
+        .map_err(|e| PodError::Container(c.name.clone(), e))
     }
-
-    let mut running = Vec::new();
-    let mut launches = BTreeMap::new();
-    for c in &plan.containers {
-        let id = container_id(&plan.id, &c.name);
-        let cfg = config_for(c)?;
-        let img = &images[&c.image];
-        launches.insert(c.name.clone(), (cfg.clone(), img.clone()));
-        let started = container::start(
-            &host.data_dir,
-            &host.images,
-            runtime.clone(),
-            container::Launch {
-                id: &id,
-                image: img,
-                config: &cfg,
-                sandbox: &context,
-                io: Io::Logged,
-                restart_count: 0,
-            },
-        )
-        .await
-        .map_err(|e| PodError::Container(c.name.clone(), e))?;
-        running.push((c.name.clone(), tokio::spawn(started.wait())));
-    }
-    info!(pod = %plan.id, ?ip, runtime = %runtime.kind(), "pod running");
-    Ok(PodRun {
-        id: plan.id.clone(),
-        dir: pdir,
-        ip,
-        init_exits,
-        runtime,
-        running,
-        host: host.clone(),
-        context,
-        launches,
-        restarts: BTreeMap::new(),
-    })
 }
 
 /// The pause container's id for pod `pod_id`.
@@ -467,15 +627,9 @@ async fn start_pause(
     let p = bundle.join("config.json");
     std::fs::write(&p, serde_json::to_vec_pretty(&spec).unwrap_or_default())
         .map_err(io("write", &p))?;
-    let stdio = crate::runtime::Stdio {
-        stdin: std::process::Stdio::null(),
-        stdout: std::process::Stdio::null(),
-        stderr: std::process::Stdio::piped(),
-        foreground: false,
-    };
-    // The pause lives until the pod is removed; nobody waits for it.
-    let _process = runtime
-        .spawn(&id, &bundle, stdio)
+    // The pause lives until the pod is removed (under a shim when one is set, so it outlives
+    // the agent); nobody waits for it.
+    let _pause = container::start_pause(&host.data_dir, runtime.clone(), &id)
         .await
         .map_err(|e| PodError::Pause(e.to_string()))?;
     Ok(id)
@@ -614,6 +768,21 @@ impl PodRun {
     }
 }
 
+/// Waits (at most 10 s) until the shim of the container directory `dir`, if any, has exited:
+/// it cleans up after its container, and must be done before the directory goes.
+async fn shim_gone(dir: &Path) {
+    let Some(pid) = crate::shim::read_pid(dir) else {
+        return;
+    };
+    for _ in 0..200 {
+        if !crate::shim::is_alive(pid, dir) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    warn!(dir = %dir.display(), pid, "container shim still running at removal");
+}
+
 /// Removes a stopped pod: its containers' directories, its namespaces, its address, its files.
 pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Result<(), PodError> {
     if runtime.kind() == RuntimeKind::Gvisor {
@@ -623,10 +792,14 @@ pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Resul
             .delete(&pause)
             .await
             .map_err(|e| PodError::Pause(e.to_string()))?;
-        let _ = std::fs::remove_dir_all(container::dir(&host.data_dir, &pause));
+        let pdir = container::dir(&host.data_dir, &pause);
+        shim_gone(&pdir).await;
+        let _ = std::fs::remove_dir_all(pdir);
     }
     for c in plan.init_containers.iter().chain(&plan.containers) {
-        container::remove(&host.data_dir, &container_id(&plan.id, &c.name))
+        let id = container_id(&plan.id, &c.name);
+        shim_gone(&container::dir(&host.data_dir, &id)).await;
+        container::remove(&host.data_dir, &id)
             .map_err(|e| PodError::Container(c.name.clone(), e))?;
     }
     if let Some(net) = &host.network {

@@ -5,11 +5,20 @@
 //! transaction reads the key instead, which tells NotFound from Conflict in one round trip.
 //! etcd's revisions are used as they are (a fresh etcd is at revision 1).
 //!
+//! Reads cost etcd about as much CPU as writes, and the API server reads before it writes (the
+//! namespace of every created object, the admission plugins' lists), so reads are kept cheap:
+//! on a single-member cluster they are serializable (no consensus round; see [`ReadMode`]), and
+//! equal reads at the latest revision that overlap in time share one request (see
+//! `Etcd::coalesced`). Both keep every read linearizable. `etcd_bench` measures what each saves.
+//!
 //! [`LocalEtcd`] starts a throwaway single-member etcd server from the `etcd` binary, for tests
 //! and benchmarks.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -17,6 +26,7 @@ use etcd_client::{
     TxnOpResponse, WatchOptions,
 };
 use futures::stream;
+use tokio::sync::oneshot;
 
 use crate::memory::prefix_end;
 use crate::{Backend, Error, Event, KeyValue, ListPage, Result, Revision, WatchStream};
@@ -38,11 +48,74 @@ pub enum EtcdError {
     WatchCancelled(String),
 }
 
-/// The etcd backend. Cloning shares the connection.
+/// The etcd backend. Cloning shares the connections.
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    /// One client per connection; requests are spread over them in turn, watches use the first.
+    clients: Arc<[Client]>,
+    next: Arc<AtomicUsize>,
     prefix: String,
+    /// Reads are served from the member's own state, without a round of consensus (see
+    /// [`ReadMode`]).
+    serializable: bool,
+    /// Reads at the latest revision being sent, each with the requests waiting for the next one.
+    reads: Arc<Mutex<HashMap<Read, Vec<Waiter>>>>,
+}
+
+/// A read at the latest revision; equal reads that overlap in time share one etcd request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Read {
+    Revision,
+    Get(String),
+    List {
+        prefix: String,
+        start_after: Option<String>,
+        limit: usize,
+    },
+    Count(String),
+}
+
+/// The answer of a [`Read`].
+#[derive(Debug, Clone)]
+enum ReadValue {
+    Revision(Revision),
+    Get(Revision, Option<KeyValue>),
+    List(ListPage),
+    Count(i64),
+}
+
+/// Where a shared read's answer goes; `None` when the shared read failed (the waiter then reads
+/// on its own, to get its own error).
+type Waiter = oneshot::Sender<Option<ReadValue>>;
+
+/// How [`Etcd::connect_with`] talks to etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// HTTP/2 connections to open; requests go round-robin over them (at least 1).
+    pub connections: usize,
+    /// When reads may skip consensus (a linearizable read in etcd waits for a ReadIndex round and
+    /// for every write committed before it to be applied).
+    pub reads: ReadMode,
+}
+
+/// Which reads the backend sends to etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Always linearizable reads.
+    Linearizable,
+    /// Serializable reads when the cluster has exactly one member at connect time (then they
+    /// see every acknowledged write: etcd answers a write only once the member has applied it,
+    /// and there is no other member that could be ahead); linearizable otherwise.
+    SerializableIfSingleMember,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            connections: 1,
+            reads: ReadMode::SerializableIfSingleMember,
+        }
+    }
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -63,25 +136,80 @@ fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Result<Revision> 
 }
 
 impl Etcd {
-    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`); every key is stored under
-    /// `prefix` (e.g. `/nodeless/`), which is stripped again on the way out.
+    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`) with the default
+    /// [`EtcdOptions`]; every key is stored under `prefix` (e.g. `/nodeless/`), which is stripped
+    /// again on the way out.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
-        let options = etcd_client::ConnectOptions::new()
+        Self::connect_with(endpoints, prefix, EtcdOptions::default()).await
+    }
+
+    /// Connects like [`Etcd::connect`] with explicit options.
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        options: EtcdOptions,
+    ) -> Result<Self> {
+        let connect_options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(10));
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(backend)?;
+        let mut clients = Vec::new();
+        for _ in 0..options.connections.max(1) {
+            let client = Client::connect(endpoints, Some(connect_options.clone()))
+                .await
+                .map_err(backend)?;
+            clients.push(client);
+        }
+        let serializable = match options.reads {
+            ReadMode::Linearizable => false,
+            ReadMode::SerializableIfSingleMember => {
+                let members = clients[0]
+                    .cluster_client()
+                    .member_list()
+                    .await
+                    .map_err(backend)?;
+                members.members().len() == 1
+            }
+        };
         Ok(Etcd {
-            client,
+            clients: clients.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             prefix: prefix.to_owned(),
+            serializable,
+            reads: Arc::default(),
         })
     }
 
+    /// Reads skip consensus (single-member cluster, see [`ReadMode`]).
+    pub fn serializable_reads(&self) -> bool {
+        self.serializable
+    }
+
+    /// The next connection, in turn.
+    fn client(&self) -> &Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+
+    /// The connection that carries watches.
+    fn watch_client(&self) -> etcd_client::WatchClient {
+        self.clients[0]
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
     fn kv(&self) -> KvClient {
-        self.client
+        self.client()
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Options of a read at the latest revision or at `revision`.
+    fn read_options(&self) -> GetOptions {
+        if self.serializable {
+            GetOptions::new().with_serializable()
+        } else {
+            GetOptions::new()
+        }
     }
 
     fn full(&self, key: &str) -> Vec<u8> {
@@ -125,7 +253,6 @@ impl Etcd {
         let probe = format!("{}\0compaction-probe", self.prefix);
         let opts = WatchOptions::new().with_start_revision(1);
         let mut ws = self
-            .client
             .watch_client()
             .watch(probe, Some(opts))
             .await
@@ -159,26 +286,97 @@ impl Etcd {
     }
 }
 
-#[async_trait::async_trait]
-impl Backend for Etcd {
-    async fn current_revision(&self) -> Result<Revision> {
+/// Reads at the latest revision are coalesced: while one read is in flight, equal reads that
+/// arrive wait for the next one, which is sent when the first answers and then serves them all.
+/// Each still gets an answer from a read that etcd received after the request arrived, so it sees
+/// every write acknowledged before (linearizable when etcd's read is); concurrent requests for
+/// the same key (every pod create reads its namespace) cost etcd one read per round trip instead
+/// of one each.
+impl Etcd {
+    async fn coalesced(&self, read: Read) -> Result<ReadValue> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            match reads.get_mut(&read) {
+                Some(waiting) => {
+                    waiting.push(tx);
+                    None
+                }
+                None => {
+                    reads.insert(read.clone(), Vec::new());
+                    Some(tx)
+                }
+            }
+        };
+        if let Some(tx) = lead {
+            // A task of its own sends the reads, so that a caller that goes away cannot leave
+            // the waiters of `read` stranded.
+            tokio::spawn(self.clone().serve_reads(read.clone(), vec![tx]));
+        }
+        match rx.await {
+            Ok(Some(value)) => Ok(value),
+            _ => self.read_direct(&read).await,
+        }
+    }
+
+    /// Sends `read` for `batch`, then again for whoever queued meanwhile, until nobody did.
+    async fn serve_reads(self, read: Read, mut batch: Vec<Waiter>) {
+        loop {
+            let mut value = self.read_direct(&read).await.ok();
+            let last = batch.pop();
+            for waiter in batch {
+                let _ = waiter.send(value.clone());
+            }
+            if let Some(waiter) = last {
+                let _ = waiter.send(value.take());
+            }
+            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            let waiting = reads.get_mut(&read).map(std::mem::take).unwrap_or_default();
+            if waiting.is_empty() {
+                reads.remove(&read);
+                return;
+            }
+            batch = waiting;
+        }
+    }
+
+    async fn read_direct(&self, read: &Read) -> Result<ReadValue> {
+        Ok(match read {
+            Read::Revision => ReadValue::Revision(self.current_revision_direct().await?),
+            Read::Get(key) => {
+                let (at, kv) = self.get_direct(key, None).await?;
+                ReadValue::Get(at, kv)
+            }
+            Read::List {
+                prefix,
+                start_after,
+                limit,
+            } => ReadValue::List(
+                self.list_direct(prefix, start_after.as_deref(), *limit, None)
+                    .await?,
+            ),
+            Read::Count(prefix) => ReadValue::Count(self.count_direct(prefix).await?),
+        })
+    }
+
+    async fn current_revision_direct(&self) -> Result<Revision> {
         let resp = self
             .kv()
             .get(
                 self.full(""),
-                Some(GetOptions::new().with_count_only().with_limit(1)),
+                Some(self.read_options().with_count_only().with_limit(1)),
             )
             .await
             .map_err(backend)?;
         header_revision(resp.header())
     }
 
-    async fn get(
+    async fn get_direct(
         &self,
         key: &str,
         revision: Option<Revision>,
     ) -> Result<(Revision, Option<KeyValue>)> {
-        let mut opts = GetOptions::new();
+        let mut opts = self.read_options();
         if let Some(r) = revision.filter(|r| *r > 0) {
             opts = opts.with_revision(r);
         }
@@ -194,7 +392,7 @@ impl Backend for Etcd {
         Ok((at, kv))
     }
 
-    async fn list(
+    async fn list_direct(
         &self,
         prefix: &str,
         start_after: Option<&str>,
@@ -210,13 +408,15 @@ impl Backend for Etcd {
             start = start.max(after);
         }
         let empty = end.as_ref().is_some_and(|end| start >= *end);
-        let mut opts = GetOptions::new().with_range(end.unwrap_or_else(|| vec![0]));
+        let mut opts = self
+            .read_options()
+            .with_range(end.unwrap_or_else(|| vec![0]));
         if let Some(r) = revision.filter(|r| *r > 0) {
             opts = opts.with_revision(r);
         }
         if empty {
             // Still read (nothing) at the revision, so its checks apply.
-            opts = GetOptions::new().with_count_only();
+            opts = self.read_options().with_count_only();
             if let Some(r) = revision.filter(|r| *r > 0) {
                 opts = opts.with_revision(r);
             }
@@ -251,16 +451,76 @@ impl Backend for Etcd {
         })
     }
 
-    async fn count(&self, prefix: &str) -> Result<i64> {
+    async fn count_direct(&self, prefix: &str) -> Result<i64> {
         let resp = self
             .kv()
             .get(
                 self.full(prefix),
-                Some(GetOptions::new().with_prefix().with_count_only()),
+                Some(self.read_options().with_prefix().with_count_only()),
             )
             .await
             .map_err(backend)?;
         Ok(resp.count())
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Etcd {
+    async fn current_revision(&self) -> Result<Revision> {
+        match self.coalesced(Read::Revision).await? {
+            ReadValue::Revision(r) => Ok(r),
+            _ => Err(backend(EtcdError::Malformed(
+                "coalesced read of another kind",
+            ))),
+        }
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        revision: Option<Revision>,
+    ) -> Result<(Revision, Option<KeyValue>)> {
+        if revision.is_some_and(|r| r > 0) {
+            return self.get_direct(key, revision).await;
+        }
+        match self.coalesced(Read::Get(key.to_owned())).await? {
+            ReadValue::Get(at, kv) => Ok((at, kv)),
+            _ => Err(backend(EtcdError::Malformed(
+                "coalesced read of another kind",
+            ))),
+        }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<ListPage> {
+        if revision.is_some_and(|r| r > 0) {
+            return self.list_direct(prefix, start_after, limit, revision).await;
+        }
+        let read = Read::List {
+            prefix: prefix.to_owned(),
+            start_after: start_after.map(str::to_owned),
+            limit,
+        };
+        match self.coalesced(read).await? {
+            ReadValue::List(page) => Ok(page),
+            _ => Err(backend(EtcdError::Malformed(
+                "coalesced read of another kind",
+            ))),
+        }
+    }
+
+    async fn count(&self, prefix: &str) -> Result<i64> {
+        match self.coalesced(Read::Count(prefix.to_owned())).await? {
+            ReadValue::Count(n) => Ok(n),
+            _ => Err(backend(EtcdError::Malformed(
+                "coalesced read of another kind",
+            ))),
+        }
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
@@ -351,7 +611,7 @@ impl Backend for Etcd {
             .kv()
             .get(
                 full.clone(),
-                Some(GetOptions::new().with_count_only().with_revision(probe)),
+                Some(self.read_options().with_count_only().with_revision(probe)),
             )
             .await
             && !is_future(&e)
@@ -363,9 +623,7 @@ impl Backend for Etcd {
             .with_prev_key()
             .with_start_revision(after + 1);
         let ws = self
-            .client
             .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE)
             .watch(full, Some(opts))
             .await
             .map_err(backend)?;
@@ -498,6 +756,15 @@ impl LocalEtcd {
     /// Starts etcd with its data (and its log, `etcd.log`) in `data_dir`, and waits until it
     /// answers.
     pub async fn start(data_dir: &Path) -> Result<Self, LocalEtcdError> {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Starts etcd like [`LocalEtcd::start`] with extra command-line flags (e.g.
+    /// `--backend-batch-interval=...`, for benchmarks).
+    pub async fn start_with(
+        data_dir: &Path,
+        extra_args: &[String],
+    ) -> Result<Self, LocalEtcdError> {
         let bin = Self::binary().ok_or(LocalEtcdError::NotInstalled)?;
         let log_path = data_dir.join("etcd.log");
         // Ports are picked by binding port 0 and releasing it: another process may take one in
@@ -517,6 +784,7 @@ impl LocalEtcd {
                 .arg(format!("--initial-advertise-peer-urls={peer}"))
                 .arg(format!("--initial-cluster=test={peer}"))
                 .arg("--log-level=warn")
+                .args(extra_args)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
@@ -551,6 +819,11 @@ impl LocalEtcd {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
+    }
+
+    /// The etcd process id (to read its CPU time or profile it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.

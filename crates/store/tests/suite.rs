@@ -1,5 +1,7 @@
 //! One behaviour suite for every backend: each case below runs against the in-memory backend,
-//! SQLite (in a temp dir) and etcd (a real `etcd` started per test on loopback ports).
+//! SQLite (in a temp dir) and etcd (a real `etcd` started per test on loopback ports), the latter
+//! twice: with the default options (serializable reads, as the cluster has one member) and with
+//! linearizable reads spread over three connections.
 //!
 //! Without an `etcd` binary the etcd cases print a SKIPPED line, or panic when
 //! `NODELESS_REQUIRE_ETCD=1` (as CI sets it).
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use store::etcd::{Etcd, LocalEtcd, LocalEtcdError};
+use store::etcd::{Etcd, EtcdOptions, LocalEtcd, LocalEtcdError, ReadMode};
 use store::memory::Memory;
 use store::sqlite::Sqlite;
 use store::{Backend, Error, Event, KeyValue, Revision, WatchStream};
@@ -40,6 +42,20 @@ fn sqlite() -> Option<Harness> {
 }
 
 async fn etcd() -> Option<Harness> {
+    etcd_with(EtcdOptions::default()).await
+}
+
+/// etcd with linearizable reads over several connections (the default is serializable reads on
+/// a single-member cluster, over one connection).
+async fn etcd_linearizable() -> Option<Harness> {
+    etcd_with(EtcdOptions {
+        connections: 3,
+        reads: ReadMode::Linearizable,
+    })
+    .await
+}
+
+async fn etcd_with(options: EtcdOptions) -> Option<Harness> {
     let dir = tempfile::tempdir().unwrap();
     let server = match LocalEtcd::start(dir.path()).await {
         Ok(server) => server,
@@ -56,9 +72,13 @@ async fn etcd() -> Option<Harness> {
         }
         Err(e) => panic!("cannot start etcd: {e}"),
     };
-    let backend = Etcd::connect(&[server.endpoint().to_owned()], "/suite/")
+    let backend = Etcd::connect_with(&[server.endpoint().to_owned()], "/suite/", options)
         .await
         .unwrap();
+    assert_eq!(
+        backend.serializable_reads(),
+        options.reads == ReadMode::SerializableIfSingleMember
+    );
     // Something outside the prefix, which no case may ever see.
     let other = Etcd::connect(&[server.endpoint().to_owned()], "/other/")
         .await
@@ -96,6 +116,16 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     if let Some(h) = super::etcd().await {
+                        super::$case(h.backend.clone()).await;
+                    }
+                }
+            )*
+        }
+        mod etcd_linearizable_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    if let Some(h) = super::etcd_linearizable().await {
                         super::$case(h.backend.clone()).await;
                     }
                 }

@@ -2,6 +2,8 @@
 //! data dir, and run the real kubectl against it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod image;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

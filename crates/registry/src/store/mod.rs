@@ -6,6 +6,8 @@
 //! Contract every implementation keeps:
 //! - a blob is visible (`stat`, `read`) only after its bytes were verified against its digest;
 //! - `put` and `upload_commit` return only once the blob is durable (a crash afterwards loses nothing);
+//! - `upload_append` need not be durable on its own (the commit is): after a power loss a session may
+//!   come back shorter or damaged, which the digest check at commit refuses;
 //! - a failed `upload_append` leaves the upload exactly as it was before the call;
 //! - a failed or aborted upload leaves no blob behind.
 

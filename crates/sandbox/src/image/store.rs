@@ -65,6 +65,9 @@ pub enum StoreError {
     Record(PathBuf, #[source] serde_json::Error),
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
+    /// Trusted roots given to [`ImageStore::trust_roots_pem`] are not usable certificates.
+    #[error("trusted roots: {0}")]
+    Certificate(String),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -163,6 +166,9 @@ pub struct ImageStore {
     root: PathBuf,
     options: StoreOptions,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Extra CA certificates (DER) trusted for registries besides the system's roots, learnt at
+    /// run time ([`ImageStore::trust_roots_pem`]).
+    extra_roots: Mutex<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -218,7 +224,23 @@ impl ImageStore {
             root,
             options,
             locks: Mutex::new(HashMap::new()),
+            extra_roots: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more `CERTIFICATE` blocks) for registries
+    /// reached over HTTPS from now on, besides the system's roots (e.g. the cluster registry's
+    /// own CA). Certificates already trusted are not added twice. Nothing is added when any
+    /// block is not a usable CA certificate.
+    pub fn trust_roots_pem(&self, pem: &[u8]) -> Result<(), StoreError> {
+        let roots = parse_roots(pem)?;
+        let mut extra = self.extra_roots.lock().unwrap_or_else(|p| p.into_inner());
+        for der in roots {
+            if !extra.contains(&der) {
+                extra.push(der);
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -303,7 +325,14 @@ impl ImageStore {
         let name = source.to_string();
         let mut archive_dir = None;
         let fetcher = match source {
-            Source::Registry(r) => Fetcher::registry(r.clone(), &self.options, &opts.auth),
+            Source::Registry(r) => {
+                let roots = self
+                    .extra_roots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                Fetcher::registry(r.clone(), &self.options, &opts.auth, roots).await?
+            }
             Source::Layout { dir, tag } => Fetcher::Layout {
                 dir: dir.clone(),
                 tag: tag.clone(),
@@ -608,6 +637,49 @@ fn write_atomic(tmp_dir: &Path, dst: &Path, bytes: &[u8]) -> Result<(), StoreErr
     std::fs::rename(&tmp, dst).map_err(io("rename", dst))
 }
 
+/// Whether `err` (or what caused it) is a TLS certificate the client refused.
+fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_)
+            );
+        }
+        // io::Error::source skips the error it wraps; look at that one too.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && is_certificate_error(inner)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// The certificates (DER) of the `CERTIFICATE` blocks in `pem`, each checked to be a usable
+/// trust anchor.
+fn parse_roots(pem: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut out = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| StoreError::Certificate(format!("invalid PEM: {e}")))?;
+        let mut check = rustls::RootCertStore::empty();
+        check
+            .add(cert.clone())
+            .map_err(|e| StoreError::Certificate(e.to_string()))?;
+        out.push(cert.to_vec());
+    }
+    if out.is_empty() {
+        return Err(StoreError::Certificate("no CERTIFICATE in PEM".into()));
+    }
+    Ok(out)
+}
+
 fn remove_any(p: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
@@ -638,19 +710,96 @@ enum Fetcher {
 }
 
 impl Fetcher {
-    fn registry(reference: oci_client::Reference, options: &StoreOptions, auth: &Auth) -> Self {
+    /// A client for the registry of `reference`. A registry reached over plain HTTP by default
+    /// (loopback, or listed as insecure) is first tried over HTTPS, as docker does, so that a
+    /// cluster registry on loopback serving TLS works; plain HTTP is used when that fails for
+    /// any reason but the server's certificate (which is reported as it is, never downgraded).
+    /// Basic credentials are exchanged for a token at once, so a wrong password is reported as
+    /// the registry's refusal.
+    async fn registry(
+        reference: oci_client::Reference,
+        options: &StoreOptions,
+        auth: &Auth,
+        extra_roots: Vec<Vec<u8>>,
+    ) -> Result<Self, StoreError> {
+        let registry = reference.resolve_registry().to_owned();
+        let mut plain_http = false;
+        if super::is_insecure(&registry, &options.insecure_registries) {
+            // A throwaway client: the anonymous token it may get must not be reused.
+            let probe = Self::registry_with(
+                reference.clone(),
+                &Auth::Anonymous,
+                extra_roots.clone(),
+                false,
+            )?;
+            if let Fetcher::Registry { client, .. } = &probe {
+                let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+                match client
+                    .auth(&reference, &anonymous, oci_client::RegistryOperation::Pull)
+                    .await
+                {
+                    Err(oci_client::errors::OciDistributionError::RequestError(e))
+                        if !is_certificate_error(&e) =>
+                    {
+                        debug!(%registry, error = %e, "no HTTPS, using plain HTTP");
+                        plain_http = true;
+                    }
+                    // HTTPS answered (even if only to refuse): the pull goes on over it.
+                    _ => {}
+                }
+            }
+        }
+        let fetcher = Self::registry_with(reference, auth, extra_roots, plain_http)?;
+        if let (
+            Auth::Basic { .. },
+            Fetcher::Registry {
+                client,
+                reference,
+                auth,
+            },
+        ) = (auth, &fetcher)
+        {
+            let exchange = client
+                .auth(reference, auth, oci_client::RegistryOperation::Pull)
+                .await;
+            if let Err(e @ oci_client::errors::OciDistributionError::AuthenticationFailure(_)) =
+                exchange
+            {
+                return Err(Self::reg_err(reference)(e));
+            }
+        }
+        Ok(fetcher)
+    }
+
+    /// A registry client for `reference` over HTTPS (or plain HTTP when `plain_http`), trusting
+    /// `extra_roots` (DER) besides the system's roots.
+    fn registry_with(
+        reference: oci_client::Reference,
+        auth: &Auth,
+        extra_roots: Vec<Vec<u8>>,
+        plain_http: bool,
+    ) -> Result<Self, StoreError> {
         install_crypto();
         let registry = reference.resolve_registry().to_owned();
-        let protocol = if super::is_insecure(&registry, &options.insecure_registries) {
+        let protocol = if plain_http {
             oci_client::client::ClientProtocol::HttpsExcept(vec![registry])
         } else {
             oci_client::client::ClientProtocol::Https
         };
-        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+        let config = oci_client::client::ClientConfig {
             protocol,
             platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+            extra_root_certificates: extra_roots
+                .into_iter()
+                .map(|data| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Der,
+                    data,
+                })
+                .collect(),
             ..Default::default()
-        });
+        };
+        // Not `Client::new`: it falls back to a default client (without our roots) on error.
+        let client = oci_client::Client::try_from(config).map_err(Self::reg_err(&reference))?;
         let auth = match auth {
             Auth::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
             Auth::Basic { username, password } => {
@@ -658,11 +807,11 @@ impl Fetcher {
             }
             Auth::Bearer(t) => oci_client::secrets::RegistryAuth::Bearer(t.clone()),
         };
-        Fetcher::Registry {
+        Ok(Fetcher::Registry {
             client,
             reference,
             auth,
-        }
+        })
     }
 
     fn reg_err(
@@ -852,5 +1001,38 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<'_, W> {
             done: this.done,
         });
         std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_are_found_through_io_errors() {
+        let cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = std::io::Error::new(std::io::ErrorKind::InvalidData, cert);
+        assert!(is_certificate_error(&wrapped));
+        let not_tls = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        let wrapped = std::io::Error::new(std::io::ErrorKind::InvalidData, not_tls);
+        assert!(!is_certificate_error(&wrapped));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!is_certificate_error(&refused));
+    }
+
+    #[test]
+    fn roots_must_be_certificates() {
+        for bad in [
+            &b""[..],
+            b"hello",
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        ] {
+            assert!(
+                matches!(parse_roots(bad), Err(StoreError::Certificate(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ mod oci;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 pub use oci::{CONTAINER_TYPE, OciRuntime, SANDBOX_ID};
 
@@ -150,6 +151,29 @@ pub trait Runtime: Send + Sync + fmt::Debug {
 
     /// The runtime's view of a container: `Some("running")`, `Some("stopped")`..., `None` if unknown.
     async fn status(&self, id: &str) -> Result<Option<String>, RuntimeError>;
+
+    /// How another process (a container's shim, see [`crate::shim`]) opens this same runtime;
+    /// `None` when it cannot, and containers then run as children of the caller.
+    fn config(&self) -> Option<RuntimeConfig> {
+        None
+    }
+}
+
+/// A runtime described well enough to be opened again in another process (the shim).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RuntimeConfig {
+    /// runsc or crun through their CLI, with the same binary, global flags and state root.
+    Oci(OciRuntime),
+}
+
+impl RuntimeConfig {
+    /// Opens the runtime this describes (no tool checks: its opener already made them).
+    pub fn open(self) -> Arc<dyn Runtime> {
+        match self {
+            RuntimeConfig::Oci(rt) => Arc::new(rt),
+        }
+    }
 }
 
 /// A started container as its runtime reports it.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
-use super::{Process, Runtime, RuntimeError, RuntimeKind, Stdio, Waiter};
+use super::{Process, Runtime, RuntimeConfig, RuntimeError, RuntimeKind, Stdio, Waiter};
 
 /// Annotation by which runsc (and CRI) tell a pod's sandbox (pause) container from the others.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -27,7 +27,7 @@ pub(crate) fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OciRuntime {
     kind: RuntimeKind,
     binary: PathBuf,
@@ -369,5 +369,9 @@ impl Runtime for OciRuntime {
             Err(RuntimeError::Command { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn config(&self) -> Option<RuntimeConfig> {
+        Some(RuntimeConfig::Oci(self.clone()))
     }
 }

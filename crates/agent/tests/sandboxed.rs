@@ -1,0 +1,1110 @@
+//! The agent's real runtime against real sandboxes: gVisor (runsc) for serverless pods, crun for
+//! worker pods, busybox images built here into OCI layouts, a real in-process API server for
+//! ConfigMaps, Secrets and events. Each test has its own data dir, pod network namespace,
+//! bridge and subnet, and checks that nothing is left behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::runtime::{Runtime, RuntimeStatus};
+use agent::sandboxed::{SandboxConfig, SandboxRuntime};
+use agent::streams::{ExecRequest, LogOptions, PodStreams};
+use apiserver::testing::TestServer;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use sandbox::network::PodNetwork;
+use sandbox::runtime::RuntimeKind;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+// ---- images -----------------------------------------------------------------------------------
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "ls", "true", "false", "env", "id", "hostname", "test", "touch",
+    "httpd", "tty", "exit", "mkdir", "wget", "ps", "stty",
+];
+
+/// A minimal ustar writer: (path, content, mode) files, directories (path ends with `/`), and
+/// symlinks (content = target, mode 0).
+fn tar(entries: &[(String, Vec<u8>, u32, u8)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, content, mode, kind) in entries {
+        let mut h = [0u8; 512];
+        h[..path.len()].copy_from_slice(path.as_bytes());
+        let oct = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+            let s = format!("{v:0w$o}\0", w = len - 1);
+            h[at..at + len].copy_from_slice(s.as_bytes());
+        };
+        oct(&mut h, 100, 8, u64::from(*mode));
+        oct(&mut h, 108, 8, 0);
+        oct(&mut h, 116, 8, 0);
+        let size = if *kind == b'0' { content.len() } else { 0 };
+        oct(&mut h, 124, 12, size as u64);
+        oct(&mut h, 136, 12, 1_700_000_000);
+        h[156] = *kind;
+        if *kind == b'2' {
+            h[157..157 + content.len()].copy_from_slice(content);
+        }
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        out.extend_from_slice(&h);
+        if *kind == b'0' {
+            out.extend_from_slice(content);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// A busybox image (one uncompressed layer) as an OCI layout in `dir`, tag `latest`.
+fn busybox_layout(dir: &Path) -> String {
+    use sandbox::digest::Digest;
+    let bb = std::fs::read("/bin/busybox").expect("install Debian's busybox-static");
+    let mut entries = vec![
+        ("bin/".to_string(), vec![], 0o755, b'5'),
+        ("bin/busybox".to_string(), bb, 0o755, b'0'),
+        ("etc/".to_string(), vec![], 0o755, b'5'),
+        (
+            "etc/passwd".to_string(),
+            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+            0o644,
+            b'0',
+        ),
+        (
+            "etc/group".to_string(),
+            b"root:x:0:\n".to_vec(),
+            0o644,
+            b'0',
+        ),
+        ("tmp/".to_string(), vec![], 0o1777, b'5'),
+        ("www/".to_string(), vec![], 0o755, b'5'),
+    ];
+    for a in APPLETS {
+        entries.push((format!("bin/{a}"), b"busybox".to_vec(), 0o777, b'2'));
+    }
+    let layer = tar(&entries);
+    let layer_digest = Digest::of(&layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest.to_string()]},
+    }))
+    .unwrap();
+    let config_digest = Digest::of(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest.to_string(), "size": layer.len()}],
+    }))
+    .unwrap();
+    let manifest_digest = Digest::of(&manifest);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    for (d, b) in [
+        (&layer_digest, &layer),
+        (&config_digest, &config),
+        (&manifest_digest, &manifest),
+    ] {
+        std::fs::write(blobs.join(d.hex()), b).unwrap();
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest.to_string(), "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    manifest_digest.to_string()
+}
+
+// ---- fixture ----------------------------------------------------------------------------------
+
+struct Fixture {
+    _server: TestServer,
+    client: kube::Client,
+    rt: Arc<SandboxRuntime>,
+    data: PathBuf,
+    network: PodNetwork,
+    image: String,
+    manifest_digest: String,
+}
+
+fn available(tool: &str) -> bool {
+    std::process::Command::new("which")
+        .arg(tool)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn fixture(n: u8) -> Fixture {
+    // Containers run under shims (so that they outlive the agent) when the `nodeless` binary
+    // is built; else as children of this process.
+    if let Some(b) = nodeless_binary() {
+        sandbox::shim::set_binary(b);
+    }
+    let server = TestServer::start().await;
+    let cfg = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&server.kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(cfg).unwrap();
+    let data = std::env::temp_dir().join(format!("nl-agent-sbx-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let layout = data.join("layout");
+    let manifest_digest = busybox_layout(&layout);
+    let network = PodNetwork::new(
+        format!("nl-test-{}-{n}", std::process::id()),
+        "nlbr0",
+        format!("10.203.{n}.0/24").parse().unwrap(),
+        data.join("network"),
+    );
+    let rt = SandboxRuntime::new(
+        SandboxConfig {
+            data_dir: data.clone(),
+            serverless_runtime: RuntimeKind::Gvisor,
+            worker_runtime: RuntimeKind::Container,
+            network: network.clone(),
+            insecure_registries: vec![],
+        },
+        client.clone(),
+    )
+    .await
+    .unwrap();
+    Fixture {
+        _server: server,
+        client,
+        rt,
+        data,
+        network,
+        image: format!("oci:{}:latest", layout.display()),
+        manifest_digest,
+    }
+}
+
+/// A failed test still leaves nothing behind: processes started under this data dir are
+/// killed, mounts under it detached, the pod netns and the network's netns deleted.
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let data = self.data.display().to_string();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if pid != std::process::id() && String::from_utf8_lossy(&cmdline).contains(&data) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&data))
+            .collect();
+        points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in points {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", m])
+                .status();
+        }
+        for rec in sandbox::pod::list(&self.data) {
+            if let Some(ns) = rec.netns {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &ns])
+                    .status();
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.network.netns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+impl Fixture {
+    async fn cleanup(self) {
+        self.network.destroy().await.unwrap();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+
+    /// Nothing of the pods is left: no container processes, no mounts, no veths, no pod netns.
+    async fn assert_nothing_left(&self) {
+        let data = self.data.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&data)),
+            "mounts left under {data}: {}",
+            mounts
+                .lines()
+                .filter(|l| l.contains(&data))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "pid,args"])
+            .output()
+            .unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        let left: Vec<&str> = ps
+            .lines()
+            .filter(|l| l.contains(&data) && !l.contains(" ps "))
+            .collect();
+        assert!(left.is_empty(), "processes left: {left:?}");
+        let links = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &self.network.netns,
+                "-o",
+                "link",
+                "show",
+                "type",
+                "veth",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            links.stdout.is_empty(),
+            "veths left: {}",
+            String::from_utf8_lossy(&links.stdout)
+        );
+        let pods = std::fs::read_dir(self.data.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(pods, 0, "pod directories left");
+    }
+}
+
+fn pod(value: serde_json::Value) -> Pod {
+    serde_json::from_value(value).unwrap()
+}
+
+/// Polls `pod_status` until `ok` holds (at most `secs`).
+async fn status_until(
+    rt: &SandboxRuntime,
+    uid: &str,
+    secs: u64,
+    ok: impl Fn(&RuntimeStatus) -> bool,
+) -> RuntimeStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = rt.pod_status(uid).expect("known pod");
+        if ok(&s) {
+            return s;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("condition not reached; last status: {s:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v).await;
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+async fn logs(rt: &SandboxRuntime, ns: &str, pod: &str, c: &str, previous: bool) -> String {
+    let mut s = rt
+        .logs(
+            ns,
+            pod,
+            Some(c),
+            LogOptions {
+                previous,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+/// A serverless pod in gVisor: ConfigMap env and files, an init container, exactly the given
+/// IP, statuses with IDs, events, logs, exec (with and without a TTY), port-forward to httpd,
+/// then stop and remove leave nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gvisor_serverless_pod() {
+    if !available("runsc") || !available("crun") {
+        eprintln!("SKIPPED: needs runsc and crun");
+        return;
+    }
+    let f = fixture(1).await;
+    let cms: Api<ConfigMap> = Api::namespaced(f.client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "web-config"},
+            "data": {"greeting": "hello-from-configmap", "page.html": "<h1>served by httpd</h1>\n"}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let p = pod(json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web-1"},
+        "spec": {
+            "schedulerName": "serverless-scheduler",
+            "nodeName": "serverless-ip-10-203-1-7",
+            "initContainers": [{"name": "prepare", "image": f.image,
+                "command": ["sh", "-c", "cat /cfg/page.html > /www/index.html; echo init-done"],
+                "volumeMounts": [{"name": "www", "mountPath": "/www"}, {"name": "cfg", "mountPath": "/cfg"}]}],
+            "containers": [{"name": "web", "image": f.image,
+                "command": ["sh", "-c", "echo greeting=$GREETING; exec httpd -f -p 8080 -h /www"],
+                "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "web-config", "key": "greeting"}}}],
+                "volumeMounts": [{"name": "www", "mountPath": "/www"}]}],
+            "volumes": [{"name": "www", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "web-config"}}]
+        }
+    }));
+    let mut changes = f.rt.take_changes().expect("the change channel");
+    let started = f.rt.start(&p, "10.203.1.7").await.expect("pod starts");
+    let web = started.containers.iter().find(|c| c.name == "web").unwrap();
+    assert!(web.container_id.starts_with("gvisor://"), "{web:?}");
+    assert!(
+        web.image_id.ends_with(&format!("@{}", f.manifest_digest)),
+        "{web:?} vs {}",
+        f.manifest_digest
+    );
+    assert!(changes.try_recv().is_ok(), "status changes are announced");
+
+    let st = status_until(&f.rt, "uid-web-1", 30, |s| s.ready).await;
+    assert!(st.initialized);
+    let c = &st.container_statuses[0];
+    assert_eq!(c.name, "web");
+    assert!(c.state.as_ref().unwrap().running.is_some(), "{c:?}");
+    assert!(c.ready && c.started == Some(true) && c.restart_count == 0);
+    assert_eq!(c.container_id.as_deref(), Some(web.container_id.as_str()));
+    let init = &st.init_container_statuses[0];
+    let t = init.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    assert!(init.ready, "a completed init container is ready");
+
+    // Logs.
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = logs(&f.rt, "default", "web", "web", false).await;
+        if log.contains("greeting=") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(log, "greeting=hello-from-configmap\n");
+    assert!(
+        logs(&f.rt, "default", "web", "prepare", false)
+            .await
+            .contains("init-done")
+    );
+
+    // Exec without a TTY: separate streams and the exit code.
+    let s =
+        f.rt.exec(
+            "default",
+            "web",
+            None,
+            ExecRequest {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo out; echo err >&2; exit 3".into(),
+                ],
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (out, err) = tokio::join!(read_all(s.stdout.unwrap()), read_all(s.stderr.unwrap()));
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    assert_eq!(s.exit.await.unwrap(), 3);
+
+    // Exec with stdin.
+    let s =
+        f.rt.exec(
+            "default",
+            "web",
+            Some("web"),
+            ExecRequest {
+                command: vec!["cat".into()],
+                stdin: true,
+                stdout: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut stdin = s.stdin.unwrap();
+    stdin.write_all(b"through stdin\n").await.unwrap();
+    drop(stdin);
+    assert_eq!(read_all(s.stdout.unwrap()).await, "through stdin\n");
+    assert_eq!(s.exit.await.unwrap(), 0);
+
+    // Exec with a TTY.
+    let s =
+        f.rt.exec(
+            "default",
+            "web",
+            None,
+            ExecRequest {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "test -t 0 && test -t 1 && echo tty-ok; exit 4".into(),
+                ],
+                stdin: true,
+                stdout: true,
+                tty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(s.stderr.is_none() && s.resize.is_some());
+    let out = tokio::time::timeout(Duration::from_secs(30), read_all(s.stdout.unwrap()))
+        .await
+        .expect("tty output ends");
+    assert!(out.contains("tty-ok"), "{out:?}");
+    assert_eq!(s.exit.await.unwrap(), 4);
+
+    // A TTY session: commands typed on stdin, the size set through resize.
+    let s =
+        f.rt.exec(
+            "default",
+            "web",
+            None,
+            ExecRequest {
+                command: vec!["sh".into()],
+                stdin: true,
+                stdout: true,
+                tty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    s.resize
+        .as_ref()
+        .unwrap()
+        .send(agent::streams::TermSize {
+            width: 123,
+            height: 45,
+        })
+        .await
+        .unwrap();
+    let mut stdin = s.stdin.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stdin
+        .write_all(b"stty size; echo typed-$((6*7)); exit 5\n")
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), read_all(s.stdout.unwrap()))
+        .await
+        .expect("tty output ends");
+    assert!(out.contains("typed-42"), "{out:?}");
+    assert!(out.contains("45 123"), "terminal size: {out:?}");
+    assert_eq!(s.exit.await.unwrap(), 5);
+    drop(stdin);
+
+    // Port-forward to httpd on the pod's IP.
+    let mut conn = f.rt.port_forward("default", "web", 8080).await.unwrap();
+    assert_eq!(
+        conn.peer_addr().unwrap().ip().to_string(),
+        "10.203.1.7",
+        "exactly the given IP"
+    );
+    conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let page = read_all(&mut conn).await;
+    assert!(
+        page.starts_with("HTTP/1.") && page.contains("<h1>served by httpd</h1>"),
+        "{page}"
+    );
+    assert!(f.rt.port_forward("default", "web", 9).await.is_err());
+    assert!(
+        f.rt.logs("default", "nope", None, LogOptions::default())
+            .await
+            .is_err()
+    );
+
+    // Events, as kubelet's.
+    let events: Api<Event> = Api::namespaced(f.client.clone(), "default");
+    let mut reasons = Vec::new();
+    for _ in 0..50 {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        reasons = list
+            .items
+            .iter()
+            .filter(|e| e.involved_object.uid.as_deref() == Some("uid-web-1"))
+            .map(|e| {
+                assert_eq!(
+                    e.source.as_ref().unwrap().component.as_deref(),
+                    Some("kubelet")
+                );
+                assert_eq!(
+                    e.source.as_ref().unwrap().host.as_deref(),
+                    Some("serverless-ip-10-203-1-7")
+                );
+                format!(
+                    "{}: {}",
+                    e.reason.clone().unwrap(),
+                    e.message.clone().unwrap()
+                )
+            })
+            .collect();
+        if reasons.iter().filter(|r| r.starts_with("Started")).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for want in [
+        "Pulling: Pulling image",
+        "Pulled: Successfully pulled image",
+        "Created: Created container web",
+        "Started: Started container web",
+        "Started: Started container prepare",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.starts_with(want)),
+            "{want} in {reasons:#?}"
+        );
+    }
+
+    // Stop (SIGTERM; httpd exits on it) and remove.
+    let code = tokio::time::timeout(
+        Duration::from_secs(60),
+        f.rt.stop("uid-web-1", Duration::from_secs(5)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_ne!(code, 0, "httpd was killed");
+    assert_eq!(f.rt.wait("uid-web-1").await.unwrap(), code);
+    f.rt.remove("uid-web-1");
+    f.rt.removed("uid-web-1").await;
+    assert!(f.rt.pod_status("uid-web-1").is_none());
+    f.assert_nothing_left().await;
+    f.cleanup().await;
+}
+
+/// Restart policies and kubelet's back-off, in crun (a worker pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crun_restart_policies() {
+    if !available("runsc") || !available("crun") {
+        eprintln!("SKIPPED: needs runsc and crun");
+        return;
+    }
+    let f = fixture(2).await;
+    let mk = |name: &str, policy: &str, script: &str| {
+        pod(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {
+                "nodeName": "worker-1",
+                "restartPolicy": policy,
+                "containers": [{"name": "main", "image": f.image, "command": ["sh", "-c", script],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                "volumes": [{"name": "scratch", "emptyDir": {}}]
+            }
+        }))
+    };
+    // Always, crashing: restarted at once, then CrashLoopBackOff with lastState and the count.
+    let crash = mk("crash", "Always", "echo run; exit 2");
+    let started = f.rt.start(&crash, "").await.unwrap();
+    assert!(started.containers[0].container_id.starts_with("crun://"));
+    let st = status_until(&f.rt, "uid-crash", 30, |s| {
+        s.container_statuses[0]
+            .state
+            .as_ref()
+            .and_then(|x| x.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            == Some("CrashLoopBackOff")
+    })
+    .await;
+    let c = &st.container_statuses[0];
+    assert_eq!(c.restart_count, 1, "{c:#?}");
+    assert!(!c.ready && !st.ready);
+    let w = c.state.as_ref().unwrap().waiting.as_ref().unwrap();
+    let msg = w.message.as_deref().unwrap();
+    assert!(
+        msg.starts_with(
+            "back-off 10s restarting failed container=main pod=crash_default(uid-crash)"
+        ),
+        "{msg}"
+    );
+    let last = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (2, Some("Error")));
+    assert_eq!(logs(&f.rt, "default", "crash", "main", true).await, "run\n");
+    // After the 10 s back-off, it runs again.
+    status_until(&f.rt, "uid-crash", 30, |s| {
+        s.container_statuses[0].restart_count >= 2
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(f.client.clone(), "default");
+    let backoff = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("BackOff")
+                && e.type_.as_deref() == Some("Warning")
+                && e.message.as_deref()
+                    == Some(
+                        "Back-off restarting failed container main in pod crash_default(uid-crash)",
+                    )
+        });
+    assert!(backoff, "BackOff event");
+    let waited = tokio::time::timeout(Duration::from_millis(500), f.rt.wait("uid-crash")).await;
+    assert!(
+        waited.is_err(),
+        "wait does not resolve while the container will run again"
+    );
+
+    // Following a log ends when the container does.
+    let follow = mk("follow", "Never", "echo one; sleep 1; echo two");
+    f.rt.start(&follow, "").await.unwrap();
+    let mut stream =
+        f.rt.logs(
+            "default",
+            "follow",
+            None,
+            LogOptions {
+                follow: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut followed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = stream.next().await {
+            followed.extend_from_slice(&chunk.unwrap());
+        }
+    })
+    .await
+    .expect("the followed log ends with the container");
+    assert_eq!(String::from_utf8_lossy(&followed), "one\ntwo\n");
+    assert_eq!(f.rt.wait("uid-follow").await.unwrap(), 0);
+
+    // Never: exit code reported, no restart.
+    let never = mk("never", "Never", "echo bye; exit 3");
+    f.rt.start(&never, "").await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(30), f.rt.wait("uid-never"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 3);
+    let st = f.rt.pod_status("uid-never").unwrap();
+    let c = &st.container_statuses[0];
+    let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref(), c.restart_count),
+        (3, Some("Error"), 0)
+    );
+    assert!(t.started_at.is_some() && t.finished_at.is_some());
+
+    // OnFailure: fails once, succeeds on the restart (the emptyDir survives restarts).
+    let flaky = mk(
+        "flaky",
+        "OnFailure",
+        "if test -e /scratch/ran; then echo second; exit 0; fi; touch /scratch/ran; exit 1",
+    );
+    f.rt.start(&flaky, "").await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(30), f.rt.wait("uid-flaky"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0);
+    let st = f.rt.pod_status("uid-flaky").unwrap();
+    let c = &st.container_statuses[0];
+    let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref(), c.restart_count),
+        (0, Some("Completed"), 1)
+    );
+    let last = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(last.exit_code, 1);
+
+    // OnFailure with success at once: Completed, never restarted.
+    let ok = mk("ok", "OnFailure", "exit 0");
+    f.rt.start(&ok, "").await.unwrap();
+    assert_eq!(f.rt.wait("uid-ok").await.unwrap(), 0);
+    assert_eq!(
+        f.rt.pod_status("uid-ok").unwrap().container_statuses[0].restart_count,
+        0
+    );
+
+    for uid in [
+        "uid-crash",
+        "uid-follow",
+        "uid-never",
+        "uid-flaky",
+        "uid-ok",
+    ] {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            f.rt.stop(uid, Duration::from_secs(2)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        f.rt.remove(uid);
+        f.rt.removed(uid).await;
+    }
+    f.assert_nothing_left().await;
+    f.cleanup().await;
+}
+
+/// `target/debug/nodeless` (the shim program), next to this test's `deps/` directory.
+fn nodeless_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("nodeless");
+    p.is_file().then_some(p)
+}
+
+/// An agent restart: a new runtime over the same data dir finds the pods again. With shims
+/// (the `nodeless` binary built), a running pod is adopted: its status, exec, logs and stop work
+/// from the new runtime. Without shims it cannot be supervised and is stopped. Either way a
+/// recorded pod whose containers all ended is cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_adopts_or_cleans_up() {
+    if !available("runsc") || !available("crun") {
+        eprintln!("SKIPPED: needs runsc and crun");
+        return;
+    }
+    let f = fixture(3).await;
+    let shims = sandbox::shim::binary().is_some();
+    eprintln!("containers under shims: {shims}");
+    let done = pod(json!({
+        "metadata": {"name": "done", "namespace": "default", "uid": "uid-done"},
+        "spec": {"nodeName": "worker-1", "restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": f.image, "command": ["true"]}]}
+    }));
+    f.rt.start(&done, "").await.unwrap();
+    assert_eq!(f.rt.wait("uid-done").await.unwrap(), 0);
+    // A worker pod (crun) and a serverless one (gVisor), both running.
+    let mut firsts = Vec::new();
+    for (name, scheduler, ip) in [
+        ("sleeper", "default-scheduler", "10.203.3.9"),
+        ("gsleeper", "serverless-scheduler", "10.203.3.10"),
+    ] {
+        let p = pod(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {"nodeName": "worker-1", "restartPolicy": "Never", "schedulerName": scheduler,
+                     "containers": [{"name": "main", "image": f.image,
+                                     "command": ["sh", "-c", "echo sleeping; exec sleep 1000"]}]}
+        }));
+        let first = f.rt.start(&p, ip).await.unwrap();
+        status_until(&f.rt, &format!("uid-{name}"), 30, |s| s.ready).await;
+        firsts.push((name, first));
+    }
+    let again = SandboxRuntime::new(
+        SandboxConfig {
+            data_dir: f.data.clone(),
+            serverless_runtime: RuntimeKind::Gvisor,
+            worker_runtime: RuntimeKind::Container,
+            network: f.network.clone(),
+            insecure_registries: vec![],
+        },
+        f.client.clone(),
+    )
+    .await
+    .unwrap();
+    let adopted = again.recover().await;
+    assert!(!adopted.contains_key("uid-done"));
+    assert!(
+        again.pod_status("uid-done").is_none(),
+        "the ended pod is not adopted"
+    );
+    let done_dirs = std::fs::read_dir(f.data.join("pods"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("default_done_"))
+        .count();
+    assert_eq!(done_dirs, 0, "the ended pod was cleaned up");
+    for (name, first) in firsts {
+        let uid = format!("uid-{name}");
+        if shims {
+            assert_eq!(adopted.get(&uid), Some(&first), "{name}: same containers");
+            let st = status_until(&again, &uid, 10, |s| s.ready).await;
+            assert_eq!(st.container_statuses[0].restart_count, 0);
+            let s = again
+                .exec(
+                    "default",
+                    name,
+                    None,
+                    ExecRequest {
+                        command: vec!["echo".into(), "adopted".into()],
+                        stdout: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(read_all(s.stdout.unwrap()).await, "adopted\n", "{name}");
+            assert_eq!(s.exit.await.unwrap(), 0);
+            assert_eq!(
+                logs(&again, "default", name, "main", false).await,
+                "sleeping\n"
+            );
+            let code = tokio::time::timeout(
+                Duration::from_secs(60),
+                again.stop(&uid, Duration::from_secs(2)),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert_ne!(code, 0);
+            again.remove(&uid);
+            again.removed(&uid).await;
+        } else {
+            assert!(adopted.is_empty(), "without shims nothing can be adopted");
+            // The first runtime's supervisor sees its container end.
+            let code = tokio::time::timeout(Duration::from_secs(30), f.rt.wait(&uid))
+                .await
+                .expect("the container was stopped")
+                .unwrap();
+            assert_ne!(code, 0);
+            f.rt.remove(&uid);
+            f.rt.removed(&uid).await;
+        }
+    }
+    f.assert_nothing_left().await;
+    f.cleanup().await;
+}
+
+/// Readiness and liveness probes (exec), attach, and an image that cannot be pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crun_probes_attach_and_pull_errors() {
+    if !available("runsc") || !available("crun") {
+        eprintln!("SKIPPED: needs runsc and crun");
+        return;
+    }
+    let f = fixture(4).await;
+    let p = pod(json!({
+        "metadata": {"name": "probed", "namespace": "default", "uid": "uid-probed"},
+        "spec": {
+            "nodeName": "worker-1",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": f.image,
+                "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
+                "readinessProbe": {"exec": {"command": ["test", "-e", "/tmp/ready"]}, "periodSeconds": 1, "timeoutSeconds": 10, "failureThreshold": 1},
+                "livenessProbe": {"exec": {"command": ["sh", "-c", "test ! -e /tmp/die"]}, "periodSeconds": 1, "timeoutSeconds": 10, "failureThreshold": 2}}]
+        }
+    }));
+    f.rt.start(&p, "").await.unwrap();
+    let st = status_until(&f.rt, "uid-probed", 30, |s| {
+        s.container_statuses[0]
+            .state
+            .as_ref()
+            .is_some_and(|x| x.running.is_some())
+    })
+    .await;
+    assert!(
+        !st.ready && !st.container_statuses[0].ready,
+        "not ready before the probe passes"
+    );
+    let run = |cmd: &'static str| {
+        let rt = f.rt.clone();
+        async move {
+            let s = rt
+                .exec(
+                    "default",
+                    "probed",
+                    None,
+                    ExecRequest {
+                        command: vec!["sh".into(), "-c".into(), cmd.into()],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            s.exit.await.unwrap()
+        }
+    };
+    assert_eq!(run("touch /tmp/ready").await, 0);
+    status_until(&f.rt, "uid-probed", 15, |s| s.ready).await;
+
+    // Attach: the output from now on.
+    let s =
+        f.rt.attach(
+            "default",
+            "probed",
+            None,
+            ExecRequest {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = s.stdout.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.iter().filter(|b| **b == b'\n').count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(10), out.read(&mut buf))
+            .await
+            .expect("attached output")
+            .unwrap();
+        assert!(n > 0, "attach ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        text.starts_with("tick ") && !text.starts_with("tick 0\n"),
+        "{text}"
+    );
+    drop(out);
+
+    // Liveness failure: Unhealthy, killed, restarted at once with a fresh writable layer.
+    assert_eq!(run("touch /tmp/die").await, 0);
+    let st = status_until(&f.rt, "uid-probed", 30, |s| {
+        s.container_statuses[0].restart_count >= 1
+    })
+    .await;
+    let last = st.container_statuses[0]
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert_eq!(last.exit_code, 137, "{last:?}");
+    assert!(!st.ready, "readiness starts over after the restart");
+    let events: Api<Event> = Api::namespaced(f.client.clone(), "default");
+    let mut unhealthy = false;
+    for _ in 0..50 {
+        unhealthy = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Unhealthy")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("Liveness probe failed"))
+            });
+        if unhealthy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unhealthy, "Unhealthy event");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some("uid-probed"))
+        .map(|e| format!("{:?}: {:?}", e.reason, e.message))
+        .collect();
+    eprintln!("events: {reasons:#?}");
+    assert!(
+        logs(&f.rt, "default", "probed", "main", true)
+            .await
+            .starts_with("tick 0\n")
+    );
+
+    // An image that cannot be pulled: ErrImagePull, then ImagePullBackOff, until stopped.
+    let bad = pod(json!({
+        "metadata": {"name": "bad", "namespace": "default", "uid": "uid-bad"},
+        "spec": {"nodeName": "worker-1", "containers": [{"name": "main", "image": "oci:/nonexistent/layout:latest"}]}
+    }));
+    let rt = f.rt.clone();
+    let starting = tokio::spawn(async move { rt.start(&bad, "").await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let r = f.rt.pod_status("uid-bad").and_then(|s| {
+            s.container_statuses[0]
+                .state
+                .as_ref()
+                .and_then(|x| x.waiting.as_ref())
+                .and_then(|w| w.reason.clone())
+        });
+        if matches!(r.as_deref(), Some("ErrImagePull" | "ImagePullBackOff")) {
+            break r.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pull error: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("pull error state: {reason}");
+    f.rt.stop("uid-bad", Duration::from_secs(1)).await.unwrap();
+    assert!(starting.await.unwrap().is_err());
+    let failed = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("Failed")
+                && e.involved_object.uid.as_deref() == Some("uid-bad")
+                && e.message.as_deref().is_some_and(|m| {
+                    m.starts_with("Failed to pull image \"oci:/nonexistent/layout:latest\"")
+                })
+        });
+    assert!(failed, "Failed event for the pull");
+
+    // A missing ConfigMap: CreateContainerConfigError, and the pod runs nothing.
+    let nocfg = pod(json!({
+        "metadata": {"name": "nocfg", "namespace": "default", "uid": "uid-nocfg"},
+        "spec": {"nodeName": "worker-1", "containers": [{"name": "main", "image": f.image,
+            "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "k"}}}]}]}
+    }));
+    let err = f.rt.start(&nocfg, "").await.unwrap_err().to_string();
+    assert!(err.contains("configmap \"missing\" not found"), "{err}");
+    let st = f.rt.pod_status("uid-nocfg").unwrap();
+    let w = st.container_statuses[0]
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .as_ref()
+        .unwrap();
+    assert_eq!(w.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert_eq!(f.rt.wait("uid-nocfg").await.unwrap(), 128);
+
+    for uid in ["uid-probed", "uid-bad", "uid-nocfg"] {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            f.rt.stop(uid, Duration::from_secs(1)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        f.rt.remove(uid);
+        f.rt.removed(uid).await;
+    }
+    f.assert_nothing_left().await;
+    f.cleanup().await;
+}

@@ -1,0 +1,438 @@
+//! The host <-> guest wire protocol over one virtio-serial port: length-prefixed binary frames,
+//! multiplexed by process id (0 = the container, 1.. = exec sessions, chosen by the host).
+//!
+//! A frame is `len: u32 LE` (of what follows), `kind: u8`, `id: u32 LE`, then the payload.
+//! Pure (std only, no I/O beyond `Read`/`Write`), shared verbatim by the guest agent and the
+//! host side (which includes this file), so both ends always agree.
+
+use std::io::{self, Read, Write};
+
+/// Largest frame accepted (payload plus header); bigger ones are a protocol error.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// The data of output frames is cut into chunks of at most this many bytes.
+pub const CHUNK: usize = 32 * 1024;
+
+/// What to run: a process in the container's root filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spec {
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries, the whole environment.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Whether the host sends stdin (else the process reads /dev/null).
+    pub stdin: bool,
+    /// Run on a terminal (a pty in the container's /dev/pts): one output stream, resizable.
+    pub tty: bool,
+}
+
+/// The state of one process as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Unknown,
+    Running {
+        pid: u32,
+    },
+    /// Exit code, or 128 + signal number when killed by a signal.
+    Exited {
+        code: i32,
+    },
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    // Host -> guest.
+    /// Start the container (id 0) or an exec session (id > 0).
+    Run(u32, Spec),
+    /// Bytes for the process's stdin; an empty payload closes it.
+    Stdin(u32, Vec<u8>),
+    /// Send a signal to the process.
+    Signal(u32, i32),
+    /// Ask for the process's state; answered with [`Frame::Status`].
+    Query(u32),
+    /// Set the terminal size (rows, columns) of a process started with `tty`.
+    Resize(u32, u16, u16),
+    // Guest -> host.
+    /// The agent is up (root filesystem mounted), sent once in answer to the host's first frame.
+    Ready,
+    Started(u32, u32),
+    Stdout(u32, Vec<u8>),
+    Stderr(u32, Vec<u8>),
+    /// The process ended; all its output was sent before.
+    Exit(u32, i32),
+    /// Running failed (no such program, bad cwd...) or the agent hit an error.
+    Error(u32, String),
+    Status(u32, State),
+}
+
+/// Protocol errors.
+#[derive(Debug)]
+pub enum ProtoError {
+    Io(io::Error),
+    TooLarge(usize),
+    UnknownKind(u8),
+    Truncated,
+    Utf8,
+}
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtoError::Io(e) => write!(f, "channel I/O: {e}"),
+            ProtoError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the limit"),
+            ProtoError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            ProtoError::Truncated => write!(f, "truncated frame"),
+            ProtoError::Utf8 => write!(f, "string is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProtoError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ProtoError {
+    fn from(e: io::Error) -> Self {
+        ProtoError::Io(e)
+    }
+}
+
+mod kind {
+    pub const RUN: u8 = 1;
+    pub const STDIN: u8 = 2;
+    pub const SIGNAL: u8 = 3;
+    pub const QUERY: u8 = 4;
+    pub const RESIZE: u8 = 5;
+    pub const READY: u8 = 10;
+    pub const STARTED: u8 = 11;
+    pub const STDOUT: u8 = 12;
+    pub const STDERR: u8 = 13;
+    pub const EXIT: u8 = 14;
+    pub const ERROR: u8 = 15;
+    pub const STATUS: u8 = 16;
+}
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_u32(b, s.len() as u32);
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_strs(b: &mut Vec<u8>, v: &[String]) {
+    put_u32(b, v.len() as u32);
+    for s in v {
+        put_str(b, s);
+    }
+}
+
+/// A cursor over a payload.
+struct Cur<'a>(&'a [u8]);
+
+impl Cur<'_> {
+    fn bytes(&mut self, n: usize) -> Result<&[u8], ProtoError> {
+        if self.0.len() < n {
+            return Err(ProtoError::Truncated);
+        }
+        let (a, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32, ProtoError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn i32(&mut self) -> Result<i32, ProtoError> {
+        Ok(self.u32()? as i32)
+    }
+    fn string(&mut self) -> Result<String, ProtoError> {
+        let n = self.u32()? as usize;
+        let b = self.bytes(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Utf8)
+    }
+    fn strings(&mut self) -> Result<Vec<String>, ProtoError> {
+        let n = self.u32()? as usize;
+        // Each string takes at least 4 bytes: refuse counts the payload cannot hold.
+        if n > self.0.len() / 4 {
+            return Err(ProtoError::Truncated);
+        }
+        (0..n).map(|_| self.string()).collect()
+    }
+}
+
+impl Frame {
+    /// The frame's bytes, header included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 4];
+        let (k, id) = match self {
+            Frame::Run(id, _) => (kind::RUN, *id),
+            Frame::Stdin(id, _) => (kind::STDIN, *id),
+            Frame::Signal(id, _) => (kind::SIGNAL, *id),
+            Frame::Query(id) => (kind::QUERY, *id),
+            Frame::Resize(id, ..) => (kind::RESIZE, *id),
+            Frame::Ready => (kind::READY, 0),
+            Frame::Started(id, _) => (kind::STARTED, *id),
+            Frame::Stdout(id, _) => (kind::STDOUT, *id),
+            Frame::Stderr(id, _) => (kind::STDERR, *id),
+            Frame::Exit(id, _) => (kind::EXIT, *id),
+            Frame::Error(id, _) => (kind::ERROR, *id),
+            Frame::Status(id, _) => (kind::STATUS, *id),
+        };
+        b.push(k);
+        put_u32(&mut b, id);
+        match self {
+            Frame::Run(_, s) => {
+                put_strs(&mut b, &s.args);
+                put_strs(&mut b, &s.env);
+                put_str(&mut b, &s.cwd);
+                put_u32(&mut b, s.uid);
+                put_u32(&mut b, s.gid);
+                b.push(u8::from(s.stdin));
+                b.push(u8::from(s.tty));
+            }
+            Frame::Resize(_, rows, cols) => {
+                b.extend_from_slice(&rows.to_le_bytes());
+                b.extend_from_slice(&cols.to_le_bytes());
+            }
+            Frame::Stdin(_, d) | Frame::Stdout(_, d) | Frame::Stderr(_, d) => {
+                b.extend_from_slice(d)
+            }
+            Frame::Signal(_, v) | Frame::Exit(_, v) => put_u32(&mut b, *v as u32),
+            Frame::Started(_, pid) => put_u32(&mut b, *pid),
+            Frame::Error(_, m) => b.extend_from_slice(m.as_bytes()),
+            Frame::Status(_, st) => match st {
+                State::Unknown => b.push(0),
+                State::Running { pid } => {
+                    b.push(1);
+                    put_u32(&mut b, *pid);
+                }
+                State::Exited { code } => {
+                    b.push(2);
+                    put_u32(&mut b, *code as u32);
+                }
+            },
+            Frame::Query(_) | Frame::Ready => {}
+        }
+        let len = (b.len() - 4) as u32;
+        b[..4].copy_from_slice(&len.to_le_bytes());
+        b
+    }
+
+    /// Decodes one frame body (what follows the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Frame, ProtoError> {
+        let mut c = Cur(body);
+        let k = c.bytes(1)?[0];
+        let id = c.u32()?;
+        let f = match k {
+            kind::RUN => Frame::Run(
+                id,
+                Spec {
+                    args: c.strings()?,
+                    env: c.strings()?,
+                    cwd: c.string()?,
+                    uid: c.u32()?,
+                    gid: c.u32()?,
+                    stdin: c.bytes(1)?[0] != 0,
+                    tty: c.bytes(1)?[0] != 0,
+                },
+            ),
+            kind::RESIZE => {
+                let r = c.bytes(4)?;
+                Frame::Resize(
+                    id,
+                    u16::from_le_bytes([r[0], r[1]]),
+                    u16::from_le_bytes([r[2], r[3]]),
+                )
+            }
+            kind::STDIN => Frame::Stdin(id, c.0.to_vec()),
+            kind::SIGNAL => Frame::Signal(id, c.i32()?),
+            kind::QUERY => Frame::Query(id),
+            kind::READY => Frame::Ready,
+            kind::STARTED => Frame::Started(id, c.u32()?),
+            kind::STDOUT => Frame::Stdout(id, c.0.to_vec()),
+            kind::STDERR => Frame::Stderr(id, c.0.to_vec()),
+            kind::EXIT => Frame::Exit(id, c.i32()?),
+            kind::ERROR => Frame::Error(id, String::from_utf8_lossy(c.0).into_owned()),
+            kind::STATUS => Frame::Status(
+                id,
+                match c.bytes(1)?[0] {
+                    1 => State::Running { pid: c.u32()? },
+                    2 => State::Exited { code: c.i32()? },
+                    _ => State::Unknown,
+                },
+            ),
+            other => return Err(ProtoError::UnknownKind(other)),
+        };
+        Ok(f)
+    }
+
+    /// Writes the frame in one `write_all`.
+    pub fn write_to(&self, w: &mut impl Write) -> Result<(), ProtoError> {
+        w.write_all(&self.encode())?;
+        w.flush()?;
+        Ok(())
+    }
+
+    /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+    pub fn read_from(r: &mut impl Read) -> Result<Option<Frame>, ProtoError> {
+        let mut len = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match r.read(&mut len[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(ProtoError::Truncated),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let n = u32::from_le_bytes(len) as usize;
+        if n > MAX_FRAME {
+            return Err(ProtoError::TooLarge(n));
+        }
+        let mut body = vec![0u8; n];
+        r.read_exact(&mut body).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => ProtoError::Truncated,
+            _ => ProtoError::Io(e),
+        })?;
+        Frame::decode(&body).map(Some)
+    }
+}
+
+/// Splits a byte buffer into frames: feed bytes with [`Decoder::push`], take complete frames
+/// with [`Decoder::next_frame`]. For readers that are not blocking `Read`s (the host's async side).
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtoError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let n = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if n > MAX_FRAME {
+            return Err(ProtoError::TooLarge(n));
+        }
+        if self.buf.len() < 4 + n {
+            return Ok(None);
+        }
+        let f = Frame::decode(&self.buf[4..4 + n]);
+        self.buf.drain(..4 + n);
+        f.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Frame> {
+        vec![
+            Frame::Run(
+                0,
+                Spec {
+                    args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                    env: vec!["PATH=/bin".into()],
+                    cwd: "/".into(),
+                    uid: 65534,
+                    gid: 65534,
+                    stdin: true,
+                    tty: false,
+                },
+            ),
+            Frame::Run(
+                5,
+                Spec {
+                    args: vec!["sh".into()],
+                    tty: true,
+                    ..Default::default()
+                },
+            ),
+            Frame::Resize(5, 40, 120),
+            Frame::Stdin(3, b"data".to_vec()),
+            Frame::Stdin(3, vec![]),
+            Frame::Signal(0, 15),
+            Frame::Query(7),
+            Frame::Ready,
+            Frame::Started(1, 42),
+            Frame::Stdout(0, b"hello\n".to_vec()),
+            Frame::Stderr(0, b"err\n".to_vec()),
+            Frame::Exit(2, -1),
+            Frame::Exit(0, 137),
+            Frame::Error(4, "no such file".into()),
+            Frame::Status(0, State::Unknown),
+            Frame::Status(0, State::Running { pid: 9 }),
+            Frame::Status(0, State::Exited { code: 3 }),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_through_read_and_decoder() {
+        let mut wire = Vec::new();
+        for f in all() {
+            f.write_to(&mut wire).unwrap();
+        }
+        let mut r = &wire[..];
+        let mut back = Vec::new();
+        while let Some(f) = Frame::read_from(&mut r).unwrap() {
+            back.push(f);
+        }
+        assert_eq!(back, all());
+
+        // Byte by byte through the decoder.
+        let mut d = Decoder::default();
+        let mut back = Vec::new();
+        for b in &wire {
+            d.push(std::slice::from_ref(b));
+            while let Some(f) = d.next_frame().unwrap() {
+                back.push(f);
+            }
+        }
+        assert_eq!(back, all());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(matches!(Frame::decode(&[]), Err(ProtoError::Truncated)));
+        assert!(matches!(
+            Frame::decode(&[99, 0, 0, 0, 0]),
+            Err(ProtoError::UnknownKind(99))
+        ));
+        // A Run whose argv count claims more strings than there are bytes.
+        let mut body = vec![kind::RUN, 0, 0, 0, 0];
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Frame::decode(&body), Err(ProtoError::Truncated)));
+        let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert!(matches!(
+            Frame::read_from(&mut &huge[..]),
+            Err(ProtoError::TooLarge(_))
+        ));
+        let mut d = Decoder::default();
+        d.push(&huge);
+        assert!(d.next_frame().is_err());
+        // Truncated after the length prefix.
+        let mut w = Frame::Ready.encode();
+        w.pop();
+        assert!(matches!(
+            Frame::read_from(&mut &w[..]),
+            Err(ProtoError::Truncated)
+        ));
+    }
+}

@@ -1,0 +1,1070 @@
+//! The micro-VM sandbox: one container in its own QEMU `-M microvm` guest.
+//!
+//! The host side of the path: it finds the assets ([`VmAssets`]: Debian's cloud kernel as a PVH
+//! `vmlinux`, the virtio/erofs/overlay modules, the static guest agent from `crates/guest`, all
+//! made by `scripts/microvm-assets.sh`), turns an image's unpacked layers into one read-only
+//! erofs image ([`make_erofs`]), generates the initramfs ([`initramfs`]), boots QEMU (KVM when
+//! the CPU has VMX/SVM, else software emulation) and talks to the guest agent over a
+//! virtio-serial port with the [`proto`] frames: run the container, its stdout/stderr into a
+//! CRI log file ([`crate::logs::format_line`]), exec sessions, signals, status, exit code.
+//!
+//! What the guest can reach: its read-only disk (the erofs image), its tmpfs, and the channel.
+//! No network device, no shared directory. Must not depend on the other runtimes.
+//!
+//! Files of one VM live in its directory: `initrd.img`, `agent.sock`, `console.log` (the guest's
+//! serial console, for boot diagnostics), `qemu.log` (QEMU's stderr); [`MicroVm::destroy`]
+//! removes them.
+
+pub mod initramfs;
+
+#[path = "../../guest/src/proto.rs"]
+#[allow(dead_code)]
+pub mod proto;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::logs::{self, Stream};
+use proto::{Decoder, Frame, Spec, State};
+
+/// Where [`VmAssets::locate`] looks when `NODELESS_MICROVM_ASSETS` is not set.
+pub const DEFAULT_ASSETS_DIR: &str = "/var/cache/nodeless/microvm";
+/// The environment variable naming the assets directory.
+pub const ASSETS_ENV: &str = "NODELESS_MICROVM_ASSETS";
+/// The QEMU binary looked up on PATH.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MicroVmError {
+    #[error("micro-VM asset {0} is missing; run scripts/microvm-assets.sh (or set {ASSETS_ENV})")]
+    MissingAsset(PathBuf),
+    #[error(
+        "{QEMU} not found on PATH; install Debian's qemu-system-x86 (apt-get install qemu-system-x86)"
+    )]
+    QemuMissing,
+    #[error(
+        "mkfs.erofs not found on PATH; install Debian's erofs-utils (apt-get install erofs-utils)"
+    )]
+    MkfsMissing,
+    #[error("{0}")]
+    Io(String, #[source] std::io::Error),
+    #[error("mkfs.erofs failed on {dir}: {stderr}")]
+    Mkfs { dir: PathBuf, stderr: String },
+    #[error("the micro-VM did not boot: {reason}; guest console:\n{console}")]
+    Boot { reason: String, console: String },
+    #[error("the host-guest channel")]
+    Channel(#[source] proto::ProtoError),
+    #[error("the guest agent: {0}")]
+    Guest(String),
+    #[error("the micro-VM has stopped")]
+    Stopped,
+}
+
+type Result<T, E = MicroVmError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MicroVmError {
+    let what = what.into();
+    move |e| MicroVmError::Io(what, e)
+}
+
+/// The files a micro-VM boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmAssets {
+    /// An uncompressed kernel (PVH ELF `vmlinux`).
+    pub kernel: PathBuf,
+    /// `<name>.ko` files and `order` (one name a line, dependencies first).
+    pub modules_dir: PathBuf,
+    /// The static `nodeless-guest` binary.
+    pub guest_agent: PathBuf,
+}
+
+impl VmAssets {
+    /// The assets in `$NODELESS_MICROVM_ASSETS`, else in [`DEFAULT_ASSETS_DIR`].
+    pub fn locate() -> Result<VmAssets> {
+        let dir = std::env::var_os(ASSETS_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ASSETS_DIR));
+        VmAssets::in_dir(&dir)
+    }
+
+    /// The assets as `scripts/microvm-assets.sh` lays them out in `dir`.
+    pub fn in_dir(dir: &Path) -> Result<VmAssets> {
+        let a = VmAssets {
+            kernel: dir.join("vmlinux"),
+            modules_dir: dir.join("modules"),
+            guest_agent: dir.join("nodeless-guest"),
+        };
+        for p in [&a.kernel, &a.modules_dir.join("order"), &a.guest_agent] {
+            if !p.is_file() {
+                return Err(MicroVmError::MissingAsset(p.clone()));
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// `qemu-system-x86_64` on PATH, or an error naming the package.
+pub fn qemu_binary() -> Result<PathBuf> {
+    find_on_path(QEMU).ok_or(MicroVmError::QemuMissing)
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether `cpuinfo` (the text of /proc/cpuinfo) shows hardware virtualization (VMX/SVM).
+/// /dev/kvm alone proves nothing (see docs: PVM hosts have it and cannot boot a stock guest).
+pub fn has_hardware_virtualization(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// How QEMU executes the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// KVM when /proc/cpuinfo has VMX/SVM, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    /// Software emulation (slow; works everywhere).
+    Tcg,
+}
+
+impl Accel {
+    /// `Auto` made concrete for this host.
+    pub fn resolve(self) -> Accel {
+        match self {
+            Accel::Auto => {
+                let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                if has_hardware_virtualization(&cpuinfo) && Path::new("/dev/kvm").exists() {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
+            }
+            a => a,
+        }
+    }
+}
+
+/// One VM's settings.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub assets: VmAssets,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    /// The VM's own directory (created; emptied by [`MicroVm::destroy`]).
+    pub dir: PathBuf,
+    /// The container's CRI log file (appended to).
+    pub log_path: PathBuf,
+    /// How long the guest may take to answer after QEMU starts.
+    pub boot_timeout: Duration,
+}
+
+impl VmConfig {
+    /// 256 MiB, 1 vCPU, automatic acceleration, 120 s boot timeout (TCG on a loaded 2-core
+    /// host is slow), log at `dir/container.log`.
+    pub fn new(assets: VmAssets, dir: impl Into<PathBuf>) -> VmConfig {
+        let dir = dir.into();
+        VmConfig {
+            assets,
+            memory_mib: 256,
+            cpus: 1,
+            accel: Accel::Auto,
+            log_path: dir.join("container.log"),
+            dir,
+            boot_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The container process: what runs inside the VM's root filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub args: Vec<String>,
+    /// `KEY=VALUE`, the whole environment.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ContainerSpec {
+    fn to_spec(&self, stdin: bool, tty: bool) -> Spec {
+        Spec {
+            args: self.args.clone(),
+            env: self.env.clone(),
+            cwd: if self.cwd.is_empty() {
+                "/".into()
+            } else {
+                self.cwd.clone()
+            },
+            uid: self.uid,
+            gid: self.gid,
+            stdin,
+            tty,
+        }
+    }
+}
+
+/// What an exec session produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Escapes a value for a QEMU option list (a comma is written twice).
+fn qemu_escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// The kernel command line.
+pub const KERNEL_ARGS: &str = "console=ttyS0 tsc_early_khz=2000000 quiet panic=-1 rdinit=/init";
+
+/// The files one VM's QEMU command names.
+#[derive(Debug, Clone, Copy)]
+pub struct VmFiles<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    /// The container's disk (attached read-only).
+    pub rootfs: &'a Path,
+    /// The host end of the agent channel (QEMU listens).
+    pub socket: &'a Path,
+    /// The guest's serial console output.
+    pub console: &'a Path,
+}
+
+/// QEMU's arguments for one VM. Pure.
+pub fn qemu_args(accel: Accel, memory_mib: u32, cpus: u32, files: &VmFiles<'_>) -> Vec<String> {
+    let VmFiles {
+        kernel,
+        initrd,
+        rootfs,
+        socket,
+        console,
+    } = *files;
+    let mut a: Vec<String> = vec![
+        "-M".into(),
+        // ACPI stays on: without it the virtio-mmio devices are not found.
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on".into(),
+    ];
+    match accel {
+        Accel::Kvm => a.extend(["-enable-kvm".into(), "-cpu".into(), "host".into()]),
+        Accel::Tcg | Accel::Auto => {
+            a.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()])
+        }
+    }
+    a.extend([
+        "-m".into(),
+        memory_mib.to_string(),
+        "-smp".into(),
+        cpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        // QEMU's own seccomp filter: a guest that took QEMU over still cannot spawn, setuid or
+        // use obsolete system calls.
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        "-monitor".into(),
+        "none".into(),
+        "-serial".into(),
+        format!("file:{}", qemu_escape(console)),
+        "-kernel".into(),
+        qemu_escape(kernel),
+        "-initrd".into(),
+        qemu_escape(initrd),
+        "-append".into(),
+        KERNEL_ARGS.into(),
+        "-drive".into(),
+        format!(
+            "file={},if=none,format=raw,id=d0,readonly=on",
+            qemu_escape(rootfs)
+        ),
+        "-device".into(),
+        "virtio-blk-device,drive=d0".into(),
+        "-device".into(),
+        "virtio-serial-device".into(),
+        "-chardev".into(),
+        format!(
+            "socket,path={},server=on,wait=off,id=c0",
+            qemu_escape(socket)
+        ),
+        "-device".into(),
+        "virtserialport,chardev=c0,name=agent".into(),
+    ]);
+    a
+}
+
+/// The initramfs for `assets`: the agent as /init and the modules in `modules/order`.
+pub fn initramfs(assets: &VmAssets) -> Result<Vec<u8>> {
+    let agent = std::fs::read(&assets.guest_agent)
+        .map_err(io(format!("reading {}", assets.guest_agent.display())))?;
+    let order_path = assets.modules_dir.join("order");
+    let order = std::fs::read_to_string(&order_path)
+        .map_err(io(format!("reading {}", order_path.display())))?;
+    let mut modules = Vec::new();
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let p = assets.modules_dir.join(format!("{name}.ko"));
+        let data = std::fs::read(&p).map_err(|_| MicroVmError::MissingAsset(p.clone()))?;
+        modules.push((name.to_owned(), data));
+    }
+    Ok(initramfs::cpio(&initramfs::members(agent, modules)))
+}
+
+/// Makes the read-only erofs image `out` from an image's unpacked layers (`lower`, top first,
+/// as [`crate::image::ImageStore::lower_dirs`] gives them). Several layers are merged through
+/// a read-only overlay mount (whiteouts and opaque directories applied) under `out`'s
+/// directory; one layer is used as it is. Needs `mkfs.erofs` (and root for the mount).
+pub async fn make_erofs(lower: &[PathBuf], out: &Path) -> Result<()> {
+    let mkfs = find_on_path("mkfs.erofs").ok_or(MicroVmError::MkfsMissing)?;
+    let parent = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    let (src, merged) = match lower {
+        [] => {
+            return Err(MicroVmError::Guest(
+                "an image needs at least one layer".into(),
+            ));
+        }
+        [one] => (one.clone(), None),
+        many => {
+            static SEQ: AtomicU32 = AtomicU32::new(0);
+            let merged = parent.join(format!(
+                ".erofs-merge-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&merged)
+                .map_err(io(format!("creating {}", merged.display())))?;
+            let dirs: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
+            let opts = std::ffi::CString::new(format!("lowerdir={}", dirs.join(":")))
+                .map_err(|e| io("overlay options")(std::io::Error::other(e)))?;
+            rustix::mount::mount(
+                "overlay",
+                &merged,
+                "overlay",
+                rustix::mount::MountFlags::RDONLY,
+                Some(opts.as_c_str()),
+            )
+            .map_err(|e| io(format!("mounting overlay at {}", merged.display()))(e.into()))?;
+            (merged.clone(), Some(merged))
+        }
+    };
+    let tmp = PathBuf::from(format!("{}.tmp-{}", out.display(), std::process::id()));
+    let result = tokio::process::Command::new(&mkfs)
+        .arg("--quiet")
+        .arg(&tmp)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    if let Some(m) = &merged {
+        let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir(m);
+    }
+    let output = result.map_err(io("running mkfs.erofs"))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(MicroVmError::Mkfs {
+            dir: src,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    std::fs::rename(&tmp, out).map_err(io(format!("renaming to {}", out.display())))
+}
+
+/// Turns output chunks into CRI log records, a line at a time per stream.
+struct LogWriter {
+    file: std::fs::File,
+    partial: [Vec<u8>; 2],
+}
+
+impl LogWriter {
+    fn push(&mut self, stream: Stream, mut data: &[u8]) {
+        let i = stream as usize;
+        while !data.is_empty() {
+            let (line, rest, complete) = match data.iter().position(|b| *b == b'\n') {
+                Some(n) => (&data[..n], &data[n + 1..], true),
+                None => (data, &[][..], false),
+            };
+            self.partial[i].extend_from_slice(line);
+            data = rest;
+            if complete {
+                self.emit(stream, false);
+            } else if self.partial[i].len() >= logs::MAX_LINE {
+                self.emit(stream, true);
+            }
+        }
+    }
+
+    fn emit(&mut self, stream: Stream, partial: bool) {
+        let i = stream as usize;
+        let text = std::mem::take(&mut self.partial[i]);
+        let line = logs::format_line(jiff::Timestamp::now(), stream, partial, &text);
+        if let Err(e) = self.file.write_all(&line) {
+            tracing::warn!(error = %e, "writing the micro-VM container log");
+        }
+    }
+
+    /// Writes what is left of unterminated lines.
+    fn finish(&mut self) {
+        for s in [Stream::Stdout, Stream::Stderr] {
+            if !self.partial[s as usize].is_empty() {
+                self.emit(s, false);
+            }
+        }
+    }
+}
+
+/// What an exec session reports, in order; [`ExecEvent::Exit`] is the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// Starting failed (no such program...); an `Exit` with 127 follows.
+    Error(String),
+    Exit(i32),
+    /// The VM went away before the process ended; nothing follows.
+    Lost(String),
+}
+
+/// A process started in the running container with [`MicroVm::exec_session`]: stream its
+/// output, feed its stdin, signal it.
+pub struct ExecSession {
+    id: u32,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    events: mpsc::UnboundedReceiver<ExecEvent>,
+}
+
+impl ExecSession {
+    /// The next event; `None` after `Exit` or `Lost`.
+    pub async fn next_event(&mut self) -> Option<ExecEvent> {
+        self.events.recv().await
+    }
+
+    /// Feeds `data` to the process's stdin (the session must have been opened with stdin).
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(proto::CHUNK) {
+            send(&self.writer, &Frame::Stdin(self.id, chunk.to_vec())).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin.
+    pub async fn close_stdin(&self) -> Result<()> {
+        send(&self.writer, &Frame::Stdin(self.id, Vec::new())).await
+    }
+
+    /// Sends `signal` to the process.
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        send(&self.writer, &Frame::Signal(self.id, signal)).await
+    }
+
+    /// Sets the terminal's size (a session started with `tty`).
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        send(&self.writer, &Frame::Resize(self.id, rows, cols)).await
+    }
+
+    /// Reads every event up to the exit: the whole output and the code.
+    pub async fn collect(mut self) -> Result<ExecOutput> {
+        let mut out = ExecOutput::default();
+        let mut error = None;
+        while let Some(e) = self.next_event().await {
+            match e {
+                ExecEvent::Stdout(d) => out.stdout.extend_from_slice(&d),
+                ExecEvent::Stderr(d) => out.stderr.extend_from_slice(&d),
+                ExecEvent::Error(msg) => error = Some(msg),
+                ExecEvent::Exit(code) => {
+                    return match error {
+                        Some(msg) if code == 127 => Err(MicroVmError::Guest(msg)),
+                        _ => {
+                            out.code = code;
+                            Ok(out)
+                        }
+                    };
+                }
+                ExecEvent::Lost(why) => return Err(MicroVmError::Guest(why)),
+            }
+        }
+        Err(MicroVmError::Stopped)
+    }
+}
+
+async fn send(writer: &tokio::sync::Mutex<OwnedWriteHalf>, f: &Frame) -> Result<()> {
+    let mut w = writer.lock().await;
+    w.write_all(&f.encode())
+        .await
+        .map_err(|_| MicroVmError::Stopped)
+}
+
+/// What the reader task shares with [`MicroVm`].
+struct Shared {
+    execs: HashMap<u32, mpsc::UnboundedSender<ExecEvent>>,
+    queries: HashMap<u32, Vec<oneshot::Sender<State>>>,
+    container_error: Option<String>,
+    first_output: Option<Instant>,
+    ready: Option<oneshot::Sender<()>>,
+}
+
+/// The container's end as the host saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    Code(i32),
+    /// The channel closed (QEMU gone) before an exit code came.
+    Lost(String),
+}
+
+/// Boot figures of one VM.
+#[derive(Debug, Clone, Copy)]
+pub struct BootTimes {
+    /// QEMU started -> the guest agent answered (root filesystem mounted).
+    pub to_ready: Duration,
+    /// QEMU started -> the container's first output, if any yet.
+    pub to_first_output: Option<Duration>,
+}
+
+/// A running micro-VM with one container in it.
+pub struct MicroVm {
+    child: tokio::process::Child,
+    pid: Option<u32>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    shared: Arc<Mutex<Shared>>,
+    ended: watch::Receiver<Option<Ended>>,
+    reader: tokio::task::JoinHandle<()>,
+    next_id: AtomicU32,
+    container: ContainerSpec,
+    dir: PathBuf,
+    log_path: PathBuf,
+    started: Instant,
+    to_ready: Duration,
+}
+
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl MicroVm {
+    /// Boots a VM whose disk is the erofs image `rootfs` and starts `container` in it. Returns
+    /// once the container process was started (or failed to start: see [`MicroVm::wait`]).
+    pub async fn boot(
+        config: &VmConfig,
+        rootfs: &Path,
+        container: &ContainerSpec,
+    ) -> Result<MicroVm> {
+        let qemu = qemu_binary()?;
+        if !rootfs.is_file() {
+            return Err(MicroVmError::MissingAsset(rootfs.to_owned()));
+        }
+        let dir = &config.dir;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let initrd = dir.join("initrd.img");
+        let socket = dir.join("agent.sock");
+        let console = dir.join("console.log");
+        let qemu_log = dir.join("qemu.log");
+        let qemu_stderr = std::fs::File::create(&qemu_log)
+            .map_err(io(format!("creating {}", qemu_log.display())))?;
+        std::fs::write(&initrd, initramfs(&config.assets)?)
+            .map_err(io(format!("writing {}", initrd.display())))?;
+        let _ = std::fs::remove_file(&socket);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.log_path)
+            .map_err(io(format!("opening {}", config.log_path.display())))?;
+
+        let args = qemu_args(
+            config.accel.resolve(),
+            config.memory_mib,
+            config.cpus,
+            &VmFiles {
+                kernel: &config.assets.kernel,
+                initrd: &initrd,
+                rootfs,
+                socket: &socket,
+                console: &console,
+            },
+        );
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(&qemu)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(qemu_stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io(format!("starting {}", qemu.display())))?;
+        let pid = child.id();
+        let boot_error = |reason: String| MicroVmError::Boot {
+            reason,
+            console: console_tail(&console),
+        };
+
+        // QEMU creates the socket at start-up (server=on,wait=off).
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(&socket).await {
+                break s;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+                return Err(boot_error(format!(
+                    "qemu exited ({status}): {}",
+                    err.trim()
+                )));
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err(boot_error(format!("no socket at {}", socket.display())));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let (mut read_half, write_half) = stream.into_split();
+
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let shared = Arc::new(Mutex::new(Shared {
+            execs: HashMap::new(),
+            queries: HashMap::new(),
+            container_error: None,
+            first_output: None,
+            ready: Some(ready_tx),
+        }));
+        let (ended_tx, ended) = watch::channel(None);
+        let reader = {
+            let shared = shared.clone();
+            let mut log = LogWriter {
+                file: log_file,
+                partial: [Vec::new(), Vec::new()],
+            };
+            tokio::spawn(async move {
+                let mut dec = Decoder::default();
+                let mut buf = vec![0u8; 64 * 1024];
+                let why = loop {
+                    let n = match read_half.read(&mut buf).await {
+                        Ok(0) => break "the channel closed".to_owned(),
+                        Ok(n) => n,
+                        Err(e) => break format!("reading the channel: {e}"),
+                    };
+                    dec.push(&buf[..n]);
+                    loop {
+                        match dec.next_frame() {
+                            Ok(Some(f)) => dispatch(f, &shared, &mut log, &ended_tx),
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "bad frame from the guest agent");
+                                return lose(&shared, &ended_tx, &mut log, e.to_string());
+                            }
+                        }
+                    }
+                };
+                lose(&shared, &ended_tx, &mut log, why);
+            })
+        };
+
+        let vm = MicroVm {
+            child,
+            pid,
+            writer: Arc::new(tokio::sync::Mutex::new(write_half)),
+            shared,
+            ended,
+            reader,
+            next_id: AtomicU32::new(1),
+            container: container.clone(),
+            dir: dir.clone(),
+            log_path: config.log_path.clone(),
+            started,
+            to_ready: Duration::ZERO,
+        };
+        // The agent reads its first frame once up, answers Ready, then runs it.
+        vm.send(&Frame::Run(0, container.to_spec(false, false)))
+            .await?;
+        let mut vm = vm;
+        let mut ended = vm.ended.clone();
+        tokio::select! {
+            r = ready_rx => {
+                if r.is_err() {
+                    let why = vm.ended_reason();
+                    let _ = vm.child.start_kill();
+                    return Err(boot_error(why));
+                }
+            }
+            _ = ended.wait_for(|e| e.is_some()) => {
+                let why = vm.ended_reason();
+                let _ = vm.child.start_kill();
+                return Err(boot_error(why));
+            }
+            _ = tokio::time::sleep(config.boot_timeout) => {
+                let _ = vm.child.start_kill();
+                return Err(boot_error(format!("no answer within {:?}", config.boot_timeout)));
+            }
+        }
+        vm.to_ready = started.elapsed();
+        Ok(vm)
+    }
+
+    fn ended_reason(&self) -> String {
+        match &*self.ended.borrow() {
+            Some(Ended::Lost(why)) => why.clone(),
+            Some(Ended::Code(c)) => format!("the container ended with {c} during boot"),
+            None => "the guest agent went away".into(),
+        }
+    }
+
+    async fn send(&self, f: &Frame) -> Result<()> {
+        send(&self.writer, f).await
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The container's CRI log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The guest's serial console (kernel and agent messages).
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Boot figures so far.
+    pub fn boot_times(&self) -> BootTimes {
+        let first = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first_output;
+        BootTimes {
+            to_ready: self.to_ready,
+            to_first_output: first.map(|t| t.duration_since(self.started)),
+        }
+    }
+
+    /// Waits for the container to end and returns its exit code (128 + signal when killed).
+    /// The VM powers itself off after the container ends.
+    pub async fn wait(&self) -> Result<i32> {
+        let mut ended = self.ended.clone();
+        let e = ended
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| MicroVmError::Stopped)?
+            .clone();
+        match e {
+            Some(Ended::Code(c)) => Ok(c),
+            Some(Ended::Lost(why)) => Err(MicroVmError::Guest(why)),
+            None => Err(MicroVmError::Stopped),
+        }
+    }
+
+    /// The error the guest reported for the container (e.g. the program does not exist).
+    pub fn container_error(&self) -> Option<String> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .container_error
+            .clone()
+    }
+
+    /// Sends `signal` (e.g. 15, 9) to the container's process.
+    pub async fn kill(&self, signal: i32) -> Result<()> {
+        self.send(&Frame::Signal(0, signal)).await
+    }
+
+    /// The container's state as the guest sees it.
+    pub async fn status(&self) -> Result<State> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queries
+            .entry(0)
+            .or_default()
+            .push(tx);
+        self.send(&Frame::Query(0)).await?;
+        rx.await.map_err(|_| MicroVmError::Stopped)
+    }
+
+    /// Runs `args` in the container (its env, cwd and user), feeding `stdin` when given, and
+    /// returns its output and exit code.
+    pub async fn exec(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<ExecOutput> {
+        let spec = ContainerSpec {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..self.container.clone()
+        };
+        self.exec_spec(&spec, stdin).await
+    }
+
+    /// [`MicroVm::exec`] with a process spec of its own.
+    pub async fn exec_spec(
+        &self,
+        spec: &ContainerSpec,
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput> {
+        let session = self.exec_session(spec, stdin.is_some(), false).await?;
+        if let Some(data) = stdin {
+            session.write_stdin(data).await?;
+            session.close_stdin().await?;
+        }
+        session.collect().await
+    }
+
+    /// Starts `spec` in the running container and returns the session to stream its output
+    /// and feed its stdin (when `stdin`). With `tty` the process runs on a terminal: its
+    /// output comes as `Stdout` only, and [`ExecSession::resize`] sets the window size.
+    pub async fn exec_session(
+        &self,
+        spec: &ContainerSpec,
+        stdin: bool,
+        tty: bool,
+    ) -> Result<ExecSession> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, events) = mpsc::unbounded_channel();
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .execs
+            .insert(id, tx);
+        self.send(&Frame::Run(id, spec.to_spec(stdin, tty))).await?;
+        Ok(ExecSession {
+            id,
+            writer: self.writer.clone(),
+            events,
+        })
+    }
+
+    /// Stops the VM (SIGKILL to QEMU if it still runs), waits for QEMU to exit, and removes the
+    /// VM's files (socket, initramfs, console and QEMU logs). The container log stays.
+    pub async fn destroy(mut self) -> Result<()> {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.reader.abort();
+        for f in ["agent.sock", "initrd.img", "console.log", "qemu.log"] {
+            let p = self.dir.join(f);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("removing {}", p.display()))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until QEMU has exited on its own (after the container ended), at most `limit`.
+    pub async fn wait_vm_exit(&mut self, limit: Duration) -> Result<bool> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(r) => r.map(|_| true).map_err(io("waiting for qemu")),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+impl Drop for MicroVm {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn dispatch(
+    f: Frame,
+    shared: &Arc<Mutex<Shared>>,
+    log: &mut LogWriter,
+    ended: &watch::Sender<Option<Ended>>,
+) {
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    match f {
+        Frame::Ready => {
+            if let Some(tx) = s.ready.take() {
+                let _ = tx.send(());
+            }
+        }
+        Frame::Started(..) => {}
+        Frame::Stdout(0, d) | Frame::Stderr(0, d) if d.is_empty() => {}
+        Frame::Stdout(0, d) => {
+            s.first_output.get_or_insert_with(Instant::now);
+            log.push(Stream::Stdout, &d);
+        }
+        Frame::Stderr(0, d) => {
+            s.first_output.get_or_insert_with(Instant::now);
+            log.push(Stream::Stderr, &d);
+        }
+        Frame::Stdout(id, d) => {
+            if let Some(tx) = s.execs.get(&id) {
+                let _ = tx.send(ExecEvent::Stdout(d));
+            }
+        }
+        Frame::Stderr(id, d) => {
+            if let Some(tx) = s.execs.get(&id) {
+                let _ = tx.send(ExecEvent::Stderr(d));
+            }
+        }
+        Frame::Exit(0, code) => {
+            log.finish();
+            let _ = log.file.flush();
+            // The container may end before the agent's Ready was read (a failing mount).
+            s.ready.take();
+            ended.send_replace(Some(Ended::Code(code)));
+        }
+        Frame::Exit(id, code) => {
+            if let Some(tx) = s.execs.remove(&id) {
+                let _ = tx.send(ExecEvent::Exit(code));
+            }
+        }
+        Frame::Error(0, msg) => {
+            tracing::warn!(error = %msg, "micro-VM container");
+            s.container_error = Some(msg);
+        }
+        Frame::Error(id, msg) => {
+            if let Some(tx) = s.execs.get(&id) {
+                let _ = tx.send(ExecEvent::Error(msg));
+            }
+        }
+        Frame::Status(id, st) => {
+            if let Some(q) = s.queries.get_mut(&id)
+                && !q.is_empty()
+            {
+                let _ = q.remove(0).send(st);
+            }
+        }
+        other => tracing::warn!(frame = ?other, "unexpected frame from the guest agent"),
+    }
+}
+
+/// The channel is gone: everything still waiting learns it.
+fn lose(
+    shared: &Arc<Mutex<Shared>>,
+    ended: &watch::Sender<Option<Ended>>,
+    log: &mut LogWriter,
+    why: String,
+) {
+    log.finish();
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    s.ready.take();
+    for (_, tx) in s.execs.drain() {
+        let _ = tx.send(ExecEvent::Lost(format!("the micro-VM stopped: {why}")));
+    }
+    s.queries.clear();
+    ended.send_if_modified(|e| {
+        if e.is_none() {
+            *e = Some(Ended::Lost(why));
+            true
+        } else {
+            false
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardware_virtualization_is_read_from_cpu_flags() {
+        assert!(!has_hardware_virtualization(
+            "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr hypervisor\n"
+        ));
+        assert!(has_hardware_virtualization("flags\t\t: fpu vmx sse\n"));
+        assert!(has_hardware_virtualization("flags\t\t: fpu svm sse\n"));
+        assert!(!has_hardware_virtualization("model name\t: vmx svm\n"));
+    }
+
+    #[test]
+    fn qemu_args_attach_disk_read_only_and_channel_and_no_network() {
+        let a = qemu_args(
+            Accel::Tcg,
+            256,
+            2,
+            &VmFiles {
+                kernel: Path::new("/k/vmlinux"),
+                initrd: Path::new("/d/initrd.img"),
+                rootfs: Path::new("/d/a,b.erofs"),
+                socket: Path::new("/d/agent.sock"),
+                console: Path::new("/d/console.log"),
+            },
+        );
+        let s = a.join(" ");
+        assert!(s.starts_with("-M microvm,"));
+        assert!(!s.contains("acpi=off"));
+        assert!(s.contains("-accel tcg -cpu max"));
+        assert!(!s.contains("kvm"));
+        assert!(s.contains("-m 256 -smp 2"));
+        assert!(s.contains("-nodefaults"));
+        assert!(s.contains("file=/d/a,,b.erofs,if=none,format=raw,id=d0,readonly=on"));
+        assert!(s.contains("socket,path=/d/agent.sock,server=on,wait=off,id=c0"));
+        assert!(s.contains("virtserialport,chardev=c0,name=agent"));
+        assert!(s.contains("tsc_early_khz=2000000"));
+        assert!(!s.contains("-netdev") && !s.contains("-nic") && !s.contains("virtfs"));
+        let k = qemu_args(
+            Accel::Kvm,
+            128,
+            1,
+            &VmFiles {
+                kernel: Path::new("k"),
+                initrd: Path::new("i"),
+                rootfs: Path::new("r"),
+                socket: Path::new("s"),
+                console: Path::new("c"),
+            },
+        )
+        .join(" ");
+        assert!(k.contains("-enable-kvm -cpu host"));
+    }
+
+    #[test]
+    fn log_writer_splits_lines_across_chunks_and_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let mut w = LogWriter {
+            file: std::fs::File::create(&p).unwrap(),
+            partial: [Vec::new(), Vec::new()],
+        };
+        w.push(Stream::Stdout, b"hel");
+        w.push(Stream::Stderr, b"err\n");
+        w.push(Stream::Stdout, b"lo\nwor");
+        w.finish();
+        let text = std::fs::read(&p).unwrap();
+        let recs: Vec<_> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| logs::parse_line(l).unwrap())
+            .collect();
+        let got: Vec<(&str, &[u8])> = recs
+            .iter()
+            .map(|r| (r.stream.as_str(), &r.text[..]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("stderr", &b"err"[..]),
+                ("stdout", &b"hello"[..]),
+                ("stdout", &b"wor"[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_assets_name_the_setup_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = VmAssets::in_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("scripts/microvm-assets.sh"), "{e}");
+    }
+}
