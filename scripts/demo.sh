@@ -1,53 +1,50 @@
 #!/usr/bin/env bash
-# Sets up this machine, builds nodeless and runs the main job: a local cluster (API server with its
-# SQLite store, controllers, scheduler and registry, plus a node agent) with a workload running in
-# it, driven by the real kubectl. Leaves the cluster running; prints how to use and stop it.
+# Sets up this machine, builds nodeless and runs the main job: `nodeless up`, a one-machine
+# serverless cluster (API server on SQLite, controllers and schedulers, the registry, a local host
+# agent running pods in gVisor sandboxes), then the EKS-on-Fargate walkthrough with the real kubectl:
+# an image pushed to the cluster's registry, a Deployment whose pods each run in their own sandbox
+# on their own `serverless-ip-*` node, logs and exec. Leaves the cluster running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$PATH:/usr/lib/google-cloud-sdk/bin"
 cargo build --release -p nodeless
+NL="$PWD/target/release/nodeless"
 DATA="${NODELESS_DATA_DIR:-$PWD/.nodeless-demo}"
 mkdir -p "$DATA"
-for pidfile in "$DATA"/*.pid; do
-  [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-done
-sleep 0.5
-./target/release/nodeless server --data-dir "$DATA" --bind 127.0.0.1:6443 --registry-bind 127.0.0.1:6444 >"$DATA/server.log" 2>&1 &
-echo $! >"$DATA/server.pid"
+if [ -f "$DATA/up.pid" ]; then
+  kill "$(cat "$DATA/up.pid")" 2>/dev/null || true
+  sleep 1
+fi
+"$NL" up --data-dir "$DATA" --bind 127.0.0.1:6443 --registry-bind 127.0.0.1:6444 >"$DATA/up.log" 2>&1 &
+echo $! >"$DATA/up.pid"
 export KUBECONFIG="$DATA/admin.kubeconfig"
-for _ in $(seq 100); do [ -f "$KUBECONFIG" ] && kubectl get --raw /readyz >/dev/null 2>&1 && break; sleep 0.1; done
-# A node agent with two nodes. The fake runtime reports pods Running as kubelet would (kwok-style);
-# per-pod sandboxes (gVisor, crun, micro-VMs) replace it as the data plane lands.
-./target/release/nodeless agent --kubeconfig "$KUBECONFIG" --worker --runtime fake --nodes 2 >"$DATA/agent.log" 2>&1 &
-echo $! >"$DATA/agent.pid"
+for _ in $(seq 300); do
+  kubectl get leases -n kube-system -l nodeless.io/host-agent=true -o name 2>/dev/null | grep -q . && break
+  sleep 0.2
+done
+# An image built here from Debian's static busybox, pushed to the cluster's registry as users push to ECR.
+REG=127.0.0.1:6444
+"$NL" registry create-repository demo/web --data-dir "$DATA/registry" >/dev/null 2>&1 || true
+rm -rf "$DATA/layout"
+./scripts/busybox-image.py "$DATA/layout" 1 sh -c 'echo serving from $(hostname); exec httpd -f -p 8080 -h /www'
+"$NL" registry get-login-password --data-dir "$DATA/registry" |
+  skopeo login --cert-dir "$DATA/registry/tls" --username nodeless --password-stdin "$REG" >/dev/null
+skopeo copy --quiet --dest-cert-dir "$DATA/registry/tls" "oci:$DATA/layout:1" "docker://$REG/demo/web:1"
 set -x
 kubectl version
+kubectl get sp
+kubectl delete deployment first-container --ignore-not-found
+kubectl create deployment first-container --image=$REG/demo/web:1 --replicas=3
+kubectl rollout status deployment/first-container --timeout=120s
+kubectl get pods -o wide
 kubectl get nodes -o wide
-kubectl apply -f - <<'YAML'
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 3
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: nginx:1.27
-        resources:
-          requests: {cpu: 100m, memory: 64Mi}
-YAML
-kubectl rollout status deployment/web --timeout=60s
-kubectl get deployments,replicasets,pods -o wide
+POD=$(kubectl get pods -l app=first-container -o jsonpath='{.items[0].metadata.name}')
+kubectl logs "$POD"
+kubectl exec "$POD" -- cat /www/index.html
 set +x
 echo
-echo "nodeless is running: API server (pid $(cat "$DATA/server.pid")), agent (pid $(cat "$DATA/agent.pid"))."
+echo "nodeless is running (pid $(cat "$DATA/up.pid"), logs in $DATA/up.log)."
 echo "Use it with:  export KUBECONFIG=$KUBECONFIG"
-echo "Registry:     $(cat "$DATA/registry/endpoint")  (nodeless registry --data-dir $DATA/registry ...)"
-echo "Stop it with: kill \$(cat $DATA/server.pid) \$(cat $DATA/agent.pid)"
+echo "Registry:     $REG  (nodeless registry --data-dir $DATA/registry ...)"
+echo "Stop it with: kill \$(cat $DATA/up.pid)"

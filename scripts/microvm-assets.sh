@@ -11,7 +11,7 @@ set -euo pipefail
 DEST="${1:-${NODELESS_MICROVM_ASSETS:-/var/cache/nodeless/microvm}}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The modules the guest needs, leaves first; their dependencies are added from modules.dep.
-WANTED=(virtio_console virtio_blk erofs overlay)
+WANTED=(virtio_console virtio_blk virtio_net erofs overlay)
 
 need() { command -v "$1" >/dev/null || { echo "microvm-assets: '$1' not found; apt-get install -y $2" >&2; exit 1; }; }
 need dpkg-deb dpkg
@@ -22,7 +22,12 @@ need cargo "rustup (https://rustup.rs)"
 mkdir -p "$DEST"
 
 # 1. The kernel package: the newest 6.1 cloud image (signed or unsigned, same kernel).
-if [ ! -s "$DEST/vmlinux" ] || [ ! -s "$DEST/modules/order" ]; then
+# (Re-)extracted when a wanted module is missing from an older cache (virtio_net was added later).
+missing_module=""
+for m in "${WANTED[@]}"; do
+    grep -qx "$m" "$DEST/modules/order" 2>/dev/null || missing_module="$m"
+done
+if [ ! -s "$DEST/vmlinux" ] || [ ! -s "$DEST/modules/order" ] || [ -n "$missing_module" ]; then
     pkg="$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | awk '{print $1}' | sort -V | tail -n1)"
     if [ -z "$pkg" ]; then
         apt-get update -qq

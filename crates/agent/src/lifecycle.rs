@@ -269,7 +269,10 @@ mod tests {
             &[SEEN, Input::StartFailed { at: t(1) }],
         );
         assert!(matches!(s, PodState::Starting { restarts: 0, .. }), "{s:?}");
-        assert_eq!(a, vec![Action::Start, Action::WriteStatus, Action::StartLater]);
+        assert_eq!(
+            a,
+            vec![Action::Start, Action::WriteStatus, Action::StartLater]
+        );
         let (s2, a2) = transition(&s, &Input::RetryStart, RestartPolicy::Never);
         assert_eq!(s2, s);
         assert_eq!(a2, vec![Action::Start]);

@@ -3,9 +3,12 @@
 //! implements [`crate::runtime::Runtime`] and [`crate::streams::PodStreams`].
 //!
 //! Per pod: ConfigMap/Secret values and files are fetched with the kube client, images pulled
-//! (pod `imagePullSecrets` and the cluster registry's Secret `kube-system/nodeless-registry`),
-//! the sandbox prepared with exactly the pod IP, init containers run in order, then one
-//! supervisor task per regular container applies the restart policy with kubelet's back-off
+//! under kubelet's pull policy (a present image is used without the registry unless `Always`;
+//! credentials from the pod's `imagePullSecrets` and the cluster registry's Secret
+//! `kube-system/nodeless-registry`, read only when a registry is asked), the sandbox prepared
+//! with exactly the pod IP (at most [`start_concurrency`] pods create sandboxes at once), init
+//! containers run in order, then one supervisor task per regular container applies the restart
+//! policy with kubelet's back-off
 //! (10 s doubling to 5 min, reset after 10 min of running; `CrashLoopBackOff` while waiting).
 //! Container statuses are kept as kubelet reports them and every change is announced on the
 //! [`crate::runtime::Runtime::take_changes`] channel. Events go to the API server as kubelet's
@@ -175,6 +178,54 @@ pub fn auth_for(registry: &str, creds: &[(String, Auth)]) -> Auth {
         .find(|(r, _)| r == registry)
         .map(|(_, a)| a.clone())
         .unwrap_or_default()
+}
+
+/// Kubelet's image pull policy of one image of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Resolve the reference at the registry at every pod start (fetching what changed).
+    Always,
+    /// Use the image on this host; pull only when it is missing.
+    IfNotPresent,
+    /// Never pull: the image must be on this host.
+    Never,
+}
+
+/// The pull policy of `image` in `pod`: `Always` if a container using it says so, `Never` if all
+/// do, else `IfNotPresent`. A container without one gets the API's default (`Always` for a
+/// `:latest` or untagged reference, else `IfNotPresent`). Pure.
+pub fn pull_policy(pod: &Pod, image: &str) -> PullPolicy {
+    let default = || {
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let name = last.split('@').next().unwrap_or(last);
+        let digest = last.contains('@');
+        match name.split_once(':') {
+            _ if digest => PullPolicy::IfNotPresent,
+            None => PullPolicy::Always,
+            Some((_, "latest")) => PullPolicy::Always,
+            Some(_) => PullPolicy::IfNotPresent,
+        }
+    };
+    let spec = pod.spec.as_ref();
+    let policies: Vec<PullPolicy> = spec
+        .map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        .into_iter()
+        .flatten()
+        .filter(|c| c.image.as_deref() == Some(image))
+        .map(|c| match c.image_pull_policy.as_deref() {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            Some("IfNotPresent") => PullPolicy::IfNotPresent,
+            _ => default(),
+        })
+        .collect();
+    if policies.contains(&PullPolicy::Always) {
+        PullPolicy::Always
+    } else if !policies.is_empty() && policies.iter().all(|p| *p == PullPolicy::Never) {
+        PullPolicy::Never
+    } else {
+        PullPolicy::IfNotPresent
+    }
 }
 
 /// `imageID` of a pulled image: `repo@sha256:...` of its manifest.
@@ -765,6 +816,16 @@ pub struct SandboxRuntime {
     removing: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     changes_tx: mpsc::UnboundedSender<String>,
     changes_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Sandbox creations and first container starts in progress at once (see
+    /// [`start_concurrency`]).
+    starts: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many pods create their sandbox (or start their first containers) at once: four per CPU.
+/// A burst of pods then starts in arrival order in waves instead of all sharing the CPUs until
+/// the last one is done, so most of them run sooner and the whole burst is not slower.
+pub fn start_concurrency(cpus: usize) -> usize {
+    cpus.max(1) * 4
 }
 
 impl std::fmt::Debug for SandboxRuntime {
@@ -865,6 +926,9 @@ impl SandboxRuntime {
             removing: Mutex::new(HashMap::new()),
             changes_tx,
             changes_rx: Mutex::new(Some(changes_rx)),
+            starts: Arc::new(tokio::sync::Semaphore::new(start_concurrency(
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ))),
         }))
     }
 
@@ -1004,12 +1068,15 @@ impl SandboxRuntime {
         creds
     }
 
-    /// Pulls one image with kubelet's events; retries with back-off (ImagePullBackOff) until
-    /// it succeeds or the pod is stopped.
+    /// Pulls one image as kubelet does under `policy`, with its events: an image on this host
+    /// is used as it is (no registry) unless the policy is `Always`; a missing one is pulled,
+    /// retried with back-off (ImagePullBackOff) until it succeeds or the pod is stopped
+    /// (`Never`: ErrImageNeverPull).
     async fn pull(
         &self,
         e: &Arc<PodEntry>,
         image: &str,
+        policy: PullPolicy,
         creds: &[(String, Auth)],
     ) -> Result<Image, RuntimeError> {
         let users: Vec<Which> = e
@@ -1032,7 +1099,10 @@ impl SandboxRuntime {
         let src: Source = image
             .parse()
             .map_err(|err| failed(format!("image {image:?}: {err}")))?;
-        if let Ok(Some(img)) = self.store.get(&src) {
+        if policy != PullPolicy::Always
+            && let Ok(Some(img)) = self.store.get(&src)
+        {
+            // Marks it used (image garbage collection); no network for a present image.
             let _ = self.store.ensure(&src, &PullOptions::default()).await;
             e.event(
                 first.as_deref(),
@@ -1041,6 +1111,17 @@ impl SandboxRuntime {
                 format!("Container image \"{image}\" already present on machine"),
             );
             return Ok(img);
+        }
+        if policy == PullPolicy::Never {
+            let msg =
+                format!("Container image \"{image}\" is not present with pull policy of Never");
+            e.event(first.as_deref(), true, "ErrImageNeverPull", msg.clone());
+            for w in &users {
+                e.update(*w, |c| {
+                    c.state = waiting("ErrImageNeverPull", Some(msg.clone()))
+                });
+            }
+            return Err(failed(msg));
         }
         let auth = match &src {
             Source::Registry(r) => auth_for(r.registry(), creds),
@@ -1060,7 +1141,12 @@ impl SandboxRuntime {
                 format!("Pulling image \"{image}\""),
             );
             let t0 = Instant::now();
-            match self.store.ensure(&src, &opts).await {
+            let pulled = if policy == PullPolicy::Always {
+                self.store.pull(&src, &opts).await
+            } else {
+                self.store.ensure(&src, &opts).await
+            };
+            match pulled {
                 Ok(img) => {
                     e.event(
                         first.as_deref(),
@@ -1230,15 +1316,32 @@ impl SandboxRuntime {
             Err(err) => return Err(self.config_error(&e, err.to_string())),
         };
 
-        // Images.
-        let creds = self.credentials(pod, &namespace).await;
-        let mut images = BTreeMap::new();
-        for c in plan.init_containers.iter().chain(&plan.containers) {
-            if images.contains_key(&c.image) {
-                continue;
+        // Images. The credentials (two API reads) only when a registry will be asked.
+        let wanted: Vec<(String, PullPolicy)> = {
+            let mut v: Vec<(String, PullPolicy)> = Vec::new();
+            for c in plan.init_containers.iter().chain(&plan.containers) {
+                if !v.iter().any(|(i, _)| *i == c.image) {
+                    v.push((c.image.clone(), pull_policy(pod, &c.image)));
+                }
             }
-            let img = self.pull(&e, &c.image, &creds).await?;
-            images.insert(c.image.clone(), img);
+            v
+        };
+        let needs_registry = wanted.iter().any(|(image, policy)| match policy {
+            PullPolicy::Always => true,
+            PullPolicy::Never => false,
+            PullPolicy::IfNotPresent => !image
+                .parse::<Source>()
+                .is_ok_and(|src| matches!(self.store.get(&src), Ok(Some(_)))),
+        });
+        let creds = if needs_registry {
+            self.credentials(pod, &namespace).await
+        } else {
+            Vec::new()
+        };
+        let mut images = BTreeMap::new();
+        for (image, policy) in &wanted {
+            let img = self.pull(&e, image, *policy, &creds).await?;
+            images.insert(image.clone(), img);
         }
         {
             let mut s = lock(&e.shared);
@@ -1259,6 +1362,10 @@ impl SandboxRuntime {
         // can be a moment before this host has released it): wait for that, bounded.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let sandbox = loop {
+            let permit = self.starts.clone().acquire_owned().await;
+            if e.stopping() {
+                return Err(failed("the pod was stopped while starting"));
+            }
             let attempt = pod::prepare(
                 &e.host,
                 runtime.clone(),
@@ -1270,6 +1377,7 @@ impl SandboxRuntime {
                 },
             )
             .await;
+            drop(permit);
             match attempt {
                 Err(pod::PodError::Network(sandbox::network::NetworkError::InUse(addr, holder)))
                     if tokio::time::Instant::now() < deadline && !e.stopping() =>
@@ -1317,12 +1425,14 @@ impl SandboxRuntime {
         // The regular containers' first runs start here, so that they run when this returns;
         // their supervisors take them over.
         let mut first_runs = BTreeMap::new();
+        let permit = self.starts.clone().acquire_owned().await;
         for (i, c) in plan.containers.iter().enumerate() {
             if let Ok(run) = launch(&e, c, 0).await {
                 set_running(&e, Which::Regular(i), &run);
                 first_runs.insert(i, run);
             }
         }
+        drop(permit);
         let started = self.started_of(&e);
         *lock(&e.started) = Some(started.clone());
         self.spawn_supervisors(&e, first_runs);
@@ -2330,6 +2440,51 @@ mod tests {
             None
         );
         let _ = std::fs::remove_dir_all(&empty);
+    }
+
+    #[test]
+    fn pull_policies_as_kubelet() {
+        let pod = |containers: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({"spec": {"containers": containers}})).unwrap()
+        };
+        let one = |image: &str, policy: Option<&str>| {
+            let mut c = serde_json::json!({"name": "c", "image": image});
+            if let Some(p) = policy {
+                c["imagePullPolicy"] = p.into();
+            }
+            pod(serde_json::json!([c]))
+        };
+        // The API's defaults when the field is absent.
+        for (image, want) in [
+            ("reg:5000/team/busybox:1", PullPolicy::IfNotPresent),
+            ("reg:5000/team/busybox:latest", PullPolicy::Always),
+            ("reg:5000/team/busybox", PullPolicy::Always),
+            ("busybox", PullPolicy::Always),
+            ("reg:5000/busybox@sha256:abcd", PullPolicy::IfNotPresent),
+        ] {
+            assert_eq!(pull_policy(&one(image, None), image), want, "{image}");
+        }
+        let img = "reg:5000/team/busybox:1";
+        assert_eq!(
+            pull_policy(&one(img, Some("Always")), img),
+            PullPolicy::Always
+        );
+        assert_eq!(
+            pull_policy(&one(img, Some("Never")), img),
+            PullPolicy::Never
+        );
+        assert_eq!(
+            pull_policy(&one("reg/x:latest", Some("IfNotPresent")), "reg/x:latest"),
+            PullPolicy::IfNotPresent
+        );
+        // Several containers of one image: Always wins; Never only when all say so.
+        let two = pod(serde_json::json!([
+            {"name": "a", "image": img, "imagePullPolicy": "Never"},
+            {"name": "b", "image": img, "imagePullPolicy": "Always"},
+            {"name": "c", "image": "other:2", "imagePullPolicy": "Never"},
+        ]));
+        assert_eq!(pull_policy(&two, img), PullPolicy::Always);
+        assert_eq!(pull_policy(&two, "other:2"), PullPolicy::Never);
     }
 
     #[test]

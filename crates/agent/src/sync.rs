@@ -40,7 +40,8 @@ pub struct Config {
     pub host: Option<HostSpec>,
     /// The streaming server, published on the nodes and the host Lease.
     pub endpoint: Option<Endpoint>,
-    /// Status writes (and deletes) in flight at once.
+    /// Status writes (and deletes) in flight at once. More than a few only lengthens the API
+    /// server's queue once it is busy (the latency every other client sees), not the throughput.
     pub concurrency: usize,
     /// How often leases are renewed (kubelet: 10 s).
     pub lease_interval: Duration,
@@ -57,7 +58,7 @@ impl Config {
             nodes,
             host: None,
             endpoint: None,
-            concurrency: 64,
+            concurrency: 16,
             lease_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(10),
             status_report_interval: Duration::from_secs(300),

@@ -29,8 +29,9 @@ use crate::podcontrol::{self, Expectations, Recorder};
 
 /// Most pods created or deleted in one reconcile (upstream's `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
-/// Most requests in flight at once within one batch.
-const MAX_IN_FLIGHT: usize = 100;
+/// Most requests in flight at once within one batch. Once the API server is CPU-bound more only
+/// lengthens its queue (the latency every other client sees), not the creation rate.
+const MAX_IN_FLIGHT: usize = 32;
 
 /// Errors of the ReplicaSet controller.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,12 @@
 //! (reason `Unschedulable`) and records a `FailedScheduling` Warning event; such pods are retried
 //! when nodes or pods change, and periodically with backoff.
 //!
+//! The `Scheduled` events are informational and wait behind the bindings: one writer sends them
+//! one at a time, only while no binding is queued or in flight (or once an event has waited
+//! [`EVENT_MAX_DELAY`]), and drops them beyond [`EVENT_QUEUE`] waiting, as upstream's event
+//! broadcaster drops when its queue is full. A burst of pods is thus bound before its events
+//! are written, and the API server's queue stays short for everyone else.
+//!
 //! When the decision is to preempt, the shell nominates the node (`status.nominatedNodeName`,
 //! kept in the snapshot at once so that the pod does not preempt twice), marks each victim
 //! with the `DisruptionTarget` condition, deletes it gracefully and records a `Preempted` event
@@ -15,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use api::scheduling::{self, Snapshot, needs_scheduling};
@@ -26,10 +33,18 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
+/// Most `Scheduled` events waiting to be written; more are dropped.
+pub const EVENT_QUEUE: usize = 4096;
+/// A `Scheduled` event is written at the latest this long after its binding, even while
+/// bindings keep coming.
+pub const EVENT_MAX_DELAY: Duration = Duration::from_secs(5);
+
 /// Scheduler settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Bindings (and their events) in flight at once.
+    /// Bindings (and unschedulable reports) in flight at once. The API server is CPU-bound long
+    /// before this matters for throughput; more in flight only lengthens its queue (the latency
+    /// every other client sees).
     pub concurrency: usize,
     /// The first retry delay of an unschedulable pod (doubled per attempt).
     pub initial_backoff: Duration,
@@ -42,7 +57,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            concurrency: 64,
+            concurrency: 32,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             resync: Duration::from_secs(60),
@@ -335,8 +350,18 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
     });
     let _guard = AbortOnDrop(vec![pod_watch, node_watch, ns_watch]);
     let semaphore = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    // Scheduled events wait behind the bindings.
-    let events = Arc::new(Semaphore::new(config.concurrency.div_ceil(4).max(1)));
+    let binding = Arc::new(AtomicUsize::new(0));
+    let (event_tx, event_rx) = mpsc::channel::<ScheduledEvent>(EVENT_QUEUE);
+    let event_writer = tokio::spawn(write_scheduled_events(
+        client.clone(),
+        event_rx,
+        binding.clone(),
+    ));
+    let events = Events {
+        tx: event_tx,
+        binding,
+    };
+    let _writer = AbortOnDrop(vec![event_writer]);
     let mut st = State {
         config,
         snapshot: Snapshot::default(),
@@ -389,11 +414,48 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The bindings in flight and the queue of `Scheduled` events.
+#[derive(Clone)]
+struct Events {
+    tx: mpsc::Sender<ScheduledEvent>,
+    /// Bindings spawned and not finished (queued for a permit or in flight).
+    binding: Arc<AtomicUsize>,
+}
+
+struct ScheduledEvent {
+    pod: Pod,
+    message: String,
+    queued: Instant,
+}
+
+/// Decrements the count of bindings in flight when the binding ends, however it ends.
+struct BindingGuard(Arc<AtomicUsize>);
+impl Drop for BindingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Write the `Scheduled` events one at a time, while no binding is waiting (or once the oldest
+/// has waited [`EVENT_MAX_DELAY`]).
+async fn write_scheduled_events(
+    client: kube::Client,
+    mut rx: mpsc::Receiver<ScheduledEvent>,
+    binding: Arc<AtomicUsize>,
+) {
+    while let Some(ev) = rx.recv().await {
+        while binding.load(Ordering::Relaxed) > 0 && ev.queued.elapsed() < EVENT_MAX_DELAY {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        record_event(&client, &ev.pod, "Normal", "Scheduled", &ev.message).await;
+    }
+}
+
 fn schedule_active(
     st: &mut State,
     client: &kube::Client,
     semaphore: &Arc<Semaphore>,
-    events: &Arc<Semaphore>,
+    events: &Events,
     tx: &mpsc::Sender<Msg>,
 ) {
     while let Some(uid) = st.active.pop_front() {
@@ -415,9 +477,12 @@ fn schedule_active(
                     tx.clone(),
                     events.clone(),
                 );
+                events.binding.fetch_add(1, Ordering::Relaxed);
+                let guard = BindingGuard(events.binding.clone());
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let _permit = semaphore.acquire().await;
-                    let (ok, retry) = bind(&client, events, &pod, &node).await;
+                    let (ok, retry) = bind(&client, &events, &pod, &node).await;
                     let _ = tx.send(Msg::Bound { uid, ok, retry }).await;
                 });
             }
@@ -560,13 +625,8 @@ fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
         })
 }
 
-/// POST the binding, then the Scheduled event. Returns (bound, worth retrying).
-async fn bind(
-    client: &kube::Client,
-    events: Arc<Semaphore>,
-    pod: &Pod,
-    node: &str,
-) -> (bool, bool) {
+/// POST the binding, then queue the Scheduled event. Returns (bound, worth retrying).
+async fn bind(client: &kube::Client, events: &Events, pod: &Pod, node: &str) -> (bool, bool) {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -589,12 +649,15 @@ async fn bind(
         }
     }
     let message = format!("Successfully assigned {ns}/{name} to {node}");
-    // The event does not hold up the next binding.
-    let (client, pod) = (client.clone(), pod.clone());
-    tokio::spawn(async move {
-        let _permit = events.acquire().await;
-        record_event(&client, &pod, "Normal", "Scheduled", &message).await;
-    });
+    // The event waits behind the bindings (see the module docs); a full queue drops it.
+    let ev = ScheduledEvent {
+        pod: pod.clone(),
+        message,
+        queued: Instant::now(),
+    };
+    if events.tx.try_send(ev).is_err() {
+        tracing::debug!(pod = %format!("{ns}/{name}"), "event queue full: Scheduled event dropped");
+    }
     (true, false)
 }
 
@@ -621,13 +684,15 @@ async fn report_unschedulable(
     if let Some(node) = nominated {
         patch["status"]["nominatedNodeName"] = json!(node);
     }
+    // The event first, as upstream's failure handler does: whoever sees the condition finds
+    // the event already there.
+    record_event(client, pod, "Warning", "FailedScheduling", message).await;
     if let Err(e) = api
         .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
     {
         tracing::debug!(pod = %format!("{ns}/{name}"), error = %e, "setting PodScheduled=False");
     }
-    record_event(client, pod, "Warning", "FailedScheduling", message).await;
 }
 
 /// Create a core/v1 Event about the pod, from `default-scheduler`.

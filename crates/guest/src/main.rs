@@ -1,12 +1,18 @@
 //! `nodeless-guest`: PID 1 of the micro-VM's initramfs.
 //!
 //! Boot: mount /proc, /sys, /dev; load the kernel modules listed in `/modules/order` (dependency
-//! order) with `finit_module`; open the virtio-serial port named `agent`; mount the container's
-//! image (erofs on /dev/vda, read-only) under a tmpfs-backed overlay at `/container`; answer the
-//! host's first frame with `Ready`. Then serve [`guest::proto`] frames: run the container (id 0)
-//! and exec sessions (chrooted into `/container`, with their env, cwd, uid/gid), stream their
-//! stdout/stderr, forward stdin and signals, report exits and states. When the container exits,
-//! every other process is killed, the exit is reported, and the VM powers off.
+//! order) with `finit_module`; read its settings from the kernel command line
+//! ([`guest::bootargs`]): hostname, loopback up, `eth0` with the pod's address and default route
+//! when the host attached a network device; open the virtio-serial port named `agent`.
+//! One container (the default): mount its image (erofs on /dev/vda, read-only) under a
+//! tmpfs-backed overlay at `/container`, answer the host's first frame with `Ready`, run it as
+//! process 0; when it exits every other process is killed, the exit is reported, and the VM
+//! powers off. A whole pod (`nodeless.pod=1`): the host makes one root filesystem per container
+//! with `Prepare` (its disk found by virtio serial, volumes from one shared tmpfs, files such
+//! as /etc/hosts bind-mounted) and runs processes in them; the VM runs until the host stops it.
+//! Either way the agent serves [`guest::proto`] frames: processes (chrooted into their root
+//! filesystem, with their env, cwd, uid/gid), their stdout/stderr, stdin, signals, terminals,
+//! exits and states.
 //!
 //! The initramfs holds only this binary and the modules; the VM has a block device and this
 //! channel, nothing of the host's filesystem. Messages for humans go to the console (stderr).
@@ -21,7 +27,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use guest::proto::{CHUNK, Frame, Spec, State};
+mod netcfg;
+
+use guest::bootargs::BootArgs;
+use guest::proto::{CHUNK, Frame, MountSource, Setup, Spec, State};
 use rustix::mount::{MountFlags, mount};
 
 /// Where the container's root filesystem is assembled.
@@ -30,6 +39,17 @@ const ROOT: &str = "/container";
 const PORT_NAME: &str = "agent";
 /// The container's block device.
 const DISK: &str = "/dev/vda";
+/// A pod's volumes (emptyDir): one directory each on this tmpfs.
+const VOLUMES: &str = "/volumes";
+
+/// Where root filesystem `n` lives: 0 is the single container's, n > 0 a pod container's.
+fn root_of(n: u32) -> String {
+    if n == 0 {
+        ROOT.to_owned()
+    } else {
+        format!("/pod/{n}/root")
+    }
+}
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -66,6 +86,13 @@ fn run() -> Result<(), Error> {
     let t0 = Instant::now();
     early_mounts()?;
     load_modules(Path::new("/modules"))?;
+    let args = BootArgs::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if let Err(e) = setup_network(&args) {
+        log(&format!("network: {e}"));
+    }
+    if let Err(e) = setup_cgroups() {
+        log(&format!("cgroups (no memory limits): {e}"));
+    }
     let port = wait_for(Duration::from_secs(10), find_port)
         .ok_or("no virtio-serial port named 'agent' (virtio_console loaded?)")?;
     let chan = std::fs::OpenOptions::new()
@@ -76,8 +103,12 @@ fn run() -> Result<(), Error> {
     let out = Out(Arc::new(Mutex::new(chan.try_clone()?)));
     let mut input = chan;
 
-    // The root filesystem is mounted while the host connects.
-    let mounted = mount_container();
+    // The root filesystem is mounted while the host connects (a pod's are made on request).
+    let mounted = if args.pod {
+        mount_fs("tmpfs", VOLUMES, "tmpfs", MountFlags::NOSUID, "mode=0755")
+    } else {
+        mount_root(DISK, "/lower", "/rw", ROOT)
+    };
     log(&format!("ready after {} ms", t0.elapsed().as_millis()));
 
     let first = loop {
@@ -116,6 +147,22 @@ fn run() -> Result<(), Error> {
             }
         }
     }
+}
+
+/// Hostname, loopback and (when the host gave an address) `eth0` with the pod's address.
+fn setup_network(args: &BootArgs) -> Result<(), Error> {
+    if let Some(h) = &args.hostname {
+        rustix::system::sethostname(h.as_bytes()).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    netcfg::loopback_up().map_err(|e| format!("lo: {e}"))?;
+    if let Some((ip, prefix)) = args.ip {
+        wait_for(Duration::from_secs(10), || {
+            Path::new("/sys/class/net/eth0").exists().then_some(())
+        })
+        .ok_or("no eth0 (virtio_net loaded? -netdev attached?)")?;
+        netcfg::configure_eth0(ip, prefix, args.gateway).map_err(|e| format!("eth0: {e}"))?;
+    }
+    Ok(())
 }
 
 fn mount_fs(
@@ -192,35 +239,134 @@ fn find_port() -> Option<PathBuf> {
     None
 }
 
+/// The block device whose virtio serial is `serial` (`/sys/block/vdX/serial`).
+fn disk_by_serial(serial: &str) -> Option<String> {
+    for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let s = std::fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        if s.trim() == serial {
+            let dev = Path::new("/dev").join(e.file_name());
+            if dev.exists() {
+                return Some(dev.display().to_string());
+            }
+        }
+    }
+    None
+}
+
+/// `rel` (an absolute path in the container) under `root`, refusing `..` and any symbolic
+/// link on the way (which would resolve in the agent's own filesystem).
+fn inside(root: &str, rel: &str) -> Result<PathBuf, Error> {
+    let mut p = PathBuf::from(root);
+    for c in Path::new(rel).components() {
+        match c {
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            std::path::Component::Normal(n) => {
+                p.push(n);
+                if p.symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    // The overlay's upper layer is ours: a link is replaced, never followed.
+                    std::fs::remove_file(&p)?;
+                }
+            }
+            _ => return Err(format!("bad mount path {rel:?}").into()),
+        }
+    }
+    Ok(p)
+}
+
+/// Root filesystem `n` of a pod: its disk (found by serial) under a tmpfs overlay, then its
+/// mounts: volumes (directories of [`VOLUMES`], shared between containers) and files.
+fn prepare(n: u32, setup: &Setup) -> Result<(), Error> {
+    if n == 0 {
+        return Err("root 0 is the single container's".into());
+    }
+    let disk = wait_for(Duration::from_secs(10), || disk_by_serial(&setup.serial))
+        .ok_or_else(|| format!("no disk with serial {:?}", setup.serial))?;
+    let base = format!("/pod/{n}");
+    let root = root_of(n);
+    mount_root(
+        &disk,
+        &format!("{base}/lower"),
+        &format!("{base}/rw"),
+        &root,
+    )?;
+    std::fs::create_dir_all(format!("{base}/files"))?;
+    for (i, m) in setup.mounts.iter().enumerate() {
+        let target = inside(&root, &m.target)?;
+        match &m.source {
+            MountSource::Volume(name) => {
+                // `name` or `name/sub/path` (a subPath of the volume).
+                if name
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
+                {
+                    return Err(format!("bad volume name {name:?}").into());
+                }
+                let src = format!("{VOLUMES}/{name}");
+                if !Path::new(&src).exists() {
+                    std::fs::create_dir_all(&src)?;
+                    // emptyDir: writable by every user of the pod, as Kubernetes makes it.
+                    rustix::fs::chmod(src.as_str(), rustix::fs::Mode::from_raw_mode(0o777))?;
+                }
+                std::fs::create_dir_all(&target)?;
+                rustix::mount::mount_bind(src.as_str(), &target)
+                    .map_err(|e| format!("binding volume {name} to {}: {e}", m.target))?;
+            }
+            MountSource::File(data) => {
+                let src = format!("{base}/files/{i}");
+                std::fs::write(&src, data)?;
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                if !target.exists() {
+                    std::fs::write(&target, b"")?;
+                }
+                rustix::mount::mount_bind(src.as_str(), &target)
+                    .map_err(|e| format!("binding {}: {e}", m.target))?;
+            }
+        }
+        if m.read_only {
+            rustix::mount::mount_remount(
+                &target,
+                MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                "",
+            )
+            .map_err(|e| format!("read-only {}: {e}", m.target))?;
+        }
+    }
+    Ok(())
+}
+
 /// Erofs (read-only) under an overlay whose upper layer is a tmpfs, plus the container's
 /// /proc, /sys (read-only), a minimal /dev and /dev/shm. The container never sees this
 /// initramfs's /dev (which has the disk and the channel).
-fn mount_container() -> Result<(), Error> {
+fn mount_root(disk: &str, lower: &str, rw: &str, root: &str) -> Result<(), Error> {
     wait_for(Duration::from_secs(10), || {
-        Path::new(DISK).exists().then_some(())
+        Path::new(disk).exists().then_some(())
     })
-    .ok_or("no /dev/vda (virtio_blk loaded? disk attached?)")?;
-    mount_fs(DISK, "/lower", "erofs", MountFlags::RDONLY, "")?;
-    mount_fs("tmpfs", "/rw", "tmpfs", MountFlags::empty(), "mode=0755")?;
-    std::fs::create_dir_all("/rw/upper")?;
-    std::fs::create_dir_all("/rw/work")?;
+    .ok_or_else(|| format!("no {disk} (virtio_blk loaded? disk attached?)"))?;
+    mount_fs(disk, lower, "erofs", MountFlags::RDONLY, "")?;
+    mount_fs("tmpfs", rw, "tmpfs", MountFlags::empty(), "mode=0755")?;
+    std::fs::create_dir_all(format!("{rw}/upper"))?;
+    std::fs::create_dir_all(format!("{rw}/work"))?;
     mount_fs(
         "overlay",
-        ROOT,
+        root,
         "overlay",
         MountFlags::empty(),
-        "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work",
+        &format!("lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work"),
     )?;
     let nosuid = MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV;
-    mount_fs("proc", &format!("{ROOT}/proc"), "proc", nosuid, "")?;
+    mount_fs("proc", &format!("{root}/proc"), "proc", nosuid, "")?;
     mount_fs(
         "sysfs",
-        &format!("{ROOT}/sys"),
+        &format!("{root}/sys"),
         "sysfs",
         nosuid | MountFlags::RDONLY,
         "",
     )?;
-    let dev = format!("{ROOT}/dev");
+    let dev = format!("{root}/dev");
     mount_fs(
         "tmpfs",
         &dev,
@@ -291,6 +437,8 @@ struct Proc {
     open_streams: u8,
     /// Exit reported to the host.
     reported: bool,
+    /// The process's own cgroup (with a memory limit), if it has one.
+    cgroup: Option<String>,
 }
 
 #[derive(Clone)]
@@ -307,6 +455,17 @@ impl Agent {
     fn handle(&self, f: Frame) {
         match f {
             Frame::Run(id, spec) => self.spawn(id, spec),
+            Frame::Prepare(n, setup) => {
+                // Finding the disk may take a moment: the channel keeps being served.
+                let out = self.out.clone();
+                std::thread::spawn(move || {
+                    let msg = match prepare(n, &setup) {
+                        Ok(()) => String::new(),
+                        Err(e) => e.to_string(),
+                    };
+                    out.send(&Frame::Prepared(n, msg));
+                });
+            }
             Frame::Stdin(id, data) => {
                 let mut t = self.table();
                 if let Some(p) = t.get_mut(&id) {
@@ -374,7 +533,7 @@ impl Agent {
             }
         }
         let pty = if spec.tty {
-            match open_pty() {
+            match open_pty(&root_of(spec.root)) {
                 Ok((master, slave)) => {
                     let (a, b) = match (slave.try_clone(), slave.try_clone()) {
                         (Ok(a), Ok(b)) => (a, b),
@@ -404,7 +563,20 @@ impl Agent {
             None
         };
         let tty = pty.is_some();
+        // A memory limit: a cgroup of its own, which the child joins before exec.
+        let (cgroup, procs) = if spec.memory_limit > 0 {
+            match make_cgroup(id, spec.memory_limit) {
+                Ok((dir, procs)) => (Some(dir), Some(procs)),
+                Err(e) => {
+                    self.fail(id, format!("memory limit: {e}"));
+                    return;
+                }
+            }
+        } else {
+            (None, None)
+        };
         let (uid, gid, cwd) = (spec.uid, spec.gid, spec.cwd.clone());
+        let root = root_of(spec.root);
         let cwd = if cwd.is_empty() { "/".to_owned() } else { cwd };
         #[allow(unsafe_code)]
         // SAFETY: the closure runs in the forked child before exec and only makes system calls
@@ -412,12 +584,16 @@ impl Agent {
         // gives the (single-threaded) child its own mount table, which the child then owns.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(procs) = &procs {
+                    // "0" is the writing process itself.
+                    rustix::io::write(procs, b"0")?;
+                }
                 if tty {
                     // A session of its own with the terminal as its controlling tty.
                     rustix::process::setsid()?;
                     rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
                 }
-                enter_container(&cwd)?;
+                enter_container(&root, &cwd)?;
                 let gid = rustix::process::Gid::from_raw(gid);
                 rustix::thread::set_thread_groups(&[gid])?;
                 rustix::thread::set_thread_res_gid(gid, gid, gid)?;
@@ -466,6 +642,7 @@ impl Agent {
                 code: None,
                 open_streams: if tty { 1 } else { 2 },
                 reported: false,
+                cgroup,
             },
         );
         self.out.send(&Frame::Started(id, pid));
@@ -535,6 +712,14 @@ impl Agent {
         p.reported = true;
         p.stdin = None;
         p.pty = None;
+        if let Some(cg) = p.cgroup.take() {
+            let events = std::fs::read_to_string(format!("{cg}/memory.events")).unwrap_or_default();
+            if oom_kills(&events) > 0 {
+                self.out.send(&Frame::OomKilled(id));
+            }
+            // Fails while something of it still runs (a daemon it left): that one keeps it.
+            let _ = std::fs::remove_dir(&cg);
+        }
         self.out.send(&Frame::Exit(id, code));
         if id == 0 {
             power_off_soon();
@@ -585,13 +770,57 @@ impl Agent {
     }
 }
 
+/// The cgroup v2 hierarchy of the guest (never visible in a container).
+const CGROUP: &str = "/sys/fs/cgroup";
+
+/// Mounts the cgroup v2 hierarchy and enables the memory controller for children.
+fn setup_cgroups() -> Result<(), Error> {
+    mount_fs(
+        "cgroup2",
+        CGROUP,
+        "cgroup2",
+        MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV,
+        "",
+    )?;
+    std::fs::write(format!("{CGROUP}/cgroup.subtree_control"), "+memory")
+        .map_err(|e| format!("enabling the memory controller: {e}"))?;
+    Ok(())
+}
+
+/// A cgroup for process `id` with `limit` bytes of memory (no swap here): its directory and
+/// its `cgroup.procs`, opened for the child to join.
+fn make_cgroup(id: u32, limit: u64) -> Result<(String, std::os::fd::OwnedFd), Error> {
+    let dir = format!("{CGROUP}/p{id}");
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {dir}: {e}").into()),
+    }
+    std::fs::write(format!("{dir}/memory.max"), limit.to_string())
+        .map_err(|e| format!("{dir}/memory.max: {e}"))?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("{dir}/cgroup.procs"))
+        .map_err(|e| format!("{dir}/cgroup.procs: {e}"))?;
+    Ok((dir, procs.into()))
+}
+
+/// The `oom_kill` count of a `memory.events` file.
+fn oom_kills(events: &str) -> u64 {
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A terminal from the container's own devpts instance: (master, slave). The slave is
 /// `/dev/pts/N` inside the container.
-fn open_pty() -> std::io::Result<(File, File)> {
+fn open_pty(root: &str) -> std::io::Result<(File, File)> {
     use rustix::fs::{Mode, OFlags};
     use rustix::pty::OpenptFlags;
     let master = rustix::fs::open(
-        format!("{ROOT}/dev/pts/ptmx").as_str(),
+        format!("{root}/dev/pts/ptmx").as_str(),
         OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
@@ -604,7 +833,8 @@ fn open_pty() -> std::io::Result<(File, File)> {
 }
 
 /// Capabilities a container process keeps: Docker's default set without `MKNOD` (there is no
-/// device cgroup here to make it harmless) and without `NET_RAW` (no network yet).
+/// device cgroup here to make it harmless) and without `NET_RAW` (no raw sockets: a pod cannot
+/// forge packets on the pod network).
 fn kept_capabilities() -> rustix::thread::CapabilitySet {
     use rustix::thread::CapabilitySet as C;
     C::CHOWN
@@ -626,7 +856,7 @@ fn kept_capabilities() -> rustix::thread::CapabilitySet {
 /// capability bounding set without `SYS_ADMIN`, `SYS_MODULE`, `MKNOD`... so the process cannot
 /// mount the agent's devices, load modules or reach the channel. Allocation-free.
 #[allow(unsafe_code)]
-fn enter_container(cwd: &str) -> std::io::Result<()> {
+fn enter_container(root: &str, cwd: &str) -> std::io::Result<()> {
     use rustix::mount::{MountPropagationFlags, mount_change, mount_move};
     // SAFETY: called only between fork and exec in a single-threaded child (see `spawn`).
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)? };
@@ -634,7 +864,7 @@ fn enter_container(cwd: &str) -> std::io::Result<()> {
         "/",
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
     )?;
-    rustix::process::chdir(ROOT)?;
+    rustix::process::chdir(root)?;
     mount_move(".", "/")?;
     rustix::process::chroot(".")?;
     rustix::process::chdir(cwd)?;

@@ -26,6 +26,37 @@ pub struct Spec {
     pub stdin: bool,
     /// Run on a terminal (a pty in the container's /dev/pts): one output stream, resizable.
     pub tty: bool,
+    /// The root filesystem to run in: 0 is the single container's (`/dev/vda`, mounted at
+    /// boot); n > 0 is one a [`Frame::Prepare`] made (a container of a pod).
+    pub root: u32,
+    /// Memory limit of the process and its children in bytes (a cgroup of its own in the
+    /// guest); 0 is none. Over it, the kernel's OOM killer ends it: [`Frame::OomKilled`].
+    pub memory_limit: u64,
+}
+
+/// A container root filesystem of a pod, made by [`Frame::Prepare`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// The serial of the container's disk (`-device virtio-blk-device,serial=...`).
+    pub serial: String,
+    pub mounts: Vec<MountSpec>,
+}
+
+/// One mount into a container's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// The absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
+    pub source: MountSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A pod volume by name: a directory on the VM's tmpfs, shared by every container mounting it.
+    Volume(String),
+    /// A file with these contents (mode 0644), e.g. /etc/hosts.
+    File(Vec<u8>),
 }
 
 /// The state of one process as the guest sees it.
@@ -55,6 +86,8 @@ pub enum Frame {
     Query(u32),
     /// Set the terminal size (rows, columns) of a process started with `tty`.
     Resize(u32, u16, u16),
+    /// Make root filesystem n (> 0) of a pod; answered with [`Frame::Prepared`].
+    Prepare(u32, Setup),
     // Guest -> host.
     /// The agent is up (root filesystem mounted), sent once in answer to the host's first frame.
     Ready,
@@ -66,6 +99,11 @@ pub enum Frame {
     /// Running failed (no such program, bad cwd...) or the agent hit an error.
     Error(u32, String),
     Status(u32, State),
+    /// Root filesystem n is ready (empty message) or could not be made (the error).
+    Prepared(u32, String),
+    /// The process's cgroup hit its memory limit and the OOM killer killed in it; sent before
+    /// its `Exit`.
+    OomKilled(u32),
 }
 
 /// Protocol errors.
@@ -111,6 +149,7 @@ mod kind {
     pub const SIGNAL: u8 = 3;
     pub const QUERY: u8 = 4;
     pub const RESIZE: u8 = 5;
+    pub const PREPARE: u8 = 6;
     pub const READY: u8 = 10;
     pub const STARTED: u8 = 11;
     pub const STDOUT: u8 = 12;
@@ -118,6 +157,8 @@ mod kind {
     pub const EXIT: u8 = 14;
     pub const ERROR: u8 = 15;
     pub const STATUS: u8 = 16;
+    pub const PREPARED: u8 = 17;
+    pub const OOM_KILLED: u8 = 18;
 }
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -160,6 +201,10 @@ impl Cur<'_> {
         let b = self.bytes(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Utf8)
     }
+    fn blob(&mut self) -> Result<Vec<u8>, ProtoError> {
+        let n = self.u32()? as usize;
+        Ok(self.bytes(n)?.to_vec())
+    }
     fn strings(&mut self) -> Result<Vec<String>, ProtoError> {
         let n = self.u32()? as usize;
         // Each string takes at least 4 bytes: refuse counts the payload cannot hold.
@@ -187,6 +232,9 @@ impl Frame {
             Frame::Exit(id, _) => (kind::EXIT, *id),
             Frame::Error(id, _) => (kind::ERROR, *id),
             Frame::Status(id, _) => (kind::STATUS, *id),
+            Frame::Prepare(id, _) => (kind::PREPARE, *id),
+            Frame::Prepared(id, _) => (kind::PREPARED, *id),
+            Frame::OomKilled(id) => (kind::OOM_KILLED, *id),
         };
         b.push(k);
         put_u32(&mut b, id);
@@ -199,7 +247,29 @@ impl Frame {
                 put_u32(&mut b, s.gid);
                 b.push(u8::from(s.stdin));
                 b.push(u8::from(s.tty));
+                put_u32(&mut b, s.root);
+                b.extend_from_slice(&s.memory_limit.to_le_bytes());
             }
+            Frame::Prepare(_, setup) => {
+                put_str(&mut b, &setup.serial);
+                put_u32(&mut b, setup.mounts.len() as u32);
+                for m in &setup.mounts {
+                    put_str(&mut b, &m.target);
+                    b.push(u8::from(m.read_only));
+                    match &m.source {
+                        MountSource::Volume(name) => {
+                            b.push(0);
+                            put_str(&mut b, name);
+                        }
+                        MountSource::File(data) => {
+                            b.push(1);
+                            put_u32(&mut b, data.len() as u32);
+                            b.extend_from_slice(data);
+                        }
+                    }
+                }
+            }
+            Frame::Prepared(_, m) => b.extend_from_slice(m.as_bytes()),
             Frame::Resize(_, rows, cols) => {
                 b.extend_from_slice(&rows.to_le_bytes());
                 b.extend_from_slice(&cols.to_le_bytes());
@@ -221,7 +291,7 @@ impl Frame {
                     put_u32(&mut b, *code as u32);
                 }
             },
-            Frame::Query(_) | Frame::Ready => {}
+            Frame::Query(_) | Frame::Ready | Frame::OomKilled(_) => {}
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
@@ -244,8 +314,40 @@ impl Frame {
                     gid: c.u32()?,
                     stdin: c.bytes(1)?[0] != 0,
                     tty: c.bytes(1)?[0] != 0,
+                    root: c.u32()?,
+                    memory_limit: {
+                        let lo = c.u32()?;
+                        let hi = c.u32()?;
+                        u64::from(lo) | (u64::from(hi) << 32)
+                    },
                 },
             ),
+            kind::PREPARE => {
+                let serial = c.string()?;
+                let n = c.u32()? as usize;
+                // Each mount takes at least 10 bytes.
+                if n > c.0.len() / 10 {
+                    return Err(ProtoError::Truncated);
+                }
+                let mut mounts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let target = c.string()?;
+                    let read_only = c.bytes(1)?[0] != 0;
+                    let source = match c.bytes(1)?[0] {
+                        0 => MountSource::Volume(c.string()?),
+                        1 => MountSource::File(c.blob()?),
+                        other => return Err(ProtoError::UnknownKind(other)),
+                    };
+                    mounts.push(MountSpec {
+                        target,
+                        read_only,
+                        source,
+                    });
+                }
+                Frame::Prepare(id, Setup { serial, mounts })
+            }
+            kind::PREPARED => Frame::Prepared(id, String::from_utf8_lossy(c.0).into_owned()),
+            kind::OOM_KILLED => Frame::OomKilled(id),
             kind::RESIZE => {
                 let r = c.bytes(4)?;
                 Frame::Resize(
@@ -355,6 +457,8 @@ mod tests {
                     gid: 65534,
                     stdin: true,
                     tty: false,
+                    root: 0,
+                    memory_limit: 0,
                 },
             ),
             Frame::Run(
@@ -366,6 +470,36 @@ mod tests {
                 },
             ),
             Frame::Resize(5, 40, 120),
+            Frame::Run(
+                9,
+                Spec {
+                    args: vec!["true".into()],
+                    root: 2,
+                    memory_limit: (5 << 32) | 7,
+                    ..Default::default()
+                },
+            ),
+            Frame::Prepare(
+                2,
+                Setup {
+                    serial: "c2".into(),
+                    mounts: vec![
+                        MountSpec {
+                            target: "/data".into(),
+                            read_only: false,
+                            source: MountSource::Volume("cache".into()),
+                        },
+                        MountSpec {
+                            target: "/etc/hosts".into(),
+                            read_only: true,
+                            source: MountSource::File(b"127.0.0.1 localhost\n".to_vec()),
+                        },
+                    ],
+                },
+            ),
+            Frame::Prepared(2, String::new()),
+            Frame::Prepared(3, "no disk".into()),
+            Frame::OomKilled(4),
             Frame::Stdin(3, b"data".to_vec()),
             Frame::Stdin(3, vec![]),
             Frame::Signal(0, 15),

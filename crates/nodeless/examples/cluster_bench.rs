@@ -7,14 +7,16 @@
 //! N Ready nodes, creates the Deployment with kube-rs and follows it by watch (pods' `nodeName`,
 //! the Deployment's `status.availableReplicas`). A probe with one kept-alive `kube::Client` sends
 //! `--probe-rate` calls per second (in turn: list pods with limit=1, get a configmap, create a
-//! configmap), timed from their scheduled send time, until the Deployment is available.
+//! configmap), timed from their scheduled send time, until the Deployment is available. It also
+//! prints a timeline (when the pod watch first saw 10/50/90/100 % of the pods created, bound and
+//! Ready) and the load average, since the machine is usually shared.
 //!
 //! Run: `cargo build --release -p nodeless && cargo run --release -p nodeless --example cluster_bench`
 //! (`--help` for the options). Every process it starts is killed and its temp dir removed when it
 //! ends. Goals (printed next to the figures): >= 300 pods/s scheduled and Running, API p99 <= 100 ms.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -205,8 +207,16 @@ async fn run(bin: &Path, args: &Args) -> anyhow::Result<()> {
     let sched = r.scheduled.as_secs_f64();
     let avail = r.available.as_secs_f64();
     println!(
-        "nodes={} replicas={} probe_rate={}/s",
-        args.nodes, args.replicas, args.probe_rate
+        "nodes={} replicas={} probe_rate={}/s load average {}",
+        args.nodes,
+        args.replicas,
+        args.probe_rate,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "scheduled: all {} pods have spec.nodeName after {sched:.2} s = {:.0} pods/s (goal >= 300)",
@@ -218,6 +228,7 @@ async fn run(bin: &Path, args: &Args) -> anyhow::Result<()> {
         args.replicas,
         replicas / avail
     );
+    println!("{}", r.timeline);
     let mut lat = r.latencies;
     lat.sort();
     println!(
@@ -251,7 +262,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank - 1]
 }
 
+/// When the pod watch first saw each pod created, bound and Ready.
+#[derive(Default)]
+struct Timeline {
+    created: BTreeMap<String, Instant>,
+    bound: BTreeMap<String, Instant>,
+    ready: BTreeMap<String, Instant>,
+}
+
+impl Timeline {
+    /// "10% 50% 90% 100%" of the stage's times since `t0`, in seconds.
+    fn marks(times: &BTreeMap<String, Instant>, t0: Instant, total: usize) -> String {
+        let mut v: Vec<Duration> = times.values().map(|t| *t - t0).collect();
+        v.sort();
+        [0.1, 0.5, 0.9, 1.0]
+            .iter()
+            .map(|p| {
+                let i = ((p * total as f64).ceil() as usize).clamp(1, total.max(1)) - 1;
+                v.get(i)
+                    .map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64()))
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+}
+
 struct Measured {
+    timeline: String,
     scheduled: Duration,
     available: Duration,
     latencies: Vec<Duration>,
@@ -277,22 +314,40 @@ async fn measure(
     .default_backoff()
     .applied_objects()
     .boxed();
-    let pod_task = tokio::spawn(async move {
-        let mut pod_watch = pod_watch;
-        let mut bound = HashSet::new();
-        while let Some(pod) = pod_watch.next().await {
-            let Ok(pod) = pod else { continue };
-            if pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
-                && let Some(name) = pod.metadata.name
-            {
-                bound.insert(name);
-                if bound.len() >= replicas as usize {
-                    let _ = sched_tx.send(Instant::now());
-                    return;
+    // Per pod: when the watch first showed it, showed it bound, showed it Ready.
+    let timeline: Arc<Mutex<Timeline>> = Arc::default();
+    let pod_task = {
+        let timeline = timeline.clone();
+        tokio::spawn(async move {
+            let mut pod_watch = pod_watch;
+            let mut sched_tx = Some(sched_tx);
+            while let Some(pod) = pod_watch.next().await {
+                let Ok(pod) = pod else { continue };
+                let Some(name) = pod.metadata.name.clone() else {
+                    continue;
+                };
+                let now = Instant::now();
+                let mut t = timeline.lock().unwrap();
+                t.created.entry(name.clone()).or_insert(now);
+                if pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                    t.bound.entry(name.clone()).or_insert(now);
+                    if t.bound.len() >= replicas as usize
+                        && let Some(tx) = sched_tx.take()
+                    {
+                        let _ = tx.send(now);
+                    }
+                }
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if ready {
+                    t.ready.entry(name).or_insert(now);
                 }
             }
-        }
-    });
+        })
+    };
     let (avail_tx, avail_rx) = tokio::sync::oneshot::channel::<Instant>();
     let dep_watch = watcher(
         deployments.clone(),
@@ -429,7 +484,18 @@ async fn measure(
     pod_task.abort();
     dep_task.abort();
     let (latencies, errors) = std::mem::take(&mut *samples.lock().unwrap());
+    let timeline = {
+        let t = timeline.lock().unwrap();
+        let n = replicas as usize;
+        format!(
+            "timeline (s after create, 10% / 50% / 90% / 100% of the pods): created {}; bound {}; Ready {}",
+            Timeline::marks(&t.created, t0, n),
+            Timeline::marks(&t.bound, t0, n),
+            Timeline::marks(&t.ready, t0, n)
+        )
+    };
     Ok(Measured {
+        timeline,
         scheduled: scheduled - t0,
         available: available - t0,
         latencies,

@@ -46,8 +46,38 @@ pub fn default_data_dir() -> std::path::PathBuf {
     }
 }
 
+/// The container shim (`nodeless sandbox shim --dir DIR`) is started once per container and
+/// lives as long as it: it skips the command-line parser and runs on a single-threaded runtime
+/// (no worker threads to start or to keep in memory). `None` for any other command line.
+fn shim_dir(args: &[std::ffi::OsString]) -> Option<std::path::PathBuf> {
+    match args {
+        [_, a, b, c, dir] if a == "sandbox" && b == "shim" && c == "--dir" => Some(dir.into()),
+        _ => None,
+    }
+}
+
+fn run_shim(dir: &std::path::Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NODELESS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(sandbox::shim::main(dir))?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(dir) = shim_dir(&args) {
+        return run_shim(&dir);
+    }
+    let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NODELESS_LOG")

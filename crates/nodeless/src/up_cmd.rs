@@ -34,6 +34,12 @@ pub struct Args {
     /// Sandbox runtime for serverless pods: auto, gvisor, fake (no sandboxes, for trials).
     #[arg(long, default_value = "auto")]
     pub runtime: String,
+    /// CPU the local host offers to serverless pods [default: this machine's cores].
+    #[arg(long)]
+    pub allocatable_cpu: Option<String>,
+    /// Memory the local host offers to serverless pods [default: this machine's memory].
+    #[arg(long)]
+    pub allocatable_memory: Option<String>,
     /// Do not create the default profile `fp-default`.
     #[arg(long)]
     pub no_default_profile: bool,
@@ -73,16 +79,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if !args.no_default_profile {
         ensure_default_profile(&client).await?;
     }
-    let agent_args = Sub::<crate::agent_cmd::Args>::try_parse_from([
+    let mut flags = vec![
         "agent".to_string(),
         format!("--kubeconfig={}", kubeconfig.display()),
         format!("--data-dir={data}"),
         format!("--listen={}", args.agent_listen),
         format!("--pod-cidr={}", args.pod_cidr),
         format!("--runtime={}", args.runtime),
-    ])
-    .context("agent flags")?
-    .args;
+    ];
+    if let Some(cpu) = &args.allocatable_cpu {
+        flags.push(format!("--allocatable-cpu={cpu}"));
+    }
+    if let Some(memory) = &args.allocatable_memory {
+        flags.push(format!("--allocatable-memory={memory}"));
+    }
+    let agent_args = Sub::<crate::agent_cmd::Args>::try_parse_from(flags)
+        .context("agent flags")?
+        .args;
     let mut agent = tokio::spawn(crate::agent_cmd::run(agent_args));
     tracing::info!(kubeconfig = %kubeconfig.display(), "cluster up: KUBECONFIG={} kubectl get nodes", kubeconfig.display());
     tokio::select! {
@@ -131,7 +144,9 @@ async fn ensure_default_profile(client: &kube::Client) -> anyhow::Result<()> {
         "spec": {"selectors": [{"namespace": "default"}, {"namespace": "kube-system"}]}
     }))?;
     match profiles.create(&Default::default(), &obj).await {
-        Ok(_) => tracing::info!("created the default profile fp-default (namespaces default, kube-system)"),
+        Ok(_) => tracing::info!(
+            "created the default profile fp-default (namespaces default, kube-system)"
+        ),
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e).context("cannot create the default profile fp-default"),
     }

@@ -15,10 +15,11 @@
 //! As a ceiling for pulls, the program measures the machine's loopback + page-cache limit before and
 //! after the registries (the higher counts): a trivial std server sends a cached 100 MiB file over a
 //! loopback TCP socket to a client that reads it to EOF with a 1 MiB buffer, five times with
-//! `std::io::copy` and five times with a 1 MiB read/write loop; the best transfer counts. Pull rates are also shown as a % of it. The client
-//! counts response bytes as they arrive (it keeps no copy). Our registry checks a Basic credential
-//! on every request (docker-registry runs without auth); both run with their default durability
-//! (ours fsyncs every acknowledged push, its data and its directory entries).
+//! `std::io::copy` and five times with a 1 MiB read/write loop; the best transfer counts. Pull rates
+//! are also shown as a % of it. The client counts response bytes as they arrive (it keeps no copy).
+//! Our registry checks a Basic credential on every request (docker-registry runs without auth); both
+//! run with their default durability (ours fsyncs every acknowledged push, its data and its
+//! directory entries).
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;

@@ -42,12 +42,24 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 struct Args {
     runs: usize,
     only: Option<RuntimeKind>,
+    /// The program that runs container shims (what the agent sets), if any.
+    shim: Option<PathBuf>,
+    /// Density mode: keep up to this many idle pods running, added in steps of 25.
+    density: Option<usize>,
+}
+
+/// The release `nodeless` binary of this workspace, when it was built.
+fn default_shim() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/nodeless");
+    p.is_file().then(|| std::fs::canonicalize(&p).unwrap_or(p))
 }
 
 fn parse_args() -> Result<Args, BoxError> {
     let mut args = Args {
         runs: 50,
         only: None,
+        shim: default_shim(),
+        density: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -66,8 +78,17 @@ fn parse_args() -> Result<Args, BoxError> {
                     runtime::RuntimeChoice::Auto => return Err("--runtime: name one".into()),
                 });
             }
+            "--density" => {
+                args.density = Some(it.next().ok_or("--density needs a number")?.parse()?);
+            }
+            "--shim" => {
+                let p = it.next().ok_or("--shim needs a path or none")?;
+                args.shim = (p != "none").then(|| PathBuf::from(p));
+            }
             "-h" | "--help" => {
-                println!("start_bench [--runs N | --quick] [--runtime gvisor|container]");
+                println!(
+                    "start_bench [--runs N | --quick] [--runtime gvisor|container] [--shim PATH|none]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}").into()),
@@ -109,12 +130,20 @@ struct Samples {
 }
 
 fn pod_json(uid: &str, image: &str) -> Result<k8s_openapi::api::core::v1::Pod, BoxError> {
+    pod_json_cmd(uid, image, &["touch", "/r/ready"])
+}
+
+fn pod_json_cmd(
+    uid: &str,
+    image: &str,
+    command: &[&str],
+) -> Result<k8s_openapi::api::core::v1::Pod, BoxError> {
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {"name": "bench", "namespace": "bench", "uid": uid},
         "spec": {
             "restartPolicy": "Never",
             "containers": [
-                {"name": "main", "image": image, "command": ["touch", "/r/ready"],
+                {"name": "main", "image": image, "command": command,
                  "volumeMounts": [{"name": "r", "mountPath": "/r"}]}
             ],
             "volumes": [{"name": "r", "emptyDir": {}}]
@@ -161,6 +190,13 @@ async fn bench_pods(
             (Err(e), _) => Err(e.into()),
         };
         pod::remove(host, rt.as_ref(), &plan).await?;
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            let names: Vec<_> =
+                std::fs::read_dir(host.data_dir.join("runtime").join(rt.kind().to_string()))
+                    .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+                    .unwrap_or_default();
+            eprintln!("after remove: {names:?}");
+        }
         outcome?;
     }
     Ok(s)
@@ -254,8 +290,32 @@ fn bare_bundle(dir: &Path, image: &Image, rootfs: &Path, ready_dir: &Path) -> Re
 
 struct Row {
     kind: RuntimeKind,
+    /// Containers as children of the bench (no shim).
     pod: Samples,
+    /// Containers under the shim, as the agent runs them.
+    shim: Option<Samples>,
     bare: Samples,
+}
+
+/// Builds and pulls the busybox test image; the host and the image reference.
+async fn setup(data: &Path) -> Result<(Host, String), BoxError> {
+    let layout = data.join("layout");
+    common::busybox_layout(&layout, &["sh"]);
+    let image_ref = format!("oci:{}", layout.display());
+    let store = Arc::new(ImageStore::open(
+        data.join("images"),
+        StoreOptions::default(),
+    )?);
+    store
+        .pull(&image_ref.parse()?, &PullOptions::default())
+        .await?;
+    let host = Host {
+        data_dir: data.to_owned(),
+        images: store,
+        network: None,
+        pull: PullOptions::default(),
+    };
+    Ok((host, image_ref))
 }
 
 async fn bench(data: &Path, args: &Args) -> Result<Vec<Row>, BoxError> {
@@ -311,8 +371,20 @@ async fn bench(data: &Path, args: &Args) -> Result<Vec<Row>, BoxError> {
         rows.push(Row {
             kind,
             pod,
+            shim: None,
             bare: bare_s,
         });
+    }
+    // The shim program is set once per process: the shim runs come after all others.
+    if let Some(shim) = &args.shim {
+        sandbox::shim::set_binary(shim.clone());
+        for row in &mut rows {
+            let rt: Arc<dyn Runtime> = Arc::from(runtime::open(row.kind, data)?);
+            eprintln!("{}: warm-up under the shim {}", row.kind, shim.display());
+            bench_pods(&host, rt.clone(), &image_ref, 1).await?;
+            eprintln!("{}: {} pod starts under the shim", row.kind, args.runs);
+            row.shim = Some(bench_pods(&host, rt, &image_ref, args.runs).await?);
+        }
     }
     Ok(rows)
 }
@@ -320,27 +392,164 @@ async fn bench(data: &Path, args: &Args) -> Result<Vec<Row>, BoxError> {
 fn print(rows: &mut [Row], runs: usize) {
     println!("pod start (sandbox create -> first container process running), {runs} runs, ms");
     println!(
-        "{:<10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>14}",
+        "{:<16} {:>8} {:>8} {:>9} {:>9} {:>7} {:>12}",
         "runtime", "p50", "p99", "bare p50", "bare p99", "ratio", "api-ret p50"
     );
     for r in rows.iter_mut() {
-        r.pod.ready.sort();
-        r.pod.returned.sort();
         r.bare.ready.sort();
-        let (p50, p99) = (percentile(&r.pod.ready, 50), percentile(&r.pod.ready, 99));
         let (b50, b99) = (percentile(&r.bare.ready, 50), percentile(&r.bare.ready, 99));
-        let ratio = p50.as_secs_f64() / b50.as_secs_f64().max(1e-9);
-        println!(
-            "{:<10} {:>8} {:>8} {:>9} {:>9} {:>6.2}x {:>14}",
-            r.kind.to_string(),
-            ms(p50),
-            ms(p99),
-            ms(b50),
-            ms(b99),
-            ratio,
-            ms(percentile(&r.pod.returned, 50)),
-        );
+        let variants = [("", Some(&mut r.pod)), ("+shim", r.shim.as_mut())];
+        for (label, s) in variants {
+            let Some(s) = s else { continue };
+            s.ready.sort();
+            s.returned.sort();
+            let (p50, p99) = (percentile(&s.ready, 50), percentile(&s.ready, 99));
+            let ratio = p50.as_secs_f64() / b50.as_secs_f64().max(1e-9);
+            println!(
+                "{:<16} {:>8} {:>8} {:>9} {:>9} {:>6.2}x {:>12}",
+                format!("{}{label}", r.kind),
+                ms(p50),
+                ms(p99),
+                ms(b50),
+                ms(b99),
+                ratio,
+                ms(percentile(&s.returned, 50)),
+            );
+        }
     }
+}
+
+/// Proportional set size (KiB) of every process whose command line mentions `data` (the
+/// runsc sandbox, gofers and `runsc wait`s use `--root=<data>/runtime/..`, shims
+/// `--dir <data>/containers/..`), with their children (gVisor's ptrace stubs); the count.
+fn pss_under(data: &Path) -> (u64, usize) {
+    let needle = data.display().to_string();
+    let mut ours = Vec::new();
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        parent.insert(pid, ppid);
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            ours.push(pid);
+        }
+    }
+    let set: std::collections::HashSet<u32> = ours.iter().copied().collect();
+    let mut total = 0;
+    let mut n = 0;
+    for (pid, ppid) in &parent {
+        if set.contains(pid) || set.contains(ppid) {
+            let rollup =
+                std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            total += rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            n += 1;
+        }
+    }
+    (total, n)
+}
+
+fn mem_available_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Density: idle gVisor pods (`sleep` after signalling ready) added 25 at a time up to `max`,
+/// printing per step the start p50/p99 of that step, memory available and the PSS of all that
+/// runs for the pods; stops early when a start takes over 5 s or memory runs below 2 GiB. All
+/// pods are stopped and removed at the end.
+async fn density(data: &Path, args: &Args, max: usize) -> Result<(), BoxError> {
+    let (host, image_ref) = setup(data).await?;
+    if let Some(shim) = &args.shim {
+        sandbox::shim::set_binary(shim.clone());
+    }
+    let kind = args.only.unwrap_or(RuntimeKind::Gvisor);
+    let rt: Arc<dyn Runtime> = Arc::from(runtime::open(kind, data)?);
+    let mut plans = Vec::new();
+    let mut runs = Vec::new();
+    println!(
+        "density {kind} (shim {}): pods, step p50 ms, step p99 ms, MemAvailable MiB, PSS MiB, PSS/pod MiB, procs, load",
+        args.shim.is_some()
+    );
+    let result: Result<(), BoxError> = async {
+        while plans.len() < max {
+            let mut step = Vec::new();
+            for _ in 0..25.min(max - plans.len()) {
+                let i = plans.len();
+                let plan = sandbox::plan::plan(&pod_json_cmd(
+                    &format!("idle-{i}"),
+                    &image_ref,
+                    &["sh", "-c", "touch /r/ready; exec sleep 86400"],
+                )?)?;
+                let ready = pod::dir(&host.data_dir, &plan.id).join("volumes/r/ready");
+                let t0 = Instant::now();
+                let run = pod::start(&host, rt.clone(), &plan, &VolumeFiles::new()).await;
+                plans.push(plan);
+                let run = run?;
+                step.push(wait_ready(&ready, t0).await?);
+                runs.push(run);
+            }
+            step.sort();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let (pss, procs) = pss_under(data);
+            let pss_mib = pss as f64 / 1024.0;
+            println!(
+                "{:>4} {:>8} {:>8} {:>8} {:>9.1} {:>6.2} {:>5} {}",
+                plans.len(),
+                ms(percentile(&step, 50)),
+                ms(percentile(&step, 99)),
+                mem_available_mib(),
+                pss_mib,
+                pss_mib / plans.len() as f64,
+                procs,
+                load()
+            );
+            if percentile(&step, 99) > Duration::from_secs(5) || mem_available_mib() < 2048 {
+                println!("stopping: start p99 over 5 s or memory low");
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    eprintln!("stopping {} pods", runs.len());
+    for run in &runs {
+        run.stop(Duration::from_secs(1)).await;
+    }
+    for run in runs {
+        let _ = run.wait().await;
+    }
+    for plan in &plans {
+        if let Err(e) = pod::remove(&host, rt.as_ref(), plan).await {
+            eprintln!("removing {}: {e}", plan.id);
+        }
+    }
+    result
 }
 
 /// Undoes what the runs may have left: the bare overlay, container mounts, runtime state.
@@ -360,6 +569,18 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let tmp = tempfile::Builder::new().prefix("start-bench").tempdir()?;
     let data: PathBuf = tmp.path().to_owned();
+    if let Some(max) = args.density {
+        let r = rt.block_on(density(&data, &args, max));
+        cleanup(&data);
+        if std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .contains(&data.display().to_string())
+        {
+            let kept = tmp.keep();
+            return Err(format!("mounts left under {}; not removed", kept.display()).into());
+        }
+        return r;
+    }
     let result = rt.block_on(bench(&data, &args));
     cleanup(&data);
     // Refuse to delete a tree that still holds a mount.

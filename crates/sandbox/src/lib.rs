@@ -13,6 +13,10 @@
 //! - [`runtime`]: the [`runtime::Runtime`] trait; `gvisor` (runsc, ptrace platform) and
 //!   `container` (crun) through their shared CLI; `auto` picks by CPU flags.
 //! - [`container`]: one container's life: bundle, logs, exit code, OOM verdict, `state.json`.
+//! - [`shim`]: the per-container process (`nodeless sandbox shim`) that holds the container's
+//!   stdio, writes its log and records its exit, so containers outlive the agent.
+//! - [`microvm`]: the micro-VM path: QEMU `-M microvm`, our static guest agent (`crates/guest`)
+//!   as PID 1, the image as an erofs disk, host-guest frames over virtio-serial.
 //! - [`logs`]: CRI-format log files, one per container start.
 //! - [`plan`] (pure): Kubernetes Pod -> [`plan::PodPlan`], refusing what cannot be honoured.
 //! - [`network`]: the pod network (a bridge in a netns the project owns, a netns per pod).

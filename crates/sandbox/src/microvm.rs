@@ -8,14 +8,21 @@
 //! virtio-serial port with the [`proto`] frames: run the container, its stdout/stderr into a
 //! CRI log file ([`crate::logs::format_line`]), exec sessions, signals, status, exit code.
 //!
-//! What the guest can reach: its read-only disk (the erofs image), its tmpfs, and the channel.
-//! No network device, no shared directory. Must not depend on the other runtimes.
+//! What the guest can reach: its read-only disks (erofs images), its tmpfs, the channel, and,
+//! when given one ([`VmConfig::network`], [`plug_tap`]), a virtio-net device on a tap in the
+//! pod's network namespace (QEMU's userspace backend, `vhost=off`), which takes the pod's
+//! address: the guest agent configures `eth0` from the kernel command line
+//! ([`VmNetwork::kernel_args`]). No shared directory. Must not depend on the other runtimes.
+//!
+//! [`MicroVm`] runs one container; [`pod::MicroVmPod`] runs a whole pod (one disk and root
+//! filesystem per container, init containers in order, volumes, /etc files, the pod's size).
 //!
 //! Files of one VM live in its directory: `initrd.img`, `agent.sock`, `console.log` (the guest's
 //! serial console, for boot diagnostics), `qemu.log` (QEMU's stderr); [`MicroVm::destroy`]
 //! removes them.
 
 pub mod initramfs;
+pub mod pod;
 
 #[path = "../../guest/src/proto.rs"]
 #[allow(dead_code)]
@@ -23,6 +30,7 @@ pub mod proto;
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -68,6 +76,14 @@ pub enum MicroVmError {
     Guest(String),
     #[error("the micro-VM has stopped")]
     Stopped,
+    #[error("setting up the micro-VM's network: {0}")]
+    Net(String),
+    #[error("init container {name} failed with exit code {code}{}", error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
+    InitContainer {
+        name: String,
+        code: i32,
+        error: Option<String>,
+    },
 }
 
 type Result<T, E = MicroVmError> = std::result::Result<T, E>;
@@ -175,6 +191,10 @@ pub struct VmConfig {
     pub log_path: PathBuf,
     /// How long the guest may take to answer after QEMU starts.
     pub boot_timeout: Duration,
+    /// The VM's network device (a tap in the pod's netns, see [`plug_tap`]); none without.
+    pub network: Option<VmNetwork>,
+    /// The guest's hostname (the pod's name); the kernel's default when empty.
+    pub hostname: String,
 }
 
 impl VmConfig {
@@ -190,6 +210,8 @@ impl VmConfig {
             log_path: dir.join("container.log"),
             dir,
             boot_timeout: Duration::from_secs(120),
+            network: None,
+            hostname: String::new(),
         }
     }
 }
@@ -203,6 +225,8 @@ pub struct ContainerSpec {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// The memory limit (a cgroup of its own in the guest); over it the OOM killer ends it.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 impl ContainerSpec {
@@ -219,6 +243,8 @@ impl ContainerSpec {
             gid: self.gid,
             stdin,
             tty,
+            root: 0,
+            memory_limit: self.memory_limit_bytes.unwrap_or(0),
         }
     }
 }
@@ -239,17 +265,149 @@ fn qemu_escape(p: &Path) -> String {
 /// The kernel command line.
 pub const KERNEL_ARGS: &str = "console=ttyS0 tsc_early_khz=2000000 quiet panic=-1 rdinit=/init";
 
+/// The VM's network: a tap device in the pod's network namespace, joined to the pod's `eth0`
+/// (its veth to the pod-network bridge) by tc redirects both ways, so the guest's `eth0` (with
+/// the veth's MAC address) takes the pod's place on the bridge. The pod's address moves into
+/// the guest (the pod netns keeps none), as gVisor does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNetwork {
+    /// `/run/netns/<name>`: QEMU runs in it (to open the tap).
+    pub netns_path: PathBuf,
+    pub tap: String,
+    /// The MAC address the guest's `eth0` takes (the pod veth's).
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+/// The tap device's name inside the pod's netns.
+pub const TAP: &str = "tap0";
+
+impl VmNetwork {
+    /// The kernel arguments that tell the guest agent its address and route.
+    pub fn kernel_args(&self) -> String {
+        format!(
+            "nodeless.ip={}/{} nodeless.gw={}",
+            self.ip, self.prefix, self.gateway
+        )
+    }
+}
+
+/// What `ip -o -4 addr show dev eth0` says: the first `inet A/P`. Pure.
+fn parse_inet(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "inet" {
+            let (a, p) = words.next()?.split_once('/')?;
+            return Some((a.parse().ok()?, p.parse().ok()?));
+        }
+    }
+    None
+}
+
+/// The `link/ether` address in `ip link show` output. Pure.
+fn parse_mac(text: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "link/ether" {
+            return words.next().map(str::to_owned);
+        }
+    }
+    None
+}
+
+async fn run_tool(args: &[&str]) -> Result<String> {
+    let (prog, rest) = args.split_first().unwrap_or((&"true", &[]));
+    let out = tokio::process::Command::new(prog)
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io(format!("running {}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(MicroVmError::Net(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Makes the pod's network namespace (from [`crate::network::PodNetwork::attach`]) ready for a
+/// VM: a tap device [`TAP`] redirected to and from `eth0` with tc, and `eth0`'s address taken
+/// off (the guest carries it). Idempotent: a second call (an agent restart) finds the tap and
+/// the address it recorded in the tap's alias.
+pub async fn plug_tap(att: &crate::network::Attachment) -> Result<VmNetwork> {
+    let ns = att.netns.as_str();
+    let eth = run_tool(&["ip", "-n", ns, "-o", "link", "show", "dev", "eth0"]).await?;
+    let mac = parse_mac(&eth).ok_or_else(|| MicroVmError::Net(format!("no MAC in {eth:?}")))?;
+    let tap_exists = run_tool(&["ip", "-n", ns, "-o", "link", "show", "dev", TAP])
+        .await
+        .ok();
+    let addr = run_tool(&["ip", "-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"]).await?;
+    let prefix = match parse_inet(&addr) {
+        Some((_, p)) => p,
+        None => tap_exists
+            .as_deref()
+            .and_then(|t| t.split_once("alias nodeless:"))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| MicroVmError::Net(format!("eth0 of {ns} has no address")))?,
+    };
+    if tap_exists.is_none() {
+        run_tool(&["ip", "-n", ns, "tuntap", "add", "dev", TAP, "mode", "tap"]).await?;
+        let alias = format!("nodeless:{prefix}");
+        run_tool(&["ip", "-n", ns, "link", "set", TAP, "alias", &alias]).await?;
+        run_tool(&["ip", "-n", ns, "link", "set", TAP, "up"]).await?;
+        for (from, to) in [("eth0", TAP), (TAP, "eth0")] {
+            run_tool(&["tc", "-n", ns, "qdisc", "add", "dev", from, "ingress"]).await?;
+            run_tool(&[
+                "tc", "-n", ns, "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all",
+                "u32", "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev",
+                to,
+            ])
+            .await?;
+        }
+    }
+    // The guest answers for the address now; the namespace must not.
+    run_tool(&["ip", "-n", ns, "addr", "flush", "dev", "eth0"]).await?;
+    Ok(VmNetwork {
+        netns_path: att.netns_path.clone(),
+        tap: TAP.to_owned(),
+        mac,
+        ip: att.ip,
+        prefix,
+        gateway: att.gateway,
+    })
+}
+
+/// A hostname the kernel command line can carry (a DNS name: nothing that could add kernel
+/// arguments). Pure.
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 64
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// The files one VM's QEMU command names.
 #[derive(Debug, Clone, Copy)]
 pub struct VmFiles<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
-    /// The container's disk (attached read-only).
-    pub rootfs: &'a Path,
+    /// The containers' disks (attached read-only), with the serial the guest finds each by
+    /// (none for the single container's, which is `/dev/vda`).
+    pub disks: &'a [(&'a Path, Option<&'a str>)],
     /// The host end of the agent channel (QEMU listens).
     pub socket: &'a Path,
     /// The guest's serial console output.
     pub console: &'a Path,
+    /// The network device, if any: (tap name, MAC address).
+    pub net: Option<(&'a str, &'a str)>,
+    /// Extra kernel arguments for the guest agent (address, hostname).
+    pub extra_args: &'a str,
 }
 
 /// QEMU's arguments for one VM. Pure.
@@ -257,9 +415,11 @@ pub fn qemu_args(accel: Accel, memory_mib: u32, cpus: u32, files: &VmFiles<'_>) 
     let VmFiles {
         kernel,
         initrd,
-        rootfs,
+        disks,
         socket,
         console,
+        net,
+        extra_args,
     } = *files;
     let mut a: Vec<String> = vec![
         "-M".into(),
@@ -294,14 +454,27 @@ pub fn qemu_args(accel: Accel, memory_mib: u32, cpus: u32, files: &VmFiles<'_>) 
         "-initrd".into(),
         qemu_escape(initrd),
         "-append".into(),
-        KERNEL_ARGS.into(),
-        "-drive".into(),
-        format!(
-            "file={},if=none,format=raw,id=d0,readonly=on",
-            qemu_escape(rootfs)
-        ),
-        "-device".into(),
-        "virtio-blk-device,drive=d0".into(),
+        if extra_args.is_empty() {
+            KERNEL_ARGS.to_owned()
+        } else {
+            format!("{KERNEL_ARGS} {extra_args}")
+        },
+    ]);
+    for (i, (disk, serial)) in disks.iter().enumerate() {
+        a.extend([
+            "-drive".into(),
+            format!(
+                "file={},if=none,format=raw,id=d{i},readonly=on",
+                qemu_escape(disk)
+            ),
+            "-device".into(),
+            match serial {
+                Some(s) => format!("virtio-blk-device,drive=d{i},serial={s}"),
+                None => format!("virtio-blk-device,drive=d{i}"),
+            },
+        ]);
+    }
+    a.extend([
         "-device".into(),
         "virtio-serial-device".into(),
         "-chardev".into(),
@@ -312,6 +485,15 @@ pub fn qemu_args(accel: Accel, memory_mib: u32, cpus: u32, files: &VmFiles<'_>) 
         "-device".into(),
         "virtserialport,chardev=c0,name=agent".into(),
     ]);
+    if let Some((tap, mac)) = net {
+        a.extend([
+            "-netdev".into(),
+            // No /dev/vhost-net here; QEMU's own virtio-net backend reads the tap.
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"),
+            "-device".into(),
+            format!("virtio-net-device,netdev=n0,mac={mac}"),
+        ]);
+    }
     a
 }
 
@@ -523,6 +705,8 @@ struct Shared {
     container_error: Option<String>,
     first_output: Option<Instant>,
     ready: Option<oneshot::Sender<()>>,
+    /// The OOM killer ended the container.
+    oom: bool,
 }
 
 /// The container's end as the host saw it.
@@ -593,6 +777,14 @@ impl MicroVm {
             .open(&config.log_path)
             .map_err(io(format!("opening {}", config.log_path.display())))?;
 
+        let mut extra = Vec::new();
+        if let Some(n) = &config.network {
+            extra.push(n.kernel_args());
+        }
+        if valid_hostname(&config.hostname) {
+            extra.push(format!("nodeless.hostname={}", config.hostname));
+        }
+        let extra = extra.join(" ");
         let args = qemu_args(
             config.accel.resolve(),
             config.memory_mib,
@@ -600,13 +792,30 @@ impl MicroVm {
             &VmFiles {
                 kernel: &config.assets.kernel,
                 initrd: &initrd,
-                rootfs,
+                disks: &[(rootfs, None)],
                 socket: &socket,
                 console: &console,
+                net: config
+                    .network
+                    .as_ref()
+                    .map(|n| (n.tap.as_str(), n.mac.as_str())),
+                extra_args: &extra,
             },
         );
+        // With a network, QEMU runs in the pod's netns (where its tap is); nsenter execs it,
+        // so the child is QEMU itself.
+        let mut command = match &config.network {
+            Some(n) => {
+                let mut c = tokio::process::Command::new("nsenter");
+                c.arg(format!("--net={}", n.netns_path.display()))
+                    .arg("--")
+                    .arg(&qemu);
+                c
+            }
+            None => tokio::process::Command::new(&qemu),
+        };
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(&qemu)
+        let mut child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -646,6 +855,7 @@ impl MicroVm {
             container_error: None,
             first_output: None,
             ready: Some(ready_tx),
+            oom: false,
         }));
         let (ended_tx, ended) = watch::channel(None);
         let reader = {
@@ -785,6 +995,11 @@ impl MicroVm {
             .clone()
     }
 
+    /// Whether the OOM killer ended the container (over `memory_limit_bytes`): `OOMKilled`.
+    pub fn oom_killed(&self) -> bool {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).oom
+    }
+
     /// Sends `signal` (e.g. 15, 9) to the container's process.
     pub async fn kill(&self, signal: i32) -> Result<()> {
         self.send(&Frame::Signal(0, signal)).await
@@ -898,6 +1113,7 @@ fn dispatch(
             }
         }
         Frame::Started(..) => {}
+        Frame::OomKilled(0) => s.oom = true,
         Frame::Stdout(0, d) | Frame::Stderr(0, d) if d.is_empty() => {}
         Frame::Stdout(0, d) => {
             s.first_output.get_or_insert_with(Instant::now);
@@ -996,9 +1212,14 @@ mod tests {
             &VmFiles {
                 kernel: Path::new("/k/vmlinux"),
                 initrd: Path::new("/d/initrd.img"),
-                rootfs: Path::new("/d/a,b.erofs"),
+                disks: &[
+                    (Path::new("/d/a,b.erofs"), None),
+                    (Path::new("/d/c.erofs"), Some("c2")),
+                ],
                 socket: Path::new("/d/agent.sock"),
                 console: Path::new("/d/console.log"),
+                net: None,
+                extra_args: "",
             },
         );
         let s = a.join(" ");
@@ -1008,7 +1229,12 @@ mod tests {
         assert!(!s.contains("kvm"));
         assert!(s.contains("-m 256 -smp 2"));
         assert!(s.contains("-nodefaults"));
-        assert!(s.contains("file=/d/a,,b.erofs,if=none,format=raw,id=d0,readonly=on"));
+        assert!(s.contains(
+            "-drive file=/d/a,,b.erofs,if=none,format=raw,id=d0,readonly=on -device virtio-blk-device,drive=d0 "
+        ));
+        assert!(s.contains(
+            "-drive file=/d/c.erofs,if=none,format=raw,id=d1,readonly=on -device virtio-blk-device,drive=d1,serial=c2 "
+        ));
         assert!(s.contains("socket,path=/d/agent.sock,server=on,wait=off,id=c0"));
         assert!(s.contains("virtserialport,chardev=c0,name=agent"));
         assert!(s.contains("tsc_early_khz=2000000"));
@@ -1020,13 +1246,29 @@ mod tests {
             &VmFiles {
                 kernel: Path::new("k"),
                 initrd: Path::new("i"),
-                rootfs: Path::new("r"),
+                disks: &[(Path::new("r"), None)],
                 socket: Path::new("s"),
                 console: Path::new("c"),
+                net: Some(("tap0", "02:00:00:00:00:01")),
+                extra_args: "nodeless.ip=10.1.0.2/24 nodeless.gw=10.1.0.1",
             },
         )
         .join(" ");
         assert!(k.contains("-enable-kvm -cpu host"));
+        assert!(k.contains(
+            "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off \
+             -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:01"
+        ));
+        assert!(k.contains("rdinit=/init nodeless.ip=10.1.0.2/24 nodeless.gw=10.1.0.1"));
+    }
+
+    #[test]
+    fn ip_output_is_parsed() {
+        let a = "2: eth0    inet 10.201.9.2/24 scope global eth0\\       valid_lft forever";
+        assert_eq!(parse_inet(a), Some((Ipv4Addr::new(10, 201, 9, 2), 24)));
+        assert_eq!(parse_inet("2: eth0"), None);
+        let l = "2: eth0@if7: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state UP \\    link/ether 8a:1c:3f:00:11:22 brd ff:ff:ff:ff:ff:ff link-netns x";
+        assert_eq!(parse_mac(l).as_deref(), Some("8a:1c:3f:00:11:22"));
     }
 
     #[test]

@@ -23,6 +23,32 @@ pub struct PodPlan {
     pub share_process_namespace: bool,
     pub grace_period_secs: u64,
     pub restart_policy: RestartPolicy,
+    /// The pod's provisioned size: the `CapacityProvisioned` annotation when the pod carries
+    /// one, else computed with the Fargate rules ([`api::sizing::pod_size`]). A serverless
+    /// (gVisor) sandbox is confined to it as a whole. None when the pod cannot be sized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<PodSize>,
+    /// The local ephemeral storage the pod is provisioned with, in bytes (Fargate: 20 GiB, more
+    /// through `ephemeral-storage` requests, at most 175 GiB).
+    #[serde(default = "default_ephemeral_storage")]
+    pub ephemeral_storage_bytes: u64,
+}
+
+/// A pod's provisioned size, what its sandbox gets as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSize {
+    /// vCPU in thousandths.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// Ephemeral storage a serverless pod gets without asking (Fargate's 20 GiB).
+pub const DEFAULT_EPHEMERAL_STORAGE: u64 = 20 << 30;
+/// The most ephemeral storage a serverless pod can ask for (Fargate's 175 GiB).
+pub const MAX_EPHEMERAL_STORAGE: u64 = 175 << 30;
+
+fn default_ephemeral_storage() -> u64 {
+    DEFAULT_EPHEMERAL_STORAGE
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +72,10 @@ pub struct ContainerPlan {
     pub tty: bool,
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// `resources.limits.ephemeral-storage` in bytes: the most its writable layer and logs
+    /// may hold (measured, see [`crate::pod::storage_usage`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage_limit: Option<u64>,
     pub volume_mounts: Vec<VolumeMount>,
     /// Variables whose value is the pod's IP (`status.podIP`), known once the sandbox exists.
     pub pod_ip_env: Vec<String>,
@@ -217,6 +247,12 @@ fn container(
             None
         })
     });
+    let ephemeral_storage_limit = limits.get("ephemeral-storage").and_then(|q| {
+        spec::parse_memory(&q.0).or_else(|| {
+            errs.push(field(&format!("ephemeral-storage limit {:?}", q.0)));
+            None
+        })
+    });
     if c.ports
         .iter()
         .flatten()
@@ -237,6 +273,7 @@ fn container(
         tty: c.tty.unwrap_or(false),
         cpu_millis,
         memory_bytes,
+        ephemeral_storage_limit,
         volume_mounts: c
             .volume_mounts
             .iter()
@@ -378,7 +415,110 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, PlanError> {
             .and_then(|s| u64::try_from(s).ok())
             .unwrap_or(30),
         restart_policy,
+        size: pod_size(pod),
+        ephemeral_storage_bytes: ephemeral_storage(spec),
     })
+}
+
+/// Parses a `CapacityProvisioned` annotation (`0.25vCPU 0.5GB`; GB of 1024 MiB, as Fargate
+/// bills). Pure.
+pub fn parse_capacity(s: &str) -> Option<PodSize> {
+    let mut parts = s.split_whitespace();
+    let cpu: f64 = parts.next()?.strip_suffix("vCPU")?.parse().ok()?;
+    let mem: f64 = parts.next()?.strip_suffix("GB")?.parse().ok()?;
+    if parts.next().is_some() || !(cpu > 0.0 && cpu.is_finite() && mem > 0.0 && mem.is_finite()) {
+        return None;
+    }
+    Some(PodSize {
+        cpu_millis: (cpu * 1000.0).round() as u64,
+        memory_bytes: (mem * 1024.0).round() as u64 * (1 << 20),
+    })
+}
+
+/// The pod's size: its `CapacityProvisioned` annotation, else the Fargate rules. A pod larger
+/// than the largest size gets the largest (admission refuses such pods on serverless nodes).
+fn pod_size(pod: &Pod) -> Option<PodSize> {
+    if let Some(size) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(api::profile::CAPACITY_ANNOTATION))
+        .and_then(|s| parse_capacity(s))
+    {
+        return Some(size);
+    }
+    let spec = serde_json::to_value(pod.spec.as_ref()?).ok()?;
+    let size = match api::sizing::pod_size(&spec) {
+        Ok(s) => s,
+        Err(api::sizing::SizingError::TooLarge { .. }) => api::sizing::largest_size(),
+        Err(_) => return None,
+    };
+    Some(PodSize {
+        cpu_millis: u64::from(size.millicpu),
+        memory_bytes: size.memory_mib << 20,
+    })
+}
+
+/// The pod's provisioned ephemeral storage: what it asks for (the larger of the largest init
+/// container's and the sum of the regular containers' `ephemeral-storage` requests, a limit
+/// counting where there is no request), rounded up to whole GiB, at least 20 GiB and at most
+/// 175 GiB. Pure.
+fn ephemeral_storage(spec: &k8s_openapi::api::core::v1::PodSpec) -> u64 {
+    let ask = |c: &Container| {
+        let r = c.resources.as_ref();
+        let pick = |m: Option<
+            &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >| {
+            m.and_then(|m| m.get("ephemeral-storage"))
+                .and_then(|q| spec::parse_memory(&q.0))
+        };
+        pick(r.and_then(|r| r.requests.as_ref()))
+            .or_else(|| pick(r.and_then(|r| r.limits.as_ref())))
+            .unwrap_or(0)
+    };
+    let regular: u64 = spec.containers.iter().map(ask).fold(0, u64::saturating_add);
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(ask)
+        .max()
+        .unwrap_or(0);
+    let needed = regular.max(init).div_ceil(1 << 30).saturating_mul(1 << 30);
+    needed.clamp(DEFAULT_EPHEMERAL_STORAGE, MAX_EPHEMERAL_STORAGE)
+}
+
+/// A byte count as a Kubernetes quantity in canonical form (`10Mi`, `1G`, `1500`), as kubelet
+/// prints limits in its eviction messages. Pure.
+pub fn format_bytes(bytes: u64) -> String {
+    if bytes == 0 {
+        return "0".into();
+    }
+    for (shift, suffix) in [
+        (60, "Ei"),
+        (50, "Pi"),
+        (40, "Ti"),
+        (30, "Gi"),
+        (20, "Mi"),
+        (10, "Ki"),
+    ] {
+        if bytes.is_multiple_of(1u64 << shift) {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    for (div, suffix) in [
+        (1_000_000_000_000_000_000u64, "E"),
+        (1_000_000_000_000_000, "P"),
+        (1_000_000_000_000, "T"),
+        (1_000_000_000, "G"),
+        (1_000_000, "M"),
+        (1_000, "k"),
+    ] {
+        if bytes.is_multiple_of(div) {
+            return format!("{}{suffix}", bytes / div);
+        }
+    }
+    bytes.to_string()
 }
 
 /// Data of the ConfigMaps and Secrets a pod refers to, fetched by the caller:
@@ -843,6 +983,100 @@ mod tests {
             "{err}"
         );
         assert!(volume_files(&p, &Objects::new()).is_err());
+    }
+
+    #[test]
+    fn sizes_the_pod_and_its_storage() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "big"},
+            "spec": {"containers": [
+                {"name": "a", "image": "x", "resources": {"requests": {"cpu": "1", "memory": "8Gi", "ephemeral-storage": "30Gi"},
+                                                         "limits": {"ephemeral-storage": "40Gi"}}},
+                {"name": "b", "image": "x", "resources": {"limits": {"ephemeral-storage": "10Mi"}}}
+            ]}
+        }));
+        let planned = plan(&p).unwrap();
+        // 1 vCPU + 8 GB + 256 MiB rounds to 2 vCPU / 9 GB (the Fargate example).
+        assert_eq!(
+            planned.size,
+            Some(PodSize {
+                cpu_millis: 2000,
+                memory_bytes: 9 << 30
+            })
+        );
+        // 30 Gi requested + 10 Mi (limit only) rounds up to 31 GiB.
+        assert_eq!(planned.ephemeral_storage_bytes, 31 << 30);
+        assert_eq!(
+            planned.containers[0].ephemeral_storage_limit,
+            Some(40 << 30)
+        );
+        assert_eq!(
+            planned.containers[1].ephemeral_storage_limit,
+            Some(10 << 20)
+        );
+
+        let small = pod(serde_json::json!({
+            "metadata": {"name": "s", "annotations": {"CapacityProvisioned": "0.5vCPU 1GB"}},
+            "spec": {"containers": [{"name": "a", "image": "x"}]}
+        }));
+        let planned = plan(&small).unwrap();
+        assert_eq!(
+            planned.size,
+            Some(PodSize {
+                cpu_millis: 500,
+                memory_bytes: 1 << 30
+            })
+        );
+        assert_eq!(planned.ephemeral_storage_bytes, DEFAULT_EPHEMERAL_STORAGE);
+        let unannotated = pod(serde_json::json!({
+            "metadata": {"name": "s"},
+            "spec": {"containers": [{"name": "a", "image": "x"}]}
+        }));
+        assert_eq!(
+            plan(&unannotated).unwrap().size,
+            Some(PodSize {
+                cpu_millis: 250,
+                memory_bytes: 512 << 20
+            })
+        );
+        assert_eq!(
+            parse_capacity("0.25vCPU 0.5GB"),
+            Some(PodSize {
+                cpu_millis: 250,
+                memory_bytes: 512 << 20
+            })
+        );
+        assert_eq!(parse_capacity("0.25 0.5GB"), None);
+        assert_eq!(parse_capacity("0vCPU 1GB"), None);
+        // A record written before sizes were planned still reads.
+        let mut old = serde_json::to_value(&planned).unwrap();
+        old.as_object_mut()
+            .unwrap()
+            .remove("ephemeral_storage_bytes");
+        old.as_object_mut().unwrap().remove("size");
+        let back: PodPlan = serde_json::from_value(old).unwrap();
+        assert_eq!(back.size, None);
+        assert_eq!(back.ephemeral_storage_bytes, DEFAULT_EPHEMERAL_STORAGE);
+
+        let bad = pod(serde_json::json!({
+            "metadata": {"name": "s"},
+            "spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"ephemeral-storage": "lots"}}}]}
+        }));
+        assert!(
+            plan(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("ephemeral-storage limit")
+        );
+    }
+
+    #[test]
+    fn formats_quantities_as_kubernetes() {
+        assert_eq!(format_bytes(10 << 20), "10Mi");
+        assert_eq!(format_bytes(20 << 30), "20Gi");
+        assert_eq!(format_bytes(1_000_000_000), "1G");
+        assert_eq!(format_bytes(1500), "1500");
+        assert_eq!(format_bytes(0), "0");
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! `<data-dir>/pods/<id>` (its plan, volumes, /etc files, namespaces), an address on the pod
 //! network, then its init containers run one after the other and its regular containers run
 //! together, sharing the network and IPC namespaces, each with its own root filesystem.
+//!
+//! Limits (docs/adr/007-sandbox-limits.md): a gVisor pod's whole sandbox (the sentry, its
+//! ptrace stubs and every gofer) lives in one cgroup, [`sandbox_cgroup`], limited to the pod's
+//! provisioned size ([`PodPlan::size`]): runsc applies the pause container's
+//! `linux.resources` to it and sizes the sentry (CPUs, total memory) from it. The containers'
+//! cgroups are nested inside. Ephemeral storage is measured, as kubelet does, by
+//! [`storage_usage`]; the agent evicts pods over their limits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -315,6 +322,76 @@ pub fn set_uid(data_dir: &Path, id: &str, uid: &str) -> Result<(), PodError> {
     Ok(())
 }
 
+/// The cgroup scope of an engine on this host: cgroups are host-wide, so they are named after
+/// the data dir and two engines never collide (the same scope as the containers' cgroups).
+fn cgroup_scope(data_dir: &Path) -> String {
+    format!(
+        "nodeless-{}",
+        &crate::digest::Digest::of(data_dir.as_os_str().as_encoded_bytes()).hex()[..8]
+    )
+}
+
+/// The cgroup (a path relative to the root of every hierarchy, e.g.
+/// `/sys/fs/cgroup/cpuacct/<this>`) that holds a gVisor pod's whole sandbox, limited to the
+/// pod's size. The pod's containers get cgroups below it.
+pub fn sandbox_cgroup(data_dir: &Path, pod_id: &str) -> String {
+    format!("/{}/pod-{pod_id}", cgroup_scope(data_dir))
+}
+
+/// Removes the cgroup directories of `path` (its children first) in every hierarchy. Best
+/// effort: a cgroup that still has processes stays.
+fn remove_cgroup_tree(path: &str) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in rd.flatten() {
+        let dir = h.path().join(path.trim_start_matches('/'));
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            for c in children.flatten() {
+                if c.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+        // The engine's scope too, once no pod is left in it.
+        if let Some(scope) = dir.parent() {
+            let _ = std::fs::remove_dir(scope);
+        }
+    }
+}
+
+/// Removes the child cgroups of `path` in every hierarchy, waiting (at most 5 s) for the
+/// processes still in them to end.
+async fn empty_child_cgroups(path: &str) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let hierarchies: Vec<PathBuf> = rd.flatten().map(|h| h.path()).collect();
+    for _ in 0..100 {
+        let mut left = false;
+        for h in &hierarchies {
+            let Ok(children) = std::fs::read_dir(h.join(path.trim_start_matches('/'))) else {
+                continue;
+            };
+            for c in children.flatten() {
+                if c.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir(c.path()).is_err()
+                {
+                    left = true;
+                }
+            }
+        }
+        if !left {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    warn!(
+        cgroup = path,
+        "container cgroups of the pod still busy at removal"
+    );
+}
+
 /// Creates the shared parts of the pod sandbox (idempotent: a pod prepared again keeps its
 /// address and namespaces).
 pub async fn prepare(
@@ -407,10 +484,12 @@ pub async fn prepare(
     sandbox.context = sandbox.base_context(plan);
     // gVisor: one sandbox for the whole pod, held by a pause container the others join; they
     // share its network stack (the pod netns), IPC and PID namespaces.
+    // The whole sandbox is confined to the pod's size.
     if runtime.kind() == RuntimeKind::Gvisor {
         let mut bare = sandbox.context.clone();
         bare.annotations.clear();
-        start_pause(host, &runtime, &plan.id, &bare).await?;
+        bare.cgroups_path = Some(sandbox_cgroup(&host.data_dir, &plan.id));
+        start_pause(host, &runtime, &plan.id, &bare, plan.size).await?;
     }
     Ok(sandbox)
 }
@@ -543,6 +622,7 @@ impl Sandbox {
     ) -> Result<container::Started, PodError> {
         let id = container_id(&self.id, &c.name);
         let cfg = self.config_for(c)?;
+        let context = container_context(&self.context, &self.host.data_dir, &self.id, &c.name);
         container::start(
             &self.host.data_dir,
             &self.host.images,
@@ -551,7 +631,7 @@ impl Sandbox {
                 id: &id,
                 image,
                 config: &cfg,
-                sandbox: &self.context,
+                sandbox: &context,
                 io: Io::Logged,
                 restart_count,
             },
@@ -559,6 +639,26 @@ impl Sandbox {
         .await
         .map_err(|e| PodError::Container(c.name.clone(), e))
     }
+}
+
+/// The context of container `name` of a pod: in a gVisor pod its cgroup lies inside the
+/// sandbox's (runsc creates it empty and puts the container's gofer there, so the gofer counts
+/// against the pod's size too; the container's own limits are the sentry's business).
+fn container_context(
+    context: &SandboxContext,
+    data_dir: &Path,
+    pod_id: &str,
+    name: &str,
+) -> SandboxContext {
+    let mut context = context.clone();
+    if context
+        .annotations
+        .iter()
+        .any(|(k, _)| k == crate::runtime::SANDBOX_ID)
+    {
+        context.cgroups_path = Some(format!("{}/{name}", sandbox_cgroup(data_dir, pod_id)));
+    }
+    context
 }
 
 /// The pause container's id for pod `pod_id`.
@@ -596,6 +696,7 @@ async fn start_pause(
     runtime: &Arc<dyn Runtime>,
     pod_id: &str,
     context: &SandboxContext,
+    size: Option<crate::plan::PodSize>,
 ) -> Result<String, PodError> {
     let id = pause_id(pod_id);
     if runtime.status(&id).await.ok().flatten().as_deref() == Some("running") {
@@ -613,6 +714,11 @@ async fn start_pause(
                 .map(String::from)
                 .to_vec(),
         ),
+        // runsc applies the sandbox container's resources to the sandbox's cgroup.
+        resources: crate::spec::Resources {
+            cpu_millis: size.map(|s| s.cpu_millis),
+            memory_bytes: size.map(|s| s.memory_bytes),
+        },
         ..Default::default()
     };
     let mut sb = context.clone();
@@ -714,7 +820,7 @@ impl PodRun {
                 id: &id,
                 image: img,
                 config: cfg,
-                sandbox: &self.context,
+                sandbox: &container_context(&self.context, &self.host.data_dir, &self.id, name),
                 io: Io::Logged,
                 restart_count,
             },
@@ -788,6 +894,9 @@ pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Resul
     if runtime.kind() == RuntimeKind::Gvisor {
         let pause = pause_id(&plan.id);
         let _ = runtime.kill(&pause, 9).await;
+        // runsc removes the sandbox's cgroup on delete and gives up while the containers'
+        // cgroups (created inside it) remain: those go first, once their gofers are gone.
+        empty_child_cgroups(&sandbox_cgroup(&host.data_dir, &plan.id)).await;
         runtime
             .delete(&pause)
             .await
@@ -796,11 +905,15 @@ pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Resul
         shim_gone(&pdir).await;
         let _ = std::fs::remove_dir_all(pdir);
     }
+    let cleanup_cgroup = runtime.kind() == RuntimeKind::Gvisor;
     for c in plan.init_containers.iter().chain(&plan.containers) {
         let id = container_id(&plan.id, &c.name);
         shim_gone(&container::dir(&host.data_dir, &id)).await;
         container::remove(&host.data_dir, &id)
             .map_err(|e| PodError::Container(c.name.clone(), e))?;
+    }
+    if cleanup_cgroup {
+        remove_cgroup_tree(&sandbox_cgroup(&host.data_dir, &plan.id));
     }
     if let Some(net) = &host.network {
         net.detach(&plan.id).await?;
@@ -816,6 +929,72 @@ pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Resul
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io("remove", &pdir)(e)),
     }
+}
+
+/// Local ephemeral storage a pod uses, measured as kubelet measures it: bytes of disk blocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageUsage {
+    /// Per container (init and regular, by name): its writable layer plus its log files.
+    pub containers: BTreeMap<String, u64>,
+    /// Per disk-backed volume (emptyDir not in memory, ConfigMap/Secret/projected files).
+    pub volumes: BTreeMap<String, u64>,
+    /// Containers and volumes together: what counts against the pod's limits.
+    pub total: u64,
+}
+
+/// Bytes of disk blocks under `root` (like `du -s`): symlinks not followed, other filesystems
+/// not entered, a file with several links counted once.
+fn disk_usage(root: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(root) else {
+        return 0;
+    };
+    let dev = top.dev();
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.dev() != dev {
+            continue;
+        }
+        if !md.is_dir() && md.nlink() > 1 && !seen.insert((md.dev(), md.ino())) {
+            continue;
+        }
+        total = total.saturating_add(md.blocks().saturating_mul(512));
+        if md.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+/// What pod `plan` uses of the host's disk: each container's writable layer (`upper/`) and
+/// logs, and the pod's disk-backed volumes. Blocking IO that walks directories (run it on a
+/// blocking thread); what does not exist counts as 0.
+pub fn storage_usage(host: &Host, plan: &PodPlan) -> StorageUsage {
+    let mut seen = std::collections::HashSet::new();
+    let mut usage = StorageUsage::default();
+    for c in plan.init_containers.iter().chain(&plan.containers) {
+        let cdir = container::dir(&host.data_dir, &container_id(&plan.id, &c.name));
+        let bytes = disk_usage(&cdir.join("upper"), &mut seen)
+            .saturating_add(disk_usage(&cdir.join("logs"), &mut seen));
+        usage.containers.insert(c.name.clone(), bytes);
+        usage.total = usage.total.saturating_add(bytes);
+    }
+    let vols = dir(&host.data_dir, &plan.id).join("volumes");
+    for v in &plan.volumes {
+        if matches!(v.kind, VolumeKind::EmptyDir { memory: true }) {
+            continue;
+        }
+        let bytes = disk_usage(&vols.join(&v.name), &mut seen);
+        usage.volumes.insert(v.name.clone(), bytes);
+        usage.total = usage.total.saturating_add(bytes);
+    }
+    usage
 }
 
 /// Pods recorded on disk (what a restarted agent finds again).

@@ -8,12 +8,21 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{busybox_layout, data_dir};
 use sandbox::image::{ImageStore, PullOptions, Source, StoreOptions};
+use sandbox::microvm::pod::{MicroVmPod, PodVmOptions};
 use sandbox::microvm::{self, ContainerSpec, ExecEvent, MicroVm, VmAssets, VmConfig, proto::State};
+use sandbox::network::{PodNetwork, Subnet};
+use sandbox::plan::{
+    ContainerPlan, PodPlan, PodSize, RestartPolicy, VolumeKind, VolumeMount, VolumePlan,
+};
+use sandbox::pod::Host;
 
 /// The assets, or `None` after printing why the test is skipped (a panic under
 /// `NODELESS_REQUIRE_MICROVM`).
@@ -58,6 +67,7 @@ fn spec(args: &[&str]) -> ContainerSpec {
         cwd: "/".into(),
         uid: 0,
         gid: 0,
+        memory_limit_bytes: None,
     }
 }
 
@@ -306,6 +316,628 @@ async fn exec_status_and_kill_in_a_micro_vm() {
         "qemu {pid} is still there"
     );
     assert_eq!(leftovers(&vm_dir), ["container.log"]);
+}
+
+/// Removes the test's network namespaces even when the test fails.
+struct NetnsGuard(Vec<String>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            if Path::new("/run/netns").join(ns).exists() {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .status();
+            }
+        }
+    }
+}
+
+fn in_netns(ns: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn micro_vm_takes_the_pods_address_on_the_pod_network() {
+    let Some(assets) = assets_or_skip("micro_vm_takes_the_pods_address_on_the_pod_network") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let disk = busybox_disk(&data).await;
+    let name = format!("nlmv-{}", std::process::id());
+    let net = PodNetwork::new(
+        &name,
+        "nlbr0",
+        Subnet {
+            network: Ipv4Addr::new(10, 203, 41, 0),
+            prefix: 24,
+        },
+        data.join("net"),
+    );
+    let att = net.attach("vm-pod").await.unwrap();
+    let _guard = NetnsGuard(vec![att.netns.clone(), name.clone()]);
+    let vmnet = microvm::plug_tap(&att).await.unwrap();
+    assert_eq!(
+        (vmnet.ip, vmnet.prefix, vmnet.gateway),
+        (att.ip, 24, att.gateway)
+    );
+    assert_eq!(
+        microvm::plug_tap(&att).await.unwrap(),
+        vmnet,
+        "plugging again (an agent restart) finds the same"
+    );
+    // The address moved to the guest: the pod's netns no longer answers for it.
+    let addrs = in_netns(
+        &att.netns,
+        &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+    );
+    assert!(String::from_utf8_lossy(&addrs.stdout).trim().is_empty());
+
+    let mut config = VmConfig::new(assets, data.join("vmnet"));
+    config.network = Some(vmnet);
+    config.hostname = "web-0".into();
+    let vm = MicroVm::boot(
+        &config,
+        &disk,
+        &spec(&[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-vm > /www/index.html && exec httpd -f -p 80 -h /www",
+        ]),
+    )
+    .await
+    .unwrap();
+    // From the pod network's namespace (where the host agent and other pods are), the VM's
+    // web server answers on the pod's address.
+    let url = format!("http://{}/", att.ip);
+    let t0 = std::time::Instant::now();
+    let body = loop {
+        let out = in_netns(&name, &["curl", "-sS", "-m", "3", &url]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let inside = vm
+                .exec(
+                    &[
+                        "sh",
+                        "-c",
+                        "ip addr; ip route; cat /proc/net/dev /proc/net/snmp /proc/net/tcp",
+                    ],
+                    None,
+                )
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let bridge = in_netns(
+                &name,
+                &[
+                    "sh",
+                    "-c",
+                    &format!(
+                        "ip neigh; busybox ping -c 2 -W 2 {}; curl -sS -m 3 {url}",
+                        att.ip
+                    ),
+                ],
+            );
+            println!(
+                "container log: {:?} status {:?}",
+                std::fs::read_to_string(vm.log_path()),
+                vm.status().await
+            );
+            println!(
+                "bridge netns: {} {}",
+                String::from_utf8_lossy(&bridge.stdout),
+                String::from_utf8_lossy(&bridge.stderr)
+            );
+            let pod_ns = in_netns(
+                &att.netns,
+                &[
+                    "sh",
+                    "-c",
+                    "ip -s link; tc -s filter show dev eth0 ingress; tc -s filter show dev tap0 ingress",
+                ],
+            );
+            panic!(
+                "{url} never answered: {}\nconsole:\n{}\nguest: {inside:?}\npod netns: {}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(vm.console_path()).unwrap_or_default(),
+                String::from_utf8_lossy(&pod_ns.stdout),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(body, "hello-from-vm\n");
+    println!(
+        "micro-VM reachable on the pod network after {:?}",
+        t0.elapsed()
+    );
+    // Inside: the pod's address on eth0, loopback up, the default route via the bridge, and
+    // the pod's hostname.
+    let out = vm
+        .exec(
+            &[
+                "sh",
+                "-c",
+                "ip -o -4 addr show dev eth0; ip route; wget -q -O - http://127.0.0.1/; hostname",
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("inet {}/24", att.ip)), "{text}");
+    assert!(
+        text.contains(&format!("default via {}", att.gateway)),
+        "{text}"
+    );
+    assert!(text.ends_with("hello-from-vm\nweb-0\n"), "{text}");
+
+    vm.kill(9).await.unwrap();
+    assert_eq!(vm.wait().await.unwrap(), 137);
+    vm.destroy().await.unwrap();
+    net.detach("vm-pod").await.unwrap();
+    net.destroy().await.unwrap();
+}
+
+fn container_plan(name: &str, script: &str, mounts: &[(&str, &str, bool)]) -> ContainerPlan {
+    ContainerPlan {
+        name: name.into(),
+        image: "busybox".into(),
+        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        args: None,
+        env: vec![("ROLE".into(), name.into())],
+        working_dir: None,
+        run_as_user: None,
+        run_as_group: None,
+        supplemental_groups: vec![],
+        tty: false,
+        cpu_millis: None,
+        memory_bytes: None,
+        ephemeral_storage_limit: None,
+        volume_mounts: mounts
+            .iter()
+            .map(|(volume, path, read_only)| VolumeMount {
+                volume: (*volume).into(),
+                path: (*path).into(),
+                read_only: *read_only,
+                sub_path: None,
+            })
+            .collect(),
+        pod_ip_env: vec!["MY_IP".into()],
+    }
+}
+
+async fn until_stdout(pod: &MicroVmPod, container: &str, script: &str, want: &str) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = pod
+            .exec(container, &["sh", "-c", script], None)
+            .await
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout) == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{container}: {script}: {:?} != {want:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A whole pod in one VM: init containers in order, two containers each on its own disk and
+/// root filesystem, an emptyDir they share, ConfigMap files, the pod's /etc files, hostname,
+/// address and size.
+#[tokio::test]
+async fn a_whole_pod_runs_in_one_micro_vm() {
+    let Some(assets) = assets_or_skip("a_whole_pod_runs_in_one_micro_vm") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let src: Source = format!("oci:{}:latest", layout.display()).parse().unwrap();
+    let img = store.pull(&src, &PullOptions::default()).await.unwrap();
+    let images = BTreeMap::from([("busybox".to_owned(), img)]);
+    let name = format!("nlmvp-{}", std::process::id());
+    let net = PodNetwork::new(
+        &name,
+        "nlbr0",
+        Subnet {
+            network: Ipv4Addr::new(10, 203, 42, 0),
+            prefix: 24,
+        },
+        data.join("net"),
+    );
+    let att = net.attach("pod-vm").await.unwrap();
+    let _guard = NetnsGuard(vec![att.netns.clone(), name.clone()]);
+    let host = Host {
+        data_dir: data.clone(),
+        images: store,
+        network: None,
+        pull: PullOptions::default(),
+    };
+    let shared = ("shared", "/shared", false);
+    let plan = PodPlan {
+        id: "team_web-0_u1".into(),
+        name: "web-0".into(),
+        namespace: "team".into(),
+        hostname: "web-0".into(),
+        init_containers: vec![
+            container_plan(
+                "init-a",
+                "echo first >> /shared/order; echo init-a-out",
+                &[shared],
+            ),
+            container_plan("init-b", "echo second >> /shared/order", &[shared]),
+        ],
+        containers: vec![
+            container_plan(
+                "writer",
+                "echo from-writer > /shared/note; echo writer-done $MY_IP; exec sleep 1000",
+                &[shared],
+            ),
+            container_plan(
+                "web",
+                "mkdir -p /www && echo hello-pod > /www/index.html && exec httpd -f -p 8080 -h /www",
+                &[shared, ("cfg", "/etc/app", true)],
+            ),
+        ],
+        volumes: vec![
+            VolumePlan {
+                name: "shared".into(),
+                kind: VolumeKind::EmptyDir { memory: false },
+            },
+            VolumePlan {
+                name: "cfg".into(),
+                kind: VolumeKind::Files {
+                    sources: vec!["configmap/cfg".into()],
+                    default_mode: 0o644,
+                },
+            },
+        ],
+        share_process_namespace: false,
+        grace_period_secs: 30,
+        restart_policy: RestartPolicy::Never,
+        size: Some(PodSize {
+            cpu_millis: 2000,
+            memory_bytes: 512 << 20,
+        }),
+        ephemeral_storage_bytes: 20 << 30,
+    };
+    let mut options = PodVmOptions::new(assets);
+    options.volume_files = BTreeMap::from([(
+        "cfg".to_owned(),
+        BTreeMap::from([("app.conf".to_owned(), b"key=value\n".to_vec())]),
+    )]);
+    let pod = MicroVmPod::start(&host, &plan, &images, Some(&att), &options)
+        .await
+        .unwrap();
+    let ip = att.ip;
+    assert_eq!(pod.ip(), Some(ip));
+    assert_eq!(
+        pod.init_exits(),
+        [("init-a".to_owned(), 0), ("init-b".to_owned(), 0)]
+    );
+    assert_eq!(pod.container_names(), ["writer", "web"]);
+    assert_eq!(pod.vm_size(), (512, 2));
+
+    // Init containers ran in order, before the others, into the shared emptyDir.
+    until_stdout(&pod, "web", "cat /shared/order", "first\nsecond\n").await;
+    until_stdout(&pod, "web", "cat /shared/note", "from-writer\n").await;
+    // The pod's size: vCPUs and memory of the VM.
+    let out = pod
+        .exec(
+            "web",
+            &[
+                "sh",
+                "-c",
+                "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo",
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("2"), "{text}");
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!((400 << 10..=512 << 10).contains(&kib), "{text}");
+    // Hostname and the pod's /etc files; ConfigMap files read-only; env with the pod IP.
+    let out = pod
+        .exec(
+            "web",
+            &[
+                "sh",
+                "-c",
+                "hostname; cat /etc/hostname /etc/resolv.conf /etc/app/app.conf; grep web-0 /etc/hosts; \
+                 echo x > /etc/app/app.conf 2>/dev/null || echo read-only; echo $ROLE",
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text,
+        format!(
+            "web-0\nweb-0\nsearch team.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n\
+             key=value\n{ip}\tweb-0\nread-only\nweb\n"
+        )
+    );
+    // Each container has its own root filesystem.
+    pod.exec("web", &["touch", "/only-in-web"], None)
+        .await
+        .unwrap();
+    let out = pod
+        .exec(
+            "writer",
+            &[
+                "sh",
+                "-c",
+                "test -e /only-in-web || echo separate; test -e /etc/app/app.conf || echo no-cfg",
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "separate\nno-cfg\n");
+    // The pod's address answers from the pod network.
+    let out = in_netns(
+        &name,
+        &["curl", "-sS", "-m", "5", &format!("http://{ip}:8080/")],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello-pod\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Logs per container, init containers' included, in the usual place.
+    let log_of = |c: &str| {
+        sandbox::container::log_path(
+            &sandbox::container::dir(&data, &sandbox::pod::container_id(&plan.id, c)),
+            0,
+        )
+    };
+    assert_eq!(
+        log_records(&log_of("init-a")),
+        [("stdout".to_owned(), "init-a-out".to_owned())]
+    );
+    assert_eq!(pod.log_path("writer"), Some(log_of("writer").as_path()));
+    assert_eq!(
+        log_records(&log_of("writer")),
+        [("stdout".to_owned(), format!("writer-done {ip}"))]
+    );
+    // One container ends; the others run on.
+    pod.kill("writer", 9).await.unwrap();
+    assert_eq!(pod.wait("writer").await.unwrap(), 137);
+    assert_eq!(pod.exit_code("writer"), Some(137));
+    assert_eq!(pod.exit_code("web"), None);
+    // A restart runs it again, its output in the next log file; the previous log stays.
+    let mut pod = pod;
+    assert_eq!(pod.restart("writer").await.unwrap(), 1);
+    assert!(pod.restart("web").await.is_err(), "web is still running");
+    let t0 = std::time::Instant::now();
+    let log1 = sandbox::container::log_path(
+        &sandbox::container::dir(&data, &sandbox::pod::container_id(&plan.id, "writer")),
+        1,
+    );
+    while !std::fs::read_to_string(&log1)
+        .unwrap_or_default()
+        .contains("writer-done")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no output after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pod.log_path("writer"), Some(log1.as_path()));
+    assert_eq!(log_records(&log_of("writer")).len(), 1);
+    assert_eq!(pod.exit_code("writer"), None);
+    let out = pod
+        .exec("web", &["cat", "/shared/order"], None)
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0);
+
+    let qemu = pod.pid().unwrap();
+    pod.destroy().await.unwrap();
+    assert!(!Path::new(&format!("/proc/{qemu}")).exists());
+    assert!(!sandbox::pod::dir(&data, &plan.id).join("microvm").exists());
+    assert!(log_of("web").exists(), "logs stay");
+    net.detach("pod-vm").await.unwrap();
+    net.destroy().await.unwrap();
+}
+
+/// An init container that fails ends the pod: the regular containers never start.
+#[tokio::test]
+async fn a_failing_init_container_ends_the_micro_vm_pod() {
+    let Some(assets) = assets_or_skip("a_failing_init_container_ends_the_micro_vm_pod") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let src: Source = format!("oci:{}:latest", layout.display()).parse().unwrap();
+    let img = store.pull(&src, &PullOptions::default()).await.unwrap();
+    let images = BTreeMap::from([("busybox".to_owned(), img)]);
+    let host = Host {
+        data_dir: data.clone(),
+        images: store,
+        network: None,
+        pull: PullOptions::default(),
+    };
+    let plan = PodPlan {
+        id: "team_bad_u2".into(),
+        name: "bad".into(),
+        namespace: "team".into(),
+        hostname: "bad".into(),
+        init_containers: vec![container_plan("setup", "echo failing >&2; exit 4", &[])],
+        containers: vec![container_plan("main", "echo never", &[])],
+        volumes: vec![],
+        share_process_namespace: false,
+        grace_period_secs: 30,
+        restart_policy: RestartPolicy::Never,
+        size: None,
+        ephemeral_storage_bytes: 20 << 30,
+    };
+    let err = MicroVmPod::start(&host, &plan, &images, None, &PodVmOptions::new(assets))
+        .await
+        .err()
+        .expect("the pod fails");
+    assert!(
+        matches!(&err, microvm::MicroVmError::InitContainer { name, code: 4, .. } if name == "setup"),
+        "{err}"
+    );
+    let log_of = |c: &str| {
+        sandbox::container::log_path(
+            &sandbox::container::dir(&data, &sandbox::pod::container_id(&plan.id, c)),
+            0,
+        )
+    };
+    assert_eq!(
+        log_records(&log_of("setup")),
+        [("stderr".to_owned(), "failing".to_owned())]
+    );
+    assert!(!log_of("main").exists(), "main never started");
+    assert!(!sandbox::pod::dir(&data, &plan.id).join("microvm").exists());
+}
+
+/// The VM outlives the agent's handle: detached, then taken back by a new handle (an agent
+/// restart), with the container's output and control intact.
+#[tokio::test]
+async fn a_detached_micro_vm_pod_is_taken_back() {
+    let Some(assets) = assets_or_skip("a_detached_micro_vm_pod_is_taken_back") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let src: Source = format!("oci:{}:latest", layout.display()).parse().unwrap();
+    let img = store.pull(&src, &PullOptions::default()).await.unwrap();
+    let images = BTreeMap::from([("busybox".to_owned(), img)]);
+    let host = Host {
+        data_dir: data.clone(),
+        images: store,
+        network: None,
+        pull: PullOptions::default(),
+    };
+    let plan = PodPlan {
+        id: "team_ticker_u3".into(),
+        name: "ticker".into(),
+        namespace: "team".into(),
+        hostname: "ticker".into(),
+        init_containers: vec![],
+        containers: vec![
+            container_plan(
+                "tick",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+                &[],
+            ),
+            container_plan("done", "echo bye; exit 6", &[]),
+        ],
+        volumes: vec![],
+        share_process_namespace: false,
+        grace_period_secs: 30,
+        restart_policy: RestartPolicy::Never,
+        size: None,
+        ephemeral_storage_bytes: 20 << 30,
+    };
+    let other = PodPlan {
+        id: "team_none_u4".into(),
+        ..plan.clone()
+    };
+    assert!(MicroVmPod::reattach(&host, &other).await.unwrap().is_none());
+    let pod = MicroVmPod::start(&host, &plan, &images, None, &PodVmOptions::new(assets))
+        .await
+        .unwrap();
+    let qemu = pod.pid().unwrap();
+    let log = pod.log_path("tick").unwrap().to_owned();
+    pod.exec("tick", &["true"], None).await.unwrap();
+    pod.detach().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        Path::new(&format!("/proc/{qemu}")).exists(),
+        "QEMU outlives the handle"
+    );
+    let before = log_records(&log).len();
+
+    let pod = MicroVmPod::reattach(&host, &plan)
+        .await
+        .unwrap()
+        .expect("the VM is found again");
+    assert_eq!(pod.pid(), Some(qemu));
+    assert_eq!(pod.wait("done").await.unwrap(), 6);
+    let out = pod
+        .exec("tick", &["sh", "-c", "echo $ROLE"], None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"tick\n");
+    // The output goes on into the same log, in order, nothing lost.
+    let t0 = std::time::Instant::now();
+    while log_records(&log).len() < before + 10 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the log stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines: Vec<String> = log_records(&log).into_iter().map(|(_, t)| t).collect();
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l, &format!("tick {i}"), "{lines:?}");
+    }
+    pod.kill("tick", 9).await.unwrap();
+    assert_eq!(pod.wait("tick").await.unwrap(), 137);
+    pod.destroy().await.unwrap();
+    // QEMU is gone (or a zombie left to its parent: here the test, which started it).
+    let stat = std::fs::read_to_string(format!("/proc/{qemu}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')),
+        "{stat}"
+    );
+    assert!(MicroVmPod::reattach(&host, &plan).await.unwrap().is_none());
+}
+
+/// A container over its memory limit is killed by the guest's OOM killer and reported so.
+#[tokio::test]
+async fn a_container_over_its_memory_limit_is_oom_killed() {
+    let Some(assets) = assets_or_skip("a_container_over_its_memory_limit_is_oom_killed") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let disk = busybox_disk(&data).await;
+    let config = VmConfig::new(assets, data.join("vm-oom"));
+    let mut hog = spec(&[
+        "sh",
+        "-c",
+        "echo start; exec dd if=/dev/zero of=/big bs=1M count=200",
+    ]);
+    hog.memory_limit_bytes = Some(32 << 20);
+    let vm = MicroVm::boot(&config, &disk, &hog).await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("the hog ends")
+        .unwrap();
+    assert_eq!(
+        (code, vm.oom_killed()),
+        (137, true),
+        "{:?}\n{}",
+        log_records(vm.log_path()),
+        std::fs::read_to_string(vm.console_path()).unwrap_or_default()
+    );
+    vm.destroy().await.unwrap();
 }
 
 /// Boot figures: `cargo test -p sandbox --test microvm -- --ignored --nocapture boot_figures`.

@@ -14,7 +14,8 @@
 //!
 //! - `txn`: only the create transaction (`compare create_revision == 0, put`): the bare etcd
 //!   ceiling for our write.
-//! - `get + txn`: a read of one fixed key, then the create; linearizable or serializable read.
+//! - `get + txn`: a read of one fixed key, then the create; linearizable or serializable read,
+//!   each its own etcd request or coalesced with equal concurrent reads.
 //! - `list + get + txn`: what the API server sends per pod create (it lists the serverless
 //!   profiles, an empty prefix here, and reads the namespace, then creates), over 1 or more
 //!   connections.
@@ -135,6 +136,7 @@ struct Case {
     /// Reads before each create: 0, 1 (get the fixed key) or 2 (list an empty prefix, then get).
     reads: usize,
     read: Option<ReadMode>,
+    coalesce: bool,
     connections: usize,
     watch: bool,
 }
@@ -143,6 +145,7 @@ async fn run(etcd: &LocalEtcd, run_no: usize, case: Case, args: &Args) -> Row {
     let options = EtcdOptions {
         connections: case.connections,
         reads: case.read.unwrap_or(ReadMode::Linearizable),
+        coalesce_reads: case.coalesce,
     };
     let backend = Etcd::connect_with(&[etcd.endpoint().to_owned()], "/bench", options)
         .await
@@ -222,6 +225,11 @@ async fn run(etcd: &LocalEtcd, run_no: usize, case: Case, args: &Args) -> Row {
         Some(ReadMode::SerializableIfSingleMember) => "serializable",
         _ => "linearizable",
     };
+    let mode = if case.coalesce {
+        format!("{mode}, coalesced")
+    } else {
+        mode.to_owned()
+    };
     let read = match case.reads {
         0 => String::new(),
         1 => format!("get ({mode}) + "),
@@ -259,9 +267,10 @@ async fn main() {
         args.etcd_args,
         base.path().display()
     );
-    let case = |reads, read, connections, watch| Case {
+    let case = |reads, read, coalesce, connections, watch| Case {
         reads,
         read,
+        coalesce,
         connections,
         watch,
     };
@@ -270,13 +279,16 @@ async fn main() {
         Some(ReadMode::SerializableIfSingleMember),
     );
     let cases = [
-        case(0, None, 1, false),
-        case(1, lin, 1, false),
-        case(1, ser, 1, false),
-        case(2, lin, 1, true),
-        case(2, ser, 1, true),
-        case(2, ser, 2, true),
-        case(0, None, 1, true),
+        case(0, None, false, 1, false),
+        case(1, lin, false, 1, false),
+        case(1, ser, false, 1, false),
+        case(1, ser, true, 1, false),
+        case(2, lin, false, 1, true),
+        case(2, ser, false, 1, true),
+        case(2, lin, true, 1, true),
+        case(2, ser, true, 1, true),
+        case(2, ser, true, 2, true),
+        case(0, None, false, 1, true),
     ];
     println!();
     println!(

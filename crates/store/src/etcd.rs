@@ -58,6 +58,7 @@ pub struct Etcd {
     /// Reads are served from the member's own state, without a round of consensus (see
     /// [`ReadMode`]).
     serializable: bool,
+    coalesce_reads: bool,
     /// Reads at the latest revision being sent, each with the requests waiting for the next one.
     reads: Arc<Mutex<HashMap<Read, Vec<Waiter>>>>,
 }
@@ -73,6 +74,23 @@ enum Read {
         limit: usize,
     },
     Count(String),
+}
+
+/// Removes a coalesced read's entry (and so releases its waiters) if its task ends early.
+struct ServeGuard {
+    reads: Arc<Mutex<HashMap<Read, Vec<Waiter>>>>,
+    read: Option<Read>,
+}
+
+impl Drop for ServeGuard {
+    fn drop(&mut self) {
+        if let Some(read) = self.read.take() {
+            self.reads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&read);
+        }
+    }
 }
 
 /// The answer of a [`Read`].
@@ -96,6 +114,9 @@ pub struct EtcdOptions {
     /// When reads may skip consensus (a linearizable read in etcd waits for a ReadIndex round and
     /// for every write committed before it to be applied).
     pub reads: ReadMode,
+    /// Equal reads at the latest revision that overlap in time share one etcd request (see
+    /// `Etcd::coalesced`).
+    pub coalesce_reads: bool,
 }
 
 /// Which reads the backend sends to etcd.
@@ -114,6 +135,7 @@ impl Default for EtcdOptions {
         EtcdOptions {
             connections: 1,
             reads: ReadMode::SerializableIfSingleMember,
+            coalesce_reads: true,
         }
     }
 }
@@ -175,6 +197,7 @@ impl Etcd {
             next: Arc::new(AtomicUsize::new(0)),
             prefix: prefix.to_owned(),
             serializable,
+            coalesce_reads: options.coalesce_reads,
             reads: Arc::default(),
         })
     }
@@ -294,6 +317,9 @@ impl Etcd {
 /// of one each.
 impl Etcd {
     async fn coalesced(&self, read: Read) -> Result<ReadValue> {
+        if !self.coalesce_reads {
+            return self.read_direct(&read).await;
+        }
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
@@ -321,6 +347,12 @@ impl Etcd {
 
     /// Sends `read` for `batch`, then again for whoever queued meanwhile, until nobody did.
     async fn serve_reads(self, read: Read, mut batch: Vec<Waiter>) {
+        // If this task is dropped midway (its runtime shuts down), the waiters must not wait
+        // forever: dropping their senders makes them read on their own.
+        let mut guard = ServeGuard {
+            reads: self.reads.clone(),
+            read: Some(read.clone()),
+        };
         loop {
             let mut value = self.read_direct(&read).await.ok();
             let last = batch.pop();
@@ -334,6 +366,7 @@ impl Etcd {
             let waiting = reads.get_mut(&read).map(std::mem::take).unwrap_or_default();
             if waiting.is_empty() {
                 reads.remove(&read);
+                guard.read = None;
                 return;
             }
             batch = waiting;

@@ -44,6 +44,7 @@ async fn read_mode_follows_the_options_and_the_member_count() {
         EtcdOptions {
             connections: 1,
             reads: ReadMode::Linearizable,
+            coalesce_reads: true,
         },
     )
     .await
@@ -63,6 +64,7 @@ async fn serializable_reads_see_every_acknowledged_write() {
     let options = EtcdOptions {
         connections: 3,
         reads: ReadMode::SerializableIfSingleMember,
+        coalesce_reads: true,
     };
     let writer = Arc::new(
         Etcd::connect_with(&endpoints, "/r/", options)
@@ -139,6 +141,7 @@ async fn coalesced_reads_are_linearizable_and_fewer() {
         let options = EtcdOptions {
             connections: 1,
             reads,
+            coalesce_reads: true,
         };
         let etcd = Arc::new(
             Etcd::connect_with(&endpoints, "/c/", options)

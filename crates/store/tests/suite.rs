@@ -1,7 +1,7 @@
 //! One behaviour suite for every backend: each case below runs against the in-memory backend,
 //! SQLite (in a temp dir) and etcd (a real `etcd` started per test on loopback ports), the latter
 //! twice: with the default options (serializable reads, as the cluster has one member) and with
-//! linearizable reads spread over three connections.
+//! linearizable, uncoalesced reads spread over three connections.
 //!
 //! Without an `etcd` binary the etcd cases print a SKIPPED line, or panic when
 //! `NODELESS_REQUIRE_ETCD=1` (as CI sets it).
@@ -45,12 +45,13 @@ async fn etcd() -> Option<Harness> {
     etcd_with(EtcdOptions::default()).await
 }
 
-/// etcd with linearizable reads over several connections (the default is serializable reads on
-/// a single-member cluster, over one connection).
+/// etcd with linearizable reads, each its own request, over several connections (the default is
+/// serializable, coalesced reads on a single-member cluster, over one connection).
 async fn etcd_linearizable() -> Option<Harness> {
     etcd_with(EtcdOptions {
         connections: 3,
         reads: ReadMode::Linearizable,
+        coalesce_reads: false,
     })
     .await
 }

@@ -78,7 +78,8 @@ fn layer(files: &[(&str, &str)]) -> Vec<u8> {
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_mode(0o777);
         h.set_size(0);
-        b.append_link(&mut h, format!("bin/{a}"), "busybox").unwrap();
+        b.append_link(&mut h, format!("bin/{a}"), "busybox")
+            .unwrap();
     }
     b.into_inner().unwrap()
 }

@@ -1,0 +1,1199 @@
+//! A whole pod in one micro-VM: every container of a [`PodPlan`] on its own read-only erofs
+//! disk (one per container, found in the guest by its virtio serial), init containers one after
+//! the other, then the regular containers together; the pod's network (a tap in its netns, see
+//! [`super::plug_tap`]), hostname, `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`, emptyDir
+//! volumes (directories of one tmpfs in the guest, shared by the containers mounting them) and
+//! ConfigMap/Secret files handed in by the caller; the VM sized from the pod's size
+//! ([`vm_size`]).
+//!
+//! Files: the VM's own under `<pod dir>/microvm` (initramfs, channel socket, console and QEMU
+//! logs), the disks in a host-wide cache `<data dir>/microvm/disks/<manifest digest>.erofs`
+//! (an image is converted once), each container's CRI log at
+//! [`crate::container::log_path`]`(`[`crate::container::dir`]`(data dir, container id), 0)`, as
+//! the other runtimes write them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt as _;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::proto::{self, Decoder, Frame, MountSource, MountSpec, Setup};
+use super::{
+    Accel, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter, MicroVmError,
+    Result, VmAssets, VmFiles, console_tail, initramfs, io, plug_tap, qemu_args, qemu_binary, send,
+    valid_hostname,
+};
+use crate::image::Image;
+use crate::logs::Stream;
+use crate::plan::{ContainerPlan, PodPlan, PodSize, VolumeKind};
+use crate::pod::Host;
+
+/// The VM's state file in its directory, for [`MicroVmPod::reattach`].
+pub const STATE_FILE: &str = "state.json";
+
+/// Memory of a VM whose pod has no size.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// The least memory a VM gets (the kernel and the agent need some).
+pub const MIN_MEMORY_MIB: u32 = 128;
+
+/// The VM's memory (MiB, rounded up) and vCPUs (rounded up, at least one) for the pod's size.
+/// Pure.
+pub fn vm_size(size: Option<PodSize>) -> (u32, u32) {
+    let Some(s) = size else {
+        return (DEFAULT_MEMORY_MIB, 1);
+    };
+    let mib = s.memory_bytes.div_ceil(1 << 20);
+    let mib = u32::try_from(mib).unwrap_or(u32::MAX).max(MIN_MEMORY_MIB);
+    let cpus = u32::try_from(s.cpu_millis.div_ceil(1000))
+        .unwrap_or(u32::MAX)
+        .clamp(1, 255);
+    (mib, cpus)
+}
+
+/// How a pod VM is booted.
+#[derive(Debug, Clone)]
+pub struct PodVmOptions {
+    pub assets: VmAssets,
+    pub accel: Accel,
+    /// How long the guest may take to answer after QEMU starts.
+    pub boot_timeout: Duration,
+    /// The files of the pod's ConfigMap/Secret/projected volumes: volume name -> (path in the
+    /// volume -> contents), as [`crate::plan::volume_files`] gives them.
+    pub volume_files: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// The nameserver written to `/etc/resolv.conf`, if any.
+    pub nameserver: Option<Ipv4Addr>,
+}
+
+impl PodVmOptions {
+    /// Automatic acceleration, a 120 s boot timeout, no volume files, no nameserver.
+    pub fn new(assets: VmAssets) -> PodVmOptions {
+        PodVmOptions {
+            assets,
+            accel: Accel::Auto,
+            boot_timeout: Duration::from_secs(120),
+            volume_files: BTreeMap::new(),
+            nameserver: None,
+        }
+    }
+}
+
+/// One container of the pod in the VM.
+struct Container {
+    name: String,
+    /// Its process id on the channel.
+    id: u32,
+    /// Its root filesystem in the guest.
+    root: u32,
+    spec: ContainerSpec,
+    /// [`crate::container::dir`] of the container: its logs are there.
+    dir: PathBuf,
+    restarts: u32,
+    log_path: PathBuf,
+    ended: watch::Receiver<Option<Ended>>,
+}
+
+/// What the reader task shares with [`MicroVmPod`].
+struct Shared {
+    execs: HashMap<u32, mpsc::UnboundedSender<ExecEvent>>,
+    logs: HashMap<u32, (LogWriter, watch::Sender<Option<Ended>>)>,
+    prepared: HashMap<u32, oneshot::Sender<String>>,
+    errors: HashMap<u32, String>,
+    /// Processes the OOM killer ended.
+    oom: std::collections::HashSet<u32>,
+    ready: Option<oneshot::Sender<()>>,
+}
+
+/// A pod running in its own micro-VM.
+pub struct MicroVmPod {
+    qemu: Qemu,
+    /// Left running on drop ([`MicroVmPod::detach`]).
+    detached: bool,
+    pid: Option<u32>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    shared: Arc<Mutex<Shared>>,
+    reader: tokio::task::JoinHandle<()>,
+    next_id: AtomicU32,
+    containers: Vec<Container>,
+    init_exits: Vec<(String, i32)>,
+    dir: PathBuf,
+    ip: Option<Ipv4Addr>,
+    vm_size: (u32, u32),
+}
+
+/// The read-only disk of `image`, made once per host (by manifest digest).
+async fn disk_for(host: &Host, image: &Image) -> Result<PathBuf> {
+    let disk = host
+        .data_dir
+        .join("microvm/disks")
+        .join(format!("{}.erofs", image.manifest_digest.hex()));
+    if !disk.is_file() {
+        super::make_erofs(&host.images.lower_dirs(image), &disk).await?;
+    }
+    Ok(disk)
+}
+
+/// The first `etc/passwd` and `etc/group` of the image's layers (top first).
+fn image_file(host: &Host, image: &Image, rel: &str) -> String {
+    host.images
+        .lower_dirs(image)
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join(rel)).ok())
+        .unwrap_or_default()
+}
+
+/// The process a container runs: argv, environment, cwd and user as Kubernetes resolves them.
+fn container_spec(
+    host: &Host,
+    plan: &PodPlan,
+    c: &ContainerPlan,
+    image: &Image,
+    ip: Option<Ipv4Addr>,
+) -> Result<ContainerSpec> {
+    let cfg = c.config();
+    let spec_err = |e: crate::spec::SpecError| MicroVmError::Guest(e.to_string());
+    let args = crate::spec::argv(&cfg, &image.config).map_err(spec_err)?;
+    let mut env = crate::spec::environment(&cfg, &image.config, &plan.hostname);
+    if let Some(ip) = ip {
+        for k in &c.pod_ip_env {
+            env.retain(|e| !e.starts_with(&format!("{k}=")));
+            env.push(format!("{k}={ip}"));
+        }
+    }
+    let run = image.config.config.clone().unwrap_or_default();
+    let (mut uid, mut gid) = crate::spec::resolve_user(
+        run.user.as_deref().unwrap_or(""),
+        &image_file(host, image, "etc/passwd"),
+        &image_file(host, image, "etc/group"),
+    )
+    .map_err(spec_err)?;
+    if let Some(u) = c.run_as_user {
+        uid = u;
+    }
+    if let Some(g) = c.run_as_group {
+        gid = g;
+    }
+    let cwd = c
+        .working_dir
+        .clone()
+        .or(run.working_dir)
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    Ok(ContainerSpec {
+        args,
+        env,
+        cwd,
+        uid,
+        gid,
+        memory_limit_bytes: c.memory_bytes,
+    })
+}
+
+/// The mounts of one container: the pod's /etc files, then its volume mounts. Pure.
+pub fn container_mounts(
+    plan: &PodPlan,
+    c: &ContainerPlan,
+    ip: Option<Ipv4Addr>,
+    nameserver: Option<Ipv4Addr>,
+    volume_files: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+) -> Result<Vec<MountSpec>> {
+    let file = |target: &str, data: String| MountSpec {
+        target: target.into(),
+        read_only: false,
+        source: MountSource::File(data.into_bytes()),
+    };
+    let mut mounts = vec![
+        file("/etc/hostname", format!("{}\n", plan.hostname)),
+        file("/etc/hosts", crate::pod::hosts_file(&plan.hostname, ip)),
+        file(
+            "/etc/resolv.conf",
+            crate::pod::resolv_conf(&plan.namespace, nameserver),
+        ),
+    ];
+    for m in &c.volume_mounts {
+        let vol = plan
+            .volumes
+            .iter()
+            .find(|v| v.name == m.volume)
+            .ok_or_else(|| {
+                MicroVmError::Guest(format!(
+                    "container {}: volume {:?} is not in the pod",
+                    c.name, m.volume
+                ))
+            })?;
+        match &vol.kind {
+            VolumeKind::EmptyDir { .. } => mounts.push(MountSpec {
+                target: m.path.clone(),
+                read_only: m.read_only,
+                source: MountSource::Volume(match &m.sub_path {
+                    Some(sub) if !sub.is_empty() => format!("{}/{sub}", vol.name),
+                    _ => vol.name.clone(),
+                }),
+            }),
+            VolumeKind::Files { .. } => {
+                for (rel, data) in volume_files.get(&vol.name).into_iter().flatten() {
+                    let sub = m.sub_path.as_deref().unwrap_or("");
+                    let target = if sub.is_empty() {
+                        format!("{}/{rel}", m.path.trim_end_matches('/'))
+                    } else if rel == sub {
+                        m.path.clone()
+                    } else {
+                        continue;
+                    };
+                    mounts.push(MountSpec {
+                        target,
+                        read_only: true,
+                        source: MountSource::File(data.clone()),
+                    });
+                }
+            }
+        }
+    }
+    Ok(mounts)
+}
+
+impl MicroVmPod {
+    /// Boots the pod's VM and runs it: every image of `plan` must be in `images` (as
+    /// [`crate::pod::pull_images`] gives them). With `network` (from
+    /// [`crate::network::PodNetwork::attach`]) the guest takes the pod's address. Init
+    /// containers run in order, each to its end; one that fails ends the pod
+    /// ([`MicroVmError::InitContainer`], the VM destroyed, its logs kept). Returns once the
+    /// regular containers were started.
+    pub async fn start(
+        host: &Host,
+        plan: &PodPlan,
+        images: &BTreeMap<String, Image>,
+        network: Option<&crate::network::Attachment>,
+        options: &PodVmOptions,
+    ) -> Result<MicroVmPod> {
+        let qemu = qemu_binary()?;
+        let dir = crate::pod::dir(&host.data_dir, &plan.id).join("microvm");
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let ip = network.map(|n| n.ip);
+
+        // Disks and processes: root n (1-based) for the n-th container, inits first.
+        let all: Vec<(&ContainerPlan, bool)> = plan
+            .init_containers
+            .iter()
+            .map(|c| (c, true))
+            .chain(plan.containers.iter().map(|c| (c, false)))
+            .collect();
+        if plan.containers.is_empty() {
+            return Err(MicroVmError::Guest("the pod has no containers".into()));
+        }
+        let mut disks = Vec::new();
+        let mut prepared = Vec::new();
+        for (i, (c, init)) in all.iter().enumerate() {
+            let image = images.get(&c.image).ok_or_else(|| {
+                MicroVmError::Guest(format!("image {} of {} was not pulled", c.image, c.name))
+            })?;
+            disks.push(disk_for(host, image).await?);
+            let root = i as u32 + 1;
+            let setup = Setup {
+                serial: format!("c{root}"),
+                mounts: container_mounts(plan, c, ip, options.nameserver, &options.volume_files)?,
+            };
+            let spec = container_spec(host, plan, c, image, ip)?;
+            prepared.push((root, *init, c.name.clone(), setup, spec));
+        }
+        let serials: Vec<String> = (1..=disks.len()).map(|n| format!("c{n}")).collect();
+        let disk_args: Vec<(&Path, Option<&str>)> = disks
+            .iter()
+            .zip(&serials)
+            .map(|(d, s)| (d.as_path(), Some(s.as_str())))
+            .collect();
+
+        let vmnet = match network {
+            Some(att) => Some(plug_tap(att).await?),
+            None => None,
+        };
+        let initrd = dir.join("initrd.img");
+        let socket = dir.join("agent.sock");
+        let console = dir.join("console.log");
+        let qemu_log = dir.join("qemu.log");
+        let qemu_stderr = std::fs::File::create(&qemu_log)
+            .map_err(io(format!("creating {}", qemu_log.display())))?;
+        std::fs::write(&initrd, initramfs(&options.assets)?)
+            .map_err(io(format!("writing {}", initrd.display())))?;
+        let _ = std::fs::remove_file(&socket);
+        let mut extra = vec!["nodeless.pod=1".to_owned()];
+        if let Some(n) = &vmnet {
+            extra.push(n.kernel_args());
+        }
+        if valid_hostname(&plan.hostname) {
+            extra.push(format!("nodeless.hostname={}", plan.hostname));
+        }
+        let extra = extra.join(" ");
+        let (memory_mib, cpus) = vm_size(plan.size);
+        let args = qemu_args(
+            options.accel.resolve(),
+            memory_mib,
+            cpus,
+            &VmFiles {
+                kernel: &options.assets.kernel,
+                initrd: &initrd,
+                disks: &disk_args,
+                socket: &socket,
+                console: &console,
+                net: vmnet.as_ref().map(|n| (n.tap.as_str(), n.mac.as_str())),
+                extra_args: &extra,
+            },
+        );
+        let mut command = match &vmnet {
+            Some(n) => {
+                let mut c = tokio::process::Command::new("nsenter");
+                c.arg(format!("--net={}", n.netns_path.display()))
+                    .arg("--")
+                    .arg(&qemu);
+                c
+            }
+            None => tokio::process::Command::new(&qemu),
+        };
+        let mut child = command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(qemu_stderr)
+            // QEMU outlives the agent (a process group of its own, not killed with the agent's
+            // handle): a restarted agent takes it back with [`MicroVmPod::reattach`].
+            .process_group(0)
+            .spawn()
+            .map_err(io(format!("starting {}", qemu.display())))?;
+        let pid = child.id();
+        let boot_error = |reason: String| MicroVmError::Boot {
+            reason,
+            console: console_tail(&console),
+        };
+        let started = std::time::Instant::now();
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(&socket).await {
+                break s;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+                return Err(boot_error(format!(
+                    "qemu exited ({status}): {}",
+                    err.trim()
+                )));
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.start_kill();
+                return Err(boot_error(format!("no socket at {}", socket.display())));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let (read_half, write_half) = stream.into_split();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let shared = Arc::new(Mutex::new(Shared {
+            execs: HashMap::new(),
+            logs: HashMap::new(),
+            prepared: HashMap::new(),
+            errors: HashMap::new(),
+            oom: Default::default(),
+            ready: Some(ready_tx),
+        }));
+        let (reader, mut lost) = spawn_reader(read_half, shared.clone());
+        let mut vm = MicroVmPod {
+            qemu: Qemu::Child(child),
+            detached: false,
+            pid,
+            writer: Arc::new(tokio::sync::Mutex::new(write_half)),
+            shared,
+            reader,
+            next_id: AtomicU32::new(all.len() as u32 + 1),
+            containers: Vec::new(),
+            init_exits: Vec::new(),
+            dir,
+            ip,
+            vm_size: (memory_mib, cpus),
+        };
+
+        // Every root filesystem is made first; the first frame also makes the agent answer
+        // Ready.
+        let deadline = tokio::time::Instant::now() + options.boot_timeout;
+        let mut ready_rx = Some(ready_rx);
+        let mut pending = Vec::new();
+        for (root, init, name, setup, spec) in prepared {
+            let rx = vm.expect_prepared(root);
+            let step = async {
+                vm.send(&Frame::Prepare(root, setup)).await?;
+                if let Some(ready) = ready_rx.take() {
+                    ready
+                        .await
+                        .map_err(|_| MicroVmError::Guest("the guest agent went away".into()))?;
+                }
+                let msg = rx.await.map_err(|_| MicroVmError::Stopped)?;
+                if msg.is_empty() {
+                    Ok(())
+                } else {
+                    Err(MicroVmError::Guest(format!(
+                        "preparing container {name}: {msg}"
+                    )))
+                }
+            };
+            let r = tokio::select! {
+                r = step => r,
+                l = lost.wait_for(|l| l.is_some()) => {
+                    let why = l.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
+                    Err(boot_error(why))
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    Err(boot_error(format!("no answer within {:?}", options.boot_timeout)))
+                }
+            };
+            if let Err(e) = r {
+                vm.qemu.kill();
+                vm.qemu.wait().await;
+                return Err(e);
+            }
+            pending.push((root, init, name, spec));
+        }
+        // Init containers in order, each to its end; then the regular ones together.
+        for (root, init, name, spec) in pending {
+            let c = vm
+                .start_container(root, &name, spec, &host.data_dir, plan)
+                .await?;
+            if init {
+                let code = wait_ended(&c.ended).await;
+                match code {
+                    Ok(0) => vm.init_exits.push((name, 0)),
+                    Ok(code) => {
+                        let error = vm.container_error_of(c.id);
+                        vm.qemu.kill();
+                        vm.qemu.wait().await;
+                        let _ = std::fs::remove_dir_all(&vm.dir);
+                        return Err(MicroVmError::InitContainer { name, code, error });
+                    }
+                    Err(e) => {
+                        vm.qemu.kill();
+                        return Err(e);
+                    }
+                }
+            } else {
+                vm.containers.push(c);
+            }
+        }
+        vm.save_state()?;
+        Ok(vm)
+    }
+
+    fn state(&self) -> VmState {
+        VmState {
+            qemu_pid: self.pid.unwrap_or(0),
+            next_id: self.next_id.load(Ordering::Relaxed),
+            ip: self.ip,
+            vm_size: self.vm_size,
+            init_exits: self.init_exits.clone(),
+            containers: self
+                .containers
+                .iter()
+                .map(|c| ContainerState {
+                    name: c.name.clone(),
+                    id: c.id,
+                    root: c.root,
+                    args: c.spec.args.clone(),
+                    env: c.spec.env.clone(),
+                    cwd: c.spec.cwd.clone(),
+                    uid: c.spec.uid,
+                    gid: c.spec.gid,
+                    memory_limit_bytes: c.spec.memory_limit_bytes,
+                    dir: c.dir.clone(),
+                    restarts: c.restarts,
+                    exit: match &*c.ended.borrow() {
+                        Some(Ended::Code(code)) => Some(*code),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes `state.json` (atomically) for [`MicroVmPod::reattach`].
+    fn save_state(&self) -> Result<()> {
+        let p = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(&self.state())
+            .map_err(|e| io("encoding the VM state")(std::io::Error::other(e)))?;
+        std::fs::write(&tmp, json).map_err(io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &p).map_err(io(format!("renaming to {}", p.display())))
+    }
+
+    /// Lets go of the VM without stopping it (the agent is shutting down or restarting): its
+    /// state is saved and [`MicroVmPod::reattach`] takes it back. Meanwhile the guest holds
+    /// back the containers' output (their writes block once its buffers are full); nothing
+    /// is lost.
+    pub fn detach(mut self) -> Result<()> {
+        self.save_state()?;
+        self.detached = true;
+        Ok(())
+    }
+
+    /// Takes back the VM of `plan` that an earlier agent started (found by its `state.json`
+    /// and QEMU's process, which names the VM's channel): `None` when there is none or its QEMU
+    /// is gone. Containers that ended meanwhile are reported ended with their code.
+    pub async fn reattach(host: &Host, plan: &PodPlan) -> Result<Option<MicroVmPod>> {
+        let dir = crate::pod::dir(&host.data_dir, &plan.id).join("microvm");
+        let Ok(bytes) = std::fs::read(dir.join(STATE_FILE)) else {
+            return Ok(None);
+        };
+        let Ok(state) = serde_json::from_slice::<VmState>(&bytes) else {
+            return Ok(None);
+        };
+        let socket = dir.join("agent.sock");
+        let cmdline =
+            std::fs::read(format!("/proc/{}/cmdline", state.qemu_pid)).unwrap_or_default();
+        let needle = socket.display().to_string();
+        if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+            return Ok(None);
+        }
+        let stream = UnixStream::connect(&socket)
+            .await
+            .map_err(io(format!("connecting to {}", socket.display())))?;
+        let (read_half, write_half) = stream.into_split();
+        let shared = Arc::new(Mutex::new(Shared {
+            execs: HashMap::new(),
+            logs: HashMap::new(),
+            prepared: HashMap::new(),
+            errors: HashMap::new(),
+            oom: Default::default(),
+            ready: None,
+        }));
+        let mut containers = Vec::new();
+        let mut running = Vec::new();
+        for c in &state.containers {
+            let log_path = crate::container::log_path(&c.dir, c.restarts);
+            let (tx, ended) = watch::channel(c.exit.map(Ended::Code));
+            if c.exit.is_none() {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .map_err(io(format!("opening {}", log_path.display())))?;
+                let writer = LogWriter {
+                    file,
+                    partial: [Vec::new(), Vec::new()],
+                };
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .logs
+                    .insert(c.id, (writer, tx));
+                running.push(c.id);
+            }
+            containers.push(Container {
+                name: c.name.clone(),
+                id: c.id,
+                root: c.root,
+                spec: ContainerSpec {
+                    args: c.args.clone(),
+                    env: c.env.clone(),
+                    cwd: c.cwd.clone(),
+                    uid: c.uid,
+                    gid: c.gid,
+                    memory_limit_bytes: c.memory_limit_bytes,
+                },
+                dir: c.dir.clone(),
+                restarts: c.restarts,
+                log_path,
+                ended,
+            });
+        }
+        let (reader, _lost) = spawn_reader(read_half, shared.clone());
+        let vm = MicroVmPod {
+            qemu: Qemu::Adopted(state.qemu_pid),
+            detached: false,
+            pid: Some(state.qemu_pid),
+            writer: Arc::new(tokio::sync::Mutex::new(write_half)),
+            shared,
+            reader,
+            // Exec sessions after the state was saved may have used ids past `next_id`: skip
+            // well beyond them (the guest refuses an id it has seen).
+            next_id: AtomicU32::new(state.next_id.saturating_add(1 << 20)),
+            containers,
+            init_exits: state.init_exits,
+            dir,
+            ip: state.ip,
+            vm_size: state.vm_size,
+        };
+        // Exits the guest reported while nobody listened are answered again.
+        for id in running {
+            vm.send(&Frame::Query(id)).await?;
+        }
+        Ok(Some(vm))
+    }
+
+    fn expect_prepared(&self, root: u32) -> oneshot::Receiver<String> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().prepared.insert(root, tx);
+        rx
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn send(&self, f: &Frame) -> Result<()> {
+        send(&self.writer, f).await
+    }
+
+    fn container_error_of(&self, id: u32) -> Option<String> {
+        self.lock().errors.get(&id).cloned()
+    }
+
+    async fn start_container(
+        &self,
+        root: u32,
+        name: &str,
+        spec: ContainerSpec,
+        data_dir: &Path,
+        plan: &PodPlan,
+    ) -> Result<Container> {
+        let cid = crate::pod::container_id(&plan.id, name);
+        let dir = crate::container::dir(data_dir, &cid);
+        // The process id of a container's first run is its root's number.
+        let (log_path, ended) = self.run_in(root, root, &spec, &dir, 0).await?;
+        Ok(Container {
+            name: name.to_owned(),
+            id: root,
+            root,
+            spec,
+            dir,
+            restarts: 0,
+            log_path,
+            ended,
+        })
+    }
+
+    /// Runs `spec` as process `id` in root filesystem `root`, its output into the CRI log of
+    /// run `restart` in `dir`.
+    async fn run_in(
+        &self,
+        id: u32,
+        root: u32,
+        spec: &ContainerSpec,
+        dir: &Path,
+        restart: u32,
+    ) -> Result<(PathBuf, watch::Receiver<Option<Ended>>)> {
+        let log_path = crate::container::log_path(dir, restart);
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(format!("opening {}", log_path.display())))?;
+        let (tx, ended) = watch::channel(None);
+        self.lock().logs.insert(
+            id,
+            (
+                LogWriter {
+                    file,
+                    partial: [Vec::new(), Vec::new()],
+                },
+                tx,
+            ),
+        );
+        let mut s = spec.to_spec(false, false);
+        s.root = root;
+        self.send(&Frame::Run(id, s)).await?;
+        Ok((log_path, ended))
+    }
+
+    /// Starts container `name` again once it has ended, in the same root filesystem (what it
+    /// wrote there stays), its output into the next log file (`logs/<restart>.log`; the
+    /// previous one stays for `kubectl logs --previous`). Returns the restart count.
+    pub async fn restart(&mut self, name: &str) -> Result<u32> {
+        let i = self
+            .containers
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| MicroVmError::Guest(format!("no container {name:?} in the pod")))?;
+        if self.containers[i].ended.borrow().is_none() {
+            return Err(MicroVmError::Guest(format!(
+                "container {name} is still running"
+            )));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let c = &self.containers[i];
+        let restart = c.restarts + 1;
+        let (log_path, ended) = self.run_in(id, c.root, &c.spec, &c.dir, restart).await?;
+        let c = &mut self.containers[i];
+        c.id = id;
+        c.restarts = restart;
+        c.log_path = log_path;
+        c.ended = ended;
+        self.save_state()?;
+        Ok(restart)
+    }
+
+    fn container(&self, name: &str) -> Result<&Container> {
+        self.containers
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| MicroVmError::Guest(format!("no container {name:?} in the pod")))
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The pod's address (inside the VM), when it has a network.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.ip
+    }
+
+    /// The VM's (memory MiB, vCPUs).
+    pub fn vm_size(&self) -> (u32, u32) {
+        self.vm_size
+    }
+
+    /// The init containers' exit codes, in order (all 0: a failing one ends [`Self::start`]).
+    pub fn init_exits(&self) -> &[(String, i32)] {
+        &self.init_exits
+    }
+
+    /// The names of the regular containers.
+    pub fn container_names(&self) -> Vec<String> {
+        self.containers.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// What container `name` runs (argv, env, cwd, user): the base of an exec session's spec.
+    pub fn spec_of(&self, name: &str) -> Option<ContainerSpec> {
+        self.container(name).ok().map(|c| c.spec.clone())
+    }
+
+    /// The CRI log file of container `name`'s current run.
+    pub fn log_path(&self, name: &str) -> Option<&Path> {
+        self.containers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.log_path.as_path())
+    }
+
+    /// The guest's serial console (kernel and agent messages).
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Container `name`'s exit code if it has ended (128 + signal when killed).
+    pub fn exit_code(&self, name: &str) -> Option<i32> {
+        match &*self.container(name).ok()?.ended.borrow() {
+            Some(Ended::Code(c)) => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// Whether container `name`'s current run was ended by the OOM killer (over its memory
+    /// limit): Kubernetes' `OOMKilled` reason.
+    pub fn oom_killed(&self, name: &str) -> bool {
+        self.container(name)
+            .map(|c| self.lock().oom.contains(&c.id))
+            .unwrap_or(false)
+    }
+
+    /// The error the guest reported for container `name` (e.g. its program does not exist).
+    pub fn container_error(&self, name: &str) -> Option<String> {
+        let id = self.container(name).ok()?.id;
+        self.container_error_of(id)
+    }
+
+    /// Waits for container `name` to end and returns its exit code.
+    pub async fn wait(&self, name: &str) -> Result<i32> {
+        wait_ended(&self.container(name)?.ended).await
+    }
+
+    /// Sends `signal` to container `name`'s process.
+    pub async fn kill(&self, name: &str, signal: i32) -> Result<()> {
+        let id = self.container(name)?.id;
+        self.send(&Frame::Signal(id, signal)).await
+    }
+
+    /// Starts `spec` in container `name` (its root filesystem and mounts); see
+    /// [`super::MicroVm::exec_session`].
+    pub async fn exec_session(
+        &self,
+        name: &str,
+        spec: &ContainerSpec,
+        stdin: bool,
+        tty: bool,
+    ) -> Result<ExecSession> {
+        let root = self.container(name)?.root;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, events) = mpsc::unbounded_channel();
+        self.lock().execs.insert(id, tx);
+        let mut s = spec.to_spec(stdin, tty);
+        s.root = root;
+        self.send(&Frame::Run(id, s)).await?;
+        Ok(ExecSession {
+            id,
+            writer: self.writer.clone(),
+            events,
+        })
+    }
+
+    /// Runs `args` in container `name` with its env, cwd and user; returns output and code.
+    pub async fn exec(
+        &self,
+        name: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput> {
+        let spec = ContainerSpec {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..self.container(name)?.spec.clone()
+        };
+        let session = self
+            .exec_session(name, &spec, stdin.is_some(), false)
+            .await?;
+        if let Some(data) = stdin {
+            session.write_stdin(data).await?;
+            session.close_stdin().await?;
+        }
+        session.collect().await
+    }
+
+    /// Stops the VM (SIGKILL to QEMU), waits for it, and removes the VM's files; the
+    /// containers' logs and the disk cache stay. The pod's network is the caller's
+    /// ([`crate::network::PodNetwork::detach`] removes the tap with the netns).
+    pub async fn destroy(mut self) -> Result<()> {
+        self.qemu.kill();
+        self.qemu.wait().await;
+        self.reader.abort();
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(format!("removing {}", self.dir.display()))(e)),
+        }
+    }
+}
+
+impl Drop for MicroVmPod {
+    fn drop(&mut self) {
+        self.reader.abort();
+        if !self.detached {
+            self.qemu.kill();
+        }
+    }
+}
+
+/// QEMU: started by this process, or taken back after a restart of the agent.
+enum Qemu {
+    Child(tokio::process::Child),
+    Adopted(u32),
+}
+
+impl Qemu {
+    fn kill(&mut self) {
+        match self {
+            Qemu::Child(c) => {
+                let _ = c.start_kill();
+            }
+            Qemu::Adopted(pid) => {
+                if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+
+    async fn wait(&mut self) {
+        match self {
+            Qemu::Child(c) => {
+                let _ = c.wait().await;
+            }
+            // Not our child: its new parent reaps it; wait until it is gone (or a zombie).
+            Qemu::Adopted(pid) => {
+                for _ in 0..500 {
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+                    match stat {
+                        Err(_) => return,
+                        Ok(s) if s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) => {
+                            return;
+                        }
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a restarted agent needs to take a running pod VM back (`state.json` in the VM's dir).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct VmState {
+    qemu_pid: u32,
+    next_id: u32,
+    ip: Option<Ipv4Addr>,
+    vm_size: (u32, u32),
+    init_exits: Vec<(String, i32)>,
+    containers: Vec<ContainerState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ContainerState {
+    name: String,
+    id: u32,
+    root: u32,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    uid: u32,
+    gid: u32,
+    #[serde(default)]
+    memory_limit_bytes: Option<u64>,
+    dir: PathBuf,
+    restarts: u32,
+    /// Known exit code of the current run.
+    exit: Option<i32>,
+}
+
+/// Reads frames from the guest until the channel closes; the receiver learns why it closed.
+fn spawn_reader(
+    mut read_half: OwnedReadHalf,
+    shared: Arc<Mutex<Shared>>,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<Option<String>>) {
+    let (lost_tx, lost) = watch::channel(None::<String>);
+    let task = tokio::spawn(async move {
+        let mut dec = Decoder::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let why = 'read: loop {
+            let n = match read_half.read(&mut buf).await {
+                Ok(0) => break "the channel closed".to_owned(),
+                Ok(n) => n,
+                Err(e) => break format!("reading the channel: {e}"),
+            };
+            dec.push(&buf[..n]);
+            loop {
+                match dec.next_frame() {
+                    Ok(Some(f)) => dispatch(f, &shared),
+                    Ok(None) => break,
+                    Err(e) => break 'read format!("bad frame from the guest agent: {e}"),
+                }
+            }
+        };
+        lose(&shared, why.clone());
+        lost_tx.send_replace(Some(why));
+    });
+    (task, lost)
+}
+
+async fn wait_ended(ended: &watch::Receiver<Option<Ended>>) -> Result<i32> {
+    let mut ended = ended.clone();
+    let e = ended
+        .wait_for(|e| e.is_some())
+        .await
+        .map_err(|_| MicroVmError::Stopped)?
+        .clone();
+    match e {
+        Some(Ended::Code(c)) => Ok(c),
+        Some(Ended::Lost(why)) => Err(MicroVmError::Guest(why)),
+        None => Err(MicroVmError::Stopped),
+    }
+}
+
+fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    match f {
+        Frame::Ready => {
+            if let Some(tx) = s.ready.take() {
+                let _ = tx.send(());
+            }
+        }
+        Frame::Prepared(root, msg) => {
+            if let Some(tx) = s.prepared.remove(&root) {
+                let _ = tx.send(msg);
+            }
+        }
+        Frame::Started(..) => {}
+        Frame::OomKilled(id) => {
+            s.oom.insert(id);
+        }
+        // The answer to a query after reattaching: a container that ended meanwhile.
+        Frame::Status(id, proto::State::Exited { code }) => {
+            if let Some((mut log, tx)) = s.logs.remove(&id) {
+                log.finish();
+                tx.send_replace(Some(Ended::Code(code)));
+            }
+        }
+        Frame::Status(id, proto::State::Unknown) => {
+            if let Some((mut log, tx)) = s.logs.remove(&id) {
+                log.finish();
+                tx.send_replace(Some(Ended::Lost("the guest does not know it".into())));
+            }
+        }
+        Frame::Status(_, proto::State::Running { .. }) => {}
+        Frame::Stdout(id, d) | Frame::Stderr(id, d) if d.is_empty() => {
+            let _ = id;
+        }
+        Frame::Stdout(id, d) => {
+            if let Some((log, _)) = s.logs.get_mut(&id) {
+                log.push(Stream::Stdout, &d);
+            } else if let Some(tx) = s.execs.get(&id) {
+                let _ = tx.send(ExecEvent::Stdout(d));
+            }
+        }
+        Frame::Stderr(id, d) => {
+            if let Some((log, _)) = s.logs.get_mut(&id) {
+                log.push(Stream::Stderr, &d);
+            } else if let Some(tx) = s.execs.get(&id) {
+                let _ = tx.send(ExecEvent::Stderr(d));
+            }
+        }
+        Frame::Exit(id, code) => {
+            if let Some((mut log, tx)) = s.logs.remove(&id) {
+                log.finish();
+                tx.send_replace(Some(Ended::Code(code)));
+            } else if let Some(tx) = s.execs.remove(&id) {
+                let _ = tx.send(ExecEvent::Exit(code));
+            }
+        }
+        Frame::Error(id, msg) => {
+            if s.logs.contains_key(&id) {
+                tracing::warn!(error = %msg, "micro-VM pod container");
+                s.errors.insert(id, msg);
+            } else if let Some(tx) = s.execs.get(&id) {
+                let _ = tx.send(ExecEvent::Error(msg));
+            }
+        }
+        other => tracing::warn!(frame = ?other, "unexpected frame from the guest agent"),
+    }
+}
+
+fn lose(shared: &Arc<Mutex<Shared>>, why: String) {
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    s.ready.take();
+    s.prepared.clear();
+    for (_, tx) in s.execs.drain() {
+        let _ = tx.send(ExecEvent::Lost(format!("the micro-VM stopped: {why}")));
+    }
+    for (_, (mut log, tx)) in s.logs.drain() {
+        log.finish();
+        tx.send_replace(Some(Ended::Lost(why.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{RestartPolicy, VolumeMount, VolumePlan};
+
+    #[test]
+    fn vm_size_rounds_up_with_floors() {
+        assert_eq!(vm_size(None), (DEFAULT_MEMORY_MIB, 1));
+        let s = |cpu_millis, memory_bytes| {
+            vm_size(Some(PodSize {
+                cpu_millis,
+                memory_bytes,
+            }))
+        };
+        assert_eq!(s(250, 768 << 20), (768, 1));
+        assert_eq!(s(2000, (4 << 30) + 1), (4097, 2));
+        assert_eq!(s(1500, 1 << 20), (MIN_MEMORY_MIB, 2));
+        assert_eq!(s(0, 0), (MIN_MEMORY_MIB, 1));
+    }
+
+    fn container(name: &str, mounts: Vec<VolumeMount>) -> ContainerPlan {
+        ContainerPlan {
+            name: name.into(),
+            image: "busybox".into(),
+            command: None,
+            args: None,
+            env: vec![],
+            working_dir: None,
+            run_as_user: None,
+            run_as_group: None,
+            supplemental_groups: vec![],
+            tty: false,
+            cpu_millis: None,
+            memory_bytes: None,
+            ephemeral_storage_limit: None,
+            volume_mounts: mounts,
+            pod_ip_env: vec![],
+        }
+    }
+
+    #[test]
+    fn mounts_carry_etc_files_volumes_and_config_files() {
+        let mount = |volume: &str, path: &str, sub: Option<&str>| VolumeMount {
+            volume: volume.into(),
+            path: path.into(),
+            read_only: false,
+            sub_path: sub.map(str::to_owned),
+        };
+        let c = container(
+            "app",
+            vec![
+                mount("cache", "/cache", None),
+                mount("cache", "/sub", Some("x")),
+                mount("cfg", "/etc/app", None),
+            ],
+        );
+        let plan = PodPlan {
+            id: "p".into(),
+            name: "web".into(),
+            namespace: "team".into(),
+            hostname: "web".into(),
+            init_containers: vec![],
+            containers: vec![c.clone()],
+            volumes: vec![
+                VolumePlan {
+                    name: "cache".into(),
+                    kind: VolumeKind::EmptyDir { memory: false },
+                },
+                VolumePlan {
+                    name: "cfg".into(),
+                    kind: VolumeKind::Files {
+                        sources: vec!["configmap/cfg".into()],
+                        default_mode: 0o644,
+                    },
+                },
+            ],
+            share_process_namespace: false,
+            grace_period_secs: 30,
+            restart_policy: RestartPolicy::Never,
+            size: None,
+            ephemeral_storage_bytes: crate::plan::DEFAULT_EPHEMERAL_STORAGE,
+        };
+        let files = BTreeMap::from([(
+            "cfg".to_owned(),
+            BTreeMap::from([("a.conf".to_owned(), b"A".to_vec())]),
+        )]);
+        let ip = Some(Ipv4Addr::new(10, 1, 0, 5));
+        let m = container_mounts(&plan, &c, ip, None, &files).unwrap();
+        let targets: Vec<&str> = m.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "/etc/hostname",
+                "/etc/hosts",
+                "/etc/resolv.conf",
+                "/cache",
+                "/sub",
+                "/etc/app/a.conf"
+            ]
+        );
+        assert_eq!(m[0].source, MountSource::File(b"web\n".to_vec()));
+        assert!(
+            matches!(&m[1].source, MountSource::File(d) if String::from_utf8_lossy(d).contains("10.1.0.5\tweb"))
+        );
+        assert_eq!(m[3].source, MountSource::Volume("cache".into()));
+        assert_eq!(m[4].source, MountSource::Volume("cache/x".into()));
+        assert!(m[5].read_only);
+        let bad = container("x", vec![mount("nope", "/n", None)]);
+        assert!(container_mounts(&plan, &bad, ip, None, &files).is_err());
+        assert!(valid_hostname("web-0.a"));
+        assert!(!valid_hostname("a b") && !valid_hostname(""));
+        assert!(!valid_hostname("x rdinit=/bin/sh"));
+    }
+}

@@ -1,0 +1,339 @@
+//! Pod-level limits with the real runtimes: a gVisor pod's whole sandbox is confined to the
+//! pod's size (CPU quota and memory, measured from the sandbox's cgroup), and ephemeral storage
+//! is measured per container and per pod (`pod::storage_usage`) for gVisor and crun.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sandbox::image::{ImageStore, PullOptions, StoreOptions};
+use sandbox::network::{PodNetwork, Subnet};
+use sandbox::plan::PodPlan;
+use sandbox::pod::{self, Host, VolumeFiles};
+use sandbox::runtime::{self, RuntimeKind};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    image: String,
+    host: Host,
+    network: PodNetwork,
+    rt: Arc<dyn runtime::Runtime>,
+}
+
+fn env(kind: RuntimeKind, octet: u8) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (tmp, data) = data_dir();
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let image = format!("oci:{}", layout.display());
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let network = PodNetwork::new(
+        format!("nltest-limits-{}-{octet}", std::process::id()),
+        "nlbr0",
+        Subnet {
+            network: Ipv4Addr::new(10, 207, octet, 0),
+            prefix: 24,
+        },
+        data.join("network"),
+    );
+    let host = Host {
+        data_dir: data.clone(),
+        images: store,
+        network: Some(network.clone()),
+        pull: PullOptions::default(),
+    };
+    let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open_for_pods(kind, &data).unwrap());
+    Env {
+        _tmp: tmp,
+        data,
+        image,
+        host,
+        network,
+        rt,
+    }
+}
+
+fn log_of(data: &Path, id: &str) -> String {
+    let raw = std::fs::read(sandbox::container::log_path(
+        &sandbox::container::dir(data, id),
+        0,
+    ))
+    .unwrap_or_default();
+    raw.split(|b| *b == b'\n')
+        .filter_map(sandbox::logs::parse_line)
+        .map(|r| String::from_utf8_lossy(&r.text).into_owned() + "\n")
+        .collect()
+}
+
+async fn wait_for_log(data: &Path, id: &str, needle: &str) -> String {
+    for _ in 0..400 {
+        let l = log_of(data, id);
+        if l.contains(needle) {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never logged {needle:?}: {}", log_of(data, id));
+}
+
+/// A hierarchy's file of the pod's sandbox cgroup.
+fn cgroup_file(controller: &str, cgroup: &str, file: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(cgroup.trim_start_matches('/'))
+        .join(file)
+}
+
+fn read_u64(p: &Path) -> u64 {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every process in `cgroup` (of the cpu hierarchy) and its child cgroups: their command lines.
+fn processes_in(cgroup: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![cgroup_file("cpu", cgroup, "")];
+    while let Some(d) = dirs.pop() {
+        for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            dirs.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+fn planned(json: serde_json::Value) -> PodPlan {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json).unwrap();
+    sandbox::plan::plan(&pod).unwrap()
+}
+
+/// A gVisor pod of the smallest size (0.25 vCPU / 0.5 GB): a busy loop gets about a quarter
+/// of a core, measured from the sandbox's cgroup over 2 s; allocating past 0.5 GB fails.
+#[tokio::test]
+async fn gvisor_sandbox_is_confined_to_the_pod_size() {
+    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    let e = env(RuntimeKind::Gvisor, 1);
+    let plan = planned(serde_json::json!({
+        "metadata": {"name": "small", "namespace": "test", "uid": "limits-cpu",
+                     "annotations": {"CapacityProvisioned": "0.25vCPU 0.5GB"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "spin", "image": e.image, "command": ["sh", "-c",
+                    "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo; echo spinning; while :; do :; done"]},
+                {"name": "small", "image": e.image, "command": ["sleep", "600"],
+                 "resources": {"limits": {"memory": "64Mi"}}},
+            ]
+        }
+    }));
+    assert_eq!(
+        plan.size,
+        Some(sandbox::plan::PodSize {
+            cpu_millis: 250,
+            memory_bytes: 512 << 20
+        })
+    );
+    let run = pod::start(&e.host, e.rt.clone(), &plan, &VolumeFiles::new())
+        .await
+        .unwrap();
+    let spin = pod::container_id(&plan.id, "spin");
+    let log = wait_for_log(&e.data, &spin, "spinning").await;
+    // The sentry is sized from the cgroup: 512 MiB of memory.
+    assert!(log.contains("MemTotal:         524288 kB"), "{log}");
+
+    let cg = pod::sandbox_cgroup(&e.data, &plan.id);
+    assert_eq!(
+        read_u64(&cgroup_file("cpu", &cg, "cpu.cfs_quota_us")),
+        25_000
+    );
+    assert_eq!(
+        read_u64(&cgroup_file("cpu", &cg, "cpu.cfs_period_us")),
+        100_000
+    );
+    assert_eq!(
+        read_u64(&cgroup_file("memory", &cg, "memory.limit_in_bytes")),
+        512 << 20
+    );
+    // The whole sandbox is in there: the sentry and the gofers.
+    let procs = processes_in(&cg);
+    assert!(
+        procs
+            .iter()
+            .any(|p| p.contains("runsc") && p.contains("boot")),
+        "sentry not in the pod cgroup: {procs:?}"
+    );
+    assert!(
+        procs
+            .iter()
+            .filter(|p| p.contains("runsc") && p.contains("gofer"))
+            .count()
+            >= 2,
+        "gofers of the pause and of the container in the pod cgroup: {procs:?}"
+    );
+
+    // CPU: over 2 s a busy loop gets about 0.5 s (a quarter of a core), never a whole core.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let usage = cgroup_file("cpuacct", &cg, "cpuacct.usage");
+    let (t0, u0) = (Instant::now(), read_u64(&usage));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (dt, du) = (t0.elapsed().as_secs_f64(), read_u64(&usage) - u0);
+    let cores = du as f64 / 1e9 / dt;
+    eprintln!("gVisor pod of 0.25 vCPU used {cores:.3} cores over {dt:.2} s");
+    assert!(
+        (0.15..=0.32).contains(&cores),
+        "busy loop used {cores:.3} cores, want about 0.25"
+    );
+
+    // A container's own memory limit inside the sandbox (informational: what runsc does).
+    let out = run
+        .exec(
+            "small",
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd-exit=$?",
+            ]
+            .map(String::from),
+        )
+        .await;
+    eprintln!("128 MiB in a container limited to 64Mi inside the pod: {out:?}");
+
+    // Memory: a container that allocates 600 MiB in a 512 MiB pod does not get it.
+    let hog = pod::container_id(&plan.id, "spin");
+    let out = run
+        .exec(
+            "spin",
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/dev/null bs=600M count=1; echo dd-exit=$?",
+            ]
+            .map(String::from),
+        )
+        .await;
+    eprintln!("allocation past the pod size: {out:?}");
+    let allocated = match &out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).contains("dd-exit=0") && o.status.success(),
+        Err(_) => false,
+    };
+    assert!(!allocated, "600 MiB allocated in a 512 MiB pod: {out:?}");
+    let peak = read_u64(&cgroup_file("memory", &cg, "memory.max_usage_in_bytes"));
+    assert!(peak <= 512 << 20, "sandbox peak {peak} past its limit");
+    eprintln!(
+        "hog log: {}; sandbox peak memory {} MiB",
+        log_of(&e.data, &hog),
+        peak >> 20
+    );
+
+    run.stop(Duration::from_secs(1)).await;
+    let _ = run.wait().await;
+    pod::remove(&e.host, e.rt.as_ref(), &plan).await.unwrap();
+    assert!(
+        !cgroup_file("cpu", &cg, "").exists(),
+        "the pod cgroup is removed with the pod"
+    );
+    e.network.destroy().await.unwrap();
+}
+
+/// A container with `ephemeral-storage: 10Mi` that writes 20 MiB into its root filesystem,
+/// beside a container writing into an emptyDir: `storage_usage` sees each.
+async fn storage_suite(kind: RuntimeKind, octet: u8) {
+    let e = env(kind, octet);
+    let plan = planned(serde_json::json!({
+        "metadata": {"name": "disk", "namespace": "test", "uid": format!("limits-disk-{kind}")},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "writer", "image": e.image,
+                 "resources": {"limits": {"ephemeral-storage": "10Mi"}},
+                 "command": ["sh", "-c", "dd if=/dev/zero of=/big bs=1M count=20 && sync && echo written; sleep 600"]},
+                {"name": "scratch", "image": e.image,
+                 "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/f bs=1M count=3 && sync && echo written; sleep 600"],
+                 "volumeMounts": [{"name": "s", "mountPath": "/scratch"}]},
+            ],
+            "volumes": [{"name": "s", "emptyDir": {}}]
+        }
+    }));
+    assert_eq!(plan.containers[0].ephemeral_storage_limit, Some(10 << 20));
+    let run = pod::start(&e.host, e.rt.clone(), &plan, &VolumeFiles::new())
+        .await
+        .unwrap();
+    for c in ["writer", "scratch"] {
+        wait_for_log(&e.data, &pod::container_id(&plan.id, c), "written").await;
+    }
+    let mut usage = pod::storage_usage(&e.host, &plan);
+    for _ in 0..100 {
+        if usage.containers["writer"] >= 20 << 20 && usage.volumes["s"] >= 3 << 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        usage = pod::storage_usage(&e.host, &plan);
+    }
+    eprintln!("{kind}: {usage:?}");
+    let writer = usage.containers["writer"];
+    assert!(
+        writer >= 20 << 20 && writer > plan.containers[0].ephemeral_storage_limit.unwrap(),
+        "{kind}: writer uses {writer}, over its 10Mi limit"
+    );
+    assert!(writer < 24 << 20, "{kind}: writer counted {writer}");
+    assert!(
+        usage.containers["scratch"] < 1 << 20,
+        "{kind}: the emptyDir is not the container's: {usage:?}"
+    );
+    assert!(
+        (3 << 20..4 << 20).contains(&usage.volumes["s"]),
+        "{kind}: {usage:?}"
+    );
+    assert_eq!(
+        usage.total,
+        usage.containers.values().sum::<u64>() + usage.volumes.values().sum::<u64>()
+    );
+    run.stop(Duration::from_secs(1)).await;
+    let _ = run.wait().await;
+    pod::remove(&e.host, e.rt.as_ref(), &plan).await.unwrap();
+    assert_eq!(pod::storage_usage(&e.host, &plan).total, 0);
+    e.network.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn gvisor_ephemeral_storage_is_measured() {
+    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    storage_suite(RuntimeKind::Gvisor, 2).await;
+}
+
+#[tokio::test]
+async fn crun_ephemeral_storage_is_measured() {
+    if !runtime::available().contains(&RuntimeKind::Container) {
+        eprintln!("SKIPPED: crun is not installed (apt-get install crun)");
+        return;
+    }
+    storage_suite(RuntimeKind::Container, 3).await;
+}
