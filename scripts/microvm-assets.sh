@@ -100,7 +100,7 @@ fi
 
 # 2. The static guest agent (rebuilt every run: cargo makes this cheap when nothing changed).
 (cd "$ROOT" && cargo rustc -q -p guest --release --bin nodeless-guest --target x86_64-unknown-linux-gnu -- -C target-feature=+crt-static -C strip=debuginfo)
-bin="$ROOT/target/x86_64-unknown-linux-gnu/release/nodeless-guest"
+bin="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release/nodeless-guest"
 if ! cmp -s "$bin" "$DEST/nodeless-guest" 2>/dev/null; then
     cp "$bin" "$DEST/nodeless-guest.new"
     mv "$DEST/nodeless-guest.new" "$DEST/nodeless-guest"
