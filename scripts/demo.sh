@@ -47,4 +47,5 @@ echo
 echo "nodeless is running (pid $(cat "$DATA/up.pid"), logs in $DATA/up.log)."
 echo "Use it with:  export KUBECONFIG=$KUBECONFIG"
 echo "Registry:     $REG  (nodeless registry --data-dir $DATA/registry ...)"
-echo "Stop it with: kill \$(cat $DATA/up.pid)"
+echo "Stop it with: kubectl delete deployment first-container; kill \$(cat $DATA/up.pid)"
+echo "(Pods outlive the process on purpose, as they outlive a restart of the agent: delete them first.)"
