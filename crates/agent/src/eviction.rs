@@ -192,6 +192,19 @@ pub struct PodRef {
 
 /// kubelet's `Evicted` Warning event about the pod. Pure.
 pub fn evicted_event(pod: &PodRef, message: &str, now: Timestamp) -> Event {
+    kubelet_event(pod, None, true, REASON, message.to_owned(), now)
+}
+
+/// A core/v1 Event from kubelet about the pod (or its container at `field_path`), seen once
+/// at `now`. Pure.
+pub(crate) fn kubelet_event(
+    pod: &PodRef,
+    field_path: Option<String>,
+    warning: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Event {
     Event {
         metadata: ObjectMeta {
             name: Some(format!(
@@ -208,11 +221,12 @@ pub fn evicted_event(pod: &PodRef, message: &str, now: Timestamp) -> Event {
             name: Some(pod.name.clone()),
             namespace: Some(pod.namespace.clone()),
             uid: Some(pod.uid.clone()),
+            field_path,
             ..Default::default()
         },
-        reason: Some(REASON.into()),
-        message: Some(message.to_owned()),
-        type_: Some("Warning".into()),
+        reason: Some(reason.into()),
+        message: Some(message),
+        type_: Some(if warning { "Warning" } else { "Normal" }.into()),
         source: Some(EventSource {
             component: Some("kubelet".into()),
             host: Some(pod.node.clone()),

@@ -66,7 +66,7 @@ pub fn host_lease(spec: &HostSpec, endpoint: Option<&Endpoint>, now: Timestamp) 
         "spec": {
             "holderIdentity": spec.name,
             "leaseDurationSeconds": HOST_LEASE_DURATION_SECONDS,
-            "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            "renewTime": crate::status::micro_time(now),
         },
     })
 }

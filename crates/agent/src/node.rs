@@ -231,7 +231,7 @@ pub fn lease(node: &str, node_uid: Option<&str>, now: Timestamp) -> Value {
         "spec": {
             "holderIdentity": node,
             "leaseDurationSeconds": LEASE_DURATION_SECONDS,
-            "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            "renewTime": crate::status::micro_time(now),
         },
     });
     if let Some(uid) = node_uid {

@@ -513,23 +513,35 @@ async fn tls_connect(
     tcp: TcpStream,
     host: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
+    let config = insecure_client_config()?;
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
         Err(_) => {
             rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?
         }
     };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The client config of HTTPS probes, built once and shared by every probe.
+fn insecure_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
 }
 
 /// Accepts every certificate, still checking the handshake signatures made with it.
@@ -1086,20 +1098,12 @@ mod tests {
 
     #[tokio::test]
     async fn https_handler_accepts_any_certificate() {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
         let certified = rcgen::generate_simple_self_signed(vec!["example.invalid".into()]).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(certified.cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                    certified.signing_key.serialize_der(),
-                )),
-            )
-            .unwrap();
+        let config = crate::server::tls_config(
+            certified.cert.der().to_vec(),
+            certified.signing_key.serialize_der(),
+        )
+        .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -29,9 +29,9 @@ use futures::stream::BoxStream;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, Event, EventSource, ObjectReference, Pod, Secret,
+    ContainerStateWaiting, ContainerStatus, Event, Pod, Secret,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use sandbox::container;
 use sandbox::image::{Auth, Image, ImageStore, PullOptions, Source, StoreOptions};
@@ -402,40 +402,20 @@ impl PodEntry {
                 format!("spec.containers{{{c}}}")
             }
         });
-        let now = Timestamp::now();
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(format!(
-                    "{}.{:x}",
-                    self.name,
-                    now.as_nanosecond().unsigned_abs()
-                )),
-                namespace: Some(self.namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(self.name.clone()),
-                namespace: Some(self.namespace.clone()),
-                uid: Some(self.uid.clone()),
-                field_path,
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message),
-            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
-            source: Some(EventSource {
-                component: Some("kubelet".into()),
-                host: Some(self.node.clone()),
-            }),
-            reporting_component: Some("kubelet".into()),
-            reporting_instance: Some(self.node.clone()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            count: Some(1),
-            ..Default::default()
+        let pod = crate::eviction::PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            node: self.node.clone(),
         };
+        let ev = crate::eviction::kubelet_event(
+            &pod,
+            field_path,
+            warning,
+            reason,
+            message,
+            Timestamp::now(),
+        );
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         tokio::spawn(async move {
             if let Err(e) = api.create(&Default::default(), &ev).await {
@@ -648,12 +628,7 @@ async fn launch(
             Ok(s)
         }
         Err(err) => {
-            let mut msg = err.to_string();
-            let mut src = std::error::Error::source(&err);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
+            let msg = error_chain(&err);
             warn!(container = %plan.name, error = %msg, "starting a container");
             Err(msg)
         }
@@ -1096,6 +1071,12 @@ impl SandboxRuntime {
             )
             .collect();
         let first = users.first().map(|w| e.plan_of(*w).name.clone());
+        // Every container of the image waits for the same reason.
+        let set_waiting = |reason: &str, message: Option<String>| {
+            for w in &users {
+                e.update(*w, |c| c.state = waiting(reason, message.clone()));
+            }
+        };
         let src: Source = image
             .parse()
             .map_err(|err| failed(format!("image {image:?}: {err}")))?;
@@ -1116,11 +1097,7 @@ impl SandboxRuntime {
             let msg =
                 format!("Container image \"{image}\" is not present with pull policy of Never");
             e.event(first.as_deref(), true, "ErrImageNeverPull", msg.clone());
-            for w in &users {
-                e.update(*w, |c| {
-                    c.state = waiting("ErrImageNeverPull", Some(msg.clone()))
-                });
-            }
+            set_waiting("ErrImageNeverPull", Some(msg.clone()));
             return Err(failed(msg));
         }
         let auth = match &src {
@@ -1157,19 +1134,11 @@ impl SandboxRuntime {
                             t0.elapsed().as_secs_f64()
                         ),
                     );
-                    for w in &users {
-                        e.update(*w, |c| c.state = waiting("ContainerCreating", None));
-                    }
+                    set_waiting("ContainerCreating", None);
                     return Ok(img);
                 }
                 Err(err) => {
-                    let mut msg = err.to_string();
-                    let mut s = std::error::Error::source(&err);
-                    while let Some(x) = s {
-                        msg.push_str(&format!(": {x}"));
-                        s = x.source();
-                    }
-                    let msg = format!("Failed to pull image \"{image}\": {msg}");
+                    let msg = format!("Failed to pull image \"{image}\": {}", error_chain(&err));
                     warn!(pod = %e.pod_ref(), "{msg}");
                     e.event(first.as_deref(), true, "Failed", msg.clone());
                     e.event(
@@ -1178,19 +1147,13 @@ impl SandboxRuntime {
                         "Failed",
                         "Error: ErrImagePull".into(),
                     );
-                    for w in &users {
-                        e.update(*w, |c| c.state = waiting("ErrImagePull", Some(msg.clone())));
-                    }
+                    set_waiting("ErrImagePull", Some(msg.clone()));
                     let (_, next) = next_backoff(backoff, Duration::ZERO);
                     let delay = backoff.unwrap_or(BACKOFF_INITIAL);
                     backoff = Some(next);
                     let bmsg = format!("Back-off pulling image \"{image}\"");
                     e.event(first.as_deref(), false, "BackOff", bmsg.clone());
-                    for w in &users {
-                        e.update(*w, |c| {
-                            c.state = waiting("ImagePullBackOff", Some(bmsg.clone()))
-                        });
-                    }
+                    set_waiting("ImagePullBackOff", Some(bmsg.clone()));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop_rx.wait_for(|s| *s) => {

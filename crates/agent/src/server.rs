@@ -160,7 +160,8 @@ fn self_signed(bind: IpAddr) -> io::Result<(Vec<u8>, Vec<u8>)> {
     ))
 }
 
-fn tls_config(cert_der: Vec<u8>, key_der: Vec<u8>) -> io::Result<rustls::ServerConfig> {
+/// The streaming server's TLS config for a PKCS#8 key and its certificate (both DER).
+pub(crate) fn tls_config(cert_der: Vec<u8>, key_der: Vec<u8>) -> io::Result<rustls::ServerConfig> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)

@@ -19,6 +19,11 @@ pub fn time(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Kubernetes' MicroTime (RFC 3339 with microseconds), as in a Lease's `renewTime`.
+pub fn micro_time(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
 /// What the status depends on besides the state.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {

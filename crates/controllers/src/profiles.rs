@@ -14,15 +14,16 @@ use std::time::{Duration, Instant};
 
 use api::profile::PROFILE_LABEL;
 use api::scheduling;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, EvictParams, PostParams, Preconditions,
 };
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::api_code;
 use crate::events::{Recorder, WARNING, object_ref};
+use crate::watch::{AbortOnDrop, forward_watch};
 
 /// The component named in the events.
 pub const COMPONENT: &str = "serverless-profile-controller";
@@ -250,39 +251,22 @@ pub async fn run(client: kube::Client) -> Result<(), ProfilesError> {
     let ar = api_resource();
     let profiles: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let pods: Api<Pod> = Api::all(client.clone());
-    let profile_tx = tx.clone();
-    let profile_watch = tokio::spawn(async move {
-        let mut s = watcher(profiles, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    if profile_tx.send(Msg::Profile(Box::new(ev))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "profile controller: profile watch"),
-            }
-        }
-    });
-    let pod_tx = tx.clone();
-    let pod_watch = tokio::spawn(async move {
-        let mut s = watcher(pods, watcher::Config::default().labels(PROFILE_LABEL))
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    if pod_tx.send(Msg::Pod(Box::new(ev))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "profile controller: pod watch"),
-            }
-        }
-    });
-    let _guard = AbortOnDrop(vec![profile_watch, pod_watch]);
+    let _guard = AbortOnDrop(vec![
+        forward_watch(
+            profiles,
+            watcher::Config::default(),
+            tx.clone(),
+            Msg::Profile,
+            "profile controller: profile watch",
+        ),
+        forward_watch(
+            pods,
+            watcher::Config::default().labels(PROFILE_LABEL),
+            tx.clone(),
+            Msg::Pod,
+            "profile controller: pod watch",
+        ),
+    ]);
     let semaphore = Arc::new(Semaphore::new(16));
     let recorder = Recorder::new(client.clone(), COMPONENT);
     let mut st = State::default();
@@ -335,22 +319,6 @@ pub async fn run(client: kube::Client) -> Result<(), ProfilesError> {
                 let _ = tx.send(msg).await;
             });
         }
-    }
-}
-
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for h in &self.0 {
-            h.abort();
-        }
-    }
-}
-
-fn api_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
     }
 }
 

@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use api::scheduling::{self, Snapshot, needs_scheduling};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, EventSource, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
+
+use crate::watch::{AbortOnDrop, forward_watch};
 
 /// Most `Scheduled` events waiting to be written; more are dropped.
 pub const EVENT_QUEUE: usize = 4096;
@@ -299,56 +300,30 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
     let (tx, mut rx) = mpsc::channel::<Msg>(4096);
     let pods: Api<Pod> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
-    let pod_tx = tx.clone();
-    let pod_watch = tokio::spawn(async move {
-        let mut s = watcher(pods, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    if pod_tx.send(Msg::Pod(Box::new(ev))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "scheduler: pod watch"),
-            }
-        }
-    });
-    let node_tx = tx.clone();
-    let node_watch = tokio::spawn(async move {
-        let mut s = watcher(nodes, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    if node_tx.send(Msg::Node(Box::new(ev))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "scheduler: node watch"),
-            }
-        }
-    });
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns_tx = tx.clone();
-    let ns_watch = tokio::spawn(async move {
-        let mut s = watcher(namespaces, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    if ns_tx.send(Msg::Namespace(Box::new(ev))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "scheduler: namespace watch"),
-            }
-        }
-    });
-    let _guard = AbortOnDrop(vec![pod_watch, node_watch, ns_watch]);
+    let _guard = AbortOnDrop(vec![
+        forward_watch(
+            pods,
+            watcher::Config::default(),
+            tx.clone(),
+            Msg::Pod,
+            "scheduler: pod watch",
+        ),
+        forward_watch(
+            nodes,
+            watcher::Config::default(),
+            tx.clone(),
+            Msg::Node,
+            "scheduler: node watch",
+        ),
+        forward_watch(
+            namespaces,
+            watcher::Config::default(),
+            tx.clone(),
+            Msg::Namespace,
+            "scheduler: namespace watch",
+        ),
+    ]);
     let semaphore = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let binding = Arc::new(AtomicUsize::new(0));
     let (event_tx, event_rx) = mpsc::channel::<ScheduledEvent>(EVENT_QUEUE);
@@ -402,15 +377,6 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), SchedulerEr
             continue;
         }
         schedule_active(&mut st, &client, &semaphore, &events, &tx);
-    }
-}
-
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for h in &self.0 {
-            h.abort();
-        }
     }
 }
 
@@ -612,7 +578,8 @@ async fn evict(client: &kube::Client, preemptor: &Pod, node: &str, v: &schedulin
     record_event(client, &victim, "Normal", "Preempted", &message).await;
 }
 
-fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
+/// Whether the pod already carries `PodScheduled=False` with this message.
+pub(crate) fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

@@ -22,15 +22,17 @@ use std::time::{Duration, Instant};
 use api::placement::{self, Host, Placement};
 use api::profile::SCHEDULER_NAME;
 use api::scheduling;
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::api_code;
 use crate::events::{NORMAL, Recorder, WARNING, object_ref};
+use crate::scheduler::has_unschedulable_condition;
+use crate::watch::{AbortOnDrop, forward_watch};
 
 /// Serverless scheduler settings.
 #[derive(Debug, Clone)]
@@ -225,19 +227,6 @@ pub fn needs_placement(pod: &Pod) -> bool {
         && pod.metadata.deletion_timestamp.is_none()
         && !scheduling::is_terminated(pod)
         && spec.scheduling_gates.as_ref().is_none_or(Vec::is_empty)
-}
-
-fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.message.as_deref() == Some(message)
-            })
-        })
 }
 
 impl State {
@@ -585,20 +574,26 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), ServerlessE
     let lease_cfg =
         watcher::Config::default().labels(&format!("{}=true", placement::HOST_AGENT_LABEL));
     let _guard = AbortOnDrop(vec![
-        spawn_watch(pods, pod_cfg, tx.clone(), |e| Msg::Pod(Box::new(e)), "pod"),
-        spawn_watch(
+        forward_watch(
+            pods,
+            pod_cfg,
+            tx.clone(),
+            Msg::Pod,
+            "serverless-scheduler: pod watch",
+        ),
+        forward_watch(
             nodes,
             node_cfg,
             tx.clone(),
-            |e| Msg::Node(Box::new(e)),
-            "node",
+            Msg::Node,
+            "serverless-scheduler: node watch",
         ),
-        spawn_watch(
+        forward_watch(
             leases,
             lease_cfg,
             tx.clone(),
-            |e| Msg::Lease(Box::new(e)),
-            "lease",
+            Msg::Lease,
+            "serverless-scheduler: lease watch",
         ),
     ]);
     let semaphore = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -663,48 +658,6 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), ServerlessE
                 }
             });
         }
-    }
-}
-
-fn spawn_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    tx: mpsc::Sender<Msg>,
-    wrap: fn(watcher::Event<K>) -> Msg,
-    what: &'static str,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
-{
-    tokio::spawn(async move {
-        let mut s = watcher(api, config).default_backoff().boxed();
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    if tx.send(wrap(ev)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "serverless-scheduler: {what} watch"),
-            }
-        }
-    })
-}
-
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for h in &self.0 {
-            h.abort();
-        }
-    }
-}
-
-fn api_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
     }
 }
 

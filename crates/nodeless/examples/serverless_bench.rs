@@ -228,13 +228,7 @@ async fn start_cluster(
         data: data.clone(),
     });
     // The default profile, as `nodeless up` makes it.
-    let ar = kube::discovery::ApiResource {
-        group: "nodeless.io".into(),
-        version: "v1".into(),
-        api_version: "nodeless.io/v1".into(),
-        kind: "ServerlessProfile".into(),
-        plural: "serverlessprofiles".into(),
-    };
+    let ar = controllers::profiles::api_resource();
     let profiles: Api<kube::core::DynamicObject> = Api::all_with(client.clone(), &ar);
     let sp: kube::core::DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "nodeless.io/v1", "kind": "ServerlessProfile",

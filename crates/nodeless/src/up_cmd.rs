@@ -129,13 +129,7 @@ async fn wait_for_server(kubeconfig: &std::path::Path) -> anyhow::Result<kube::C
 
 /// The profile eksctl's `--fargate` makes: pods in `default` and `kube-system` run serverless.
 async fn ensure_default_profile(client: &kube::Client) -> anyhow::Result<()> {
-    let ar = kube::discovery::ApiResource {
-        group: api::profile::GROUP.into(),
-        version: "v1".into(),
-        api_version: format!("{}/v1", api::profile::GROUP),
-        kind: "ServerlessProfile".into(),
-        plural: "serverlessprofiles".into(),
-    };
+    let ar = controllers::profiles::api_resource();
     let profiles: kube::Api<kube::core::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
     let obj: kube::core::DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": ar.api_version,

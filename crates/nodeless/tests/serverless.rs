@@ -90,6 +90,8 @@ struct Cluster {
     registry: String,
     /// `B.C` of this cluster's pod CIDR 10.B.C.0/24.
     subnet: String,
+    /// The registry's data dir (credentials, CA).
+    registry_dir: PathBuf,
     procs: Vec<Proc>,
 }
 
@@ -117,6 +119,7 @@ impl Cluster {
             kubeconfig,
             registry: format!("127.0.0.1:{reg}"),
             subnet: net,
+            registry_dir: dir.path().join("registry"),
             procs: vec![p],
             dir,
         };
@@ -197,7 +200,7 @@ impl Cluster {
 
     /// Builds a busybox image running `cmd` with `files`, pushes it with skopeo as `repo:tag`.
     fn push(&self, repo: &str, tag: &str, cmd: &[&str], files: &[(&str, &str)]) -> String {
-        let regdir = self.data().join("registry");
+        let regdir = &self.registry_dir;
         let rd = regdir.display().to_string();
         let _ = Command::new(bin())
             .args(["registry", "create-repository", repo, "--data-dir", &rd])
@@ -842,10 +845,11 @@ fn agent_restart_keeps_pods() {
         kubeconfig,
         registry: format!("127.0.0.1:{reg}"),
         subnet: net,
+        // The registry of `nodeless server` lives in DATA/server/registry.
+        registry_dir: dir.path().join("server/registry"),
         procs: vec![server, agent],
         dir,
     };
-    // The registry of `nodeless server` lives in DATA/server/registry.
     let sp = r#"{"apiVersion":"nodeless.io/v1","kind":"ServerlessProfile","metadata":{"name":"all"},
         "spec":{"selectors":[{"namespace":"default"}]}}"#;
     c.wait_host();
@@ -857,39 +861,11 @@ fn agent_restart_keeps_pods() {
         Some(sp),
     );
     assert!(out.status.success());
-    let regdir = c.data().join("server/registry");
-    let token = c.nodeless(&[
-        "registry",
-        "get-login-password",
-        "--data-dir",
-        &regdir.display().to_string(),
-    ]);
-    let _ = Command::new(bin())
-        .args(["registry", "create-repository", "team/web", "--data-dir"])
-        .arg(&regdir)
-        .output();
-    let layout = c.data().join("layout");
-    common::image::busybox_layout(
-        &layout,
+    let image = c.push(
+        "team/web",
         "1",
         &["sh", "-c", "while true; do echo tick; sleep 1; done"],
         &[],
-    );
-    let image = format!("{}/team/web:1", c.registry);
-    let out = Command::new("skopeo")
-        .args(["copy", "--quiet"])
-        .arg(format!("oci:{}:1", layout.display()))
-        .arg(format!("docker://{image}"))
-        .arg("--dest-creds")
-        .arg(format!("nodeless:{token}"))
-        .arg("--dest-cert-dir")
-        .arg(regdir.join("tls"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     c.ok(
         "kubectl",

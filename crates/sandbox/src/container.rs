@@ -178,8 +178,7 @@ pub(crate) fn write_state(dir: &Path, s: &State) -> Result<(), ContainerError> {
 
 /// Reads a container's `state.json`.
 pub fn read_state(data_dir: &Path, id: &str) -> Option<State> {
-    let b = std::fs::read(dir(data_dir, id).join("state.json")).ok()?;
-    serde_json::from_slice(&b).ok()
+    read_state_in(&dir(data_dir, id))
 }
 
 /// The log file of one start of a container.

@@ -748,6 +748,46 @@ fn console_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// The command that runs `qemu`: with a network, QEMU runs in the pod's netns (where its tap
+/// is); nsenter execs it, so the child is QEMU itself.
+fn qemu_command(qemu: &Path, network: Option<&VmNetwork>) -> tokio::process::Command {
+    match network {
+        Some(n) => {
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg(format!("--net={}", n.netns_path.display()))
+                .arg("--")
+                .arg(qemu);
+            c
+        }
+        None => tokio::process::Command::new(qemu),
+    }
+}
+
+/// Waits for QEMU to create its channel socket (at start-up: server=on,wait=off). On failure
+/// returns the reason for a [`MicroVmError::Boot`]; a QEMU still running after 20s since
+/// `started` is killed.
+async fn connect_channel(
+    child: &mut tokio::process::Child,
+    socket: &Path,
+    qemu_log: &Path,
+    started: Instant,
+) -> std::result::Result<UnixStream, String> {
+    loop {
+        if let Ok(s) = UnixStream::connect(socket).await {
+            return Ok(s);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let err = std::fs::read_to_string(qemu_log).unwrap_or_default();
+            return Err(format!("qemu exited ({status}): {}", err.trim()));
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.start_kill();
+            return Err(format!("no socket at {}", socket.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl MicroVm {
     /// Boots a VM whose disk is the erofs image `rootfs` and starts `container` in it. Returns
     /// once the container process was started (or failed to start: see [`MicroVm::wait`]).
@@ -802,18 +842,7 @@ impl MicroVm {
                 extra_args: &extra,
             },
         );
-        // With a network, QEMU runs in the pod's netns (where its tap is); nsenter execs it,
-        // so the child is QEMU itself.
-        let mut command = match &config.network {
-            Some(n) => {
-                let mut c = tokio::process::Command::new("nsenter");
-                c.arg(format!("--net={}", n.netns_path.display()))
-                    .arg("--")
-                    .arg(&qemu);
-                c
-            }
-            None => tokio::process::Command::new(&qemu),
-        };
+        let mut command = qemu_command(&qemu, config.network.as_ref());
         let started = Instant::now();
         let mut child = command
             .args(&args)
@@ -829,23 +858,9 @@ impl MicroVm {
             console: console_tail(&console),
         };
 
-        // QEMU creates the socket at start-up (server=on,wait=off).
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(&socket).await {
-                break s;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let err = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-                return Err(boot_error(format!(
-                    "qemu exited ({status}): {}",
-                    err.trim()
-                )));
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                return Err(boot_error(format!("no socket at {}", socket.display())));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let stream = connect_channel(&mut child, &socket, &qemu_log, started)
+            .await
+            .map_err(boot_error)?;
         let (mut read_half, write_half) = stream.into_split();
 
         let (ready_tx, ready_rx) = oneshot::channel();

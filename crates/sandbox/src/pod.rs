@@ -244,8 +244,9 @@ pub async fn start(
     let mut launches = BTreeMap::new();
     for c in &plan.containers {
         let img = &images[&c.image];
-        launches.insert(c.name.clone(), (sandbox.config_for(c)?, img.clone()));
-        let started = sandbox.launch(c, img, 0).await?;
+        let cfg = sandbox.config_for(c)?;
+        let started = sandbox.launch_config(&c.name, &cfg, img, 0).await?;
+        launches.insert(c.name.clone(), (cfg, img.clone()));
         running.push((c.name.clone(), tokio::spawn(started.wait())));
     }
     info!(pod = %plan.id, ip = ?sandbox.ip, runtime = %runtime.kind(), "pod running");
@@ -620,25 +621,64 @@ impl Sandbox {
         image: &crate::image::Image,
         restart_count: u32,
     ) -> Result<container::Started, PodError> {
-        let id = container_id(&self.id, &c.name);
         let cfg = self.config_for(c)?;
-        let context = container_context(&self.context, &self.host.data_dir, &self.id, &c.name);
-        container::start(
-            &self.host.data_dir,
-            &self.host.images,
-            self.runtime.clone(),
-            container::Launch {
-                id: &id,
-                image,
-                config: &cfg,
-                sandbox: &context,
-                io: Io::Logged,
-                restart_count,
-            },
+        self.launch_config(&c.name, &cfg, image, restart_count)
+            .await
+    }
+
+    /// [`Sandbox::launch`] with the configuration [`Sandbox::config_for`] gave for container
+    /// `name`.
+    async fn launch_config(
+        &self,
+        name: &str,
+        cfg: &crate::spec::ContainerConfig,
+        image: &crate::image::Image,
+        restart_count: u32,
+    ) -> Result<container::Started, PodError> {
+        launch_in(
+            &self.host,
+            &self.runtime,
+            &self.context,
+            &self.id,
+            name,
+            cfg,
+            image,
+            restart_count,
         )
         .await
-        .map_err(|e| PodError::Container(c.name.clone(), e))
     }
+}
+
+/// Starts container `name` of pod `pod_id` with configuration `cfg` (its `restart_count`-th
+/// run: a fresh writable layer and log file).
+#[allow(clippy::too_many_arguments)]
+async fn launch_in(
+    host: &Host,
+    runtime: &Arc<dyn Runtime>,
+    context: &SandboxContext,
+    pod_id: &str,
+    name: &str,
+    cfg: &crate::spec::ContainerConfig,
+    image: &crate::image::Image,
+    restart_count: u32,
+) -> Result<container::Started, PodError> {
+    let id = container_id(pod_id, name);
+    let context = container_context(context, &host.data_dir, pod_id, name);
+    container::start(
+        &host.data_dir,
+        &host.images,
+        runtime.clone(),
+        container::Launch {
+            id: &id,
+            image,
+            config: cfg,
+            sandbox: &context,
+            io: Io::Logged,
+            restart_count,
+        },
+    )
+    .await
+    .map_err(|e| PodError::Container(name.to_owned(), e))
 }
 
 /// The context of container `name` of a pod: in a gVisor pod its cgroup lies inside the
@@ -812,21 +852,17 @@ impl PodRun {
             .launches
             .get(name)
             .ok_or_else(|| PodError::NoContainer(name.to_owned()))?;
-        let started = container::start(
-            &self.host.data_dir,
-            &self.host.images,
-            self.runtime.clone(),
-            container::Launch {
-                id: &id,
-                image: img,
-                config: cfg,
-                sandbox: &container_context(&self.context, &self.host.data_dir, &self.id, name),
-                io: Io::Logged,
-                restart_count,
-            },
+        let started = launch_in(
+            &self.host,
+            &self.runtime,
+            &self.context,
+            &self.id,
+            name,
+            cfg,
+            img,
+            restart_count,
         )
-        .await
-        .map_err(|e| PodError::Container(name.to_owned(), e))?;
+        .await?;
         self.running
             .insert(pos, (name.to_owned(), tokio::spawn(started.wait())));
         info!(pod = %self.id, container = name, restart_count, "container restarted");

@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::proto::{self, Decoder, Frame, MountSource, MountSpec, Setup};
 use super::{
     Accel, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter, MicroVmError,
-    Result, VmAssets, VmFiles, console_tail, initramfs, io, plug_tap, qemu_args, qemu_binary, send,
-    valid_hostname,
+    Result, VmAssets, VmFiles, connect_channel, console_tail, initramfs, io, plug_tap, qemu_args,
+    qemu_binary, qemu_command, send, valid_hostname,
 };
 use crate::image::Image;
 use crate::logs::Stream;
@@ -347,16 +347,7 @@ impl MicroVmPod {
                 extra_args: &extra,
             },
         );
-        let mut command = match &vmnet {
-            Some(n) => {
-                let mut c = tokio::process::Command::new("nsenter");
-                c.arg(format!("--net={}", n.netns_path.display()))
-                    .arg("--")
-                    .arg(&qemu);
-                c
-            }
-            None => tokio::process::Command::new(&qemu),
-        };
+        let mut command = qemu_command(&qemu, vmnet.as_ref());
         let mut child = command
             .args(&args)
             .stdin(Stdio::null())
@@ -373,23 +364,9 @@ impl MicroVmPod {
             console: console_tail(&console),
         };
         let started = std::time::Instant::now();
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(&socket).await {
-                break s;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let err = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-                return Err(boot_error(format!(
-                    "qemu exited ({status}): {}",
-                    err.trim()
-                )));
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                let _ = child.start_kill();
-                return Err(boot_error(format!("no socket at {}", socket.display())));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let stream = connect_channel(&mut child, &socket, &qemu_log, started)
+            .await
+            .map_err(boot_error)?;
         let (read_half, write_half) = stream.into_split();
         let (ready_tx, ready_rx) = oneshot::channel();
         let shared = Arc::new(Mutex::new(Shared {
