@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use api::resource::ResourceDef;
 use serde_json::Value;
+use store::Revision;
 
 use crate::error::ApiResult;
 
@@ -39,6 +40,9 @@ pub trait Plugin: Send + Sync {
     ) -> ApiResult<()> {
         Ok(())
     }
+    /// The store acknowledged a write of `key` at `revision` (`obj`: the object written, None
+    /// for a delete). Plugins with caches apply it at once, so that the next request sees it.
+    fn observe(&self, _key: &str, _revision: Revision, _obj: Option<&Value>) {}
 }
 
 /// The ordered chain of plugins.
@@ -82,6 +86,12 @@ impl Admission {
             p.validate(def, op, obj, old).await?;
         }
         Ok(())
+    }
+    /// Tell every plugin about a write the store acknowledged (see [`Plugin::observe`]).
+    pub fn observe(&self, key: &str, revision: Revision, obj: Option<&Value>) {
+        for p in &self.plugins {
+            p.observe(key, revision, obj);
+        }
     }
     pub async fn validate_delete(&self, def: &ResourceDef, obj: &Value) -> ApiResult<()> {
         for p in &self.plugins {

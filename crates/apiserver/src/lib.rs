@@ -10,6 +10,7 @@ pub mod admission;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod informer;
 pub mod objects;
 pub mod openapi;
 pub mod openapi_v2;

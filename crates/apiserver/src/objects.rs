@@ -16,6 +16,7 @@ use store::{Backend, Revision};
 
 use crate::admission::{Admission, Operation};
 use crate::error::{ApiError, ApiResult};
+use crate::informer::{Informer, Lookup};
 
 /// Where one object lives.
 #[derive(Debug, Clone)]
@@ -119,6 +120,18 @@ pub struct DeleteOptions {
 pub struct Objects {
     pub backend: Arc<dyn Backend>,
     pub admission: Admission,
+    /// Namespace name -> terminating, for the namespace lifecycle check of every namespaced create
+    /// (kept current by a watch and by this server's own namespace writes).
+    namespaces: Informer<bool>,
+}
+
+/// What the namespace cache keeps of a namespace: whether it is terminating.
+fn namespace_terminating(ns: &Value) -> Option<bool> {
+    Some(meta(ns).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null())))
+}
+
+fn namespaces_def() -> &'static ResourceDef {
+    api::resource::find("", "v1", "namespaces").expect("namespaces are always served")
 }
 
 pub fn now_rfc3339() -> String {
@@ -290,7 +303,50 @@ fn spec_of(obj: &Value) -> Option<&Value> {
 
 impl Objects {
     pub fn new(backend: Arc<dyn Backend>, admission: Admission) -> Self {
-        Self { backend, admission }
+        Self {
+            backend,
+            admission,
+            namespaces: Informer::new(prefix(namespaces_def(), None), namespace_terminating),
+        }
+    }
+
+    /// The store acknowledged a write of `key` at `revision` (`obj` None: a delete): the
+    /// admission caches take it at once, so that the next request sees it.
+    fn observe(&self, key: &str, revision: Revision, obj: Option<&Value>) {
+        self.namespaces.observe(key, revision, obj);
+        self.admission.observe(key, revision, obj);
+    }
+
+    /// `backend.create`, then [`Self::observe`].
+    async fn store_create(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        obj: &Value,
+    ) -> store::Result<Revision> {
+        let rev = self.backend.create(key, encode(def, obj)).await?;
+        self.observe(key, rev, Some(obj));
+        Ok(rev)
+    }
+
+    /// `backend.update`, then [`Self::observe`].
+    async fn store_update(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        obj: &Value,
+        expected: Revision,
+    ) -> store::Result<Revision> {
+        let rev = self.backend.update(key, encode(def, obj), expected).await?;
+        self.observe(key, rev, Some(obj));
+        Ok(rev)
+    }
+
+    /// `backend.delete`, then [`Self::observe`]; returns the delete's revision.
+    async fn store_delete(&self, key: &str, expected: Revision) -> store::Result<Revision> {
+        let (rev, _) = self.backend.delete(key, Some(expected)).await?;
+        self.observe(key, rev, None);
+        Ok(rev)
     }
 
     /// Read one object (latest).
@@ -441,22 +497,27 @@ impl Objects {
         Ok(true)
     }
 
-    /// Check that the namespace exists and is not terminating.
+    /// Check that the namespace exists and is not terminating: from the namespace cache when
+    /// it has the namespace, else (not synced, or not there: maybe created a moment ago by
+    /// another server) from the store, as kube-apiserver's NamespaceLifecycle does.
     async fn check_namespace(&self, ns: &str, creating: bool) -> ApiResult<()> {
-        let nsdef =
-            api::resource::find("", "v1", "namespaces").expect("namespaces are always served");
         let r = ObjectRef {
-            def: nsdef,
+            def: namespaces_def(),
             namespace: None,
             name: ns.to_string(),
         };
-        match self.get_kv(&r).await? {
+        self.namespaces.start(&self.backend);
+        let terminating = match self.namespaces.get(&r.key()) {
+            Lookup::Found(terminating) => Some(terminating),
+            Lookup::Missing | Lookup::NotSynced => self
+                .get_kv(&r)
+                .await?
+                .map(|(nsobj, _)| namespace_terminating(&nsobj).unwrap_or(false)),
+        };
+        match terminating {
             None => Err(ApiError::not_found("namespaces", ns).with_details("", "namespaces", ns)),
-            Some((nsobj, _)) => {
-                if creating
-                    && meta(&nsobj)
-                        .is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()))
-                {
+            Some(terminating) => {
+                if creating && terminating {
                     return Err(ApiError::forbidden(format!(
                         "unable to create new content in namespace {ns} because it is being terminated"
                     ))
@@ -596,7 +657,7 @@ impl Objects {
                 created: true,
             });
         }
-        match self.backend.create(&r.key(), encode(def, &obj)).await {
+        match self.store_create(def, &r.key(), &obj).await {
             Ok(rev) => {
                 meta_mut(&mut obj).insert("resourceVersion".into(), rev.to_string().into());
                 Ok(Written {
@@ -730,7 +791,7 @@ impl Objects {
                     created: false,
                 });
             }
-            return match self.backend.delete(&r.key(), Some(rev)).await {
+            return match self.store_delete(&r.key(), rev).await {
                 Ok(_) => Ok(Written {
                     object: obj,
                     warnings: vec![],
@@ -757,7 +818,7 @@ impl Objects {
                 created: false,
             });
         }
-        match self.backend.update(&r.key(), encode(def, &obj), rev).await {
+        match self.store_update(def, &r.key(), &obj, rev).await {
             Ok(new_rev) => {
                 meta_mut(&mut obj).insert("resourceVersion".into(), new_rev.to_string().into());
                 Ok(Written {
@@ -903,7 +964,7 @@ impl Objects {
                 if opts.dry_run {
                     return Ok((obj, true));
                 }
-                match self.backend.delete(&r.key(), Some(rev)).await {
+                match self.store_delete(&r.key(), rev).await {
                     Ok(_) => return Ok((obj, true)),
                     Err(store::Error::Conflict { .. }) if attempts < 8 => continue,
                     Err(store::Error::NotFound(_)) => {
@@ -943,11 +1004,7 @@ impl Objects {
             if opts.dry_run {
                 return Ok((obj, false));
             }
-            match self
-                .backend
-                .update(&r.key(), encode(r.def, &obj), rev)
-                .await
-            {
+            match self.store_update(r.def, &r.key(), &obj, rev).await {
                 Ok(new_rev) => {
                     meta_mut(&mut obj).insert("resourceVersion".into(), new_rev.to_string().into());
                     return Ok((obj, false));
@@ -997,11 +1054,9 @@ impl Objects {
                 && !namespace_has_finalizers(&obj)
                 && finalizers(&obj).is_empty()
             {
-                self.backend.delete(&r.key(), Some(rev)).await.map(|_| rev)
+                self.store_delete(&r.key(), rev).await.map(|_| rev)
             } else {
-                self.backend
-                    .update(&r.key(), encode(r.def, &obj), rev)
-                    .await
+                self.store_update(r.def, &r.key(), &obj, rev).await
             };
             match result {
                 Ok(new_rev) => {

@@ -6,27 +6,49 @@ use std::sync::Arc;
 
 use api::profile::{self, ServerlessProfile};
 use api::resource::{Cause, ResourceDef};
+use serde::Deserialize;
 use serde_json::{Value, json};
-use store::Backend;
+use store::{Backend, Revision};
 
 use crate::admission::{Operation, Plugin};
 use crate::error::{ApiError, ApiResult};
+use crate::informer::Informer;
 
-/// The plugin; it reads profiles straight from the store.
+const PROFILES_PREFIX: &str = "/registry/nodeless.io/serverlessprofiles/";
+
+/// The plugin. Pod admission reads the profiles from an in-memory cache kept current by a watch
+/// of the store (and by this server's own profile writes, applied as soon as they are stored);
+/// until the cache has synced, and for the per-cluster limit on profile creates, it reads the
+/// store.
 pub struct ServerlessAdmission {
     backend: Arc<dyn Backend>,
+    cache: Informer<ServerlessProfile>,
+}
+
+fn decode_profile(v: &Value) -> Option<ServerlessProfile> {
+    ServerlessProfile::deserialize(v).ok()
 }
 
 impl ServerlessAdmission {
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            cache: Informer::new(PROFILES_PREFIX, decode_profile),
+        }
     }
 
-    async fn profiles(&self) -> ApiResult<Vec<ServerlessProfile>> {
-        let page = self
-            .backend
-            .list("/registry/nodeless.io/serverlessprofiles/", None, 0, None)
-            .await?;
+    /// The profiles, from the cache when it is synced.
+    async fn profiles(&self) -> ApiResult<Arc<Vec<ServerlessProfile>>> {
+        self.cache.start(&self.backend);
+        match self.cache.list() {
+            Some(p) => Ok(p),
+            None => self.stored_profiles().await.map(Arc::new),
+        }
+    }
+
+    /// The profiles, read from the store.
+    async fn stored_profiles(&self) -> ApiResult<Vec<ServerlessProfile>> {
+        let page = self.backend.list(PROFILES_PREFIX, None, 0, None).await?;
         Ok(page
             .items
             .iter()
@@ -43,6 +65,10 @@ fn is_pod(def: &ResourceDef) -> bool {
 impl Plugin for ServerlessAdmission {
     fn name(&self) -> &'static str {
         "ServerlessProfiles"
+    }
+
+    fn observe(&self, key: &str, revision: Revision, obj: Option<&Value>) {
+        self.cache.observe(key, revision, obj);
     }
 
     async fn mutate(
@@ -117,8 +143,9 @@ impl Plugin for ServerlessAdmission {
     ) -> ApiResult<()> {
         if def.group == profile::GROUP && def.kind == "ServerlessProfile" && op == Operation::Create
         {
+            // A rare write: count from the store, not from a cache that may lag other servers.
             let live = self
-                .profiles()
+                .stored_profiles()
                 .await?
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())

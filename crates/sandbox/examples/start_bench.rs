@@ -564,6 +564,11 @@ fn cleanup(data: &Path) {
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    // RUST_LOG=sandbox=debug shows where a start spends its time.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -226,6 +226,7 @@ pub async fn start(
         }
     }
     let rootfs = rootfs::mount(&store.lower_dirs(image), &dir)?;
+    debug!(%id, "root filesystem mounted");
     let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_default();
     let image_user = image
         .config
@@ -243,15 +244,33 @@ pub async fn start(
         "nodeless-{}",
         &crate::digest::Digest::of(data_dir.as_os_str().as_encoded_bytes()).hex()[..8]
     );
+    // A gVisor container that is the root of its own sandbox (not joining a pod's) is limited
+    // the same way: the sandbox ends when it goes over, which the parent's figures tell.
+    let own_sandbox = match runtime.kind() {
+        RuntimeKind::Container => true,
+        RuntimeKind::Gvisor => !sandbox
+            .annotations
+            .iter()
+            .any(|(k, _)| k == crate::runtime::SANDBOX_ID),
+        _ => false,
+    };
     let cgroup = match (config.resources.memory_bytes, memory_cgroup_root()) {
-        (Some(limit), Some(root)) if runtime.kind() == RuntimeKind::Container => {
-            let cg = root.join(&scope).join(id);
+        (Some(limit), Some(root)) if own_sandbox => {
+            // Below the cgroup the caller chose (a solo pod's sandbox cgroup), else our own.
+            let base = sb
+                .cgroups_path
+                .clone()
+                .unwrap_or_else(|| format!("/{scope}/{id}"));
+            let cg = root.join(base.trim_start_matches('/'));
             std::fs::create_dir_all(&cg).map_err(io("create cgroup", &cg))?;
             for f in ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] {
                 let _ = std::fs::write(cg.join(f), limit.to_string());
             }
-            cfg.resources.memory_bytes = None;
-            sb.cgroups_path = Some(format!("/{scope}/{id}/ctr"));
+            // runsc sizes the sentry (its total memory) from the leaf's limit: gVisor keeps it.
+            if runtime.kind() == RuntimeKind::Container {
+                cfg.resources.memory_bytes = None;
+            }
+            sb.cgroups_path = Some(format!("{base}/ctr"));
             Some(cg)
         }
         _ => {
@@ -281,6 +300,7 @@ pub async fn start(
     };
     // A leftover from an earlier life of this id would make `run` fail.
     runtime.delete(id).await?;
+    debug!(%id, "bundle written");
     let cgroups_path = sb.cgroups_path.clone();
     if matches!(io_mode, Io::Logged)
         && let (Some(binary), Some(config)) = (shim::binary(), runtime.config())

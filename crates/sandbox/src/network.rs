@@ -100,6 +100,8 @@ pub struct PodNetwork {
     pub bridge: String,
     pub subnet: Subnet,
     state_dir: PathBuf,
+    /// Set once [`PodNetwork::ensure`] made the namespace and bridge (shared by clones).
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A pod's place on the network.
@@ -110,6 +112,38 @@ pub struct Attachment {
     pub netns_path: PathBuf,
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
+}
+
+/// Runs `ip -n <netns> -batch -` with `lines` (one `ip` command each, without the `ip`): one
+/// process for a pod's whole setup on one side instead of one per command (~3 ms each).
+async fn batch(netns: &str, lines: &[String]) -> Result<(), NetworkError> {
+    use tokio::io::AsyncWriteExt;
+    let cmd = format!("ip -n {netns} -batch - <<< {lines:?}");
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let script = lines.join("\n") + "\n";
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
+    if !out.status.success() {
+        return Err(NetworkError::Command {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 async fn run(args: &[&str]) -> Result<String, NetworkError> {
@@ -146,6 +180,7 @@ impl PodNetwork {
             bridge: bridge.into(),
             subnet,
             state_dir: state_dir.into(),
+            ready: Default::default(),
         }
     }
 
@@ -162,8 +197,13 @@ impl PodNetwork {
         )
     }
 
-    /// Creates the namespace and bridge if missing. Idempotent.
+    /// Creates the namespace and bridge if missing. Idempotent; after a first success only a
+    /// look at the namespace's file.
     pub async fn ensure(&self) -> Result<(), NetworkError> {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Acquire) && netns_path(&self.netns).exists() {
+            return Ok(());
+        }
         if !netns_path(&self.netns).exists() {
             run(&["ip", "netns", "add", &self.netns]).await?;
         }
@@ -178,6 +218,7 @@ impl PodNetwork {
         }
         run(&["ip", "-n", n, "link", "set", &self.bridge, "up"]).await?;
         run(&["ip", "-n", n, "link", "set", "lo", "up"]).await?;
+        self.ready.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -336,36 +377,36 @@ impl PodNetwork {
         };
         let (ns, veth) = names(&self.scoped(pod_id));
         let path = netns_path(&ns);
-        if !path.exists() {
+        let fresh = !path.exists();
+        if fresh {
             run(&["ip", "netns", "add", &ns]).await?;
         }
         let n = self.netns.as_str();
-        if run(&["ip", "-n", &ns, "link", "show", "eth0"])
-            .await
-            .is_err()
+        // A namespace made just now has no eth0; one made earlier (a pod prepared again) may.
+        if fresh
+            || run(&["ip", "-n", &ns, "link", "show", "eth0"])
+                .await
+                .is_err()
         {
-            let _ = run(&["ip", "-n", n, "link", "del", &veth]).await;
-            run(&[
-                "ip", "-n", n, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ])
-            .await?;
-            run(&["ip", "-n", n, "link", "set", &veth, "master", &self.bridge]).await?;
-            run(&["ip", "-n", n, "link", "set", &veth, "up"]).await?;
-            let cidr = format!("{ip}/{}", self.subnet.prefix);
-            run(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"]).await?;
-            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]).await?;
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]).await?;
-            run(&[
-                "ip",
-                "-n",
+            let bridge_side = [
+                format!("link add {veth} type veth peer name eth0 netns {ns}"),
+                format!("link set {veth} master {}", self.bridge),
+                format!("link set {veth} up"),
+            ];
+            if batch(n, &bridge_side).await.is_err() {
+                // A veth left by an earlier, interrupted attach of this pod.
+                let _ = run(&["ip", "-n", n, "link", "del", &veth]).await;
+                batch(n, &bridge_side).await?;
+            }
+            batch(
                 &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &self.subnet.gateway().to_string(),
-            ])
+                &[
+                    format!("addr add {ip}/{} dev eth0", self.subnet.prefix),
+                    "link set eth0 up".into(),
+                    "link set lo up".into(),
+                    format!("route add default via {}", self.subnet.gateway()),
+                ],
+            )
             .await?;
         }
         debug!(pod = pod_id, %ip, netns = %ns, "pod attached to the network");
@@ -375,6 +416,22 @@ impl PodNetwork {
             ip,
             gateway: self.subnet.gateway(),
         })
+    }
+
+    /// Puts the pod's address, link state and default route back on its eth0 (idempotent): a
+    /// gVisor sandbox takes them off the interface when it boots, so the next sandbox booted in
+    /// the same namespace would find no address.
+    pub async fn restore(&self, pod_id: &str, ip: Ipv4Addr) -> Result<(), NetworkError> {
+        let (ns, _) = names(&self.scoped(pod_id));
+        batch(
+            &ns,
+            &[
+                format!("addr replace {ip}/{} dev eth0", self.subnet.prefix),
+                "link set eth0 up".into(),
+                format!("route replace default via {}", self.subnet.gateway()),
+            ],
+        )
+        .await
     }
 
     /// Removes the pod's netns (its veth goes with it) and frees its address.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::container::{self, ContainerError, Exit, Io};
 use crate::image::{ImageStore, PullOptions, Source, SourceError, StoreError};
@@ -171,6 +171,8 @@ pub struct PodRun {
     /// What each regular container runs, to start it again.
     launches: BTreeMap<String, (crate::spec::ContainerConfig, crate::image::Image)>,
     restarts: BTreeMap<String, u32>,
+    pod_cpu: Option<u64>,
+    solo: bool,
 }
 
 impl std::fmt::Debug for PodRun {
@@ -221,7 +223,9 @@ pub async fn start(
 ) -> Result<PodRun, PodError> {
     // Images first: a pod whose image cannot be had never gets a network address.
     let images = pull_images(host, plan).await?;
+    debug!(pod = %plan.id, "images present");
     let sandbox = prepare(host, runtime.clone(), plan, files, &Prepare::default()).await?;
+    debug!(pod = %plan.id, "sandbox prepared");
 
     let mut init_exits = Vec::new();
     for c in &plan.init_containers {
@@ -261,6 +265,8 @@ pub async fn start(
         context: sandbox.context.clone(),
         launches,
         restarts: BTreeMap::new(),
+        pod_cpu: sandbox.pod_cpu,
+        solo: sandbox.solo.is_some(),
     })
 }
 
@@ -285,6 +291,14 @@ pub struct Sandbox {
     runtime: Arc<dyn Runtime>,
     host: Host,
     context: SandboxContext,
+    /// A [`solo`] pod: its size (None when the pod has no provisioned size) caps the
+    /// container's resources.
+    solo: Option<Option<crate::plan::PodSize>>,
+    /// The CPU limit (thousandths) of a gVisor pod's sandbox, applied once its containers run.
+    pod_cpu: Option<u64>,
+    /// The pod's network namespace was set up by [`prepare`] and no sandbox has booted in it
+    /// yet (shared by clones).
+    fresh_net: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -337,6 +351,34 @@ fn cgroup_scope(data_dir: &Path) -> String {
 /// pod's size. The pod's containers get cgroups below it.
 pub fn sandbox_cgroup(data_dir: &Path, pod_id: &str) -> String {
     format!("/{}/pod-{pod_id}", cgroup_scope(data_dir))
+}
+
+/// Whether a pod runs without a pause container: a gVisor pod with one regular container makes
+/// that container the root of its own sandbox. That saves the pause sandbox and the join (two
+/// runsc create/start rounds, ~40% of a pod start), a gofer, a shim and two `runsc wait`s per
+/// pod. The container's cgroup is then the sandbox's, limited to the smaller of its own limits
+/// and the pod's size, so going over its memory limit ends the sandbox and is reported
+/// OOMKilled. Init containers run before it the same way, each in a sandbox of its own on the
+/// pod's network namespace and volumes. A restart starts a new sandbox in the same network
+/// namespace, so the pod keeps its address.
+pub fn solo(plan: &PodPlan, kind: RuntimeKind) -> bool {
+    kind == RuntimeKind::Gvisor && plan.containers.len() == 1
+}
+
+/// The resources of a container that is a whole sandbox: its own limits, capped by the pod's
+/// size (a container without limits gets the pod's size).
+fn capped(
+    own: crate::spec::Resources,
+    size: Option<crate::plan::PodSize>,
+) -> crate::spec::Resources {
+    let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    crate::spec::Resources {
+        cpu_millis: min(own.cpu_millis, size.map(|s| s.cpu_millis)),
+        memory_bytes: min(own.memory_bytes, size.map(|s| s.memory_bytes)),
+    }
 }
 
 /// Removes the cgroup directories of `path` (its children first) in every hierarchy. Best
@@ -481,12 +523,18 @@ pub async fn prepare(
         runtime: runtime.clone(),
         host: host.clone(),
         context: SandboxContext::default(),
+        solo: None,
+        pod_cpu: None,
+        fresh_net: Default::default(),
     };
     sandbox.context = sandbox.base_context(plan);
+    sandbox
+        .fresh_net
+        .store(attachment.is_some(), std::sync::atomic::Ordering::Release);
     // gVisor: one sandbox for the whole pod, held by a pause container the others join; they
     // share its network stack (the pod netns), IPC and PID namespaces.
-    // The whole sandbox is confined to the pod's size.
-    if runtime.kind() == RuntimeKind::Gvisor {
+    // The whole sandbox is confined to the pod's size. A solo pod needs no pause.
+    if runtime.kind() == RuntimeKind::Gvisor && sandbox.solo.is_none() {
         let mut bare = sandbox.context.clone();
         bare.annotations.clear();
         bare.cgroups_path = Some(sandbox_cgroup(&host.data_dir, &plan.id));
@@ -510,6 +558,9 @@ pub fn reopen(host: &Host, runtime: Arc<dyn Runtime>, plan: &PodPlan) -> Option<
         runtime,
         host: host.clone(),
         context: SandboxContext::default(),
+        solo: None,
+        pod_cpu: None,
+        fresh_net: Default::default(),
     };
     sandbox.context = sandbox.base_context(plan);
     Some(sandbox)
@@ -526,6 +577,7 @@ pub async fn adopt(
 ) -> Option<(Sandbox, BTreeMap<String, container::Started>)> {
     let sandbox = reopen(host, runtime.clone(), plan)?;
     if runtime.kind() == RuntimeKind::Gvisor
+        && !solo(plan, runtime.kind())
         && runtime
             .status(&pause_id(&plan.id))
             .await
@@ -553,15 +605,22 @@ pub async fn adopt(
 }
 
 impl Sandbox {
-    fn base_context(&self, plan: &PodPlan) -> SandboxContext {
+    fn base_context(&mut self, plan: &PodPlan) -> SandboxContext {
         let kind = self.runtime.kind();
+        self.solo = solo(plan, kind).then_some(plan.size);
+        self.pod_cpu = (kind == RuntimeKind::Gvisor && self.solo.is_none())
+            .then(|| plan.size.map(|s| s.cpu_millis))
+            .flatten();
         let mut context = SandboxContext {
             hostname: plan.hostname.clone(),
             netns: self.netns_path.clone(),
             ipcns: (kind == RuntimeKind::Container).then(|| self.dir.join("ipc.ns")),
             ..Default::default()
         };
-        if kind == RuntimeKind::Gvisor {
+        if self.solo.is_some() {
+            context.cgroups_path = Some(sandbox_cgroup(&self.host.data_dir, &plan.id));
+        }
+        if kind == RuntimeKind::Gvisor && self.solo.is_none() {
             context.annotations = vec![
                 (crate::runtime::CONTAINER_TYPE.into(), "container".into()),
                 (crate::runtime::SANDBOX_ID.into(), pause_id(&plan.id)),
@@ -580,6 +639,9 @@ impl Sandbox {
         let etc = self.dir.join("etc");
         let vols = self.dir.join("volumes");
         let mut cfg = c.config();
+        if let Some(size) = self.solo {
+            cfg.resources = capped(cfg.resources, size);
+        }
         for k in &c.pod_ip_env {
             cfg.env.push((
                 k.clone(),
@@ -635,6 +697,11 @@ impl Sandbox {
         image: &crate::image::Image,
         restart_count: u32,
     ) -> Result<container::Started, PodError> {
+        // Every sandbox of a solo pod but the first finds the pod's address taken off eth0.
+        let first = self
+            .fresh_net
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let restore_ip = self.ip.filter(|_| self.solo.is_some() && !first);
         launch_in(
             &self.host,
             &self.runtime,
@@ -644,6 +711,8 @@ impl Sandbox {
             cfg,
             image,
             restart_count,
+            self.pod_cpu,
+            restore_ip,
         )
         .await
     }
@@ -651,6 +720,15 @@ impl Sandbox {
 
 /// Starts container `name` of pod `pod_id` with configuration `cfg` (its `restart_count`-th
 /// run: a fresh writable layer and log file).
+///
+/// A gVisor sandbox boots unthrottled: booting is the host's work, not the pod's, and under a
+/// quarter-core quota it takes four times as long. Its CPU limit (`pod_cpu` for a pod with a
+/// pause container, the container's own for a [`solo`] pod) is set on the pod's cgroup as soon
+/// as the container runs, before the start is reported.
+///
+/// A gVisor sandbox takes the pod's address off eth0 when it boots (its own network stack
+/// answers for it), so a later sandbox of a solo pod (after an init container, or a restart)
+/// gets `restore_ip` put back first.
 #[allow(clippy::too_many_arguments)]
 async fn launch_in(
     host: &Host,
@@ -661,24 +739,75 @@ async fn launch_in(
     cfg: &crate::spec::ContainerConfig,
     image: &crate::image::Image,
     restart_count: u32,
+    pod_cpu: Option<u64>,
+    restore_ip: Option<std::net::Ipv4Addr>,
 ) -> Result<container::Started, PodError> {
     let id = container_id(pod_id, name);
+    if let (Some(ip), Some(net)) = (restore_ip, &host.network) {
+        net.restore(pod_id, ip).await?;
+    }
     let context = container_context(context, &host.data_dir, pod_id, name);
-    container::start(
+    let mut cfg = cfg.clone();
+    let own_sandbox = runtime.kind() == RuntimeKind::Gvisor
+        && !context
+            .annotations
+            .iter()
+            .any(|(k, _)| k == crate::runtime::SANDBOX_ID);
+    let cpu = if own_sandbox {
+        cfg.resources.cpu_millis.take()
+    } else {
+        pod_cpu
+    };
+    let started = container::start(
         &host.data_dir,
         &host.images,
         runtime.clone(),
         container::Launch {
             id: &id,
             image,
-            config: cfg,
+            config: &cfg,
             sandbox: &context,
             io: Io::Logged,
             restart_count,
         },
     )
     .await
-    .map_err(|e| PodError::Container(name.to_owned(), e))
+    .map_err(|e| PodError::Container(name.to_owned(), e))?;
+    if runtime.kind() == RuntimeKind::Gvisor
+        && let Some(millis) = cpu
+    {
+        if !runtime
+            .wait_running(&id, std::time::Duration::from_secs(10))
+            .await
+        {
+            debug!(%id, "not seen running before its CPU limit is set");
+        }
+        set_cpu_limit(&sandbox_cgroup(&host.data_dir, pod_id), millis);
+    }
+    debug!(%id, "container running");
+    Ok(started)
+}
+
+/// Sets the CPU limit of cgroup `path` (relative to the cgroup root): `cpu.cfs_quota_us` in a
+/// v1 hierarchy, `cpu.max` in a v2 one. Best effort, logged.
+fn set_cpu_limit(path: &str, millis: u64) {
+    const PERIOD: u64 = 100_000;
+    let quota = (millis * PERIOD / 1000).max(1000);
+    let rel = path.trim_start_matches('/');
+    let v1 = Path::new("/sys/fs/cgroup/cpu").join(rel);
+    let result = if v1.join("cpu.cfs_quota_us").exists() {
+        std::fs::write(v1.join("cpu.cfs_period_us"), PERIOD.to_string())
+            .and_then(|()| std::fs::write(v1.join("cpu.cfs_quota_us"), quota.to_string()))
+    } else {
+        std::fs::write(
+            Path::new("/sys/fs/cgroup").join(rel).join("cpu.max"),
+            format!("{quota} {PERIOD}"),
+        )
+    };
+    match result {
+        Ok(()) => debug!(cgroup = path, millis, "pod CPU limit set"),
+        Err(e) => warn!(cgroup = path, error = %e, "setting the pod's CPU limit"),
+    }
 }
 
 /// The context of container `name` of a pod: in a gVisor pod its cgroup lies inside the
@@ -754,9 +883,10 @@ async fn start_pause(
                 .map(String::from)
                 .to_vec(),
         ),
-        // runsc applies the sandbox container's resources to the sandbox's cgroup.
+        // runsc applies the sandbox container's resources to the sandbox's cgroup; the CPU
+        // limit comes once the containers run (see `launch_in`).
         resources: crate::spec::Resources {
-            cpu_millis: size.map(|s| s.cpu_millis),
+            cpu_millis: None,
             memory_bytes: size.map(|s| s.memory_bytes),
         },
         ..Default::default()
@@ -861,6 +991,8 @@ impl PodRun {
             cfg,
             img,
             restart_count,
+            self.pod_cpu,
+            self.ip.filter(|_| self.solo),
         )
         .await?;
         self.running
@@ -927,7 +1059,7 @@ async fn shim_gone(dir: &Path) {
 
 /// Removes a stopped pod: its containers' directories, its namespaces, its address, its files.
 pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Result<(), PodError> {
-    if runtime.kind() == RuntimeKind::Gvisor {
+    if runtime.kind() == RuntimeKind::Gvisor && !solo(plan, runtime.kind()) {
         let pause = pause_id(&plan.id);
         let _ = runtime.kill(&pause, 9).await;
         // runsc removes the sandbox's cgroup on delete and gives up while the containers'

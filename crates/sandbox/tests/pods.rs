@@ -209,3 +209,89 @@ async fn gvisor_pod() {
     }
     pod_suite(RuntimeKind::Gvisor, 2).await;
 }
+
+/// Fetches `url` from the bridge's namespace (busybox wget), retrying for up to 5 s.
+#[track_caller]
+fn fetch_from_bridge(netns: &str, url: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args(["busybox", "wget", "-q", "-O", "-", url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = format!("{out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} never answered: {last}");
+}
+
+/// A gVisor pod with one container (no pause: each of its sandboxes is the container's own)
+/// keeps its address for the container after an init container's sandbox came and went, and
+/// again after the container restarts.
+#[tokio::test]
+async fn gvisor_solo_pod_keeps_its_address() {
+    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    let (_tmp, data) = data_dir();
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let image = format!("oci:{}", layout.display());
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let netns = format!("nltest-pods-{}-3", std::process::id());
+    let network = PodNetwork::new(
+        &netns,
+        "nlbr0",
+        Subnet {
+            network: Ipv4Addr::new(10, 202, 3, 0),
+            prefix: 24,
+        },
+        data.join("network"),
+    );
+    let host = Host {
+        data_dir: data.clone(),
+        images: store,
+        network: Some(network.clone()),
+        pull: PullOptions::default(),
+    };
+    let rt: Arc<dyn runtime::Runtime> =
+        Arc::from(runtime::open_for_pods(RuntimeKind::Gvisor, &data).unwrap());
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "solo", "namespace": "test", "uid": "uid-solo"},
+        "spec": {
+            "restartPolicy": "Always",
+            "initContainers": [
+                {"name": "init", "image": image, "command": ["sh", "-c", "echo from-init > /www/page"],
+                 "volumeMounts": [{"name": "www", "mountPath": "/www"}]}
+            ],
+            "containers": [
+                {"name": "web", "image": image, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+                 "volumeMounts": [{"name": "www", "mountPath": "/www"}]}
+            ],
+            "volumes": [{"name": "www", "emptyDir": {}}]
+        }
+    }))
+    .unwrap();
+    let plan = sandbox::plan::plan(&pod).unwrap();
+    assert!(pod::solo(&plan, RuntimeKind::Gvisor));
+    let mut run = pod::start(&host, rt.clone(), &plan, &VolumeFiles::new())
+        .await
+        .unwrap();
+    let url = format!("http://{}:8080/page", run.ip.unwrap());
+    assert_eq!(fetch_from_bridge(&netns, &url), "from-init\n");
+    run.restart("web", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(
+        fetch_from_bridge(&netns, &url),
+        "from-init\n",
+        "the restarted container's sandbox has the pod's address"
+    );
+    run.stop(Duration::from_secs(2)).await;
+    let _ = run.wait().await;
+    pod::remove(&host, rt.as_ref(), &plan).await.unwrap();
+    network.destroy().await.unwrap();
+}

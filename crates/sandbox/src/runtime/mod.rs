@@ -152,6 +152,13 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// The runtime's view of a container: `Some("running")`, `Some("stopped")`..., `None` if unknown.
     async fn status(&self, id: &str) -> Result<Option<String>, RuntimeError>;
 
+    /// Waits (at most `timeout`) until container `id`, just started, runs: `false` if it
+    /// stopped or the time ran out. Runtimes whose start returns once the container runs
+    /// answer at once.
+    async fn wait_running(&self, _id: &str, _timeout: std::time::Duration) -> bool {
+        true
+    }
+
     /// How another process (a container's shim, see [`crate::shim`]) opens this same runtime;
     /// `None` when it cannot, and containers then run as children of the caller.
     fn config(&self) -> Option<RuntimeConfig> {
