@@ -448,7 +448,7 @@ impl ImageStore {
             return Ok(());
         }
         let tmp = self.root.join("tmp");
-        let (blob, owned) = fetcher.layer_blob(layer, &tmp, report).await?;
+        let (blob, downloaded) = fetcher.layer_blob(layer, &tmp, report).await?;
         let work = tmp.join(unique("layer"));
         std::fs::create_dir(&work).map_err(io("create", &work))?;
         let (b, w, d, id) = (
@@ -457,9 +457,17 @@ impl ImageStore {
             layer.digest.clone(),
             diff_id.clone(),
         );
-        let res =
-            tokio::task::spawn_blocking(move || unpack::unpack_layer(&b, &d, Some(&id), &w)).await;
-        if owned {
+        let res = tokio::task::spawn_blocking(move || {
+            if downloaded {
+                // oci-client's pull_blob hashed the blob as it streamed and failed on a digest
+                // other than the layer's: reading 50 MB again to hash it costs ~60 ms here.
+                unpack::unpack_verified(&b, Some(&id), &w)
+            } else {
+                unpack::unpack_layer(&b, &d, Some(&id), &w)
+            }
+        })
+        .await;
+        if downloaded {
             let _ = std::fs::remove_file(&blob);
         }
         let unpacked = match res {
@@ -916,7 +924,8 @@ impl Fetcher {
         }
     }
 
-    /// A local file holding the layer blob; `true` when it is a temporary download to delete.
+    /// A local file holding the layer blob; `true` when it is a temporary download (to delete),
+    /// already checked against `desc.digest` by `pull_blob` while it streamed.
     async fn layer_blob(
         &self,
         desc: &Descriptor,

@@ -50,6 +50,16 @@ pub fn unpack_layer(
             actual,
         });
     }
+    unpack_verified(blob, expected_diff_id, dst)
+}
+
+/// Unpacks `blob`, whose digest the caller has already checked (e.g. as it was downloaded),
+/// into `dst` (which must exist and be empty), checking the uncompressed stream's diff_id.
+pub fn unpack_verified(
+    blob: &Path,
+    expected_diff_id: Option<&Digest>,
+    dst: &Path,
+) -> Result<Unpacked, UnpackError> {
     let mut input = BufReader::new(fs::File::open(blob)?);
     let magic = input.fill_buf()?.to_vec();
     let stream: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
