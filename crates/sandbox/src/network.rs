@@ -114,47 +114,28 @@ pub struct Attachment {
     pub gateway: Ipv4Addr,
 }
 
-/// Runs `ip -n <netns> -batch -` with `lines` (one `ip` command each, without the `ip`): one
-/// process for a pod's whole setup on one side instead of one per command (~3 ms each).
-async fn batch(netns: &str, lines: &[String]) -> Result<(), NetworkError> {
+/// Runs `args` (program first) with `input` on its stdin; its stdout, or its stderr as the
+/// error.
+async fn run_with(args: &[&str], input: Option<&[u8]>) -> Result<String, NetworkError> {
     use tokio::io::AsyncWriteExt;
-    let cmd = format!("ip -n {netns} -batch - <<< {lines:?}");
-    let mut child = Command::new("ip")
-        .args(["-n", netns, "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let script = lines.join("\n") + "\n";
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
-    if !out.status.success() {
-        return Err(NetworkError::Command {
-            cmd,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
-}
-
-async fn run(args: &[&str]) -> Result<String, NetworkError> {
     let cmd = args.join(" ");
     let (prog, rest) = args.split_first().unwrap_or((&"true", &[]));
-    let out = Command::new(prog)
+    let spawn_err = |e| NetworkError::Spawn(cmd.clone(), e);
+    let mut child = Command::new(prog)
         .args(rest)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| NetworkError::Spawn(cmd.clone(), e))?;
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        stdin.write_all(input).await.map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().await.map_err(spawn_err)?;
     if !out.status.success() {
         return Err(NetworkError::Command {
             cmd,
@@ -162,6 +143,19 @@ async fn run(args: &[&str]) -> Result<String, NetworkError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn run(args: &[&str]) -> Result<String, NetworkError> {
+    run_with(args, None).await
+}
+
+/// Runs `ip -n <netns> -batch -` with `lines` (one `ip` command each, without the `ip`): one
+/// process for a pod's whole setup on one side instead of one per command (~3 ms each).
+async fn batch(netns: &str, lines: &[String]) -> Result<(), NetworkError> {
+    let script = lines.join("\n") + "\n";
+    run_with(&["ip", "-n", netns, "-batch", "-"], Some(script.as_bytes()))
+        .await
+        .map(|_| ())
 }
 
 fn netns_path(name: &str) -> PathBuf {

@@ -37,12 +37,24 @@ async fn wait_for_log(data: &std::path::Path, id: &str, needle: &str) -> String 
     panic!("{id} never logged {needle:?}: {}", log_of(data, id));
 }
 
-async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
+/// A host for pod tests: a data dir with the busybox test image, a pod network of its own
+/// (bridge netns `nltest-pods-<pid>-<octet>`, 10.202.<octet>.0/24) and runtime `kind`.
+struct Env {
+    _tmp: tempfile::TempDir,
+    data: std::path::PathBuf,
+    image: String,
+    netns: String,
+    network: PodNetwork,
+    host: Host,
+    rt: Arc<dyn runtime::Runtime>,
+}
+
+fn env(kind: RuntimeKind, subnet_octet: u8) -> Env {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let (_tmp, data) = data_dir();
+    let (tmp, data) = data_dir();
     let layout = data.join("layout");
     busybox_layout(&layout, &["sh"]);
     let image = format!("oci:{}", layout.display());
@@ -64,6 +76,27 @@ async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
         pull: PullOptions::default(),
     };
     let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open_for_pods(kind, &data).unwrap());
+    Env {
+        _tmp: tmp,
+        data,
+        image,
+        netns,
+        network,
+        host,
+        rt,
+    }
+}
+
+async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
+    let Env {
+        _tmp,
+        data,
+        image,
+        netns,
+        network,
+        host,
+        rt,
+    } = env(kind, subnet_octet);
 
     let shared_localhost = true;
     let client_script = if shared_localhost {
@@ -238,29 +271,15 @@ async fn gvisor_solo_pod_keeps_its_address() {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }
-    let (_tmp, data) = data_dir();
-    let layout = data.join("layout");
-    busybox_layout(&layout, &["sh"]);
-    let image = format!("oci:{}", layout.display());
-    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
-    let netns = format!("nltest-pods-{}-3", std::process::id());
-    let network = PodNetwork::new(
-        &netns,
-        "nlbr0",
-        Subnet {
-            network: Ipv4Addr::new(10, 202, 3, 0),
-            prefix: 24,
-        },
-        data.join("network"),
-    );
-    let host = Host {
-        data_dir: data.clone(),
-        images: store,
-        network: Some(network.clone()),
-        pull: PullOptions::default(),
-    };
-    let rt: Arc<dyn runtime::Runtime> =
-        Arc::from(runtime::open_for_pods(RuntimeKind::Gvisor, &data).unwrap());
+    let Env {
+        _tmp,
+        image,
+        netns,
+        network,
+        host,
+        rt,
+        ..
+    } = env(RuntimeKind::Gvisor, 3);
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "solo", "namespace": "test", "uid": "uid-solo"},
         "spec": {
