@@ -4,6 +4,7 @@
 //! the ring provider, HTTP/1.1 and HTTP/2) or plain HTTP.
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -154,6 +155,32 @@ pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError
     Ok(Arc::new(cfg))
 }
 
+/// Send buffer for connections from this host (the kernel doubles it for its own bookkeeping).
+const LOOPBACK_SNDBUF: u32 = 128 * 1024;
+
+/// Socket settings for an accepted connection. A peer on loopback gets a small send buffer: over
+/// loopback, what sits in a large send buffer is pushed out (and run through the receiver's TCP
+/// input) by the *receiving* process's core, in the ACK processing of its reads, so that core does
+/// the TCP work of both ends besides its own copy while the sending core waits; with a small buffer
+/// the sender's own writes push its segments and the two cores share the work (single 100 MiB pulls
+/// over loopback on 2 cores: means of 1,260-1,710 MiB/s without, 2,310-4,540 MiB/s with). Other
+/// peers keep the kernel's autotuned buffer, which a high bandwidth × delay path needs.
+fn tune(tcp: &tokio::net::TcpStream) {
+    let loopback = tcp.peer_addr().map(|a| a.ip().is_loopback());
+    if !matches!(loopback, Ok(true)) {
+        return;
+    }
+    // tokio sets the option only through `TcpSocket`: on a duplicate of the descriptor (the option
+    // belongs to the socket, which both descriptors share)
+    let set = tcp.as_fd().try_clone_to_owned().and_then(|fd| {
+        tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
+            .set_send_buffer_size(LOOPBACK_SNDBUF)
+    });
+    if let Err(e) = set {
+        tracing::debug!(error = %e, "could not set the send buffer size");
+    }
+}
+
 /// Serve `router` on `listener` (over TLS when `tls` is given) until `shutdown` completes.
 pub async fn serve(
     router: Router,
@@ -162,6 +189,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| tune(tcp));
         return axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
@@ -183,6 +212,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
+            tune(&stream);
             let tls = match acceptor.accept(stream).await {
                 Ok(t) => t,
                 Err(e) => {

@@ -143,7 +143,7 @@ async fn read_range(store: &dyn BlobStore, d: &Digest, range: Option<(u64, u64)>
 
 #[tokio::test]
 async fn large_blobs_and_ranges_read_back_exactly() {
-    // large reads come from a memory mapping (4 MiB slices), small ones from a read loop; chunked
+    // large reads come from a memory mapping (1 MiB, then 8 MiB slices), small ones from a read loop; chunked
     // uploads are hashed on the way in: both must give the bytes back exactly
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
