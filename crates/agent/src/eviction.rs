@@ -240,6 +240,16 @@ pub(crate) fn kubelet_event(
     }
 }
 
+/// How often the agent measures pods: `NODELESS_EVICTION_INTERVAL_MS` when set (tests), else
+/// [`INTERVAL`].
+pub fn interval() -> Duration {
+    std::env::var("NODELESS_EVICTION_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(INTERVAL, Duration::from_millis)
+}
+
 /// Measures the pod's storage (on a blocking thread: it walks directories) and decides.
 pub async fn check(host: &Host, plan: &PodPlan, provisioned: Option<u64>) -> Option<Eviction> {
     let (h, p) = (host.clone(), plan.clone());

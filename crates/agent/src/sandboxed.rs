@@ -424,6 +424,21 @@ impl PodEntry {
         });
     }
 
+    /// The `stdin`, `stdinOnce` and `tty` of container `name` in the pod's spec.
+    fn stdio_of(&self, name: &str) -> sandbox::shim::StdinSpec {
+        let c = self.pod.spec.as_ref().and_then(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .find(|c| c.name == name)
+        });
+        sandbox::shim::StdinSpec {
+            stdin: c.and_then(|c| c.stdin).unwrap_or(false),
+            stdin_once: c.and_then(|c| c.stdin_once).unwrap_or(false),
+            tty: c.and_then(|c| c.tty).unwrap_or(false),
+        }
+    }
+
     fn host_id(&self, name: &str) -> String {
         pod::container_id(&self.plan.id, name)
     }
@@ -600,6 +615,68 @@ fn set_running(e: &PodEntry, w: Which, started: &container::Started) {
     });
 }
 
+/// Kubelet's local storage eviction for the pod (see [`crate::eviction`]): every
+/// [`crate::eviction::interval`] while any container of it may still run, its ephemeral storage
+/// is measured; once over a limit (a container's or the pod's `ephemeral-storage` limit, or on
+/// serverless hosts the storage it is provisioned with) the pod is evicted: an `Evicted`
+/// event, its containers killed with no grace period and never restarted, its status
+/// `Failed`/`Evicted` with kubelet's message.
+async fn watch_storage(e: Arc<PodEntry>) {
+    let every = crate::eviction::interval();
+    let serverless = e
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        == Some(SERVERLESS_SCHEDULER);
+    let provisioned = serverless.then_some(e.plan.ephemeral_storage_bytes);
+    let eviction = loop {
+        tokio::select! {
+            _ = e.wait_done() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if e.stopping() || e.done.borrow().is_some() {
+            return;
+        }
+        if let Some(ev) = crate::eviction::check(&e.host, &e.plan, provisioned).await {
+            break ev;
+        }
+    };
+    let pod = crate::eviction::PodRef {
+        namespace: e.namespace.clone(),
+        name: e.name.clone(),
+        uid: e.uid.clone(),
+        node: e.node.clone(),
+    };
+    let entry = e.clone();
+    let stop = move || async move {
+        let _ = entry.stopping.send_replace(true);
+        let running: Vec<String> = {
+            let s = lock(&entry.shared);
+            s.init
+                .iter()
+                .chain(&s.regular)
+                .filter(|c| c.running())
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        for name in &running {
+            if let Err(err) = entry.runtime.kill(&entry.host_id(name), 9).await {
+                debug!(container = %name, error = %err, "SIGKILL for an eviction");
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(30), entry.wait_done())
+            .await
+            .is_err()
+        {
+            warn!(pod = %entry.pod_ref(), "containers did not end after the eviction's SIGKILL");
+        }
+    };
+    if let Err(err) = crate::eviction::evict(&e.client, &pod, &eviction, stop).await {
+        warn!(pod = %e.pod_ref(), error = %err, "writing the eviction status");
+    }
+}
+
 /// Starts one run of a container (with its events); Err is the message of kubelet's `Failed`.
 async fn launch(
     e: &Arc<PodEntry>,
@@ -611,6 +688,11 @@ async fn launch(
     let (Some(sandbox), Some(image)) = (sandbox, image) else {
         return Err(format!("the sandbox of container {} is gone", plan.name));
     };
+    // The container's stdin and terminal, as its spec asks: its shim keeps them.
+    let dir = container::dir(&e.host.data_dir, &e.host_id(&plan.name));
+    if let Err(err) = e.stdio_of(&plan.name).write(&dir) {
+        warn!(container = %plan.name, error = %err, "writing the container's stdio settings");
+    }
     match sandbox.launch(plan, &image, restart_count).await {
         Ok(s) => {
             e.event(
@@ -1449,6 +1531,7 @@ impl SandboxRuntime {
             entry.changed();
         });
         lock(&e.tasks).push(coordinator);
+        lock(&e.tasks).push(tokio::spawn(watch_storage(e.clone())));
     }
 
     async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<i32, RuntimeError> {
@@ -1982,14 +2065,41 @@ impl PodStreams for SandboxRuntime {
                 c.name
             )));
         }
-        // Output from now on, read from the log; the container's stdin is closed (not kept).
+        // Output from now on, read from the log; input (with `stdin: true`) and terminal
+        // resizes (with `tty: true`) go to the container's shim, which keeps its stdin.
+        let stdio = e.stdio_of(&c.name);
+        if request.stdin && !stdio.stdin {
+            return Err(StreamError::BadRequest(format!(
+                "container {} in pod {pod} was not started with stdin: true; \
+                 attach cannot send it input",
+                c.name
+            )));
+        }
         let dir = container::dir(&self.config.data_dir, &e.host_id(&c.name));
+        let (stdin, resize) = if request.stdin || (request.tty && stdio.tty) {
+            match attach_input(&dir, request.stdin, request.tty && stdio.tty).await {
+                Ok(io) => io,
+                Err(err) if request.stdin => {
+                    return Err(StreamError::Internal(format!(
+                        "attaching to the stdin of container {}: {err}",
+                        c.name
+                    )));
+                }
+                // Output only: a terminal that cannot be resized is no reason to refuse.
+                Err(err) => {
+                    debug!(container = %c.name, error = %err, "no resizes for this attach");
+                    (None, None)
+                }
+            }
+        } else {
+            (None, None)
+        };
         let path = container::log_path(&dir, u32::try_from(c.restart_count).unwrap_or(0));
         let mut raw_done = run_over(&e, w, c.restart_count).shared();
         let start = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let (out_tx, out_rx) = tokio::io::duplex(64 * 1024);
         let (err_tx, err_rx) = tokio::io::duplex(64 * 1024);
-        let merged = request.tty;
+        let merged = request.tty || stdio.tty;
         let pump_done = raw_done.clone();
         tokio::spawn(follow_raw(
             path,
@@ -2015,12 +2125,12 @@ impl PodStreams for SandboxRuntime {
         }
         .boxed();
         Ok(ExecSession {
-            stdin: None,
+            stdin,
             stdout: request
                 .stdout
                 .then(|| Box::pin(out_rx) as crate::streams::Reader),
             stderr: (request.stderr && !merged).then(|| Box::pin(err_rx) as crate::streams::Reader),
-            resize: None,
+            resize,
             exit,
         })
     }
@@ -2051,6 +2161,67 @@ impl PodStreams for SandboxRuntime {
             ))
         })
     }
+}
+
+/// An attach session's input to the shim of the container in `dir`: a writer for its stdin
+/// (when `stdin`) and a sender of terminal sizes (when `tty`), framed onto one connection to the
+/// shim's attach socket. The session ends (for `stdinOnce`, the container's stdin closes) when
+/// both are dropped.
+async fn attach_input(
+    dir: &std::path::Path,
+    stdin: bool,
+    tty: bool,
+) -> std::io::Result<(
+    Option<crate::streams::Writer>,
+    Option<mpsc::Sender<TermSize>>,
+)> {
+    use sandbox::shim::{FRAME_CLOSE, FRAME_DATA, FRAME_RESIZE, frame};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = sandbox::shim::connect(dir).await?;
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(64);
+    let writer = stdin.then(|| {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let tx = frames_tx.clone();
+        tokio::spawn(async move {
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                match theirs.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(frame(FRAME_DATA, &chunk[..n])).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(frame(FRAME_CLOSE, &[])).await;
+        });
+        Box::pin(ours) as crate::streams::Writer
+    });
+    let resize = tty.then(|| {
+        let (size_tx, mut size_rx) = mpsc::channel::<TermSize>(8);
+        let tx = frames_tx.clone();
+        tokio::spawn(async move {
+            while let Some(size) = size_rx.recv().await {
+                let mut p = size.width.to_be_bytes().to_vec();
+                p.extend_from_slice(&size.height.to_be_bytes());
+                if tx.send(frame(FRAME_RESIZE, &p)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        size_tx
+    });
+    drop(frames_tx);
+    tokio::spawn(async move {
+        while let Some(f) = frames_rx.recv().await {
+            if conn.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+        let _ = conn.shutdown().await;
+    });
+    Ok((writer, resize))
 }
 
 /// Copies what is appended to a CRI log file after `start` into `out` (stdout records, and

@@ -280,6 +280,21 @@ pub async fn start(
             None
         }
     };
+    // Under a shim, a container may keep a stdin and a terminal (the pod spec's `stdin`,
+    // `stdinOnce`, `tty`, see [`shim::StdinSpec`]). The shim allocates the terminal and hands
+    // its other side to the runtime as plain stdio, so the runtime itself makes none.
+    let shimmed =
+        matches!(io_mode, Io::Logged) && shim::binary().is_some() && runtime.config().is_some();
+    let mut stdio_spec = shim::StdinSpec::read(&dir);
+    if shimmed && cfg.tty {
+        stdio_spec.tty = true;
+    }
+    if shimmed && cfg.tty && !(runtime.kind() == RuntimeKind::Gvisor && std::env::var_os("XTRY").is_some()) {
+        cfg.tty = false;
+        if !cfg.env.iter().any(|(k, _)| k == "TERM") {
+            cfg.env.push(("TERM".into(), "xterm".into()));
+        }
+    }
     let oci = spec::runtime_spec(&cfg, &image.config, user, &rootfs, &sb)?;
     let cfg_path = dir.join("config.json");
     std::fs::write(
@@ -312,6 +327,7 @@ pub async fn start(
             memory_cgroup: cgroup,
             cgroups_path,
             state,
+            stdio: stdio_spec,
         };
         return start_shim(binary, &dir, runtime, spec).await;
     }
@@ -498,6 +514,7 @@ pub async fn start_pause(
             memory_cgroup: None,
             cgroups_path: None,
             state,
+            stdio: shim::StdinSpec::default(),
         };
         return start_shim(binary, &dir, runtime, spec).await;
     }

@@ -33,6 +33,123 @@ pub const PID_FILE: &str = "shim.pid";
 pub const EXIT_FILE: &str = "exit.json";
 /// The shim's own log (its stderr).
 pub const LOG_FILE: &str = "shim.log";
+/// The unix socket on which the shim of a container with a kept stdin takes attach sessions
+/// (see [`StdinSpec`] and [`frame`]).
+pub const ATTACH_SOCKET: &str = "attach.sock";
+/// How the container's standard input is wired ([`StdinSpec`]), written by whoever starts the
+/// container (the agent, from the pod spec) before [`crate::container::start`] reads it.
+pub const STDIO_FILE: &str = "stdio.json";
+
+/// The pod spec's `stdin`, `stdinOnce` and `tty` of a container. With `stdin` the container
+/// gets a standard input that stays open for its whole life, kept by its shim, which copies
+/// what attach sessions send on [`ATTACH_SOCKET`] into it; with `stdinOnce` it is closed when
+/// the first session ends. With `tty` the container's streams are a pseudo-terminal the shim
+/// allocates (its output is logged as stdout; sessions may resize it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StdinSpec {
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub tty: bool,
+}
+
+impl StdinSpec {
+    /// Whether the shim keeps something for attach sessions (a stdin or a terminal).
+    pub fn kept(&self) -> bool {
+        self.stdin || self.tty
+    }
+
+    /// Reads `dir/stdio.json` (the default, nothing kept, when absent or unreadable).
+    pub fn read(dir: &Path) -> Self {
+        std::fs::read(dir.join(STDIO_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes it as `dir/stdio.json` (creating `dir`).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        write_atomic(
+            dir,
+            STDIO_FILE,
+            &serde_json::to_vec(self).unwrap_or_default(),
+        )
+    }
+}
+
+/// Frame kinds an attach session sends to the shim: `[kind][u32 big-endian length][payload]`.
+pub const FRAME_DATA: u8 = 0;
+/// Payload: width and height, each a big-endian u16.
+pub const FRAME_RESIZE: u8 = 1;
+/// The session's stdin ended (no payload). With `stdinOnce` the container's stdin closes.
+pub const FRAME_CLOSE: u8 = 2;
+
+/// One frame of the attach protocol. Pure.
+pub fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(5 + payload.len());
+    f.push(kind);
+    f.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Splits the complete frames off the front of `buf`. Pure.
+pub fn take_frames(buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        if buf.len() < 5 {
+            return out;
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.len() < 5 + len {
+            return out;
+        }
+        let kind = buf[0];
+        let payload = buf[5..5 + len].to_vec();
+        buf.drain(..5 + len);
+        out.push((kind, payload));
+    }
+}
+
+/// Runs `f` with a path naming `dir/attach.sock` short enough for a socket address (through
+/// `/proc/self/fd` when the directory's own path is too long).
+fn with_socket_path<T>(
+    dir: &Path,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let direct = dir.join(ATTACH_SOCKET);
+    if direct.as_os_str().len() < 100 {
+        return f(&direct);
+    }
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    use std::os::fd::AsRawFd as _;
+    let r = f(&PathBuf::from(format!(
+        "/proc/self/fd/{}/{ATTACH_SOCKET}",
+        fd.as_raw_fd()
+    )));
+    drop(fd);
+    r
+}
+
+/// Opens an attach session to the shim of the container in `dir` (which must keep a stdin or
+/// terminal): send it [`frame`]s; closing the connection ends the session.
+pub async fn connect(dir: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let std_stream = with_socket_path(dir, |p| std::os::unix::net::UnixStream::connect(p))?;
+    std_stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(std_stream)
+}
 
 static BINARY: OnceLock<PathBuf> = OnceLock::new();
 
@@ -90,6 +207,9 @@ pub struct Spec {
     pub cgroups_path: Option<String>,
     /// The container's record, written as `state.json` with its status as it changes.
     pub state: State,
+    /// Its stdin and terminal (nothing kept when absent).
+    #[serde(default)]
+    pub stdio: StdinSpec,
 }
 
 /// How a container ended, as its shim recorded it (`exit.json`).
@@ -224,7 +344,17 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
     if let Some(parent) = log.parent() {
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
     }
-    let mut process = match runtime.spawn(&id, dir, Stdio::piped()).await {
+    // A kept stdin or terminal, and the socket attach sessions reach it by, exist before the
+    // container starts: an attach may come as soon as the agent hears `ok`.
+    let (stdio, kept) = match keep_stdio(dir, spec.stdio) {
+        Ok(k) => k,
+        Err(e) => {
+            let message = format!("preparing the container's stdin: {e}");
+            report(&format!("error: {message}"));
+            return Err(ShimError::Start { id, message });
+        }
+    };
+    let mut process = match runtime.spawn(&id, dir, stdio).await {
         Ok(p) => p,
         Err(e) => {
             let message = chain(&e);
@@ -264,6 +394,21 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
             }));
         }
     }
+    let attach = match kept {
+        Some(k) => {
+            if let Some(out) = k.output {
+                pumps.push(tokio::spawn(pump_terminal(out, log.clone())));
+            }
+            Some(tokio::spawn(serve_attach(
+                k.listener,
+                k.input,
+                k.master,
+                spec.stdio.stdin_once,
+                id.clone(),
+            )))
+        }
+        None => None,
+    };
     report("ok");
     debug!(%id, "container running under its shim");
 
@@ -299,6 +444,10 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
             255
         }
     };
+    if let Some(a) = attach {
+        a.abort();
+    }
+    let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
     container::drain_pumps(&id, pumps).await;
     let oom_killed = spec
         .memory_cgroup
@@ -338,10 +487,318 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
     Ok(())
 }
 
+/// What the shim keeps of a container with a stdin or terminal.
+struct Kept {
+    listener: tokio::net::UnixListener,
+    /// Where session input goes: the stdin pipe, or the terminal's master side.
+    input: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    /// The terminal's output (logged as stdout).
+    output: Option<PtyIo>,
+    /// The terminal's master side, for resizes.
+    master: Option<std::os::fd::OwnedFd>,
+}
+
+/// The runtime's stdio for `stdio`, and what the shim keeps of it.
+fn keep_stdio(dir: &Path, stdio: StdinSpec) -> std::io::Result<(Stdio, Option<Kept>)> {
+    use std::process::Stdio as S;
+    if !stdio.kept() {
+        return Ok((Stdio::piped(), None));
+    }
+    let sock = dir.join(ATTACH_SOCKET);
+    let _ = std::fs::remove_file(&sock);
+    let listener = with_socket_path(dir, |p| std::os::unix::net::UnixListener::bind(p))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    if stdio.tty {
+        let (master, slave) = open_pty()?;
+        let out = Stdio {
+            stdin: if stdio.stdin {
+                S::from(slave.try_clone()?)
+            } else {
+                S::null()
+            },
+            stdout: S::from(slave.try_clone()?),
+            stderr: S::from(slave),
+            foreground: false,
+        };
+        let kept = Kept {
+            listener,
+            input: stdio
+                .stdin
+                .then(|| PtyIo::new(&master))
+                .transpose()?
+                .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+            output: Some(PtyIo::new(&master)?),
+            master: Some(master),
+        };
+        return Ok((out, Some(kept)));
+    }
+    let (read, write) = std::io::pipe()?;
+    let writer = tokio::net::unix::pipe::Sender::from_owned_fd(write.into())?;
+    Ok((
+        Stdio {
+            stdin: S::from(read),
+            ..Stdio::piped()
+        },
+        Some(Kept {
+            listener,
+            input: Some(Box::new(writer)),
+            output: None,
+            master: None,
+        }),
+    ))
+}
+
+/// What attach sessions ask of the kept stdin.
+enum Input {
+    Data(Vec<u8>),
+    Resize(u16, u16),
+    /// A session ended (its stdin closed, or it went away).
+    End,
+}
+
+/// Takes attach sessions on `listener` and copies their input into `input`, until the
+/// container exits (the task is aborted then). With `once`, the first session's end closes the
+/// container's stdin (a terminal gets an end-of-file character: its master cannot half-close).
+async fn serve_attach(
+    listener: tokio::net::UnixListener,
+    input: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    master: Option<std::os::fd::OwnedFd>,
+    once: bool,
+    id: String,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
+    let writer = tokio::spawn(async move {
+        let tty = master.is_some();
+        let mut input = input;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Input::Data(d) => {
+                    if let Some(w) = input.as_mut()
+                        && (w.write_all(&d).await.is_err() || w.flush().await.is_err())
+                    {
+                        input = None;
+                    }
+                }
+                Input::Resize(width, height) => {
+                    if let Some(m) = &master {
+                        let ws = rustix::termios::Winsize {
+                            ws_row: height,
+                            ws_col: width,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        let _ = rustix::termios::tcsetwinsize(m, ws);
+                    }
+                }
+                Input::End if once => {
+                    if let Some(mut w) = input.take() {
+                        if tty {
+                            let _ = w.write_all(&[4]).await;
+                        }
+                        let _ = w.shutdown().await;
+                    }
+                    debug!(%id, "first attach session ended: stdin closed (stdinOnce)");
+                }
+                Input::End => {}
+            }
+        }
+    });
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            break;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            'conn: loop {
+                let n = match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                for (kind, payload) in take_frames(&mut buf) {
+                    let msg = match kind {
+                        FRAME_DATA => Input::Data(payload),
+                        FRAME_RESIZE if payload.len() == 4 => Input::Resize(
+                            u16::from_be_bytes([payload[0], payload[1]]),
+                            u16::from_be_bytes([payload[2], payload[3]]),
+                        ),
+                        FRAME_CLOSE => break 'conn,
+                        _ => continue,
+                    };
+                    let _ = tx.send(msg);
+                }
+            }
+            let _ = tx.send(Input::End);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Copies the terminal's output into the log as stdout records as soon as it comes: a line
+/// not ended yet (a shell's prompt) is written at once as a partial record, so attach sessions
+/// (which follow the log) show it.
+async fn pump_terminal(mut out: PtyIo, path: PathBuf) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await?;
+    let mut chunk = vec![0u8; logs::MAX_LINE];
+    loop {
+        let n = out.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let now = jiff::Timestamp::now();
+        let mut records = Vec::new();
+        for piece in chunk[..n].split_inclusive(|b| *b == b'\n') {
+            records.extend(match piece.strip_suffix(b"\n") {
+                Some(line) => logs::format_line(now, Stream::Stdout, false, line),
+                None => logs::format_line(now, Stream::Stdout, true, piece),
+            });
+        }
+        file.write_all(&records).await?;
+    }
+}
+
+/// A pseudo-terminal pair (master non-blocking, both close-on-exec).
+fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let flags = rustix::fs::fcntl_getfl(&master)?;
+    rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok((master, slave))
+}
+
+/// The terminal's master side, async (reads end when the container's side is closed).
+struct PtyIo {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl PtyIo {
+    /// Registers its own duplicate of `fd`.
+    fn new(fd: &std::os::fd::OwnedFd) -> std::io::Result<Self> {
+        // Deprecated for descriptors it does not own; it owns this duplicate outright.
+        #[allow(deprecated)]
+        Ok(PtyIo {
+            fd: tokio::io::unix::AsyncFd::new(fd.try_clone()?)?,
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for PtyIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::os::fd::AsFd as _;
+        use std::task::Poll;
+        loop {
+            let mut guard = match self.fd.poll_read_ready(cx) {
+                Poll::Ready(g) => g?,
+                Poll::Pending => return Poll::Pending,
+            };
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                rustix::io::read(fd.get_ref().as_fd(), &mut *unfilled).map_err(Into::into)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // EIO: every descriptor of the terminal's other side is closed.
+                Ok(Err(e)) if e.raw_os_error() == Some(5) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PtyIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::os::fd::AsFd as _;
+        use std::task::Poll;
+        loop {
+            let mut guard = match self.fd.poll_write_ready(cx) {
+                Poll::Ready(g) => g?,
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard
+                .try_io(|fd| rustix::io::write(fd.get_ref().as_fd(), data).map_err(Into::into))
+            {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::RuntimeKind;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = frame(FRAME_DATA, b"hi\n");
+        buf.extend(frame(FRAME_RESIZE, &[0, 80, 0, 24]));
+        let mut partial = frame(FRAME_CLOSE, &[]);
+        buf.extend(partial.drain(..3));
+        let got = take_frames(&mut buf);
+        assert_eq!(
+            got,
+            vec![
+                (FRAME_DATA, b"hi\n".to_vec()),
+                (FRAME_RESIZE, vec![0, 80, 0, 24])
+            ]
+        );
+        buf.extend(partial);
+        assert_eq!(take_frames(&mut buf), vec![(FRAME_CLOSE, vec![])]);
+        assert!(buf.is_empty());
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(StdinSpec::read(d.path()), StdinSpec::default());
+        let s = StdinSpec {
+            stdin: true,
+            stdin_once: false,
+            tty: true,
+        };
+        s.write(d.path()).unwrap();
+        assert_eq!(StdinSpec::read(d.path()), s);
+    }
 
     #[test]
     fn cmdline_match() {
@@ -401,6 +858,11 @@ mod tests {
                 status: Status::Waiting {
                     reason: "ContainerCreating".into(),
                 },
+            },
+            stdio: StdinSpec {
+                stdin: true,
+                stdin_once: true,
+                tty: false,
             },
         };
         let j = serde_json::to_value(&spec).unwrap();
