@@ -672,9 +672,15 @@ async fn watch_storage(e: Arc<PodEntry>) {
             warn!(pod = %entry.pod_ref(), "containers did not end after the eviction's SIGKILL");
         }
     };
-    if let Err(err) = crate::eviction::evict(&e.client, &pod, &eviction, stop).await {
-        warn!(pod = %e.pod_ref(), error = %err, "writing the eviction status");
-    }
+    // A task of its own: once the containers are killed the pod ends and its tasks (this
+    // watcher among them) are aborted, and the status must still be written.
+    let (client, pod_ref) = (e.client.clone(), e.pod_ref());
+    let evicting = tokio::spawn(async move {
+        if let Err(err) = crate::eviction::evict(&client, &pod, &eviction, stop).await {
+            warn!(pod = %pod_ref, error = %err, "writing the eviction status");
+        }
+    });
+    let _ = evicting.await;
 }
 
 /// Starts one run of a container (with its events); Err is the message of kubelet's `Failed`.

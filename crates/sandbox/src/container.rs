@@ -282,14 +282,17 @@ pub async fn start(
     };
     // Under a shim, a container may keep a stdin and a terminal (the pod spec's `stdin`,
     // `stdinOnce`, `tty`, see [`shim::StdinSpec`]). The shim allocates the terminal and hands
-    // its other side to the runtime as plain stdio, so the runtime itself makes none.
+    // its other side to the runtime as the container's stdio.
     let shimmed =
         matches!(io_mode, Io::Logged) && shim::binary().is_some() && runtime.config().is_some();
     let mut stdio_spec = shim::StdinSpec::read(&dir);
     if shimmed && cfg.tty {
         stdio_spec.tty = true;
     }
-    if shimmed && cfg.tty && !(runtime.kind() == RuntimeKind::Gvisor && std::env::var_os("XTRY").is_some()) {
+    // gVisor makes the terminal it is handed (`terminal: true` with no console socket: its
+    // stdio) the container's console, job control and sizes included; crun would allocate a
+    // terminal of its own, so it gets the shim's as plain stdio.
+    if shimmed && cfg.tty && runtime.kind() != RuntimeKind::Gvisor {
         cfg.tty = false;
         if !cfg.env.iter().any(|(k, _)| k == "TERM") {
             cfg.env.push(("TERM".into(), "xterm".into()));

@@ -8,7 +8,11 @@
 //! finds running containers again with [`crate::container::adopt`].
 //!
 //! Files in the container directory: `shim.json` (what to run, written by the agent),
-//! `shim.pid`, `shim.log` (the shim's own diagnostics), `exit.json`.
+//! `shim.pid`, `shim.log` (the shim's own diagnostics), `exit.json`; for a container whose pod
+//! spec has `stdin` or `tty` ([`StdinSpec`], from `stdio.json`), `attach.sock`: the shim keeps
+//! the container's stdin (a pipe, or the pseudo-terminal it allocates for `tty`) open for the
+//! container's whole life and copies what attach sessions send there into it (see [`frame`]);
+//! a restarted agent attaches again the same way.
 //!
 //! The shim reports to the agent over its stdout, one line: `ok` once the container runs, or
 //! `error: MESSAGE` when the runtime could not start it; after that line it never writes there.
