@@ -12,67 +12,24 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::procs::{Proc, free_port};
 use common::{bin, eventually, kubectl_at, kubectl_versions, tail, which};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A pod subnet of its own (`B.C` of 10.B.C.0/24), apart from the other tests' (200-249).
 fn subnet() -> String {
-    let salt = std::process::id();
-    format!("{}.{}", 150 + salt % 40, (salt / 40) % 250 + 1)
+    common::procs::subnet(150, 40)
 }
 
 fn needs_sandboxes() -> bool {
-    for tool in ["runsc", "skopeo", "script"] {
-        if which(tool).is_none() {
-            assert!(
-                std::env::var_os("NODELESS_REQUIRE_SANDBOX").is_none(),
-                "{tool} is required (scripts/setup.sh installs it)"
-            );
-            println!("SKIPPED: {tool} not installed");
-            return false;
-        }
-    }
-    true
+    common::procs::needs_sandboxes(&["runsc", "skopeo", "script"])
 }
 
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(args: &[String], log: PathBuf) -> Proc {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(bin())
-            .args(args)
-            .env("NODELESS_LOG", "info,agent=debug,sandbox=debug")
-            // Storage is measured every second (kubelet: 10 s).
-            .env("NODELESS_EVICTION_INTERVAL_MS", "1000")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start nodeless");
-        Proc { child }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `nodeless ARGS`, its storage measured every second (kubelet: every 10 s).
+fn spawn(args: &[String], log: PathBuf) -> Proc {
+    Proc::spawn_with(args, log, &[("NODELESS_EVICTION_INTERVAL_MS", "1000")])
 }
 
 /// `nodeless server` plus one host agent (restartable), in a temporary data dir.
@@ -92,7 +49,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (api, reg) = (free_port(), free_port());
         let d = dir.path().display().to_string();
-        let server = Proc::spawn(
+        let server = spawn(
             &[
                 "server".into(),
                 format!("--data-dir={d}/server"),
@@ -113,7 +70,7 @@ impl Cluster {
             format!("--pod-cidr=10.{}.0/24", subnet()),
             "--node-name=attach-host".into(),
         ];
-        let agent = Proc::spawn(&agent_args, dir.path().join("agent.log"));
+        let agent = spawn(&agent_args, dir.path().join("agent.log"));
         let c = Cluster {
             dir,
             kubeconfig,
@@ -471,7 +428,7 @@ fn attach_stdin_and_run_it() {
         let salt = std::process::id() + 7;
         format!("{}.{}", 190 + salt % 10, (salt / 10) % 250 + 1)
     };
-    c.worker = Some(Proc::spawn(
+    c.worker = Some(spawn(
         &[
             "agent".into(),
             format!("--kubeconfig={}", c.kubeconfig.display()),
@@ -501,7 +458,7 @@ fn attach_stdin_and_run_it() {
     // A new agent attaches to the stdin the shim kept.
     c.agent.kill9();
     std::thread::sleep(Duration::from_secs(2));
-    c.agent = Proc::spawn(&c.agent_args, c.data().join("agent2.log"));
+    c.agent = spawn(&c.agent_args, c.data().join("agent2.log"));
     std::thread::sleep(Duration::from_secs(5));
     c.wait_running("cat");
     for k in &versions {

@@ -10,78 +10,23 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::procs::{Proc, free_port};
 use common::{bin, eventually, kubectl_at, tail, which};
 use serde_json::Value;
 
 /// The tests share the host's pod network namespace: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A pod subnet of its own for each run (`B.C` of 10.B.C.0/24), so that what an earlier, killed
-/// run left in the pod network cannot answer for this run's addresses.
 fn subnet() -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let salt = std::process::id() + n * 37;
-    format!("{}.{}", 200 + salt % 50, (salt / 50) % 250 + 1)
+    common::procs::subnet(200, 50)
 }
 
 fn needs_sandboxes() -> bool {
-    for tool in ["runsc", "crun", "skopeo", "script"] {
-        if which(tool).is_none() {
-            assert!(
-                std::env::var_os("NODELESS_REQUIRE_SANDBOX").is_none(),
-                "{tool} is required (scripts/setup.sh installs it)"
-            );
-            println!("SKIPPED: {tool} not installed");
-            return false;
-        }
-    }
-    true
-}
-
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[String], log: PathBuf) -> Proc {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(bin())
-            .args(args)
-            .env("NODELESS_LOG", "info,agent=debug,sandbox=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start nodeless");
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    common::procs::needs_sandboxes(&["runsc", "crun", "skopeo", "script"])
 }
 
 struct Cluster {

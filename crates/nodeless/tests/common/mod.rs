@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod image;
+pub mod procs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -20,13 +21,7 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_nodeless")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use procs::free_port;
 
 impl Server {
     /// Start with the default (sqlite) store.
