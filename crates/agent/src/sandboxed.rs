@@ -2295,6 +2295,7 @@ mod tty {
     //! told to use it as the process's terminal (runsc: `--process` with `terminal: true`, which
     //! makes it use its own stdin as the console; crun: `--tty`).
     use super::*;
+    use sandbox::shim::{PtyIo, open_pty};
     use std::os::fd::{AsFd as _, OwnedFd};
 
     pub(super) async fn exec(
@@ -2410,110 +2411,6 @@ mod tty {
             env.push("TERM=xterm".into());
         }
         process
-    }
-
-    fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
-        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-        grantpt(&master)?;
-        unlockpt(&master)?;
-        let name = ptsname(&master, Vec::new())?;
-        let slave = rustix::fs::open(
-            name.as_c_str(),
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
-            rustix::fs::Mode::empty(),
-        )?;
-        let flags = rustix::fs::fcntl_getfl(&master)?;
-        rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK)?;
-        Ok((master, slave))
-    }
-
-    /// One side (read or write) of the pty master, async.
-    struct PtyIo {
-        fd: tokio::io::unix::AsyncFd<OwnedFd>,
-    }
-
-    impl PtyIo {
-        /// Registers its own duplicate of `fd` (one registration per descriptor).
-        fn new(fd: &OwnedFd) -> std::io::Result<Self> {
-            let fd = fd.try_clone()?;
-            // SAFETY: `fd` is an OwnedFd owned by the AsyncFd: it stays open, and is the same
-            // descriptor, for as long as it is registered.
-            #[allow(unsafe_code)]
-            let fd = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    fd,
-                    tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
-                )
-            }
-            .map_err(std::io::Error::from)?;
-            Ok(PtyIo { fd })
-        }
-    }
-
-    impl tokio::io::AsyncRead for PtyIo {
-        fn poll_read(
-            self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            loop {
-                let mut guard = match self.fd.poll_read_ready(cx) {
-                    std::task::Poll::Ready(g) => g?,
-                    std::task::Poll::Pending => return std::task::Poll::Pending,
-                };
-                let unfilled = buf.initialize_unfilled();
-                match guard.try_io(|fd| {
-                    rustix::io::read(fd.get_ref().as_fd(), &mut *unfilled).map_err(Into::into)
-                }) {
-                    Ok(Ok(n)) => {
-                        buf.advance(n);
-                        return std::task::Poll::Ready(Ok(()));
-                    }
-                    // EIO: the slave side is closed (the process ended): end of stream.
-                    Ok(Err(e)) if e.raw_os_error() == Some(5) => {
-                        return std::task::Poll::Ready(Ok(()));
-                    }
-                    Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
-                    Err(_would_block) => continue,
-                }
-            }
-        }
-    }
-
-    impl tokio::io::AsyncWrite for PtyIo {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            data: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            loop {
-                let mut guard = match self.fd.poll_write_ready(cx) {
-                    std::task::Poll::Ready(g) => g?,
-                    std::task::Poll::Pending => return std::task::Poll::Pending,
-                };
-                match guard
-                    .try_io(|fd| rustix::io::write(fd.get_ref().as_fd(), data).map_err(Into::into))
-                {
-                    Ok(r) => return std::task::Poll::Ready(r),
-                    Err(_would_block) => continue,
-                }
-            }
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
     }
 }
 

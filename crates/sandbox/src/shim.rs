@@ -671,8 +671,8 @@ async fn pump_terminal(mut out: PtyIo, path: PathBuf) -> std::io::Result<()> {
     }
 }
 
-/// A pseudo-terminal pair (master non-blocking, both close-on-exec).
-fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+/// A pseudo-terminal pair (master non-blocking, both close-on-exec): (master, slave).
+pub fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     grantpt(&master)?;
@@ -689,13 +689,13 @@ fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 }
 
 /// The terminal's master side, async (reads end when the container's side is closed).
-struct PtyIo {
+pub struct PtyIo {
     fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
 }
 
 impl PtyIo {
     /// Registers its own duplicate of `fd`.
-    fn new(fd: &std::os::fd::OwnedFd) -> std::io::Result<Self> {
+    pub fn new(fd: &std::os::fd::OwnedFd) -> std::io::Result<Self> {
         // Deprecated for descriptors it does not own; it owns this duplicate outright.
         #[allow(deprecated)]
         Ok(PtyIo {
