@@ -82,6 +82,8 @@ pub enum Input {
     RetryStart,
     /// The containers exited by themselves.
     Exited { code: i32, at: Timestamp },
+    /// The containers were killed for an eviction: the pod ends, whatever its restartPolicy.
+    Evicted { code: i32, at: Timestamp },
     /// The runtime stopped the containers after a deletion request.
     Stopped { code: i32, at: Timestamp },
     /// The pod disappeared from the API.
@@ -179,6 +181,24 @@ pub fn transition(
                 restarts,
                 ..
             },
+            Input::Evicted { code, at },
+        ) => (
+            S::Completed {
+                exit: Exit {
+                    code: *code,
+                    started_at: *started_at,
+                    finished_at: *at,
+                },
+                restarts: *restarts,
+            },
+            vec![WriteStatus, Release],
+        ),
+        (
+            S::Running {
+                started_at,
+                restarts,
+                ..
+            },
             Input::Exited { code, at },
         ) => {
             let exit = Exit {
@@ -218,7 +238,7 @@ pub fn transition(
                 started_at,
                 restarts,
             },
-            Input::Stopped { code, at } | Input::Exited { code, at },
+            Input::Stopped { code, at } | Input::Exited { code, at } | Input::Evicted { code, at },
         ) => (
             S::Deleting {
                 exit: Some(Exit {
@@ -321,6 +341,37 @@ mod tests {
             }
         );
         assert_eq!(a.last(), Some(&Action::Release));
+    }
+
+    #[test]
+    fn an_evicted_pod_ends_whatever_its_restart_policy() {
+        for policy in [
+            RestartPolicy::Always,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Never,
+        ] {
+            let (state, actions) = run(
+                policy,
+                &[
+                    Input::Observed { deleting: false },
+                    Input::Started { at: t(1) },
+                    Input::Evicted {
+                        code: 137,
+                        at: t(5),
+                    },
+                ],
+            );
+            assert!(
+                matches!(state, PodState::Completed { exit, restarts: 0 } if exit.code == 137),
+                "{policy:?}: {state:?}"
+            );
+            assert_eq!(
+                actions.iter().filter(|a| **a == Action::Start).count(),
+                1,
+                "{policy:?}: started once, never again: {actions:?}"
+            );
+            assert_eq!(actions.last(), Some(&Action::Release));
+        }
     }
 
     #[test]

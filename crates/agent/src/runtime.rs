@@ -96,6 +96,9 @@ pub struct RuntimeStatus {
     pub initialized: bool,
     /// Every regular container runs and is ready (readiness probes pass).
     pub ready: bool,
+    /// The pod was evicted (kubelet's message): it ends Failed with reason `Evicted` and is
+    /// not started again, whatever its restartPolicy.
+    pub evicted: Option<String>,
 }
 
 /// Parse a Go-style duration as the annotation carries it ("2s", "1.5s", "300ms", "1m", "1h").

@@ -337,6 +337,8 @@ struct PodEntry {
     images: Mutex<BTreeMap<String, Image>>,
     shared: Mutex<Shared>,
     stopping: watch::Sender<bool>,
+    /// Set when the pod is evicted (kubelet's message).
+    evicted: Mutex<Option<String>>,
     /// Some(code) once no container will run again.
     done: watch::Sender<Option<i32>>,
     /// Bumped on every status change (log followers and attach watch it).
@@ -450,6 +452,7 @@ impl PodEntry {
             container_statuses: s.regular.iter().map(CState::status).collect(),
             initialized: s.initialized,
             ready: !s.regular.is_empty() && s.regular.iter().all(|c| c.running() && c.ready),
+            evicted: lock(&self.evicted).clone(),
         }
     }
 
@@ -642,6 +645,7 @@ async fn watch_storage(e: Arc<PodEntry>) {
             break ev;
         }
     };
+    *lock(&e.evicted) = Some(eviction.message());
     let pod = crate::eviction::PodRef {
         namespace: e.namespace.clone(),
         name: e.name.clone(),
@@ -1349,6 +1353,7 @@ impl SandboxRuntime {
             images: Mutex::new(BTreeMap::new()),
             shared: Mutex::new(shared),
             stopping: watch::channel(false).0,
+            evicted: Mutex::new(None),
             done: watch::channel(None).0,
             version: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
@@ -1833,6 +1838,7 @@ mod recover {
             images: Mutex::new(images),
             shared: Mutex::new(shared),
             stopping: watch::channel(false).0,
+            evicted: Mutex::new(None),
             done: watch::channel(None).0,
             version: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),

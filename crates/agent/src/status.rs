@@ -237,7 +237,7 @@ fn from_runtime(
     } else {
         (!rs.initialized).then_some("ContainersNotInitialized")
     };
-    let conditions = vec![
+    let mut conditions = vec![
         condition(pod, "PodReadyToStartContainers", !terminal, None, now),
         condition(
             pod,
@@ -250,17 +250,37 @@ fn from_runtime(
         condition(pod, "ContainersReady", ready, not_ready, now),
         condition(pod, "PodScheduled", true, None, now),
     ];
+    // An evicted pod says so, as kubelet writes it, whatever copy of the pod this is from.
+    let evicted = rs.evicted.as_deref().filter(|_| terminal);
+    if let Some(message) = evicted
+        && !has_condition(pod, "DisruptionTarget")
+    {
+        let mut c = condition(
+            pod,
+            "DisruptionTarget",
+            true,
+            Some("TerminationByKubelet"),
+            now,
+        );
+        c["message"] = message.into();
+        conditions.push(c);
+    }
     let containers = serde_json::to_value(&rs.container_statuses).ok()?;
     let init = serde_json::to_value(&rs.init_container_statuses).ok()?;
-    Some(assemble(
-        pod,
-        phase,
-        conditions,
-        &start_time,
-        containers,
-        init,
-        cx,
-    ))
+    let mut status = assemble(pod, phase, conditions, &start_time, containers, init, cx);
+    if let Some(message) = evicted {
+        status["reason"] = "Evicted".into();
+        status["message"] = message.into();
+    }
+    Some(status)
+}
+
+/// Whether the pod's status has a condition of this type.
+fn has_condition(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_))
 }
 
 /// The status body: phase, our conditions then the ones others own, IPs, startTime, statuses.
@@ -451,7 +471,51 @@ mod tests {
             container_statuses: vec![cs],
             initialized: true,
             ready,
+            evicted: None,
         }
+    }
+
+    #[test]
+    fn an_evicted_pod_says_so_once_it_ended() {
+        let mut rs = runtime_status(false, 0);
+        rs.evicted = Some(
+            "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. ".into(),
+        );
+        let cx = Context {
+            host_ip: "10.244.0.7",
+            pod_ip: Some("10.244.0.7"),
+            started: None,
+            runtime: Some(&rs),
+            now: ts(5),
+        };
+        let ended = PodState::Completed {
+            exit: Exit {
+                code: 137,
+                started_at: ts(1),
+                finished_at: ts(4),
+            },
+            restarts: 0,
+        };
+        let s = pod_status(&pod(), &ended, &cx).unwrap();
+        assert_eq!(s["phase"], "Failed");
+        assert_eq!(s["reason"], "Evicted");
+        assert!(s["message"].as_str().unwrap().contains("2Mi"));
+        let disruption: Vec<_> = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["type"] == "DisruptionTarget")
+            .collect();
+        assert_eq!(disruption.len(), 1, "{s}");
+        assert_eq!(disruption[0]["reason"], "TerminationByKubelet");
+        // While it still runs (the kill is under way), nothing is said yet.
+        let running = PodState::Running {
+            started_at: ts(1),
+            restarts: 0,
+            last_exit: None,
+        };
+        let s = pod_status(&pod(), &running, &cx).unwrap();
+        assert!(s.get("reason").is_none(), "{s}");
     }
 
     #[test]

@@ -965,11 +965,14 @@ impl<R: Runtime> Shell<R> {
         let (runtime, tx, id) = (self.runtime.clone(), self.tx.clone(), uid.to_string());
         let h = tokio::spawn(async move {
             if let Ok(code) = runtime.wait(&id).await {
+                let at = Timestamp::now();
+                let evicted = runtime.pod_status(&id).is_some_and(|s| s.evicted.is_some());
                 let _ = tx.send(Msg::Runtime {
                     uid: id,
-                    input: Input::Exited {
-                        code,
-                        at: Timestamp::now(),
+                    input: if evicted {
+                        Input::Evicted { code, at }
+                    } else {
+                        Input::Exited { code, at }
                     },
                     started: None,
                 });

@@ -477,6 +477,7 @@ async fn recovered_pods_are_adopted_and_runtime_changes_rewrite_the_status() {
             container_statuses: vec![cs],
             initialized: true,
             ready: false,
+            evicted: None,
         },
     );
     changes_tx.send(uid.clone()).unwrap();

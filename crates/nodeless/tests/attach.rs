@@ -479,7 +479,7 @@ fn attach_stdin_and_run_it() {
     // does (Failed, reason Evicted, kubelet's message, an Evicted event) and not restarted.
     let hog = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"hog"}},
-           "spec":{{"restartPolicy":"Never","containers":[{{"name":"c","image":"{image}",
+           "spec":{{"restartPolicy":"Always","containers":[{{"name":"c","image":"{image}",
              "command":["sh","-c","yes filling-the-log-past-the-limit | head -n 200000; dd if=/dev/zero of=/big bs=1024 count=4096; sleep 100000"],
              "resources":{{"limits":{{"ephemeral-storage":"2Mi"}}}}}}]}}}}"#
     );
@@ -520,7 +520,16 @@ fn attach_stdin_and_run_it() {
     assert_eq!(v["status"]["reason"], "Evicted");
     assert_eq!(
         v["status"]["containerStatuses"][0]["restartCount"], 0,
-        "an evicted pod is not restarted: {}",
+        "an evicted pod is not restarted, restartPolicy Always notwithstanding: {}",
         v["status"]
     );
+    let disruption = v["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "DisruptionTarget")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(disruption["status"], "True", "{}", v["status"]);
+    assert_eq!(disruption["reason"], "TerminationByKubelet");
 }
