@@ -248,10 +248,7 @@ pub async fn start(
     // the same way: the sandbox ends when it goes over, which the parent's figures tell.
     let own_sandbox = match runtime.kind() {
         RuntimeKind::Container => true,
-        RuntimeKind::Gvisor => !sandbox
-            .annotations
-            .iter()
-            .any(|(k, _)| k == crate::runtime::SANDBOX_ID),
+        RuntimeKind::Gvisor => !sandbox.joins_sandbox(),
         _ => false,
     };
     let cgroup = match (config.resources.memory_bytes, memory_cgroup_root()) {

@@ -748,11 +748,7 @@ async fn launch_in(
     }
     let context = container_context(context, &host.data_dir, pod_id, name);
     let mut cfg = cfg.clone();
-    let own_sandbox = runtime.kind() == RuntimeKind::Gvisor
-        && !context
-            .annotations
-            .iter()
-            .any(|(k, _)| k == crate::runtime::SANDBOX_ID);
+    let own_sandbox = runtime.kind() == RuntimeKind::Gvisor && !context.joins_sandbox();
     let cpu = if own_sandbox {
         cfg.resources.cpu_millis.take()
     } else {
@@ -820,11 +816,7 @@ fn container_context(
     name: &str,
 ) -> SandboxContext {
     let mut context = context.clone();
-    if context
-        .annotations
-        .iter()
-        .any(|(k, _)| k == crate::runtime::SANDBOX_ID)
-    {
+    if context.joins_sandbox() {
         context.cgroups_path = Some(format!("{}/{name}", sandbox_cgroup(data_dir, pod_id)));
     }
     context

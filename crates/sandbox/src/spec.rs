@@ -58,6 +58,16 @@ pub struct SandboxContext {
     pub annotations: Vec<(String, String)>,
 }
 
+impl SandboxContext {
+    /// Whether the container joins a pod sandbox started before it (gVisor's pause), rather
+    /// than being the root of a sandbox of its own.
+    pub fn joins_sandbox(&self) -> bool {
+        self.annotations
+            .iter()
+            .any(|(k, _)| k == crate::runtime::SANDBOX_ID)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error(

@@ -5,61 +5,18 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sandbox::image::{ImageStore, PullOptions, StoreOptions};
-use sandbox::network::{PodNetwork, Subnet};
 use sandbox::plan::PodPlan;
-use sandbox::pod::{self, Host, VolumeFiles};
+use sandbox::pod::{self, VolumeFiles};
 use sandbox::runtime::{self, RuntimeKind};
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    image: String,
-    host: Host,
-    network: PodNetwork,
-    rt: Arc<dyn runtime::Runtime>,
-}
+type Env = PodEnv;
 
 fn env(kind: RuntimeKind, octet: u8) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let (tmp, data) = data_dir();
-    let layout = data.join("layout");
-    busybox_layout(&layout, &["sh"]);
-    let image = format!("oci:{}", layout.display());
-    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
-    let network = PodNetwork::new(
-        format!("nltest-limits-{}-{octet}", std::process::id()),
-        "nlbr0",
-        Subnet {
-            network: Ipv4Addr::new(10, 207, octet, 0),
-            prefix: 24,
-        },
-        data.join("network"),
-    );
-    let host = Host {
-        data_dir: data.clone(),
-        images: store,
-        network: Some(network.clone()),
-        pull: PullOptions::default(),
-    };
-    let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open_for_pods(kind, &data).unwrap());
-    Env {
-        _tmp: tmp,
-        data,
-        image,
-        host,
-        network,
-        rt,
-    }
+    pod_env("limits", kind, 207, octet)
 }
 
 fn log_of(data: &Path, id: &str) -> String {

@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sandbox::image::{ImageStore, PullOptions, StoreOptions};
-use sandbox::network::{PodNetwork, Subnet};
-use sandbox::pod::{self, Host, Phase, VolumeFiles};
+use sandbox::pod::{self, Phase, VolumeFiles};
 use sandbox::runtime::{self, RuntimeKind};
 
 fn log_of(data: &std::path::Path, id: &str) -> String {
@@ -37,54 +33,10 @@ async fn wait_for_log(data: &std::path::Path, id: &str, needle: &str) -> String 
     panic!("{id} never logged {needle:?}: {}", log_of(data, id));
 }
 
-/// A host for pod tests: a data dir with the busybox test image, a pod network of its own
-/// (bridge netns `nltest-pods-<pid>-<octet>`, 10.202.<octet>.0/24) and runtime `kind`.
-struct Env {
-    _tmp: tempfile::TempDir,
-    data: std::path::PathBuf,
-    image: String,
-    netns: String,
-    network: PodNetwork,
-    host: Host,
-    rt: Arc<dyn runtime::Runtime>,
-}
+type Env = PodEnv;
 
 fn env(kind: RuntimeKind, subnet_octet: u8) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let (tmp, data) = data_dir();
-    let layout = data.join("layout");
-    busybox_layout(&layout, &["sh"]);
-    let image = format!("oci:{}", layout.display());
-    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
-    let netns = format!("nltest-pods-{}-{subnet_octet}", std::process::id());
-    let network = PodNetwork::new(
-        &netns,
-        "nlbr0",
-        Subnet {
-            network: Ipv4Addr::new(10, 202, subnet_octet, 0),
-            prefix: 24,
-        },
-        data.join("network"),
-    );
-    let host = Host {
-        data_dir: data.clone(),
-        images: store,
-        network: Some(network.clone()),
-        pull: PullOptions::default(),
-    };
-    let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open_for_pods(kind, &data).unwrap());
-    Env {
-        _tmp: tmp,
-        data,
-        image,
-        netns,
-        network,
-        host,
-        rt,
-    }
+    pod_env("pods", kind, 202, subnet_octet)
 }
 
 async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {

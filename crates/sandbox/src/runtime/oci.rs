@@ -179,18 +179,13 @@ impl OciRuntime {
         let Some(root) = self.root() else {
             return true;
         };
-        let Ok(rd) = std::fs::read_dir(root) else {
+        if std::fs::read_dir(root).is_err() {
             return root.exists();
-        };
-        let prefix = format!("{id}_sandbox:");
-        rd.flatten().any(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            match self.kind {
-                RuntimeKind::Gvisor => n.starts_with(&prefix) && n.ends_with(".state"),
-                _ => n == id,
-            }
-        })
+        }
+        match self.kind {
+            RuntimeKind::Gvisor => runsc_state_file(root, id).is_some(),
+            _ => root.join(id).exists(),
+        }
     }
 
     fn spawn_err(&self) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
@@ -335,6 +330,16 @@ impl OciRuntime {
     }
 }
 
+/// runsc's state file of container `id` under its `--root`: `<id>_sandbox:<sandbox>.state`.
+fn runsc_state_file(root: &Path, id: &str) -> Option<PathBuf> {
+    let prefix = format!("{id}_sandbox:");
+    std::fs::read_dir(root).ok()?.flatten().find_map(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        (n.starts_with(&prefix) && n.ends_with(".state")).then(|| e.path())
+    })
+}
+
 /// The CRI container type the bundle's spec declares (`sandbox` or `container`), if any.
 fn pod_container_type(bundle: &Path) -> Option<String> {
     let b = std::fs::read(bundle.join("config.json")).ok()?;
@@ -464,20 +469,12 @@ impl Runtime for OciRuntime {
         let (RuntimeKind::Gvisor, Some(root)) = (self.kind, self.root()) else {
             return true;
         };
-        let prefix = format!("{id}_sandbox:");
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let status = std::fs::read_dir(root).ok().and_then(|rd| {
-                rd.flatten()
-                    .find(|e| {
-                        let n = e.file_name();
-                        let n = n.to_string_lossy();
-                        n.starts_with(&prefix) && n.ends_with(".state")
-                    })
-                    .and_then(|e| std::fs::read(e.path()).ok())
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| v.get("status")?.as_str().map(str::to_owned))
-            });
+            let status = runsc_state_file(root, id)
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("status")?.as_str().map(str::to_owned));
             match status.as_deref() {
                 Some("running") => return true,
                 Some("stopped") => return false,

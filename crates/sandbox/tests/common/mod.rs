@@ -363,3 +363,57 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let p = d.path().to_owned();
     (d, p)
 }
+
+/// A host for pod tests: a data dir holding the busybox test image (with `sh`), a pod network
+/// of its own (bridge netns `nltest-<suite>-<pid>-<octet>`, 10.`<net>`.`<octet>`.0/24) and the
+/// pod runtime `kind`.
+pub struct PodEnv {
+    pub _tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    /// `oci:<layout>` of the busybox image.
+    pub image: String,
+    pub netns: String,
+    pub network: sandbox::network::PodNetwork,
+    pub host: sandbox::pod::Host,
+    pub rt: std::sync::Arc<dyn sandbox::runtime::Runtime>,
+}
+
+pub fn pod_env(suite: &str, kind: sandbox::runtime::RuntimeKind, net: u8, octet: u8) -> PodEnv {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (tmp, data) = data_dir();
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let image = format!("oci:{}", layout.display());
+    let store = std::sync::Arc::new(
+        sandbox::image::ImageStore::open(data.join("images"), Default::default()).unwrap(),
+    );
+    let netns = format!("nltest-{suite}-{}-{octet}", std::process::id());
+    let network = sandbox::network::PodNetwork::new(
+        &netns,
+        "nlbr0",
+        sandbox::network::Subnet {
+            network: std::net::Ipv4Addr::new(10, net, octet, 0),
+            prefix: 24,
+        },
+        data.join("network"),
+    );
+    let host = sandbox::pod::Host {
+        data_dir: data.clone(),
+        images: store,
+        network: Some(network.clone()),
+        pull: Default::default(),
+    };
+    let rt = std::sync::Arc::from(sandbox::runtime::open_for_pods(kind, &data).unwrap());
+    PodEnv {
+        _tmp: tmp,
+        data,
+        image,
+        netns,
+        network,
+        host,
+        rt,
+    }
+}
