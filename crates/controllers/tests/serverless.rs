@@ -266,7 +266,9 @@ async fn a_pod_gets_its_own_node_and_loses_it_when_deleted() {
     .await;
     assert!(node_exists(&nodes, "serverless-ip-10-244-0-3").await);
     assert!(node_exists(&nodes, &big).await);
-    // The freed IP is given again.
+    // The freed IP is given again, once the scheduler's own Node watch has shown the deletion
+    // (it does not reuse an address while its watch still shows the Node): give it a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     pods.create(&PostParams::default(), &pod("web3", json!({}), None))
         .await
         .unwrap();
