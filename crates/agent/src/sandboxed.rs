@@ -1,5 +1,6 @@
 //! The agent's real runtime: pods bound to this host run in real sandboxes (crates/sandbox):
-//! gVisor (`runsc`) for serverless pods, `crun` for worker-node pods. [`SandboxRuntime`]
+//! gVisor (`runsc`) or a QEMU micro-VM (see [`vm`]) for serverless pods, `crun` (or a
+//! micro-VM) for worker-node pods. [`SandboxRuntime`]
 //! implements [`crate::runtime::Runtime`] and [`crate::streams::PodStreams`].
 //!
 //! Per pod: ConfigMap/Secret values and files are fetched with the kube client, images pulled
@@ -45,6 +46,8 @@ use tracing::{debug, info, warn};
 use crate::runtime::{ContainerStarted, Runtime, RuntimeError, RuntimeStatus, Started};
 use crate::streams::{ExecRequest, ExecSession, LogOptions, PodStreams, StreamError, TermSize};
 
+mod vm;
+
 /// The scheduler whose pods run in the serverless runtime.
 pub const SERVERLESS_SCHEDULER: &str = "serverless-scheduler";
 /// The cluster registry's pull credential (contract).
@@ -59,9 +62,10 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     pub data_dir: PathBuf,
-    /// Runtime for serverless pods (spec.schedulerName == "serverless-scheduler"): Gvisor (default) or Microvm later.
+    /// Runtime for serverless pods (spec.schedulerName == "serverless-scheduler"): Gvisor
+    /// (default) or Microvm.
     pub serverless_runtime: RuntimeKind,
-    /// Runtime for other pods (worker nodes): Container (crun).
+    /// Runtime for other pods (worker nodes): Container (crun) or Microvm.
     pub worker_runtime: RuntimeKind,
     /// The pod network: netns, bridge and subnet (the host's pod CIDR).
     pub network: PodNetwork,
@@ -330,9 +334,11 @@ struct PodEntry {
     plan: PodPlan,
     pod: Pod,
     host: pod::Host,
-    runtime: Arc<dyn SbRuntime>,
+    /// What runs the pod's containers.
+    engine: Engine,
     client: kube::Client,
     changes: mpsc::UnboundedSender<String>,
+    /// The pod's sandbox (OCI runtimes; micro-VM pods have their VM in [`Engine::Vm`]).
     sandbox: Mutex<Option<pod::Sandbox>>,
     images: Mutex<BTreeMap<String, Image>>,
     shared: Mutex<Shared>,
@@ -349,6 +355,69 @@ struct PodEntry {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What runs a pod's containers.
+enum Engine {
+    /// An OCI runtime (runsc, crun): one sandbox, a container (with its shim) per run.
+    Oci(Arc<dyn SbRuntime>),
+    /// A micro-VM, once booted.
+    Vm(Mutex<Option<Arc<vm::VmPod>>>),
+}
+
+/// How a micro-VM container's run ended: the exit code, whether the OOM killer ended it, and
+/// the guest's error if it could not start.
+type VmEnd = Result<(i32, bool, Option<String>), String>;
+
+/// One run of a container.
+enum Run {
+    Oci(Box<container::Started>),
+    Vm {
+        started_at: Time,
+        end: futures::future::BoxFuture<'static, VmEnd>,
+    },
+}
+
+impl Run {
+    fn started_at(&self) -> Time {
+        match self {
+            Run::Oci(started) => match &started.state().status {
+                container::Status::Running { started_at } => time(started_at),
+                _ => None,
+            }
+            .unwrap_or_else(now_time),
+            Run::Vm { started_at, .. } => started_at.clone(),
+        }
+    }
+
+    /// Waits for the run's end: its terminated state and exit code.
+    async fn wait(self, container_id: &str) -> Result<(ContainerState, i32), String> {
+        match self {
+            Run::Oci(started) => started
+                .wait()
+                .await
+                .map(|exit| (terminated(&exit, container_id), exit.code))
+                .map_err(|e| e.to_string()),
+            Run::Vm { started_at, end } => {
+                let (code, oom, error) = end.await?;
+                Ok((
+                    ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            reason: Some(container::exit_reason(code, oom).into()),
+                            message: error,
+                            started_at: Some(started_at),
+                            finished_at: Some(now_time()),
+                            container_id: Some(container_id.to_owned()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    code,
+                ))
+            }
+        }
+    }
 }
 
 impl PodEntry {
@@ -445,6 +514,53 @@ impl PodEntry {
         pod::container_id(&self.plan.id, name)
     }
 
+    fn vm(&self) -> Option<Arc<vm::VmPod>> {
+        match &self.engine {
+            Engine::Vm(slot) => lock(slot).clone(),
+            Engine::Oci(_) => None,
+        }
+    }
+
+    /// Sends `signal` to container `name`'s current run.
+    async fn kill(&self, name: &str, signal: i32) -> Result<(), String> {
+        match &self.engine {
+            Engine::Oci(rt) => rt
+                .kill(&self.host_id(name), signal)
+                .await
+                .map_err(|e| e.to_string()),
+            Engine::Vm(_) => match self.vm() {
+                Some(vm) => vm.kill(name, signal).await,
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Whether container `name` runs for its runtime.
+    async fn runs(&self, name: &str) -> bool {
+        match &self.engine {
+            Engine::Oci(rt) => {
+                rt.status(&self.host_id(name))
+                    .await
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some("running")
+            }
+            Engine::Vm(_) => match self.vm() {
+                Some(vm) => vm.running(name).await,
+                None => false,
+            },
+        }
+    }
+
+    /// The pod's IP (inside the pod network's namespace).
+    fn ip(&self) -> Option<Ipv4Addr> {
+        match &self.engine {
+            Engine::Oci(_) => lock(&self.sandbox).as_ref().and_then(|s| s.ip),
+            Engine::Vm(_) => self.vm().and_then(|vm| vm.ip),
+        }
+    }
+
     fn status(&self) -> RuntimeStatus {
         let s = lock(&self.shared);
         RuntimeStatus {
@@ -512,7 +628,7 @@ fn failed_run(code: i32, reason: &str, message: String, container_id: &str) -> C
 
 /// Runs one container until its policy says it will not run again; returns its last exit code.
 /// `adopted`: a run already going (after an agent restart).
-async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<container::Started>) -> i32 {
+async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<Run>) -> i32 {
     let plan = e.plan_of(w).clone();
     let policy = match w {
         Which::Init(_) => init_policy(e.plan.restart_policy),
@@ -543,11 +659,11 @@ async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<container::St
             Ok(started) => {
                 set_running(&e, w, &started);
                 let probes = probes::spawn_for(&e, w);
-                let exit = started.wait().await;
+                let exit = started.wait(&cid).await;
                 probes.abort();
                 match exit {
-                    Ok(exit) => (terminated(&exit, &cid), exit.code),
-                    Err(err) => (failed_run(255, "Unknown", format!("{err}"), &cid), 255),
+                    Ok(ended) => ended,
+                    Err(err) => (failed_run(255, "Unknown", err, &cid), 255),
                 }
             }
         };
@@ -600,12 +716,8 @@ async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<container::St
 }
 
 /// Records that a run of the container is going.
-fn set_running(e: &PodEntry, w: Which, started: &container::Started) {
-    let started_at = match &started.state().status {
-        container::Status::Running { started_at } => time(started_at),
-        _ => None,
-    }
-    .unwrap_or_else(now_time);
+fn set_running(e: &PodEntry, w: Which, started: &Run) {
+    let started_at = started.started_at();
     e.update(w, |c| {
         c.state = ContainerState {
             running: Some(ContainerStateRunning {
@@ -665,7 +777,7 @@ async fn watch_storage(e: Arc<PodEntry>) {
                 .collect()
         };
         for name in &running {
-            if let Err(err) = entry.runtime.kill(&entry.host_id(name), 9).await {
+            if let Err(err) = entry.kill(name, 9).await {
                 debug!(container = %name, error = %err, "SIGKILL for an eviction");
             }
         }
@@ -692,7 +804,22 @@ async fn launch(
     e: &Arc<PodEntry>,
     plan: &ContainerPlan,
     restart_count: u32,
-) -> Result<container::Started, String> {
+) -> Result<Run, String> {
+    if let Engine::Vm(_) = &e.engine {
+        let vm = e
+            .vm()
+            .ok_or_else(|| format!("the micro-VM of container {} is gone", plan.name))?;
+        let run = vm.restart(&plan.name).await;
+        if run.is_ok() {
+            e.event(
+                Some(&plan.name),
+                false,
+                "Started",
+                format!("Started container {}", plan.name),
+            );
+        }
+        return run;
+    }
     let sandbox = lock(&e.sandbox).clone();
     let image = lock(&e.images).get(&plan.image).cloned();
     let (Some(sandbox), Some(image)) = (sandbox, image) else {
@@ -703,7 +830,11 @@ async fn launch(
     if let Err(err) = e.stdio_of(&plan.name).write(&dir) {
         warn!(container = %plan.name, error = %err, "writing the container's stdio settings");
     }
-    match sandbox.launch(plan, &image, restart_count).await {
+    match sandbox
+        .launch(plan, &image, restart_count)
+        .await
+        .map(|s| Run::Oci(Box::new(s)))
+    {
         Ok(s) => {
             e.event(
                 Some(&plan.name),
@@ -761,18 +892,28 @@ mod probes {
         {
             return Running(None);
         }
-        let Some(sandbox) = lock(&e.sandbox).clone() else {
+        let Some(ip) = e.ip() else {
             return Running(None);
         };
-        let Some(ip) = sandbox.ip else {
-            return Running(None);
+        let exec: Arc<crate::probe::ExecFn> = match &e.engine {
+            Engine::Oci(runtime) => {
+                let (runtime, id) = (runtime.clone(), e.host_id(&spec.name));
+                Arc::new(move |cmd: Vec<String>, timeout: Duration| {
+                    let (runtime, id) = (runtime.clone(), id.clone());
+                    async move { exec_probe(runtime, id, cmd, timeout).await }.boxed()
+                })
+            }
+            Engine::Vm(_) => {
+                let Some(vm) = e.vm() else {
+                    return Running(None);
+                };
+                let name = spec.name.clone();
+                Arc::new(move |cmd: Vec<String>, timeout: Duration| {
+                    let (vm, name) = (vm.clone(), name.clone());
+                    async move { vm.probe(&name, &cmd, timeout).await }.boxed()
+                })
+            }
         };
-        let (runtime, id) = (e.runtime.clone(), e.host_id(&spec.name));
-        let exec: Arc<crate::probe::ExecFn> =
-            Arc::new(move |cmd: Vec<String>, timeout: Duration| {
-                let (runtime, id) = (runtime.clone(), id.clone());
-                async move { exec_probe(runtime, id, cmd, timeout).await }.boxed()
-            });
         let target = crate::probe::ProbeTarget {
             pod_ip: ip,
             netns: Some(bridge_netns(&e.host)),
@@ -802,7 +943,7 @@ mod probes {
                             "Killing",
                             format!("Container {name} failed probe, will be restarted"),
                         );
-                        kill_with_grace(&entry, &entry.host_id(&name), grace).await;
+                        kill_with_grace(&entry, &name, grace).await;
                         return;
                     }
                 }
@@ -847,17 +988,17 @@ mod probes {
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace` if the container still runs.
-async fn kill_with_grace(e: &Arc<PodEntry>, id: &str, grace: Duration) {
-    let _ = e.runtime.kill(id, 15).await;
+/// SIGTERM, then SIGKILL after `grace` if container `name` still runs.
+async fn kill_with_grace(e: &Arc<PodEntry>, name: &str, grace: Duration) {
+    let _ = e.kill(name, 15).await;
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if e.runtime.status(id).await.ok().flatten().as_deref() != Some("running") {
+        if !e.runs(name).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = e.runtime.kill(id, 9).await;
+    let _ = e.kill(name, 9).await;
 }
 
 /// The pod network's own namespace (where the bridge is, and pod IPs are reachable).
@@ -879,6 +1020,8 @@ pub struct SandboxRuntime {
     client: kube::Client,
     store: Arc<ImageStore>,
     runtimes: HashMap<RuntimeKind, Arc<dyn SbRuntime>>,
+    /// Set when pods run in micro-VMs.
+    vm_host: Option<vm::VmHost>,
     pods: Mutex<HashMap<String, Arc<PodEntry>>>,
     removing: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     changes_tx: mpsc::UnboundedSender<String>,
@@ -953,8 +1096,13 @@ impl SandboxRuntime {
         client: kube::Client,
     ) -> Result<Arc<Self>, RuntimeError> {
         let mut runtimes = HashMap::new();
+        let mut vm_host = None;
         for kind in [config.serverless_runtime, config.worker_runtime] {
-            if let std::collections::hash_map::Entry::Vacant(v) = runtimes.entry(kind) {
+            if kind == RuntimeKind::Microvm {
+                if vm_host.is_none() {
+                    vm_host = Some(vm::VmHost::open()?);
+                }
+            } else if let std::collections::hash_map::Entry::Vacant(v) = runtimes.entry(kind) {
                 v.insert(open_runtime(kind, &config.data_dir)?);
             }
         }
@@ -989,6 +1137,7 @@ impl SandboxRuntime {
             client,
             store: Arc::new(store),
             runtimes,
+            vm_host,
             pods: Mutex::new(HashMap::new()),
             removing: Mutex::new(HashMap::new()),
             changes_tx,
@@ -1295,11 +1444,15 @@ impl SandboxRuntime {
         }
         .map_err(failed)?;
         let kind = self.kind_for(pod);
-        let runtime = self
-            .runtimes
-            .get(&kind)
-            .cloned()
-            .ok_or_else(|| failed(format!("runtime {kind} is not available")))?;
+        let engine = match kind {
+            RuntimeKind::Microvm if self.vm_host.is_some() => Engine::Vm(Mutex::new(None)),
+            _ => Engine::Oci(
+                self.runtimes
+                    .get(&kind)
+                    .cloned()
+                    .ok_or_else(|| failed(format!("runtime {kind} is not available")))?,
+            ),
+        };
         let prefix = match kind {
             RuntimeKind::Gvisor => "gvisor",
             RuntimeKind::Container => "crun",
@@ -1346,7 +1499,7 @@ impl SandboxRuntime {
             plan: plan.clone(),
             pod: pod.clone(),
             host: self.host(),
-            runtime: runtime.clone(),
+            engine,
             client: self.client.clone(),
             changes: self.changes_tx.clone(),
             sandbox: Mutex::new(None),
@@ -1412,6 +1565,10 @@ impl SandboxRuntime {
         if e.stopping() {
             return Err(failed("the pod was stopped while starting"));
         }
+        let runtime = match &e.engine {
+            Engine::Oci(rt) => rt.clone(),
+            Engine::Vm(_) => return self.start_vm(&e, pod, &files, ip).await,
+        };
 
         // The sandbox. The pod's IP may still be held by a pod of the same Node name that is
         // being torn down (the scheduler reuses an address once its pod object is gone, which
@@ -1522,11 +1679,7 @@ impl SandboxRuntime {
     }
 
     /// One supervisor per regular container, and the task that resolves `wait`.
-    fn spawn_supervisors(
-        &self,
-        e: &Arc<PodEntry>,
-        mut adopted: BTreeMap<usize, container::Started>,
-    ) {
+    fn spawn_supervisors(&self, e: &Arc<PodEntry>, mut adopted: BTreeMap<usize, Run>) {
         let handles: Vec<_> = (0..e.plan.containers.len())
             .map(|i| tokio::spawn(supervise(e.clone(), Which::Regular(i), adopted.remove(&i))))
             .collect();
@@ -1566,7 +1719,7 @@ impl SandboxRuntime {
                 "Killing",
                 format!("Stopping container {name}"),
             );
-            if let Err(err) = e.runtime.kill(&e.host_id(name), 15).await {
+            if let Err(err) = e.kill(name, 15).await {
                 debug!(container = %name, error = %err, "SIGTERM");
             }
         }
@@ -1577,7 +1730,7 @@ impl SandboxRuntime {
         }
         if tokio::time::timeout(grace, e.wait_done()).await.is_err() {
             for name in &running {
-                let _ = e.runtime.kill(&e.host_id(name), 9).await;
+                let _ = e.kill(name, 9).await;
             }
             if tokio::time::timeout(Duration::from_secs(30), e.wait_done())
                 .await
@@ -1619,9 +1772,18 @@ async fn cleanup(e: Arc<PodEntry>) {
         e.done.send_replace(Some(137));
     }
     for c in e.plan.init_containers.iter().chain(&e.plan.containers) {
-        let id = e.host_id(&c.name);
-        if e.runtime.status(&id).await.ok().flatten().is_some() {
-            let _ = e.runtime.kill(&id, 9).await;
+        match &e.engine {
+            Engine::Oci(rt) => {
+                let id = e.host_id(&c.name);
+                if rt.status(&id).await.ok().flatten().is_some() {
+                    let _ = rt.kill(&id, 9).await;
+                }
+            }
+            Engine::Vm(_) => {
+                if e.runs(&c.name).await {
+                    let _ = e.kill(&c.name, 9).await;
+                }
+            }
         }
     }
     if tokio::time::timeout(Duration::from_secs(30), e.wait_done())
@@ -1633,8 +1795,14 @@ async fn cleanup(e: Arc<PodEntry>) {
     for t in lock(&e.tasks).drain(..) {
         t.abort();
     }
-    if let Err(err) = pod::remove(&e.host, e.runtime.as_ref(), &e.plan).await {
-        warn!(pod = %e.pod_ref(), error = %error_chain(&err), "removing the pod sandbox");
+    let removed = match &e.engine {
+        Engine::Oci(rt) => pod::remove(&e.host, rt.as_ref(), &e.plan)
+            .await
+            .map_err(|err| error_chain(&err)),
+        Engine::Vm(_) => vm::remove(&e).await,
+    };
+    if let Err(err) = removed {
+        warn!(pod = %e.pod_ref(), error = %err, "removing the pod sandbox");
     }
     info!(pod = %e.pod_ref(), "pod removed from the host");
 }
@@ -1704,6 +1872,14 @@ mod recover {
         let host = rt.host();
         for record in pod::list(&rt.config.data_dir) {
             let plan = record.plan.clone();
+            if record.runtime == RuntimeKind::Microvm {
+                if rt.vm_host.is_none() {
+                    warn!(pod = %plan.id, "recorded micro-VM pod, but this agent runs no micro-VMs");
+                } else if let Some((uid, started)) = rt.adopt_vm(&host, &record).await {
+                    out.insert(uid, started);
+                }
+                continue;
+            }
             let Some(runtime) = rt.runtimes.get(&record.runtime).cloned() else {
                 warn!(pod = %plan.id, runtime = %record.runtime, "recorded pod of a runtime this agent does not run");
                 continue;
@@ -1755,7 +1931,7 @@ mod recover {
         let mut adopted = BTreeMap::new();
         for (name, s) in by_name {
             if let Some(i) = plan.containers.iter().position(|c| c.name == name) {
-                adopted.insert(i, s);
+                adopted.insert(i, Run::Oci(Box::new(s)));
             }
         }
         // Images from the store (no network): needed to restart containers later.
@@ -1831,7 +2007,7 @@ mod recover {
             plan: plan.clone(),
             pod: pod.clone(),
             host: host.clone(),
-            runtime,
+            engine: Engine::Oci(runtime),
             client: rt.client.clone(),
             changes: rt.changes_tx.clone(),
             sandbox: Mutex::new(Some(sandbox)),
@@ -2006,15 +2182,24 @@ impl PodStreams for SandboxRuntime {
             )));
         }
         let id = e.host_id(&c.name);
+        let runtime = match &e.engine {
+            Engine::Oci(rt) => rt.clone(),
+            Engine::Vm(_) => {
+                let vm = e.vm().ok_or_else(|| {
+                    StreamError::BadRequest(format!("pod {pod} has no running micro-VM"))
+                })?;
+                return vm.exec(&c.name, &request).await;
+            }
+        };
         // A run that just began may not be running for the runtime yet.
         for _ in 0..100 {
-            if e.runtime.status(&id).await.ok().flatten().as_deref() == Some("running") {
+            if e.runs(&c.name).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if request.tty {
-            return exec_tty(&self.config.data_dir, e.runtime.kind(), &id, &request).await;
+            return exec_tty(&self.config.data_dir, runtime.kind(), &id, &request).await;
         }
         let pipe = |on: bool| {
             if on {
@@ -2029,8 +2214,7 @@ impl PodStreams for SandboxRuntime {
             stderr: pipe(request.stderr),
             foreground: false,
         };
-        let mut child = e
-            .runtime
+        let mut child = runtime
             .exec(&id, &request.command, false, stdio)
             .map_err(|err| StreamError::Internal(err.to_string()))?;
         let stdin = child
@@ -2080,6 +2264,13 @@ impl PodStreams for SandboxRuntime {
         // Output from now on, read from the log; input (with `stdin: true`) and terminal
         // resizes (with `tty: true`) go to the container's shim, which keeps its stdin.
         let stdio = e.stdio_of(&c.name);
+        if request.stdin && matches!(e.engine, Engine::Vm(_)) {
+            return Err(StreamError::BadRequest(format!(
+                "container {} in pod {pod} runs in a micro-VM: attach sends it no input \
+                 (use kubectl exec -i)",
+                c.name
+            )));
+        }
         if request.stdin && !stdio.stdin {
             return Err(StreamError::BadRequest(format!(
                 "container {} in pod {pod} was not started with stdin: true; \
@@ -2156,9 +2347,8 @@ impl PodStreams for SandboxRuntime {
         let e = self
             .find(namespace, pod)
             .ok_or_else(|| not_found(format!("pod \"{pod}\" not found on this host")))?;
-        let ip = lock(&e.sandbox)
-            .as_ref()
-            .and_then(|s| s.ip)
+        let ip = e
+            .ip()
             .ok_or_else(|| StreamError::BadRequest(format!("pod {pod} has no IP")))?;
         let netns = bridge_netns(&e.host);
         crate::netns::connect(

@@ -19,12 +19,15 @@ use anyhow::Context;
 pub enum RuntimeKind {
     /// Run nothing; pods go Running and Ready as with kwok (for tests and scale benchmarks).
     Fake,
-    /// gVisor for serverless pods, crun for worker pods.
+    /// Serverless pods in micro-VMs where the CPU has hardware virtualization (and the
+    /// micro-VM assets are installed), else gVisor; crun for worker pods.
     Auto,
     /// gVisor (runsc) for every pod.
     Gvisor,
     /// crun for every pod.
     Container,
+    /// A QEMU micro-VM per pod (KVM, or software emulation where the host has no VMX/SVM).
+    Microvm,
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,6 +118,20 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// `auto` for serverless pods: a micro-VM where the CPU has hardware virtualization and the
+/// micro-VM's assets are installed, else gVisor.
+fn auto_serverless_runtime() -> sandbox::runtime::RuntimeKind {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let kind = sandbox::runtime::resolve(sandbox::runtime::RuntimeChoice::Auto, &cpuinfo);
+    if kind == sandbox::runtime::RuntimeKind::Microvm
+        && let Err(e) = sandbox::microvm::VmAssets::locate()
+    {
+        tracing::warn!(error = %e, "hardware virtualization, but no micro-VM assets: gVisor it is");
+        return sandbox::runtime::RuntimeKind::Gvisor;
+    }
+    kind
+}
+
 /// The bridge of a pod subnet inside the pod network namespace: one per subnet, so that agents
 /// with different subnets on one machine (tests) never share a bridge. At most 15 characters.
 fn bridge_name(cidr: &api::placement::Cidr) -> String {
@@ -185,7 +202,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (serverless_runtime, worker_runtime) = match kind {
         RuntimeKind::Gvisor => (Sandbox::Gvisor, Sandbox::Gvisor),
         RuntimeKind::Container => (Sandbox::Container, Sandbox::Container),
-        RuntimeKind::Auto | RuntimeKind::Fake => (Sandbox::Gvisor, Sandbox::Container),
+        RuntimeKind::Microvm => (Sandbox::Microvm, Sandbox::Microvm),
+        RuntimeKind::Auto | RuntimeKind::Fake => (auto_serverless_runtime(), Sandbox::Container),
     };
     let network = sandbox::network::PodNetwork::new(
         "nodeless-pods",

@@ -31,7 +31,8 @@ pub struct Args {
     /// Pod subnet of this host (inside the project's pod network namespace).
     #[arg(long, default_value = "10.244.0.0/24")]
     pub pod_cidr: String,
-    /// Sandbox runtime for serverless pods: auto, gvisor, fake (no sandboxes, for trials).
+    /// Sandbox runtime for serverless pods: auto, gvisor, microvm, fake (no sandboxes, for
+    /// trials).
     #[arg(long, default_value = "auto")]
     pub runtime: String,
     /// CPU the local host offers to serverless pods [default: this machine's cores].

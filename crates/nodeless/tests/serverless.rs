@@ -38,6 +38,8 @@ struct Cluster {
     /// The registry's data dir (credentials, CA).
     registry_dir: PathBuf,
     procs: Vec<Proc>,
+    /// The arguments of `nodeless up` (to start it again).
+    up_args: Vec<String>,
 }
 
 impl Cluster {
@@ -47,6 +49,11 @@ impl Cluster {
 
     /// `nodeless up` in one process.
     fn up() -> Cluster {
+        Cluster::up_with(&[])
+    }
+
+    /// `nodeless up` with `extra` arguments.
+    fn up_with(extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (api, reg) = (free_port(), free_port());
         let kubeconfig = dir.path().join("admin.kubeconfig");
@@ -59,6 +66,10 @@ impl Cluster {
             "--agent-listen=127.0.0.1:0".into(),
             format!("--pod-cidr=10.{net}.0/24"),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         let p = Proc::spawn(&args, dir.path().join("up.log"));
         let c = Cluster {
             kubeconfig,
@@ -66,6 +77,7 @@ impl Cluster {
             subnet: net,
             registry_dir: dir.path().join("registry"),
             procs: vec![p],
+            up_args: args,
             dir,
         };
         c.wait_host();
@@ -125,6 +137,23 @@ impl Cluster {
             self.log()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl create -f -` of `manifest`.
+    fn ok_stdin_create(&self, manifest: &str) {
+        let out = kubectl_at(
+            "kubectl",
+            &self.kubeconfig,
+            self.data(),
+            &["create", "-f", "-"],
+            Some(manifest),
+        );
+        assert!(
+            out.status.success(),
+            "kubectl create: {}\nlogs:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -793,6 +822,7 @@ fn agent_restart_keeps_pods() {
         // The registry of `nodeless server` lives in DATA/server/registry.
         registry_dir: dir.path().join("server/registry"),
         procs: vec![server, agent],
+        up_args: Vec::new(),
         dir,
     };
     let sp = r#"{"apiVersion":"nodeless.io/v1","kind":"ServerlessProfile","metadata":{"name":"all"},
@@ -912,4 +942,181 @@ fn agent_restart_keeps_pods() {
     eventually(60, "worker pod gone", || {
         c.pods("plain", "run=onworker").is_empty().then_some(())
     });
+}
+
+/// Whether the micro-VM runtime can run here (QEMU, mkfs.erofs and the assets of
+/// `scripts/microvm-assets.sh`); without them the test says SKIPPED, or fails when
+/// `NODELESS_REQUIRE_MICROVM` is set (CI).
+fn needs_microvm(test: &str) -> bool {
+    let assets = std::env::var_os("NODELESS_MICROVM_ASSETS").map_or_else(
+        || PathBuf::from("/var/cache/nodeless/microvm"),
+        PathBuf::from,
+    );
+    let missing: Vec<String> = [
+        ("qemu-system-x86_64", which("qemu-system-x86_64").is_some()),
+        ("mkfs.erofs", which("mkfs.erofs").is_some()),
+        ("micro-VM assets", assets.join("vmlinux").is_file()),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(what, _)| what.to_string())
+    .collect();
+    if missing.is_empty() {
+        return needs_sandboxes();
+    }
+    assert!(
+        std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
+        "{test}: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing:?}"
+    );
+    println!("SKIPPED {test}: missing {missing:?}");
+    false
+}
+
+fn qemu_processes(data: &Path) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
+    let d = data.display().to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&d) && l.contains("qemu-system"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// `nodeless up --runtime microvm`: pods in QEMU micro-VMs (software emulation on this kind of
+/// host) through the same kubectl paths as gVisor pods: an init container filling an emptyDir,
+/// a readiness probe (exec in the VM), logs, exec (WebSocket and SPDY, stdin, a TTY, exit
+/// codes), port-forward, a crashing container restarted in its VM with `--previous` logs, the
+/// whole `nodeless up` killed and started again without touching the VM, and deletion leaving
+/// no QEMU, pod directory or veth behind.
+#[test]
+fn micro_vm_pods() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !needs_microvm("micro_vm_pods") {
+        return;
+    }
+    let mut c = Cluster::up_with(&["--runtime=microvm"]);
+    let image = c.push("team/vm", "1", &["sh"], &[]);
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"vm1","labels":{{"app":"vm"}}}},
+        "spec":{{
+          "initContainers":[{{"name":"fill","image":"{image}",
+            "command":["sh","-c","echo hello from the pod > /www/index.html"],
+            "volumeMounts":[{{"name":"www","mountPath":"/www"}}]}}],
+          "containers":[{{"name":"web","image":"{image}",
+            "command":["sh","-c","echo hello from $(hostname); exec httpd -f -p 8080 -h /www"],
+            "readinessProbe":{{"exec":{{"command":["cat","/www/index.html"]}},"periodSeconds":2}},
+            "volumeMounts":[{{"name":"www","mountPath":"/www"}}]}}],
+          "volumes":[{{"name":"www","emptyDir":{{}}}}]}}}}"#
+    );
+    c.ok_stdin_create(&pod);
+    let pods = c.running("default", "app=vm", 1, 240);
+    let node = node_of(&pods[0]);
+    assert!(node.starts_with("serverless-ip-10-"), "{node}");
+    let cs = pods[0]["status"]["containerStatuses"][0].clone();
+    let cid = cs["containerID"].as_str().unwrap().to_string();
+    assert!(cid.starts_with("microvm://"), "{cs}");
+    let init = &pods[0]["status"]["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["reason"], "Completed", "{init}");
+    let vms = qemu_processes(c.data());
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    let events = c.events_for("default", "vm1");
+    for reason in ["Scheduled", "Pulled", "Created", "Started"] {
+        assert!(events.contains(reason), "no {reason} event: {events}");
+    }
+
+    let logs = c.ok("kubectl", &["logs", "vm1"]);
+    assert!(logs.contains("hello from vm1"), "{logs}");
+    for k in ["kubectl.1.28", "kubectl.1.33"] {
+        if which(k).is_none() {
+            continue;
+        }
+        let out = c.ok(k, &["exec", "vm1", "--", "cat", "/www/index.html"]);
+        assert_eq!(out, "hello from the pod\n", "{k}");
+        let out = c.ok(
+            k,
+            &["exec", "vm1", "--", "sh", "-c", "echo out; echo err >&2"],
+        );
+        assert_eq!(out, "out\n", "{k}");
+        let out = c.kubectl(k, &["exec", "vm1", "--", "false"]);
+        assert_eq!(out.status.code(), Some(1), "{k} exec false");
+        let out = common::kubectl_at(
+            k,
+            &c.kubeconfig,
+            c.data(),
+            &["exec", "-i", "vm1", "--", "wc", "-c"],
+            Some("12345"),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "5",
+            "{k} exec -i"
+        );
+        exec_tty(&c, k, "vm1", "echo $((6*7))\n", "42");
+        port_forward_get(&c, k, "vm1");
+    }
+
+    // A crashing container runs again in its VM; the previous run's log stays.
+    let crash = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"crash","labels":{{"app":"crash"}}}},
+        "spec":{{"containers":[{{"name":"c","image":"{image}",
+          "command":["sh","-c","echo boom; exit 3"]}}]}}}}"#
+    );
+    c.ok_stdin_create(&crash);
+    let status = eventually(120, "the crashing container restarted", || {
+        let p = c.json(&["get", "pod", "crash"]);
+        let cs = p["status"]["containerStatuses"][0].clone();
+        (cs["restartCount"].as_i64().unwrap_or(0) >= 1
+            && cs["lastState"]["terminated"]["exitCode"] == 3)
+            .then_some(cs)
+    });
+    assert_eq!(
+        status["lastState"]["terminated"]["reason"], "Error",
+        "{status}"
+    );
+    let prev = c.ok("kubectl", &["logs", "crash", "--previous"]);
+    assert!(prev.contains("boom"), "{prev}");
+    assert_eq!(qemu_processes(c.data()).len(), 2);
+
+    // The VM outlives the whole `nodeless up`; the new process takes it back.
+    let before = c.json(&["get", "pod", "vm1"]);
+    c.procs[0].kill9();
+    assert!(
+        qemu_processes(c.data()).contains(&vms[0]),
+        "the VM went with the agent"
+    );
+    let again = Proc::spawn(&c.up_args, c.data().join("up2.log"));
+    c.procs[0] = again;
+    c.wait_host();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = c.running("default", "app=vm", 1, 60);
+    let (cs1, cs2) = (
+        &before["status"]["containerStatuses"][0],
+        &after[0]["status"]["containerStatuses"][0],
+    );
+    assert_eq!(cs2["containerID"], cs1["containerID"]);
+    assert_eq!(cs2["restartCount"], cs1["restartCount"]);
+    assert_eq!(
+        cs2["state"]["running"]["startedAt"],
+        cs1["state"]["running"]["startedAt"]
+    );
+    assert_eq!(after[0]["status"]["podIP"], before["status"]["podIP"]);
+    assert!(
+        qemu_processes(c.data()).contains(&vms[0]),
+        "QEMU was replaced"
+    );
+    let out = c.ok("kubectl", &["exec", "vm1", "--", "echo", "still here"]);
+    assert_eq!(out, "still here\n");
+
+    c.ok("kubectl", &["delete", "pod", "vm1", "crash", "--wait=true"]);
+    eventually(120, "VMs, pod directories and veths gone", || {
+        let pods_dir = c.data().join("agent/pods");
+        let left = std::fs::read_dir(&pods_dir).map(|d| d.count()).unwrap_or(0);
+        (qemu_processes(c.data()).is_empty() && left == 0 && bridge_ports(&c.subnet).is_empty())
+            .then_some(())
+    });
+    let nodes = c.ok("kubectl", &["get", "nodes", "-o", "name"]);
+    assert!(!nodes.contains("serverless-ip-"), "{nodes}");
 }

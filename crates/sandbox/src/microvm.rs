@@ -551,7 +551,14 @@ pub async fn make_erofs(lower: &[PathBuf], out: &Path) -> Result<()> {
             (merged.clone(), Some(merged))
         }
     };
-    let tmp = PathBuf::from(format!("{}.tmp-{}", out.display(), std::process::id()));
+    // Two pods of one image may convert it at once: each into a file of its own.
+    static TMP: AtomicU32 = AtomicU32::new(0);
+    let tmp = PathBuf::from(format!(
+        "{}.tmp-{}-{}",
+        out.display(),
+        std::process::id(),
+        TMP.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = tokio::process::Command::new(&mkfs)
         .arg("--quiet")
         .arg(&tmp)
@@ -666,6 +673,18 @@ impl ExecSession {
         send(&self.writer, &Frame::Resize(self.id, rows, cols)).await
     }
 
+    /// Splits the session into its input (stdin, signals, resizes: usable from any task) and
+    /// its events, for a caller that feeds and reads it at once.
+    pub fn split(self) -> (ExecInput, mpsc::UnboundedReceiver<ExecEvent>) {
+        (
+            ExecInput {
+                id: self.id,
+                writer: self.writer,
+            },
+            self.events,
+        )
+    }
+
     /// Reads every event up to the exit: the whole output and the code.
     pub async fn collect(mut self) -> Result<ExecOutput> {
         let mut out = ExecOutput::default();
@@ -688,6 +707,33 @@ impl ExecSession {
             }
         }
         Err(MicroVmError::Stopped)
+    }
+}
+
+/// The input side of an [`ExecSession`] (see [`ExecSession::split`]).
+#[derive(Clone)]
+pub struct ExecInput {
+    id: u32,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+}
+
+impl ExecInput {
+    /// Feeds `data` to the process's stdin.
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(proto::CHUNK) {
+            send(&self.writer, &Frame::Stdin(self.id, chunk.to_vec())).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin.
+    pub async fn close_stdin(&self) -> Result<()> {
+        send(&self.writer, &Frame::Stdin(self.id, Vec::new())).await
+    }
+
+    /// Sets the terminal's size.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        send(&self.writer, &Frame::Resize(self.id, rows, cols)).await
     }
 }
 

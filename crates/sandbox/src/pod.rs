@@ -310,7 +310,7 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
-fn write_record(pdir: &Path, record: &PodRecord) -> Result<(), PodError> {
+pub fn write_record(pdir: &Path, record: &PodRecord) -> Result<(), PodError> {
     let rec_path = pdir.join("pod.json");
     let tmp = pdir.join("pod.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(record).unwrap_or_default())

@@ -790,6 +790,35 @@ impl MicroVmPod {
         wait_ended(&self.container(name)?.ended).await
     }
 
+    /// A future of the end of container `name`'s current run (its exit code) that does not
+    /// borrow the pod: a supervisor awaits it while others exec, signal or restart.
+    pub fn ended(
+        &self,
+        name: &str,
+    ) -> Result<impl std::future::Future<Output = Result<i32>> + Send + 'static> {
+        let ended = self.container(name)?.ended.clone();
+        Ok(async move { wait_ended(&ended).await })
+    }
+
+    /// How many times container `name` was restarted (its current run's log is
+    /// `logs/<restarts>.log`).
+    pub fn restarts(&self, name: &str) -> Option<u32> {
+        self.container(name).ok().map(|c| c.restarts)
+    }
+
+    /// Whether container `name`'s current run still goes.
+    pub fn running(&self, name: &str) -> bool {
+        self.container(name)
+            .is_ok_and(|c| c.ended.borrow().is_none())
+    }
+
+    /// Keeps the VM running when this handle is dropped (the agent exits or is restarted; a
+    /// later one takes the VM back with [`MicroVmPod::reattach`]); [`MicroVmPod::destroy`]
+    /// still stops it.
+    pub fn outlive_handle(&mut self) {
+        self.detached = true;
+    }
+
     /// Sends `signal` to container `name`'s process.
     pub async fn kill(&self, name: &str, signal: i32) -> Result<()> {
         let id = self.container(name)?.id;

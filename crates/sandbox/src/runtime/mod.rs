@@ -89,19 +89,15 @@ pub fn has_hardware_virtualization(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-/// The runtime `auto` means on a host with this cpuinfo. While the micro-VM runtime is not
-/// built, hosts with virtualization get gVisor too.
+/// The runtime `auto` means on a host with this cpuinfo: the micro-VM with hardware
+/// virtualization, else gVisor.
 pub fn resolve(choice: RuntimeChoice, cpuinfo: &str) -> RuntimeKind {
     match choice {
         RuntimeChoice::Kind(k) => k,
-        RuntimeChoice::Auto if has_hardware_virtualization(cpuinfo) && MICROVM_READY => {
-            RuntimeKind::Microvm
-        }
+        RuntimeChoice::Auto if has_hardware_virtualization(cpuinfo) => RuntimeKind::Microvm,
         RuntimeChoice::Auto => RuntimeKind::Gvisor,
     }
 }
-
-const MICROVM_READY: bool = false;
 
 /// Standard streams for a container process.
 #[derive(Debug)]

@@ -1,0 +1,619 @@
+//! Pods in micro-VMs (the `microvm` runtime, [`sandbox::microvm::pod`]): the whole pod in one
+//! QEMU `-M microvm` guest, KVM where the host has VMX/SVM, software emulation elsewhere.
+//!
+//! The agent side differs from the OCI runtimes in a few places only, all here: the VM is
+//! booted with every container of the pod at once (init containers run inside the boot, in
+//! order; one that fails ends that boot, and the pod boots again after kubelet's back-off when
+//! its policy restarts init containers), a container's later runs are restarts inside the same
+//! VM, exec goes over the VM's channel, and the VM outlives the agent (a restarted agent takes
+//! it back by its state file). Logs are the same CRI files as the other runtimes write.
+
+use super::*;
+use sandbox::microvm::pod::{MicroVmPod, PodVmOptions};
+use sandbox::microvm::{self, Accel, ContainerSpec, ExecEvent, VmAssets};
+use std::path::Path;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// What boots this host's pod VMs.
+#[derive(Debug, Clone)]
+pub(super) struct VmHost {
+    assets: VmAssets,
+    accel: Accel,
+    boot_timeout: Duration,
+}
+
+impl VmHost {
+    /// Finds QEMU, mkfs.erofs and the guest's kernel and agent, with what to do when one is
+    /// missing.
+    pub(super) fn open() -> Result<VmHost, RuntimeError> {
+        microvm::qemu_binary().map_err(failed)?;
+        if !on_path("mkfs.erofs") {
+            return Err(failed(
+                "mkfs.erofs not found on PATH: apt-get install erofs-utils",
+            ));
+        }
+        let assets = VmAssets::locate().map_err(failed)?;
+        let accel = Accel::Auto.resolve();
+        info!(?accel, kernel = %assets.kernel.display(), "micro-VM runtime ready");
+        Ok(VmHost {
+            assets,
+            accel,
+            // Software emulation boots in seconds, and slower still on a busy host.
+            boot_timeout: if accel == Accel::Kvm {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs(120)
+            },
+        })
+    }
+}
+
+/// A pod's booted VM.
+pub(super) struct VmPod {
+    vm: tokio::sync::Mutex<MicroVmPod>,
+    pub(super) ip: Option<Ipv4Addr>,
+}
+
+impl VmPod {
+    fn new(vm: MicroVmPod) -> Arc<VmPod> {
+        let ip = vm.ip();
+        Arc::new(VmPod {
+            vm: tokio::sync::Mutex::new(vm),
+            ip,
+        })
+    }
+
+    pub(super) async fn kill(&self, name: &str, signal: i32) -> Result<(), String> {
+        self.vm
+            .lock()
+            .await
+            .kill(name, signal)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub(super) async fn running(&self, name: &str) -> bool {
+        self.vm.lock().await.running(name)
+    }
+
+    /// The run of container `name` that is going now (its first, or one after a restart).
+    /// It started when its log file was made (the VM makes it as it starts the process): the
+    /// same answer for a later agent that takes the VM back.
+    async fn current_run(self: &Arc<Self>, name: &str) -> Result<Run, String> {
+        let (ended, log) = {
+            let vm = self.vm.lock().await;
+            let ended = vm.ended(name).map_err(|e| e.to_string())?;
+            (ended, vm.log_path(name).map(Path::to_path_buf))
+        };
+        let started_at = log
+            .and_then(|p| std::fs::metadata(p).ok())
+            .and_then(|m| m.created().ok())
+            .and_then(|t| Timestamp::try_from(t).ok())
+            .map_or_else(now_time, Time);
+        let (vm, name) = (self.clone(), name.to_owned());
+        let end = async move {
+            let code = ended.await.map_err(|e| e.to_string())?;
+            let vm = vm.vm.lock().await;
+            let oom = vm.oom_killed(&name);
+            Ok((code, oom, vm.container_error(&name)))
+        }
+        .boxed();
+        Ok(Run::Vm { started_at, end })
+    }
+
+    /// Runs container `name` again (it has ended) in the same VM.
+    pub(super) async fn restart(self: &Arc<Self>, name: &str) -> Result<Run, String> {
+        self.vm
+            .lock()
+            .await
+            .restart(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.current_run(name).await
+    }
+
+    /// An exec probe: `cmd` in container `name`, its exit code, or an error after `timeout`.
+    pub(super) async fn probe(
+        &self,
+        name: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> std::io::Result<i32> {
+        let session = {
+            let vm = self.vm.lock().await;
+            let spec = ContainerSpec {
+                args: cmd.to_vec(),
+                ..vm.spec_of(name).unwrap_or_default()
+            };
+            vm.exec_session(name, &spec, false, false)
+                .await
+                .map_err(std::io::Error::other)?
+        };
+        match tokio::time::timeout(timeout, session.collect()).await {
+            Ok(out) => out.map(|o| o.code).map_err(std::io::Error::other),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("command timed out after {}", go_duration(timeout)),
+            )),
+        }
+    }
+
+    /// `kubectl exec` into container `name`: its output as streams, its input and terminal
+    /// sizes fed to the guest.
+    pub(super) async fn exec(
+        &self,
+        name: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        let session = {
+            let vm = self.vm.lock().await;
+            let mut spec = ContainerSpec {
+                args: request.command.clone(),
+                ..vm.spec_of(name).unwrap_or_default()
+            };
+            if request.tty && !spec.env.iter().any(|e| e.starts_with("TERM=")) {
+                spec.env.push("TERM=xterm".into());
+            }
+            vm.exec_session(name, &spec, request.stdin, request.tty)
+                .await
+                .map_err(|e| StreamError::Internal(format!("exec in the micro-VM: {e}")))?
+        };
+        let (input, mut events) = session.split();
+        let (mut out_w, out_r) = tokio::io::duplex(64 * 1024);
+        let (mut err_w, err_r) = tokio::io::duplex(64 * 1024);
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<Result<i32, StreamError>>();
+        let merged = request.tty;
+        tokio::spawn(async move {
+            let mut out_open = true;
+            let mut err_open = true;
+            let result = loop {
+                match events.recv().await {
+                    Some(ExecEvent::Stdout(d)) => {
+                        out_open = out_open && out_w.write_all(&d).await.is_ok();
+                    }
+                    Some(ExecEvent::Stderr(d)) if merged => {
+                        out_open = out_open && out_w.write_all(&d).await.is_ok();
+                    }
+                    Some(ExecEvent::Stderr(d)) => {
+                        err_open = err_open && err_w.write_all(&d).await.is_ok();
+                    }
+                    Some(ExecEvent::Error(msg)) => {
+                        let line = format!("{msg}\n");
+                        err_open = err_open && err_w.write_all(line.as_bytes()).await.is_ok();
+                    }
+                    Some(ExecEvent::Exit(code)) => break Ok(code),
+                    Some(ExecEvent::Lost(why)) => {
+                        break Err(StreamError::Internal(format!(
+                            "the micro-VM went away: {why}"
+                        )));
+                    }
+                    None => break Err(StreamError::Internal("the micro-VM went away".into())),
+                }
+            };
+            let _ = out_w.shutdown().await;
+            let _ = err_w.shutdown().await;
+            let _ = exit_tx.send(result);
+        });
+        let stdin = request.stdin.then(|| {
+            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+            let input = input.clone();
+            tokio::spawn(async move {
+                let mut chunk = vec![0u8; 16 * 1024];
+                loop {
+                    match theirs.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if input.write_stdin(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = input.close_stdin().await;
+            });
+            Box::pin(ours) as crate::streams::Writer
+        });
+        let resize = request.tty.then(|| {
+            let (tx, mut rx) = mpsc::channel::<TermSize>(8);
+            tokio::spawn(async move {
+                while let Some(size) = rx.recv().await {
+                    if input.resize(size.height, size.width).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tx
+        });
+        let exit = async move {
+            exit_rx
+                .await
+                .unwrap_or_else(|_| Err(StreamError::Internal("the exec was lost".into())))
+        }
+        .boxed();
+        Ok(ExecSession {
+            stdin,
+            stdout: request
+                .stdout
+                .then(|| Box::pin(out_r) as crate::streams::Reader),
+            stderr: (request.stderr && !merged).then(|| Box::pin(err_r) as crate::streams::Reader),
+            resize,
+            exit,
+        })
+    }
+}
+
+/// Stops the pod's VM (if it was booted) and removes what the pod left on the host: its
+/// containers' directories (logs), its network attachment and its directory.
+pub(super) async fn remove(e: &PodEntry) -> Result<(), String> {
+    let vm = match &e.engine {
+        Engine::Vm(slot) => lock(slot).take(),
+        Engine::Oci(_) => None,
+    };
+    if let Some(vm) = vm {
+        match Arc::try_unwrap(vm) {
+            Ok(vm) => vm
+                .vm
+                .into_inner()
+                .destroy()
+                .await
+                .map_err(|e| e.to_string())?,
+            // A probe or exec still holds it: stop QEMU all the same.
+            Err(vm) => {
+                let pid = vm.vm.lock().await.pid();
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = rustix::process::kill_process(
+                        rustix::process::Pid::from_raw(pid).ok_or("no pid")?,
+                        rustix::process::Signal::KILL,
+                    );
+                }
+            }
+        }
+    }
+    remove_files(&e.host, &e.plan).await
+}
+
+async fn remove_files(host: &pod::Host, plan: &PodPlan) -> Result<(), String> {
+    for c in plan.init_containers.iter().chain(&plan.containers) {
+        let id = pod::container_id(&plan.id, &c.name);
+        container::remove(&host.data_dir, &id).map_err(|e| e.to_string())?;
+    }
+    if let Some(net) = &host.network {
+        net.detach(&plan.id).await.map_err(|e| e.to_string())?;
+    }
+    match std::fs::remove_dir_all(pod::dir(&host.data_dir, &plan.id)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+impl SandboxRuntime {
+    /// Boots the pod's VM (its images are pulled): the network attachment with the pod's IP,
+    /// the record a restarted agent finds it by, then the boot, again after a back-off while an
+    /// init container fails and the policy restarts it. Returns once the regular containers
+    /// run.
+    pub(super) async fn start_vm(
+        &self,
+        e: &Arc<PodEntry>,
+        pod: &Pod,
+        files: &pod::VolumeFiles,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Started, RuntimeError> {
+        let vm_host = self
+            .vm_host
+            .clone()
+            .ok_or_else(|| failed("the micro-VM runtime is not enabled on this agent"))?;
+        let plan = &e.plan;
+        let host = &e.host;
+        let sandbox_failed = |msg: String| {
+            e.event(
+                None,
+                true,
+                "FailedCreatePodSandBox",
+                format!("Failed to create pod sandbox: {msg}"),
+            );
+            failed(msg)
+        };
+        let pdir = pod::dir(&host.data_dir, &plan.id);
+        std::fs::create_dir_all(&pdir)
+            .map_err(|err| sandbox_failed(format!("creating {}: {err}", pdir.display())))?;
+        let net = host
+            .network
+            .clone()
+            .ok_or_else(|| failed("this agent has no pod network"))?;
+        // The address may still be held by a pod of the same Node name being torn down.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let att = loop {
+            match net.attach_with_ip(&plan.id, ip).await {
+                Err(sandbox::network::NetworkError::InUse(addr, holder))
+                    if tokio::time::Instant::now() < deadline && !e.stopping() =>
+                {
+                    debug!(%addr, %holder, "pod address still held by a pod being removed; waiting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other,
+            }
+        }
+        .map_err(|err| sandbox_failed(error_chain(&err)))?;
+        let record = pod::PodRecord {
+            plan: plan.clone(),
+            runtime: RuntimeKind::Microvm,
+            ip: Some(att.ip),
+            netns: Some(att.netns.clone()),
+            uid: Some(e.uid.clone()),
+        };
+        pod::write_record(&pdir, &record).map_err(|err| sandbox_failed(err.to_string()))?;
+        let _ = std::fs::write(
+            pdir.join("k8s-pod.json"),
+            serde_json::to_vec(pod).unwrap_or_default(),
+        );
+        let options = PodVmOptions {
+            assets: vm_host.assets.clone(),
+            accel: vm_host.accel,
+            boot_timeout: vm_host.boot_timeout,
+            volume_files: files.clone(),
+            nameserver: Some(att.gateway),
+        };
+        let images = lock(&e.images).clone();
+        let mut backoff: Option<Duration> = None;
+        let mut stop_rx = e.stopping.subscribe();
+        let vm = loop {
+            let permit = self.starts.clone().acquire_owned().await;
+            if e.stopping() {
+                return Err(failed("the pod was stopped while starting"));
+            }
+            let began = Instant::now();
+            let attempt = MicroVmPod::start(host, plan, &images, Some(&att), &options).await;
+            drop(permit);
+            match attempt {
+                Ok(mut vm) => {
+                    vm.outlive_handle();
+                    break vm;
+                }
+                Err(microvm::MicroVmError::InitContainer { name, code, error }) => {
+                    let Some(i) = plan.init_containers.iter().position(|c| c.name == name) else {
+                        return Err(failed(format!("init container {name} failed")));
+                    };
+                    let cid = e
+                        .get(Which::Init(i))
+                        .map(|c| c.container_id)
+                        .unwrap_or_default();
+                    for j in 0..i {
+                        e.update(Which::Init(j), |c| {
+                            c.state = completed(&c.container_id);
+                            c.ready = true;
+                        });
+                    }
+                    let mut state = failed_run(code, "Error", error.unwrap_or_default(), &cid);
+                    if let Some(t) = state.terminated.as_mut()
+                        && t.message.as_deref() == Some("")
+                    {
+                        t.message = None;
+                    }
+                    e.update(Which::Init(i), |c| c.state = state.clone());
+                    let policy = init_policy(plan.restart_policy);
+                    info!(pod = %e.pod_ref(), container = %name, code, "init container failed in the micro-VM");
+                    if !should_restart(policy, code) {
+                        let _ = e.done.send_replace(Some(code));
+                        return Err(failed(format!(
+                            "init container {name:?} failed with exit code {code}"
+                        )));
+                    }
+                    let (delay, next) = next_backoff(backoff, began.elapsed());
+                    backoff = Some(next);
+                    if let Some(d) = delay {
+                        let msg = format!(
+                            "back-off {} restarting failed container={name} pod={}",
+                            go_duration(d),
+                            e.pod_ref()
+                        );
+                        e.update(Which::Init(i), |c| {
+                            c.last_state = Some(state.clone());
+                            c.state = waiting("CrashLoopBackOff", Some(msg));
+                        });
+                        e.event(
+                            Some(&name),
+                            true,
+                            "BackOff",
+                            format!(
+                                "Back-off restarting failed container {name} in pod {}",
+                                e.pod_ref()
+                            ),
+                        );
+                        tokio::select! {
+                            _ = tokio::time::sleep(d) => {}
+                            _ = stop_rx.wait_for(|s| *s) => {
+                                return Err(failed("the pod was stopped while initializing"));
+                            }
+                        }
+                    }
+                    e.update(Which::Init(i), |c| {
+                        c.last_state = Some(state.clone());
+                        c.restart_count += 1;
+                    });
+                }
+                Err(err) => return Err(sandbox_failed(error_chain(&err))),
+            }
+        };
+        let vm = VmPod::new(vm);
+        if let Engine::Vm(slot) = &e.engine {
+            *lock(slot) = Some(vm.clone());
+        }
+        for (i, c) in plan.init_containers.iter().enumerate() {
+            e.update(Which::Init(i), |s| {
+                s.state = completed(&s.container_id);
+                s.ready = true;
+            });
+            e.event(
+                Some(&c.name),
+                false,
+                "Created",
+                format!("Created container {}", c.name),
+            );
+            e.event(
+                Some(&c.name),
+                false,
+                "Started",
+                format!("Started container {}", c.name),
+            );
+        }
+        lock(&e.shared).initialized = true;
+        let mut first_runs = BTreeMap::new();
+        for (i, c) in plan.containers.iter().enumerate() {
+            match vm.current_run(&c.name).await {
+                Ok(run) => {
+                    set_running(e, Which::Regular(i), &run);
+                    first_runs.insert(i, run);
+                }
+                Err(err) => warn!(container = %c.name, error = %err, "a container of the micro-VM"),
+            }
+            e.event(
+                Some(&c.name),
+                false,
+                "Created",
+                format!("Created container {}", c.name),
+            );
+            e.event(
+                Some(&c.name),
+                false,
+                "Started",
+                format!("Started container {}", c.name),
+            );
+        }
+        e.changed();
+        let started = self.started_of(e);
+        *lock(&e.started) = Some(started.clone());
+        self.spawn_supervisors(e, first_runs);
+        Ok(started)
+    }
+
+    /// Takes back the VM of a pod an earlier agent process started; `None` (after cleaning
+    /// up what is left of it) when its QEMU is gone.
+    pub(super) async fn adopt_vm(
+        &self,
+        host: &pod::Host,
+        record: &pod::PodRecord,
+    ) -> Option<(String, Started)> {
+        let plan = &record.plan;
+        let vm = match MicroVmPod::reattach(host, plan).await {
+            Ok(Some(mut vm)) => {
+                vm.outlive_handle();
+                vm
+            }
+            Ok(None) => {
+                info!(pod = %plan.id, "the micro-VM of a recorded pod is gone: cleaning it up");
+                if let Err(err) = remove_files(host, plan).await {
+                    warn!(pod = %plan.id, error = %err, "cleaning up a recorded micro-VM pod");
+                }
+                return None;
+            }
+            Err(err) => {
+                warn!(pod = %plan.id, error = %err, "taking back a micro-VM");
+                return None;
+            }
+        };
+        let pdir = pod::dir(&host.data_dir, &plan.id);
+        let pod: Pod =
+            serde_json::from_slice(&std::fs::read(pdir.join("k8s-pod.json")).ok()?).ok()?;
+        let uid = record.uid.clone().or_else(|| pod.metadata.uid.clone())?;
+        let mut images = BTreeMap::new();
+        for c in plan.init_containers.iter().chain(&plan.containers) {
+            if let Ok(src) = c.image.parse::<Source>()
+                && let Ok(Some(img)) = self.store.get(&src)
+            {
+                images.insert(c.image.clone(), img);
+            }
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mk = |c: &ContainerPlan, s: Option<&k8s_openapi::api::core::v1::Container>| {
+            let id = pod::container_id(&plan.id, &c.name);
+            let container_id = format!("microvm://{id}");
+            CState {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                image_id: images.get(&c.image).map(image_id_of).unwrap_or_default(),
+                state: s.map_or_else(
+                    || completed(&container_id),
+                    |_| match vm.exit_code(&c.name) {
+                        Some(code) => failed_run(
+                            code,
+                            container::exit_reason(code, vm.oom_killed(&c.name)),
+                            String::new(),
+                            &container_id,
+                        ),
+                        None => waiting("ContainerCreating", None),
+                    },
+                ),
+                container_id,
+                last_state: None,
+                restart_count: vm
+                    .restarts(&c.name)
+                    .map_or(0, |r| i32::try_from(r).unwrap_or(0)),
+                ready: s.is_none(),
+                started: false,
+                has_readiness: s.is_some_and(|s| s.readiness_probe.is_some()),
+                has_startup: s.is_some_and(|s| s.startup_probe.is_some()),
+            }
+        };
+        let shared = Shared {
+            init: plan.init_containers.iter().map(|c| mk(c, None)).collect(),
+            regular: plan
+                .containers
+                .iter()
+                .zip(&spec.containers)
+                .map(|(c, s)| mk(c, Some(s)))
+                .collect(),
+            initialized: true,
+        };
+        let running: Vec<(usize, String)> = plan
+            .containers
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| vm.running(&c.name))
+            .map(|(i, c)| (i, c.name.clone()))
+            .collect();
+        let vm = VmPod::new(vm);
+        let e = Arc::new(PodEntry {
+            uid: uid.clone(),
+            name: plan.name.clone(),
+            namespace: plan.namespace.clone(),
+            node: spec.node_name.clone().unwrap_or_default(),
+            plan: plan.clone(),
+            pod: pod.clone(),
+            host: host.clone(),
+            engine: Engine::Vm(Mutex::new(Some(vm.clone()))),
+            client: self.client.clone(),
+            changes: self.changes_tx.clone(),
+            sandbox: Mutex::new(None),
+            images: Mutex::new(images),
+            shared: Mutex::new(shared),
+            stopping: watch::channel(false).0,
+            evicted: Mutex::new(None),
+            done: watch::channel(None).0,
+            version: watch::channel(0).0,
+            tasks: Mutex::new(Vec::new()),
+            started: Mutex::new(None),
+        });
+        let mut adopted = BTreeMap::new();
+        for (i, name) in running {
+            if let Ok(run) = vm.current_run(&name).await {
+                set_running(&e, Which::Regular(i), &run);
+                adopted.insert(i, run);
+            }
+        }
+        let started = self.started_of(&e);
+        *lock(&e.started) = Some(started.clone());
+        lock(&self.pods).insert(uid.clone(), e.clone());
+        self.spawn_supervisors(&e, adopted);
+        info!(pod = %e.pod_ref(), "adopted a running micro-VM pod");
+        Some((uid, started))
+    }
+}
+
+/// The terminated state of an init container that succeeded.
+fn completed(container_id: &str) -> ContainerState {
+    let mut s = failed_run(0, "Completed", String::new(), container_id);
+    if let Some(t) = s.terminated.as_mut() {
+        t.message = None;
+    }
+    s
+}
