@@ -62,9 +62,13 @@ struct Args {
     /// Pods created one after another, and pods in the burst.
     #[arg(long, default_value_t = 30)]
     pods: usize,
-    /// Bare sandbox starts (`nodeless sandbox run --runtime gvisor`).
+    /// Bare sandbox starts (`nodeless sandbox run --runtime RUNTIME`).
     #[arg(long, default_value_t = 10)]
     sandbox_runs: usize,
+    /// The agent's runtime for the pods, and the bare sandbox's: gvisor or microvm (QEMU; under
+    /// software emulation on hosts without VMX/SVM: use few pods).
+    #[arg(long, default_value = "gvisor")]
+    runtime: String,
     /// CPUs the host agent offers (each pod takes 0.25).
     #[arg(long, default_value = "16")]
     allocatable_cpu: String,
@@ -249,7 +253,7 @@ async fn start_cluster(
             format!("--data-dir={}", data.display()),
             "--listen=127.0.0.1:0".into(),
             format!("--pod-cidr={}", pod_cidr()),
-            "--runtime=gvisor".into(),
+            format!("--runtime={}", args.runtime),
             format!("--allocatable-cpu={}", args.allocatable_cpu),
             format!("--allocatable-memory={}", args.allocatable_memory),
         ],
@@ -735,7 +739,13 @@ fn print_phases(title: &str, t: &[Timeline]) {
 /// Bare sandbox starts: `nodeless sandbox run --runtime gvisor` of the image from its OCI
 /// layout, whose command is `echo ready`; the time from spawning the process to that line
 /// arriving on its stdout (the container's first act, through the shim's output pipe).
-fn bare_starts(bin: &Path, dir: &Path, layout: &Path, runs: usize) -> anyhow::Result<Vec<f64>> {
+fn bare_starts(
+    bin: &Path,
+    dir: &Path,
+    layout: &Path,
+    runs: usize,
+    runtime: &str,
+) -> anyhow::Result<Vec<f64>> {
     use std::io::BufRead as _;
     let data = dir.join("bare");
     let image = format!("oci:{}:{TAG}", layout.display());
@@ -745,7 +755,7 @@ fn bare_starts(bin: &Path, dir: &Path, layout: &Path, runs: usize) -> anyhow::Re
         let mut child = Command::new(bin)
             .args(["sandbox", "--data-dir"])
             .arg(&data)
-            .args(["run", "--runtime", "gvisor", &image, "--", "echo", "ready"])
+            .args(["run", "--runtime", runtime, &image, "--", "echo", "ready"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -845,7 +855,7 @@ async fn run(
     delete_and_wait(&client, &data, &burst_names).await?;
 
     // The bare sandbox, same image, same run.
-    let bare = bare_starts(bin, dir, &layout, args.sandbox_runs)?;
+    let bare = bare_starts(bin, dir, &layout, args.sandbox_runs, &args.runtime)?;
 
     let load = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -855,8 +865,9 @@ async fn run(
     let (b50, b99, bmax, _) = stats(burst_t.iter().map(|t| t.running).collect());
     let (r50, r99, rmax, rn) = stats(bare);
     println!(
-        "\nPod startup (create sent -> Running seen by watch), image cached, gVisor; load average \
-         {} before, {} after",
+        "\nPod startup (create sent -> Running seen by watch), image cached, runtime {}; load \
+         average {} before, {} after",
+        args.runtime,
         load(&load_before),
         load(&load_after)
     );
@@ -876,7 +887,8 @@ async fn run(
         ok(all_running <= 5000.0)
     );
     println!(
-        "| bare sandbox (`nodeless sandbox run --runtime gvisor`) | {rn} | {r50:.0} | {r99:.0} | {rmax:.0} | |"
+        "| bare sandbox (`nodeless sandbox run --runtime {}`) | {rn} | {r50:.0} | {r99:.0} | {rmax:.0} | |",
+        args.runtime
     );
     let (i50, i99, imax, inn) = stats(seq_t.iter().filter_map(sandbox_time).collect());
     println!(
