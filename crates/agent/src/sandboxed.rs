@@ -1625,11 +1625,9 @@ impl SandboxRuntime {
                 return Err(failed("the pod was stopped while initializing"));
             }
             if code != 0 {
-                let _ = e.done.send_replace(Some(code));
-                return Err(failed(format!(
-                    "init container {:?} failed with exit code {code}",
-                    plan.init_containers[i].name
-                )));
+                info!(pod = %e.pod_ref(), container = %plan.init_containers[i].name, code,
+                    "an init container failed and will not run again: the pod ends");
+                return Ok(self.ended_in_init(&e, code));
             }
         }
         lock(&e.shared).initialized = true;
@@ -1650,6 +1648,16 @@ impl SandboxRuntime {
         *lock(&e.started) = Some(started.clone());
         self.spawn_supervisors(&e, first_runs);
         Ok(started)
+    }
+
+    /// The pod ran, and ended in an init container that will not run again (its policy is
+    /// Never): like kubelet, the pod fails with that code; its regular containers never ran.
+    fn ended_in_init(&self, e: &Arc<PodEntry>, code: i32) -> Started {
+        let started = self.started_of(e);
+        *lock(&e.started) = Some(started.clone());
+        let _ = e.done.send_replace(Some(code));
+        e.changed();
+        started
     }
 
     fn config_error(&self, e: &Arc<PodEntry>, msg: String) -> RuntimeError {

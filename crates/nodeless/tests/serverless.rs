@@ -708,6 +708,24 @@ fn fargate_walkthrough() {
     });
     c.ok("kubectl", &["delete", "deployment", "crasher"]);
 
+    // An init container that fails under restartPolicy Never: the pod fails (kubelet's rule),
+    // and is not started again.
+    let badinit = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"badinit"}},
+        "spec":{{"restartPolicy":"Never",
+          "initContainers":[{{"name":"check","image":"{crash}"}}],
+          "containers":[{{"name":"c","image":"{crash}","command":["true"]}}]}}}}"#
+    );
+    c.ok_stdin_create(&badinit);
+    let failed = eventually(120, "the pod with a failing init container failed", || {
+        let p = c.json(&["get", "pod", "badinit"]);
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    let init = &failed["status"]["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["exitCode"], 3, "{init}");
+    assert_eq!(init["restartCount"], 0, "{init}");
+    c.ok("kubectl", &["delete", "pod", "badinit"]);
+
     // What a serverless pod cannot have: one message naming every field.
     let bad = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"hostnet"},
         "spec":{"hostNetwork":true,"containers":[{"name":"c","image":"x","ports":[{"containerPort":80,"hostPort":80}]}]}}"#;
@@ -1079,6 +1097,24 @@ fn micro_vm_pods() {
     let prev = c.ok("kubectl", &["logs", "crash", "--previous"]);
     assert!(prev.contains("boom"), "{prev}");
     assert_eq!(qemu_processes(c.data()).len(), 2);
+
+    // An init container that fails under restartPolicy Never fails the pod; its VM is gone.
+    let bad = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"badinit"}},
+        "spec":{{"restartPolicy":"Never",
+          "initContainers":[{{"name":"check","image":"{image}","command":["sh","-c","exit 4"]}}],
+          "containers":[{{"name":"c","image":"{image}","command":["true"]}}]}}}}"#
+    );
+    c.ok_stdin_create(&bad);
+    let failed = eventually(120, "the pod with a failing init container failed", || {
+        let p = c.json(&["get", "pod", "badinit"]);
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    let init = &failed["status"]["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["exitCode"], 4, "{init}");
+    assert_eq!(init["state"]["terminated"]["reason"], "Error", "{init}");
+    assert_eq!(qemu_processes(c.data()).len(), 2);
+    c.ok("kubectl", &["delete", "pod", "badinit"]);
 
     // The VM outlives the whole `nodeless up`; the new process takes it back.
     let before = c.json(&["get", "pod", "vm1"]);

@@ -393,10 +393,7 @@ impl SandboxRuntime {
                     let policy = init_policy(plan.restart_policy);
                     info!(pod = %e.pod_ref(), container = %name, code, "init container failed in the micro-VM");
                     if !should_restart(policy, code) {
-                        let _ = e.done.send_replace(Some(code));
-                        return Err(failed(format!(
-                            "init container {name:?} failed with exit code {code}"
-                        )));
+                        return Ok(self.ended_in_init(e, code));
                     }
                     let (delay, next) = next_backoff(backoff, began.elapsed());
                     backoff = Some(next);
