@@ -2,19 +2,29 @@
 //! measured every [`INTERVAL`] ([`sandbox::pod::storage_usage`]: each container's writable
 //! layer and logs, the pod's disk-backed volumes) and a pod over a limit is evicted: a Warning
 //! event `Evicted`, its containers killed, its status `phase: Failed`, `reason: Evicted` with
-//! kubelet's message and a `DisruptionTarget` condition. Checked in kubelet's order:
+//! kubelet's message. Checked in kubelet's order (`localStorageEviction`, then the node
+//! pressure):
 //!
-//! 1. the pod's usage against the sum of its containers' `ephemeral-storage` limits
+//! 1. each emptyDir volume's usage against its `sizeLimit`
+//!    ("Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". ");
+//! 2. the pod's usage against the sum of its containers' `ephemeral-storage` limits
 //!    ("Pod ephemeral local storage usage exceeds the total limit of containers 10Mi. ");
-//! 2. each container's writable layer and logs against its own limit
+//! 3. each container's writable layer and logs against its own limit
 //!    ("Container c exceeded its local ephemeral storage limit \"10Mi\". ");
-//! 3. on serverless hosts, the pod's usage against the storage it is provisioned with
+//! 4. on serverless hosts, the pod's usage against the storage it is provisioned with
 //!    (Fargate: 20 GiB by default): the pod is its own node there, so this is kubelet's
 //!    node-pressure eviction ("The node was low on resource: ephemeral-storage. ...").
+//!
+//! Only the node-pressure eviction (4) also gets a `DisruptionTarget` condition
+//! (`TerminationByKubelet`, the eviction's message): kubelet's `evictPod` is given that condition
+//! by its threshold path only, its local storage limit evictions (1-3) pass none
+//! ([`Eviction::disruption_target`]). A Job's `podFailurePolicy` tells them apart by it: a pod
+//! over its own limit is a failure, a pod of a node out of disk a disruption.
 //!
 //! Why measuring rather than a size-limited filesystem: docs/adr/007-sandbox-limits.md.
 //! [`verdict`] and the API bodies are pure; [`check`], [`evict`] and [`watch`] do the IO.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -23,7 +33,7 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use sandbox::plan::{PodPlan, format_bytes};
+use sandbox::plan::{PodPlan, VolumeKind, format_bytes};
 use sandbox::pod::{Host, StorageUsage};
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -32,10 +42,21 @@ use tracing::{info, warn};
 pub const INTERVAL: Duration = Duration::from_secs(10);
 /// The pod status reason (and event reason) of an eviction.
 pub const REASON: &str = "Evicted";
+/// How kubelet's node-pressure eviction messages begin (`evictionMessageFmt`).
+pub const NODE_PRESSURE_PREFIX: &str = "The node was low on resource: ";
+/// The condition of a pod evicted for node pressure, and its reason.
+pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
+pub const TERMINATION_BY_KUBELET: &str = "TerminationByKubelet";
 
 /// Why a pod is evicted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Eviction {
+    /// An emptyDir volume holds more than its `sizeLimit`.
+    EmptyDir {
+        volume: String,
+        limit: u64,
+        usage: u64,
+    },
     /// The pod uses more than the sum of its containers' limits.
     PodLimit { limit: u64, usage: u64 },
     /// One container's writable layer and logs hold more than its limit.
@@ -57,6 +78,10 @@ impl Eviction {
     /// Kubelet's message.
     pub fn message(&self) -> String {
         match self {
+            Eviction::EmptyDir { volume, limit, .. } => format!(
+                "Usage of EmptyDir volume {volume:?} exceeds the limit {:?}. ",
+                format_bytes(*limit)
+            ),
             Eviction::PodLimit { limit, .. } => format!(
                 "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
                 format_bytes(*limit)
@@ -88,6 +113,33 @@ impl Eviction {
             }
         }
     }
+
+    /// Whether kubelet marks the evicted pod with a `DisruptionTarget` condition: for a
+    /// node-pressure eviction only.
+    pub fn disruption_target(&self) -> bool {
+        matches!(self, Eviction::Provisioned { .. })
+    }
+}
+
+/// Whether an eviction with kubelet's `message` marks the pod with a `DisruptionTarget`
+/// condition (see [`Eviction::disruption_target`]): a node-pressure eviction's message. Pure.
+pub fn disruption_target(message: &str) -> bool {
+    message.starts_with(NODE_PRESSURE_PREFIX)
+}
+
+/// The `sizeLimit` in bytes of each emptyDir volume of the pod that sets a positive one (by
+/// volume name). Pure.
+pub fn size_limits(pod: &Pod) -> BTreeMap<String, u64> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| {
+            let q = v.empty_dir.as_ref()?.size_limit.as_ref()?;
+            let q = api::sizing::parse_quantity(&q.0).ok()?;
+            let bytes = u64::try_from(q.value()?).ok()?;
+            (!q.negative && bytes > 0).then(|| (v.name.clone(), bytes))
+        })
+        .collect()
 }
 
 /// The pod's ephemeral-storage limit as kubelet computes it: the larger of the largest init
@@ -116,9 +168,27 @@ pub fn pod_limit(plan: &PodPlan) -> Option<u64> {
 }
 
 /// Whether (and why) the pod must be evicted for its storage `usage`, in kubelet's order.
-/// `provisioned`: the storage the pod is provisioned with where that is enforced (serverless
-/// pods: [`PodPlan::ephemeral_storage_bytes`]), None elsewhere. Pure.
-pub fn verdict(plan: &PodPlan, usage: &StorageUsage, provisioned: Option<u64>) -> Option<Eviction> {
+/// `size_limits`: the emptyDir volumes' `sizeLimit`s ([`size_limits`]). `provisioned`: the
+/// storage the pod is provisioned with where that is enforced (serverless pods:
+/// [`PodPlan::ephemeral_storage_bytes`]), None elsewhere. Pure.
+pub fn verdict(
+    plan: &PodPlan,
+    size_limits: &BTreeMap<String, u64>,
+    usage: &StorageUsage,
+    provisioned: Option<u64>,
+) -> Option<Eviction> {
+    // In the pod's volume order, as kubelet walks them.
+    for v in &plan.volumes {
+        if let (Some(limit), Some(used)) = (size_limits.get(&v.name), usage.volumes.get(&v.name))
+            && used > limit
+        {
+            return Some(Eviction::EmptyDir {
+                volume: v.name.clone(),
+                limit: *limit,
+                usage: *used,
+            });
+        }
+    }
     if let Some(limit) = pod_limit(plan)
         && usage.total > limit
     {
@@ -161,23 +231,28 @@ pub fn verdict(plan: &PodPlan, usage: &StorageUsage, provisioned: Option<u64>) -
     None
 }
 
-/// The status patch (strategic merge) of an evicted pod, as kubelet writes it. Pure.
+/// The status patch (strategic merge: the conditions merge by type, none is dropped) of an
+/// evicted pod, as kubelet writes it: the `DisruptionTarget` condition for a node-pressure
+/// eviction only ([`disruption_target`]). Pure.
 pub fn evicted_status(uid: &str, message: &str, now: Timestamp) -> Value {
-    json!({
+    let mut patch = json!({
         "metadata": {"uid": uid},
         "status": {
             "phase": "Failed",
             "reason": REASON,
             "message": message,
-            "conditions": [{
-                "type": "DisruptionTarget",
-                "status": "True",
-                "reason": "TerminationByKubelet",
-                "message": message,
-                "lastTransitionTime": now.to_string(),
-            }],
         }
-    })
+    });
+    if disruption_target(message) {
+        patch["status"]["conditions"] = json!([{
+            "type": DISRUPTION_TARGET,
+            "status": "True",
+            "reason": TERMINATION_BY_KUBELET,
+            "message": message,
+            "lastTransitionTime": crate::status::time(now),
+        }]);
+    }
+    patch
 }
 
 /// The pod kubelet would evict: enough to address it in the API.
@@ -250,13 +325,104 @@ pub fn interval() -> Duration {
         .map_or(INTERVAL, Duration::from_millis)
 }
 
-/// Measures the pod's storage (on a blocking thread: it walks directories) and decides.
+/// Parses a duration as kubelet's flags take them (Go's `time.ParseDuration`: `10s`, `500ms`,
+/// `1m30s`, `1.5h`; units ns, us, µs, ms, s, m, h); a clap `value_parser`. Pure.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (e.g. 10s, 500ms, 1m30s)");
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(num_len);
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// Parses the agent's `--eviction-interval` (a clap `value_parser`): a [`parse_duration`]
+/// that is not zero. Pure.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("the eviction interval {s:?} must be more than 0")),
+        d => Ok(d),
+    }
+}
+
+/// The file in the pod's directory where the sandboxed runtime keeps the Pod object.
+pub const POD_FILE: &str = "k8s-pod.json";
+
+/// The emptyDir `sizeLimit`s of the Pod object kept in the pod's directory ([`POD_FILE`]);
+/// none when the plan has no emptyDir or the file is not there. Blocking IO.
+fn recorded_size_limits(host: &Host, plan: &PodPlan) -> BTreeMap<String, u64> {
+    if !plan
+        .volumes
+        .iter()
+        .any(|v| matches!(v.kind, VolumeKind::EmptyDir { .. }))
+    {
+        return BTreeMap::new();
+    }
+    let path = sandbox::pod::dir(&host.data_dir, &plan.id).join(POD_FILE);
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Pod>(&b).ok())
+        .map(|pod| size_limits(&pod))
+        .unwrap_or_default()
+}
+
+/// Measures the pod's storage (on a blocking thread: it walks directories) and decides. The
+/// plan does not carry the emptyDir `sizeLimit`s: they are read from the Pod object the
+/// runtime keeps in the pod's directory ([`POD_FILE`]); see [`check_pod`] to give them.
 pub async fn check(host: &Host, plan: &PodPlan, provisioned: Option<u64>) -> Option<Eviction> {
+    check_with(host, plan, None, provisioned).await
+}
+
+/// [`check`] with the emptyDir `sizeLimit`s of `pod`'s spec.
+pub async fn check_pod(
+    host: &Host,
+    plan: &PodPlan,
+    pod: &Pod,
+    provisioned: Option<u64>,
+) -> Option<Eviction> {
+    check_with(host, plan, Some(size_limits(pod)), provisioned).await
+}
+
+async fn check_with(
+    host: &Host,
+    plan: &PodPlan,
+    size_limits: Option<BTreeMap<String, u64>>,
+    provisioned: Option<u64>,
+) -> Option<Eviction> {
     let (h, p) = (host.clone(), plan.clone());
-    let usage = tokio::task::spawn_blocking(move || sandbox::pod::storage_usage(&h, &p))
-        .await
-        .ok()?;
-    verdict(plan, &usage, provisioned)
+    let (usage, limits) = tokio::task::spawn_blocking(move || {
+        let limits = size_limits.unwrap_or_else(|| recorded_size_limits(&h, &p));
+        (sandbox::pod::storage_usage(&h, &p), limits)
+    })
+    .await
+    .ok()?;
+    verdict(plan, &limits, &usage, provisioned)
 }
 
 /// Evicts the pod: the `Evicted` event, then `stop` (which must kill the pod's containers,
@@ -293,7 +459,7 @@ where
     Ok(())
 }
 
-/// Checks the pod every [`INTERVAL`] until it is over a limit, then evicts it (see [`evict`])
+/// Checks the pod every [`interval`] until it is over a limit, then evicts it (see [`evict`])
 /// and returns why. Runs for the pod's life: abort the task when the pod ends.
 pub async fn watch<F, Fut>(
     client: kube::Client,
@@ -307,7 +473,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut tick = tokio::time::interval(INTERVAL);
+    let mut tick = tokio::time::interval(interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let eviction = loop {
         tick.tick().await;
@@ -345,6 +511,10 @@ mod tests {
         }
     }
 
+    fn none() -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
+
     fn two_containers() -> PodPlan {
         plan(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
@@ -360,9 +530,12 @@ mod tests {
         let p = two_containers();
         assert_eq!(pod_limit(&p), Some(10 << 20));
         // Under every limit.
-        assert_eq!(verdict(&p, &usage(&[("c", 5 << 20)], 1 << 20), None), None);
+        assert_eq!(
+            verdict(&p, &none(), &usage(&[("c", 5 << 20)], 1 << 20), None),
+            None
+        );
         // c writes 20 MiB: the pod's total (the sum of the limits) is exceeded first.
-        let v = verdict(&p, &usage(&[("c", 20 << 20)], 0), None).unwrap();
+        let v = verdict(&p, &none(), &usage(&[("c", 20 << 20)], 0), None).unwrap();
         assert_eq!(
             v.message(),
             "Pod ephemeral local storage usage exceeds the total limit of containers 10Mi. "
@@ -370,7 +543,7 @@ mod tests {
         // With a second limited container the pod total is 110Mi: c's own limit trips.
         let mut p2 = p.clone();
         p2.containers[1].ephemeral_storage_limit = Some(100 << 20);
-        let v = verdict(&p2, &usage(&[("c", 20 << 20), ("d", 0)], 0), None).unwrap();
+        let v = verdict(&p2, &none(), &usage(&[("c", 20 << 20), ("d", 0)], 0), None).unwrap();
         assert_eq!(
             v,
             Eviction::ContainerLimit {
@@ -389,13 +562,95 @@ mod tests {
         );
         assert_eq!(pod_limit(&free), None);
         let big = usage(&[("c", 21 << 30)], 0);
-        assert_eq!(verdict(&free, &big, None), None);
-        let v = verdict(&free, &big, Some(free.ephemeral_storage_bytes)).unwrap();
+        assert_eq!(verdict(&free, &none(), &big, None), None);
+        let v = verdict(&free, &none(), &big, Some(free.ephemeral_storage_bytes)).unwrap();
         assert_eq!(
             v.message(),
             "The node was low on resource: ephemeral-storage. Threshold quantity: 20Gi, available: -1Gi. \
              Container c was using 21Gi, request is 0, has larger consumption of ephemeral-storage. "
         );
+    }
+
+    /// An emptyDir over its sizeLimit comes first (kubelet's `emptyDirLimitEviction`), in the
+    /// pod's volume order; a volume without a limit, or under it, never evicts.
+    #[test]
+    fn empty_dir_size_limits() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {
+                "containers": [{"name": "c", "image": "x",
+                    "resources": {"limits": {"ephemeral-storage": "10Mi"}}}],
+                "volumes": [
+                    {"name": "free", "emptyDir": {}},
+                    {"name": "data", "emptyDir": {"sizeLimit": "1Mi"}},
+                    {"name": "cache", "emptyDir": {"sizeLimit": "2M"}},
+                    {"name": "zero", "emptyDir": {"sizeLimit": "0"}},
+                    {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}
+                ]
+            }
+        }))
+        .unwrap();
+        let limits = size_limits(&pod);
+        assert_eq!(
+            limits,
+            [
+                ("cache".to_string(), 2_000_000),
+                ("data".to_string(), 1 << 20),
+                ("ram".to_string(), 64 << 20)
+            ]
+            .into()
+        );
+        let p = sandbox::plan::plan(&pod).unwrap();
+        let usage = |vols: &[(&str, u64)]| {
+            let volumes: BTreeMap<String, u64> =
+                vols.iter().map(|(n, b)| (n.to_string(), *b)).collect();
+            StorageUsage {
+                total: volumes.values().sum(),
+                containers: [("c".to_string(), 0)].into(),
+                volumes,
+            }
+        };
+        // Under the limits (a volume without one may hold anything up to the pod's limit).
+        let ok = usage(&[("free", 5 << 20), ("data", 1 << 20), ("cache", 1_000_000)]);
+        assert_eq!(verdict(&p, &limits, &ok, None), None);
+        // Over: data before cache, and before the pod's own limit (also exceeded here).
+        let over = usage(&[("free", 0), ("data", 3 << 20), ("cache", 9 << 20)]);
+        let v = verdict(&p, &limits, &over, None).unwrap();
+        assert_eq!(
+            v,
+            Eviction::EmptyDir {
+                volume: "data".into(),
+                limit: 1 << 20,
+                usage: 3 << 20
+            }
+        );
+        assert_eq!(
+            v.message(),
+            "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". "
+        );
+        assert!(!v.disruption_target());
+        let v = verdict(&p, &limits, &usage(&[("cache", 2_000_001)]), None).unwrap();
+        assert_eq!(
+            v.message(),
+            "Usage of EmptyDir volume \"cache\" exceeds the limit \"2M\". "
+        );
+        // Without the limits (the plan alone), the pod's limit is what trips.
+        let v = verdict(&p, &none(), &over, None).unwrap();
+        assert!(matches!(v, Eviction::PodLimit { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn durations_as_kubelet_flags_take_them() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_interval("0").is_err() && parse_interval("0s").is_err());
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "10", "s", "10x", "-1s", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -405,8 +660,28 @@ mod tests {
         assert_eq!(s["status"]["phase"], "Failed");
         assert_eq!(s["status"]["reason"], "Evicted");
         assert_eq!(s["status"]["message"], "m. ");
-        assert_eq!(s["status"]["conditions"][0]["type"], "DisruptionTarget");
+        // A limit eviction: no condition (kubelet's evictPod is given none for those).
+        assert!(s["status"].get("conditions").is_none(), "{s}");
         assert_eq!(s["metadata"]["uid"], "u1");
+        // A node-pressure eviction: DisruptionTarget, with the eviction's message.
+        let free = plan(
+            json!({"metadata": {"name": "f"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        );
+        let pressure = verdict(
+            &free,
+            &none(),
+            &usage(&[("c", 21 << 30)], 0),
+            Some(20 << 30),
+        )
+        .unwrap();
+        assert!(pressure.disruption_target());
+        let s = evicted_status("u1", &pressure.message(), now);
+        let c = &s["status"]["conditions"][0];
+        assert_eq!(c["type"], "DisruptionTarget");
+        assert_eq!(c["status"], "True");
+        assert_eq!(c["reason"], "TerminationByKubelet");
+        assert_eq!(c["message"], pressure.message());
+        assert_eq!(c["lastTransitionTime"], "2026-01-02T03:04:05Z");
         let pod = PodRef {
             namespace: "ns".into(),
             name: "p".into(),
@@ -444,6 +719,45 @@ mod tests {
         let v = check(&host, &p, None).await.unwrap();
         assert!(
             matches!(v, Eviction::PodLimit { limit, usage } if limit == 10 << 20 && usage >= 11 << 20),
+            "{v:?}"
+        );
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    /// An emptyDir over its sizeLimit, measured from disk (`volumes/<name>`): the limit comes
+    /// from the Pod the runtime keeps in the pod's directory, or from the Pod given.
+    #[tokio::test]
+    async fn check_measures_empty_dirs_against_their_size_limit() {
+        let data = std::env::temp_dir().join(format!("nodeless-emptydir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let host = Host {
+            data_dir: data.clone(),
+            images: Arc::new(
+                ImageStore::open(data.join("images"), StoreOptions::default()).unwrap(),
+            ),
+            network: None,
+            pull: PullOptions::default(),
+        };
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "image": "x"}],
+                     "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "1Mi"}}]}
+        }))
+        .unwrap();
+        let p = sandbox::plan::plan(&pod).unwrap();
+        let pdir = sandbox::pod::dir(&data, &p.id);
+        std::fs::create_dir_all(pdir.join("volumes/data")).unwrap();
+        std::fs::write(pdir.join("volumes/data/big"), vec![1u8; 2 << 20]).unwrap();
+        // No Pod kept, none given: no limit known.
+        assert_eq!(check(&host, &p, None).await, None);
+        let want = "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". ";
+        let v = check_pod(&host, &p, &pod, None).await.unwrap();
+        assert_eq!(v.message(), want);
+        std::fs::write(pdir.join(POD_FILE), serde_json::to_vec(&pod).unwrap()).unwrap();
+        let v = check(&host, &p, None).await.unwrap();
+        assert!(
+            matches!(&v, Eviction::EmptyDir { volume, limit, usage }
+                if volume == "data" && *limit == 1 << 20 && *usage >= 2 << 20),
             "{v:?}"
         );
         std::fs::remove_dir_all(&data).unwrap();
@@ -612,12 +926,13 @@ mod tests {
         assert_eq!(status.phase.as_deref(), Some("Failed"));
         assert_eq!(status.reason.as_deref(), Some("Evicted"));
         assert_eq!(status.message.as_deref(), Some(message));
+        // A limit eviction: no DisruptionTarget (kubelet's node-pressure evictions only).
         assert!(
-            status
+            !status
                 .conditions
                 .unwrap_or_default()
                 .iter()
-                .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+                .any(|c| c.type_ == "DisruptionTarget")
         );
         let events: Api<Event> = Api::namespaced(client.clone(), "default");
         let list = events.list(&Default::default()).await.unwrap();

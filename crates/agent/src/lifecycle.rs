@@ -56,15 +56,25 @@ pub enum PodState {
         restarts: i32,
         last_exit: Option<Exit>,
     },
-    /// The containers exited and will not be restarted (phase Succeeded or Failed).
-    Completed { exit: Exit, restarts: i32 },
+    /// The containers exited and will not be restarted (phase Succeeded or Failed); `evicted`:
+    /// kubelet's message when they were killed for an eviction (phase Failed, reason Evicted).
+    Completed {
+        exit: Exit,
+        restarts: i32,
+        evicted: Option<String>,
+    },
     /// Deletion was requested; the runtime is stopping the containers.
     Terminating {
         started_at: Option<Timestamp>,
         restarts: i32,
     },
-    /// Nothing runs any more; the final `DELETE` (grace period 0) was sent.
-    Deleting { exit: Option<Exit>, restarts: i32 },
+    /// Nothing runs any more; the final `DELETE` (grace period 0) was sent. `evicted` as in
+    /// `Completed`.
+    Deleting {
+        exit: Option<Exit>,
+        restarts: i32,
+        evicted: Option<String>,
+    },
     /// The pod is gone from the API (or from this node); forget it.
     Removed,
 }
@@ -82,8 +92,13 @@ pub enum Input {
     RetryStart,
     /// The containers exited by themselves.
     Exited { code: i32, at: Timestamp },
-    /// The containers were killed for an eviction: the pod ends, whatever its restartPolicy.
-    Evicted { code: i32, at: Timestamp },
+    /// The containers were killed for an eviction (kubelet's `message`): the pod ends, whatever
+    /// its restartPolicy, and its status says why from then on.
+    Evicted {
+        code: i32,
+        at: Timestamp,
+        message: String,
+    },
     /// The runtime stopped the containers after a deletion request.
     Stopped { code: i32, at: Timestamp },
     /// The pod disappeared from the API.
@@ -131,6 +146,7 @@ pub fn transition(
             S::Deleting {
                 exit: None,
                 restarts: 0,
+                evicted: None,
             },
             vec![Delete],
         ),
@@ -181,7 +197,7 @@ pub fn transition(
                 restarts,
                 ..
             },
-            Input::Evicted { code, at },
+            Input::Evicted { code, at, message },
         ) => (
             S::Completed {
                 exit: Exit {
@@ -190,6 +206,7 @@ pub fn transition(
                     finished_at: *at,
                 },
                 restarts: *restarts,
+                evicted: Some(message.clone()),
             },
             vec![WriteStatus, Release],
         ),
@@ -219,16 +236,25 @@ pub fn transition(
                     S::Completed {
                         exit,
                         restarts: *restarts,
+                        evicted: None,
                     },
                     vec![WriteStatus, Release],
                 )
             }
         }
 
-        (S::Completed { exit, restarts }, Input::Observed { deleting: true }) => (
+        (
+            S::Completed {
+                exit,
+                restarts,
+                evicted,
+            },
+            Input::Observed { deleting: true },
+        ) => (
             S::Deleting {
                 exit: Some(*exit),
                 restarts: *restarts,
+                evicted: evicted.clone(),
             },
             vec![Delete],
         ),
@@ -238,7 +264,9 @@ pub fn transition(
                 started_at,
                 restarts,
             },
-            Input::Stopped { code, at } | Input::Exited { code, at } | Input::Evicted { code, at },
+            Input::Stopped { code, at }
+            | Input::Exited { code, at }
+            | Input::Evicted { code, at, .. },
         ) => (
             S::Deleting {
                 exit: Some(Exit {
@@ -247,6 +275,10 @@ pub fn transition(
                     finished_at: *at,
                 }),
                 restarts: *restarts,
+                evicted: match input {
+                    Input::Evicted { message, .. } => Some(message.clone()),
+                    _ => None,
+                },
             },
             vec![WriteStatus, Release, Delete],
         ),
@@ -337,7 +369,8 @@ mod tests {
                     started_at: t(1),
                     finished_at: t(5)
                 },
-                restarts: 0
+                restarts: 0,
+                evicted: None
             }
         );
         assert_eq!(a.last(), Some(&Action::Release));
@@ -358,11 +391,13 @@ mod tests {
                     Input::Evicted {
                         code: 137,
                         at: t(5),
+                        message: "m. ".into(),
                     },
                 ],
             );
             assert!(
-                matches!(state, PodState::Completed { exit, restarts: 0 } if exit.code == 137),
+                matches!(&state, PodState::Completed { exit, restarts: 0, evicted: Some(m) }
+                    if exit.code == 137 && m == "m. "),
                 "{policy:?}: {state:?}"
             );
             assert_eq!(
@@ -372,6 +407,47 @@ mod tests {
             );
             assert_eq!(actions.last(), Some(&Action::Release));
         }
+    }
+
+    /// The eviction stays with the pod to its end: deleted after it, or evicted while its
+    /// deletion was under way, the state still says so (its status is written from it).
+    #[test]
+    fn the_eviction_stays_with_the_pod() {
+        let evicted = Input::Evicted {
+            code: 137,
+            at: t(5),
+            message: "m. ".into(),
+        };
+        let (s, a) = run(
+            RestartPolicy::Always,
+            &[SEEN, Input::Started { at: t(1) }, evicted.clone(), DELETING],
+        );
+        assert!(
+            matches!(&s, PodState::Deleting { evicted: Some(m), .. } if m == "m. "),
+            "{s:?}"
+        );
+        assert_eq!(a.last(), Some(&Action::Delete));
+        let (s, _) = run(
+            RestartPolicy::Always,
+            &[SEEN, Input::Started { at: t(1) }, DELETING, evicted],
+        );
+        assert!(
+            matches!(&s, PodState::Deleting { evicted: Some(m), .. } if m == "m. "),
+            "{s:?}"
+        );
+        let (s, _) = run(
+            RestartPolicy::Always,
+            &[
+                SEEN,
+                Input::Started { at: t(1) },
+                DELETING,
+                Input::Stopped { code: 0, at: t(2) },
+            ],
+        );
+        assert!(
+            matches!(s, PodState::Deleting { evicted: None, .. }),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -438,7 +514,8 @@ mod tests {
                     started_at: t(1),
                     finished_at: t(9)
                 }),
-                restarts: 0
+                restarts: 0,
+                evicted: None
             }
         );
         assert_eq!(

@@ -70,6 +70,9 @@ pub struct SandboxConfig {
     /// The pod network: netns, bridge and subnet (the host's pod CIDR).
     pub network: PodNetwork,
     pub insecure_registries: Vec<String>,
+    /// How often each pod's ephemeral storage is measured for evictions (kubelet's
+    /// housekeeping interval; [`crate::eviction::interval`] by default).
+    pub eviction_interval: Duration,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,6 +354,8 @@ struct PodEntry {
     version: watch::Sender<u64>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     started: Mutex<Option<Started>>,
+    /// See [`SandboxConfig::eviction_interval`].
+    eviction_interval: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -737,7 +742,7 @@ fn set_running(e: &PodEntry, w: Which, started: &Run) {
 /// event, its containers killed with no grace period and never restarted, its status
 /// `Failed`/`Evicted` with kubelet's message.
 async fn watch_storage(e: Arc<PodEntry>) {
-    let every = crate::eviction::interval();
+    let every = e.eviction_interval;
     let serverless = e
         .pod
         .spec
@@ -753,7 +758,7 @@ async fn watch_storage(e: Arc<PodEntry>) {
         if e.stopping() || e.done.borrow().is_some() {
             return;
         }
-        if let Some(ev) = crate::eviction::check(&e.host, &e.plan, provisioned).await {
+        if let Some(ev) = crate::eviction::check_pod(&e.host, &e.plan, &e.pod, provisioned).await {
             break ev;
         }
     };
@@ -1511,6 +1516,7 @@ impl SandboxRuntime {
             version: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
             started: Mutex::new(None),
+            eviction_interval: self.config.eviction_interval,
         });
         lock(&self.pods).insert(uid.clone(), e.clone());
         e.changed();
@@ -1613,7 +1619,7 @@ impl SandboxRuntime {
         })?;
         // The Pod object, for a restarted agent to find its pods again.
         let _ = std::fs::write(
-            sandbox.dir.join("k8s-pod.json"),
+            sandbox.dir.join(crate::eviction::POD_FILE),
             serde_json::to_vec(pod).unwrap_or_default(),
         );
         *lock(&e.sandbox) = Some(sandbox);
@@ -1930,8 +1936,10 @@ mod recover {
     ) -> Option<(String, Started)> {
         let plan = &record.plan;
         let (sandbox, by_name) = pod::adopt(host, runtime.clone(), plan).await?;
-        let pod: Pod =
-            serde_json::from_slice(&std::fs::read(sandbox.dir.join("k8s-pod.json")).ok()?).ok()?;
+        let pod: Pod = serde_json::from_slice(
+            &std::fs::read(sandbox.dir.join(crate::eviction::POD_FILE)).ok()?,
+        )
+        .ok()?;
         let uid = record.uid.clone().or_else(|| pod.metadata.uid.clone())?;
         if record.uid.is_none() {
             let _ = pod::set_uid(&rt.config.data_dir, &plan.id, &uid);
@@ -2027,6 +2035,7 @@ mod recover {
             version: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
             started: Mutex::new(None),
+            eviction_interval: rt.config.eviction_interval,
         });
         let started = rt.started_of(&e);
         *lock(&e.started) = Some(started.clone());

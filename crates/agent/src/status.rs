@@ -5,12 +5,20 @@
 //!
 //! Two sources for the container statuses: a real runtime's own ([`RuntimeStatus`]: each
 //! container's state, restarts, readiness), used as they are when present; else they are
-//! derived from the pod-level state (the fake runtime).
+//! derived from the pod-level state (the fake runtime, or a pod the runtime let go).
+//!
+//! An evicted pod (the state's or the runtime's eviction message) says so in every status
+//! computed for it, whatever copy of the pod it is computed from and whether the runtime still
+//! knows the pod: `phase: Failed`, `reason: Evicted` and kubelet's message once no container
+//! runs, and for a node-pressure eviction the `DisruptionTarget` condition from the start of the
+//! eviction on (kubelet's). The agent's status writes replace the conditions list (a JSON merge
+//! patch): a status that left it out would drop the condition the eviction wrote.
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use crate::eviction::{DISRUPTION_TARGET, REASON, TERMINATION_BY_KUBELET};
 use crate::lifecycle::{Exit, PodState};
 use crate::runtime::{RuntimeStatus, Started};
 
@@ -74,32 +82,20 @@ pub fn pod_status(pod: &Pod, state: &PodState, cx: &Context<'_>) -> Option<Value
         return from_runtime(pod, state, rs, cx);
     }
     let spec = pod.spec.as_ref()?;
+    let evicted = evicted_of(state);
     let (phase, running, exit, restarts, last_exit) = match state {
         PodState::Running {
             started_at,
             restarts,
             last_exit,
         } => ("Running", Some(*started_at), None, *restarts, *last_exit),
-        PodState::Completed { exit, restarts } => (
-            if exit.code == 0 {
-                "Succeeded"
-            } else {
-                "Failed"
-            },
-            None,
-            Some(*exit),
-            *restarts,
-            None,
-        ),
-        PodState::Deleting {
+        PodState::Completed { exit, restarts, .. }
+        | PodState::Deleting {
             exit: Some(exit),
             restarts,
+            ..
         } => (
-            if exit.code == 0 {
-                "Succeeded"
-            } else {
-                "Failed"
-            },
+            ended_phase(exit.code, evicted),
             None,
             Some(*exit),
             *restarts,
@@ -174,14 +170,15 @@ pub fn pod_status(pod: &Pod, state: &PodState, cx: &Context<'_>) -> Option<Value
         })
         .collect();
     let completed = terminal.then_some("PodCompleted");
-    let conditions = vec![
+    let mut conditions = vec![
         condition(pod, "PodReadyToStartContainers", !terminal, None, now),
         condition(pod, "Initialized", true, completed, now),
         condition(pod, "Ready", !terminal, completed, now),
         condition(pod, "ContainersReady", !terminal, completed, now),
         condition(pod, "PodScheduled", true, None, now),
     ];
-    Some(assemble(
+    conditions.extend(disruption(pod, evicted, now));
+    let mut status = assemble(
         pod,
         phase,
         conditions,
@@ -189,7 +186,52 @@ pub fn pod_status(pod: &Pod, state: &PodState, cx: &Context<'_>) -> Option<Value
         Value::Array(containers),
         Value::Array(init),
         cx,
-    ))
+    );
+    say_evicted(&mut status, evicted.filter(|_| terminal));
+    Some(status)
+}
+
+/// The eviction message the state carries.
+fn evicted_of(state: &PodState) -> Option<&str> {
+    match state {
+        PodState::Completed { evicted, .. } | PodState::Deleting { evicted, .. } => {
+            evicted.as_deref()
+        }
+        _ => None,
+    }
+}
+
+/// The phase of a pod whose containers ended with `code`: an evicted pod Failed whatever it was.
+fn ended_phase(code: i32, evicted: Option<&str>) -> &'static str {
+    if code == 0 && evicted.is_none() {
+        "Succeeded"
+    } else {
+        "Failed"
+    }
+}
+
+/// Kubelet's `DisruptionTarget` condition of a pod evicted for node pressure (None for any
+/// other pod: kubelet's limit evictions carry no condition); its transition time kept when the
+/// pod has it already.
+fn disruption(pod: &Pod, evicted: Option<&str>, now: Timestamp) -> Option<Value> {
+    let message = evicted.filter(|m| crate::eviction::disruption_target(m))?;
+    let mut c = condition(
+        pod,
+        DISRUPTION_TARGET,
+        true,
+        Some(TERMINATION_BY_KUBELET),
+        now,
+    );
+    c["message"] = message.into();
+    Some(c)
+}
+
+/// The reason and message of an evicted pod that ended.
+fn say_evicted(status: &mut Value, evicted: Option<&str>) {
+    if let Some(message) = evicted {
+        status["reason"] = REASON.into();
+        status["message"] = message.into();
+    }
 }
 
 /// The status from a real runtime's container statuses; the phase still comes from the state
@@ -200,20 +242,24 @@ fn from_runtime(
     rs: &RuntimeStatus,
     cx: &Context<'_>,
 ) -> Option<Value> {
+    // The state's eviction, else the runtime's (it evicts before the shell hears of it).
+    let evicted = evicted_of(state).or(rs.evicted.as_deref());
+    // Kubelet reports an evicted pod Failed once none of its containers can run any more.
+    let stopped = evicted.is_some()
+        && !rs
+            .init_container_statuses
+            .iter()
+            .chain(&rs.container_statuses)
+            .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
     let (phase, started_at) = match state {
+        PodState::Starting { .. } if stopped => ("Failed", None),
         PodState::Starting { .. } => ("Pending", None),
+        PodState::Running { started_at, .. } if stopped => ("Failed", Some(*started_at)),
         PodState::Running { started_at, .. } => ("Running", Some(*started_at)),
         PodState::Completed { exit, .. }
         | PodState::Deleting {
             exit: Some(exit), ..
-        } => (
-            if exit.code == 0 {
-                "Succeeded"
-            } else {
-                "Failed"
-            },
-            Some(exit.started_at),
-        ),
+        } => (ended_phase(exit.code, evicted), Some(exit.started_at)),
         _ => return None,
     };
     let now = cx.now;
@@ -250,37 +296,14 @@ fn from_runtime(
         condition(pod, "ContainersReady", ready, not_ready, now),
         condition(pod, "PodScheduled", true, None, now),
     ];
-    // An evicted pod says so, as kubelet writes it, whatever copy of the pod this is from.
-    let evicted = rs.evicted.as_deref().filter(|_| terminal);
-    if let Some(message) = evicted
-        && !has_condition(pod, "DisruptionTarget")
-    {
-        let mut c = condition(
-            pod,
-            "DisruptionTarget",
-            true,
-            Some("TerminationByKubelet"),
-            now,
-        );
-        c["message"] = message.into();
-        conditions.push(c);
-    }
+    // An evicted pod says so, as kubelet writes it, whatever copy of the pod this is from:
+    // DisruptionTarget (node pressure) from the start, reason and message once it ended.
+    conditions.extend(disruption(pod, evicted, now));
     let containers = serde_json::to_value(&rs.container_statuses).ok()?;
     let init = serde_json::to_value(&rs.init_container_statuses).ok()?;
     let mut status = assemble(pod, phase, conditions, &start_time, containers, init, cx);
-    if let Some(message) = evicted {
-        status["reason"] = "Evicted".into();
-        status["message"] = message.into();
-    }
+    say_evicted(&mut status, evicted.filter(|_| terminal));
     Some(status)
-}
-
-/// Whether the pod's status has a condition of this type.
-fn has_condition(pod: &Pod, type_: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_))
 }
 
 /// The status body: phase, our conditions then the ones others own, IPs, startTime, statuses.
@@ -293,7 +316,7 @@ fn assemble(
     init: Value,
     cx: &Context<'_>,
 ) -> Value {
-    // Keep conditions others own (readiness gates, DisruptionTarget...).
+    // Keep conditions others own (readiness gates, DisruptionTarget...), unless computed here.
     let ours = [
         "PodReadyToStartContainers",
         "Initialized",
@@ -301,6 +324,10 @@ fn assemble(
         "ContainersReady",
         "PodScheduled",
     ];
+    let computed: Vec<String> = conditions
+        .iter()
+        .filter_map(|c| c["type"].as_str().map(str::to_owned))
+        .collect();
     for c in pod
         .status
         .as_ref()
@@ -309,6 +336,7 @@ fn assemble(
         .flatten()
     {
         if !ours.contains(&c.type_.as_str())
+            && !computed.contains(&c.type_)
             && let Ok(v) = serde_json::to_value(c)
         {
             conditions.push(v);
@@ -426,7 +454,16 @@ mod tests {
             started_at: ts(1),
             finished_at: ts(3),
         };
-        let s = pod_status(&pod(), &PodState::Completed { exit, restarts: 0 }, &cx).unwrap();
+        let s = pod_status(
+            &pod(),
+            &PodState::Completed {
+                exit,
+                restarts: 0,
+                evicted: None,
+            },
+            &cx,
+        )
+        .unwrap();
         assert_eq!(s["phase"], "Succeeded");
         assert_eq!(s["conditions"][2]["status"], "False");
         assert_eq!(s["conditions"][2]["reason"], "PodCompleted");
@@ -439,6 +476,7 @@ mod tests {
             &PodState::Completed {
                 exit: failed,
                 restarts: 0,
+                evicted: None,
             },
             &cx,
         )
@@ -475,47 +513,156 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_evicted_pod_says_so_once_it_ended() {
-        let mut rs = runtime_status(false, 0);
-        rs.evicted = Some(
-            "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. ".into(),
-        );
-        let cx = Context {
-            host_ip: "10.244.0.7",
-            pod_ip: Some("10.244.0.7"),
-            started: None,
-            runtime: Some(&rs),
-            now: ts(5),
-        };
-        let ended = PodState::Completed {
+    const LIMIT: &str =
+        "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. ";
+    const PRESSURE: &str = "The node was low on resource: ephemeral-storage. \
+        Threshold quantity: 20Gi, available: -1Gi. ";
+
+    fn disruptions(s: &Value) -> Vec<Value> {
+        s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["type"] == "DisruptionTarget")
+            .cloned()
+            .collect()
+    }
+
+    fn killed(evicted: Option<&str>) -> PodState {
+        PodState::Completed {
             exit: Exit {
                 code: 137,
                 started_at: ts(1),
                 finished_at: ts(4),
             },
             restarts: 0,
+            evicted: evicted.map(str::to_owned),
+        }
+    }
+
+    /// The runtime's container statuses with every container ended.
+    fn ended(mut rs: RuntimeStatus) -> RuntimeStatus {
+        for c in &mut rs.container_statuses {
+            c.state = serde_json::from_value(json!({"terminated": {"exitCode": 137,
+                "reason": "Error", "startedAt": "2027-01-15T08:00:02Z",
+                "finishedAt": "2027-01-15T08:00:09Z"}}))
+            .unwrap();
+        }
+        rs
+    }
+
+    #[test]
+    fn an_evicted_pod_says_so_once_it_ended() {
+        for (message, marked) in [(LIMIT, false), (PRESSURE, true)] {
+            let mut rs = runtime_status(false, 0);
+            rs.evicted = Some(message.into());
+            let cx = Context {
+                host_ip: "10.244.0.7",
+                pod_ip: Some("10.244.0.7"),
+                started: None,
+                runtime: Some(&rs),
+                now: ts(5),
+            };
+            let ended_state = killed(Some(message));
+            let s = pod_status(&pod(), &ended_state, &cx).unwrap();
+            assert_eq!(s["phase"], "Failed");
+            assert_eq!(s["reason"], "Evicted");
+            assert_eq!(s["message"], message);
+            // DisruptionTarget for a node-pressure eviction only, as kubelet marks them.
+            let d = disruptions(&s);
+            assert_eq!(d.len(), usize::from(marked), "{s}");
+            if marked {
+                assert_eq!(d[0]["status"], "True");
+                assert_eq!(d[0]["reason"], "TerminationByKubelet");
+                assert_eq!(d[0]["message"], message);
+            }
+            // While a container still runs (the kill is under way) the pod is Running, without
+            // the reason; the condition is there from the start of the eviction (kubelet's).
+            let running = PodState::Running {
+                started_at: ts(1),
+                restarts: 0,
+                last_exit: None,
+            };
+            let s = pod_status(&pod(), &running, &cx).unwrap();
+            assert_eq!(s["phase"], "Running");
+            assert!(s.get("reason").is_none(), "{s}");
+            assert_eq!(disruptions(&s).len(), usize::from(marked), "{s}");
+            // Once no container runs, Failed/Evicted before the shell hears of the exit.
+            let rs = ended(rs.clone());
+            let cx = Context {
+                runtime: Some(&rs),
+                ..cx
+            };
+            let s = pod_status(&pod(), &running, &cx).unwrap();
+            assert_eq!(s["phase"], "Failed", "{s}");
+            assert_eq!(s["reason"], "Evicted");
+            assert_eq!(disruptions(&s).len(), usize::from(marked), "{s}");
+        }
+    }
+
+    /// The race that dropped DisruptionTarget: the shell rewrote the status of an evicted pod
+    /// after the runtime let it go (no runtime status, so no eviction in it) from a copy of the
+    /// pod older than the eviction's own write. The status comes from the state, which keeps
+    /// the eviction: the condition is in every status computed after it, once.
+    #[test]
+    fn the_eviction_outlives_the_runtime_and_stale_copies() {
+        let cx = Context {
+            host_ip: "10.244.0.7",
+            pod_ip: Some("10.244.0.7"),
+            started: None,
+            runtime: None,
+            now: ts(9),
         };
-        let s = pod_status(&pod(), &ended, &cx).unwrap();
+        let stale = pod();
+        let s = pod_status(&stale, &killed(Some(PRESSURE)), &cx).unwrap();
         assert_eq!(s["phase"], "Failed");
         assert_eq!(s["reason"], "Evicted");
-        assert!(s["message"].as_str().unwrap().contains("2Mi"));
-        let disruption: Vec<_> = s["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["type"] == "DisruptionTarget")
-            .collect();
-        assert_eq!(disruption.len(), 1, "{s}");
-        assert_eq!(disruption[0]["reason"], "TerminationByKubelet");
-        // While it still runs (the kill is under way), nothing is said yet.
-        let running = PodState::Running {
-            started_at: ts(1),
+        assert_eq!(s["message"], PRESSURE);
+        let d = disruptions(&s);
+        assert_eq!(d.len(), 1, "{s}");
+        assert_eq!(d[0]["reason"], "TerminationByKubelet");
+        assert_eq!(d[0]["lastTransitionTime"], time(ts(9)));
+        // A copy that has it (the eviction's write): once, its transition time kept.
+        let mut fresh = pod();
+        let status = fresh.status.as_mut().unwrap();
+        status.conditions.as_mut().unwrap().push(
+            serde_json::from_value(json!({"type": "DisruptionTarget", "status": "True",
+                "reason": "TerminationByKubelet", "message": PRESSURE,
+                "lastTransitionTime": "2026-06-01T00:00:00Z"}))
+            .unwrap(),
+        );
+        let s = pod_status(&fresh, &killed(Some(PRESSURE)), &cx).unwrap();
+        let d = disruptions(&s);
+        assert_eq!(d.len(), 1, "{s}");
+        assert_eq!(d[0]["lastTransitionTime"], "2026-06-01T00:00:00Z");
+        // Deleted after its eviction: still said.
+        let deleting = PodState::Deleting {
+            exit: Some(Exit {
+                code: 137,
+                started_at: ts(1),
+                finished_at: ts(4),
+            }),
             restarts: 0,
-            last_exit: None,
+            evicted: Some(PRESSURE.into()),
         };
-        let s = pod_status(&pod(), &running, &cx).unwrap();
-        assert!(s.get("reason").is_none(), "{s}");
+        let s = pod_status(&stale, &deleting, &cx).unwrap();
+        assert_eq!(s["reason"], "Evicted");
+        assert_eq!(disruptions(&s).len(), 1, "{s}");
+        // A limit eviction: Failed/Evicted, no condition; an exit of 0 is Failed too.
+        let mut limit = killed(Some(LIMIT));
+        if let PodState::Completed { exit, .. } = &mut limit {
+            exit.code = 0;
+        }
+        let s = pod_status(&stale, &limit, &cx).unwrap();
+        assert_eq!(s["phase"], "Failed");
+        assert_eq!(s["reason"], "Evicted");
+        assert!(disruptions(&s).is_empty(), "{s}");
+        // Not evicted: nothing said.
+        let s = pod_status(&stale, &killed(None), &cx).unwrap();
+        assert!(
+            s.get("reason").is_none() && disruptions(&s).is_empty(),
+            "{s}"
+        );
     }
 
     #[test]

@@ -646,6 +646,8 @@ fn adopted_state(pod: &Pod) -> Option<PodState> {
                     finished_at: t.finished_at.map_or(now, |t| t.0),
                 },
                 restarts,
+                evicted: (status.reason.as_deref() == Some(crate::eviction::REASON))
+                    .then(|| status.message.clone().unwrap_or_default()),
             })
         }
         _ => None,
@@ -728,7 +730,9 @@ impl<R: Runtime> Shell<R> {
             Msg::NodeAdded(name, served) => return self.node_added(name, served),
             Msg::NodeRemoved(name) => return self.node_removed(&name),
             Msg::Changed(uid) => {
-                if self.pods.contains_key(&uid) {
+                // A change announced before the runtime let the pod go says nothing new once
+                // it did (the last status was written from the runtime's own then).
+                if self.pods.contains_key(&uid) && self.runtime.pod_status(&uid).is_some() {
                     self.act(&uid, Action::WriteStatus);
                 }
                 return;
@@ -965,15 +969,10 @@ impl<R: Runtime> Shell<R> {
         let (runtime, tx, id) = (self.runtime.clone(), self.tx.clone(), uid.to_string());
         let h = tokio::spawn(async move {
             if let Ok(code) = runtime.wait(&id).await {
-                let at = Timestamp::now();
-                let evicted = runtime.pod_status(&id).is_some_and(|s| s.evicted.is_some());
+                let input = ended(runtime.as_ref(), &id, code);
                 let _ = tx.send(Msg::Runtime {
                     uid: id,
-                    input: if evicted {
-                        Input::Evicted { code, at }
-                    } else {
-                        Input::Exited { code, at }
-                    },
+                    input,
                     started: None,
                 });
             }
@@ -1013,12 +1012,10 @@ impl<R: Runtime> Shell<R> {
                     started: Some(started),
                 });
                 if let Ok(code) = runtime.wait(&id).await {
+                    let input = ended(runtime.as_ref(), &id, code);
                     let _ = tx.send(Msg::Runtime {
                         uid: id,
-                        input: Input::Exited {
-                            code,
-                            at: Timestamp::now(),
-                        },
+                        input,
                         started: None,
                     });
                 }
@@ -1136,6 +1133,16 @@ impl<R: Runtime> Shell<R> {
     }
 }
 
+/// What the runtime's answer to `wait` means: the containers exited, or were killed for an
+/// eviction (the runtime's status says so, with kubelet's message).
+fn ended<R: Runtime>(runtime: &R, uid: &str, code: i32) -> Input {
+    let at = Timestamp::now();
+    match runtime.pod_status(uid).and_then(|s| s.evicted) {
+        Some(message) => Input::Evicted { code, at, message },
+        None => Input::Exited { code, at },
+    }
+}
+
 /// The writer of one pod: writes the latest desired status, then the final DELETE when asked.
 async fn write_pod(
     client: kube::Client,
@@ -1153,10 +1160,12 @@ async fn write_pod(
             return;
         }
         loop {
-            let desired = rx.borrow_and_update().clone();
+            // The permit first: a status read before waiting for it could be written over a
+            // newer one (the eviction's) long after a newer one of ours was computed.
             let Ok(_permit) = semaphore.acquire().await else {
                 return;
             };
+            let desired = rx.borrow_and_update().clone();
             if desired.status.is_some() && desired.status != written {
                 let mut patch = json!({"status": desired.status});
                 // The uid makes the patch fail rather than touch a new pod of the same name.

@@ -176,6 +176,7 @@ async fn fixture(n: u8) -> Fixture {
             worker_runtime: RuntimeKind::Container,
             network: network.clone(),
             insecure_registries: vec![],
+            eviction_interval: agent::eviction::interval(),
         },
         client.clone(),
     )
@@ -828,6 +829,7 @@ async fn recover_adopts_or_cleans_up() {
             worker_runtime: RuntimeKind::Container,
             network: f.network.clone(),
             insecure_registries: vec![],
+            eviction_interval: agent::eviction::interval(),
         },
         f.client.clone(),
     )

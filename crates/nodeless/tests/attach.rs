@@ -4,8 +4,9 @@
 //! typed, ends when the shell exits (stdinOnce) and deletes the pod; `attach -i` to a pod whose
 //! container has `stdin: true` running `cat` gets its lines echoed back, again after the agent
 //! was restarted (the container's shim keeps its stdin); `attach -i` to a container without
-//! `stdin: true` is refused. And a pod writing past its `ephemeral-storage` limit is evicted
-//! (Failed, reason Evicted, kubelet's message and event) and not restarted.
+//! `stdin: true` is refused. And a pod writing past its `ephemeral-storage` limit, and one
+//! filling an emptyDir past its `sizeLimit`, are evicted (Failed, reason Evicted, kubelet's
+//! message and event, no DisruptionTarget) and not restarted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -27,9 +28,13 @@ fn needs_sandboxes() -> bool {
     common::procs::needs_sandboxes(&["runsc", "skopeo", "script"])
 }
 
-/// Starts `nodeless ARGS`, its storage measured every second (kubelet: every 10 s).
+/// Starts `nodeless ARGS`; agents measure pods' storage every second (kubelet: every 10 s).
 fn spawn(args: &[String], log: PathBuf) -> Proc {
-    Proc::spawn_with(args, log, &[("NODELESS_EVICTION_INTERVAL_MS", "1000")])
+    let mut args = args.to_vec();
+    if args.first().is_some_and(|a| a == "agent") {
+        args.push("--eviction-interval=1s".into());
+    }
+    Proc::spawn(&args, log)
 }
 
 /// `nodeless server` plus one host agent (restartable), in a temporary data dir.
@@ -475,8 +480,12 @@ fn attach_stdin_and_run_it() {
         None,
     );
 
-    // Storage eviction: a pod writing past its ephemeral-storage limit is evicted as kubelet
-    // does (Failed, reason Evicted, kubelet's message, an Evicted event) and not restarted.
+    // Storage eviction, as kubelet does it: a pod writing past its ephemeral-storage limit, and
+    // one filling its emptyDir past the volume's sizeLimit, are evicted (Failed, reason Evicted,
+    // kubelet's message, an Evicted event) and not restarted. Neither gets a DisruptionTarget
+    // condition: kubelet gives one to its node-pressure evictions only, not to these limit
+    // evictions (their condition, when there is one, is kept by every later status write: the
+    // agent's unit tests).
     let hog = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"hog"}},
            "spec":{{"restartPolicy":"Always","containers":[{{"name":"c","image":"{image}",
@@ -484,45 +493,87 @@ fn attach_stdin_and_run_it() {
              "resources":{{"limits":{{"ephemeral-storage":"2Mi"}}}}}}]}}}}"#
     );
     c.ok("kubectl", &["create", "-f", "-"], Some(&hog));
-    let status = eventually(180, "the hog pod evicted", || {
-        let out = c.kubectl("kubectl", &["get", "pod", "hog", "-o", "json"], None);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["status"]["phase"] == "Failed" && v["status"]["reason"] == "Evicted")
-            .then(|| v["status"].clone())
-    });
-    println!("evicted pod status: {status}");
-    assert_eq!(status["reason"], "Evicted", "{status}");
-    let message = status["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("ephemeral local storage") && message.contains("2Mi"),
-        "{message}"
+    let scratch = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"scratch"}},
+           "spec":{{"restartPolicy":"Always","containers":[{{"name":"c","image":"{image}",
+             "command":["sh","-c","dd if=/dev/zero of=/data/big bs=1024 count=4096; sync; sleep 100000"],
+             "volumeMounts":[{{"name":"data","mountPath":"/data"}}]}}],
+             "volumes":[{{"name":"data","emptyDir":{{"sizeLimit":"1Mi"}}}}]}}}}"#
     );
-    let events = c.ok(
-        "kubectl",
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=hog",
-            "-o",
-            "custom-columns=REASON:.reason,MESSAGE:.message",
-        ],
-        None,
-    );
-    assert!(events.contains("Evicted"), "{events}");
+    c.ok("kubectl", &["create", "-f", "-"], Some(&scratch));
+    for (pod, want) in [
+        (
+            "hog",
+            "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. ",
+        ),
+        (
+            "scratch",
+            "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". ",
+        ),
+    ] {
+        let status = eventually(180, &format!("the {pod} pod evicted"), || {
+            let out = c.kubectl("kubectl", &["get", "pod", pod, "-o", "json"], None);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["status"]["phase"] == "Failed" && v["status"]["reason"] == "Evicted")
+                .then(|| v["status"].clone())
+        });
+        println!("evicted pod {pod} status: {status}");
+        assert_eq!(status["message"], want, "{status}");
+        let events = c.ok(
+            "kubectl",
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={pod}"),
+                "-o",
+                "custom-columns=REASON:.reason,TYPE:.type,MESSAGE:.message",
+            ],
+            None,
+        );
+        assert!(
+            events.lines().any(|l| l.starts_with("Evicted")
+                && l.contains("Warning")
+                && l.contains(want.trim_end())),
+            "{events}"
+        );
+    }
+    // Some status writes later (the agent's, the eviction's), still as kubelet leaves them.
     std::thread::sleep(Duration::from_secs(3));
-    let v: serde_json::Value =
-        serde_json::from_str(&c.ok("kubectl", &["get", "pod", "hog", "-o", "json"], None)).unwrap();
-    assert_eq!(
-        v["status"]["phase"], "Failed",
-        "an evicted pod stays Failed"
-    );
-    assert_eq!(v["status"]["reason"], "Evicted");
-    assert_eq!(
-        v["status"]["containerStatuses"][0]["restartCount"], 0,
-        "an evicted pod is not restarted, restartPolicy Always notwithstanding: {}",
-        v["status"]
-    );
-    // Not asserted: the DisruptionTarget condition, which a status write racing the
-    // eviction's can still drop (seen once in a CI rehearsal).
+    for (pod, limit) in [("hog", "2Mi"), ("scratch", "1Mi")] {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.ok("kubectl", &["get", "pod", pod, "-o", "json"], None))
+                .unwrap();
+        let status = &v["status"];
+        assert_eq!(
+            status["phase"], "Failed",
+            "an evicted pod stays Failed: {status}"
+        );
+        assert_eq!(status["reason"], "Evicted", "{status}");
+        assert!(
+            status["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(limit)),
+            "{status}"
+        );
+        assert_eq!(
+            status["containerStatuses"][0]["restartCount"], 0,
+            "an evicted pod is not restarted, restartPolicy Always notwithstanding: {status}"
+        );
+        let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+        let of = |t: &str| conditions.iter().find(|c| c["type"] == t).cloned();
+        assert!(
+            of("DisruptionTarget").is_none(),
+            "kubelet marks no limit eviction DisruptionTarget: {status}"
+        );
+        for t in ["Ready", "ContainersReady"] {
+            let c = of(t).unwrap_or_else(|| panic!("no {t} condition: {status}"));
+            assert_eq!(c["status"], "False", "{status}");
+            assert_eq!(c["reason"], "PodCompleted", "{status}");
+        }
+        assert!(
+            status["containerStatuses"][0]["state"]["terminated"].is_object(),
+            "{status}"
+        );
+    }
 }

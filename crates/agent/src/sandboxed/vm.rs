@@ -343,7 +343,7 @@ impl SandboxRuntime {
         };
         pod::write_record(&pdir, &record).map_err(|err| sandbox_failed(err.to_string()))?;
         let _ = std::fs::write(
-            pdir.join("k8s-pod.json"),
+            pdir.join(crate::eviction::POD_FILE),
             serde_json::to_vec(pod).unwrap_or_default(),
         );
         let options = PodVmOptions {
@@ -510,7 +510,8 @@ impl SandboxRuntime {
         };
         let pdir = pod::dir(&host.data_dir, &plan.id);
         let pod: Pod =
-            serde_json::from_slice(&std::fs::read(pdir.join("k8s-pod.json")).ok()?).ok()?;
+            serde_json::from_slice(&std::fs::read(pdir.join(crate::eviction::POD_FILE)).ok()?)
+                .ok()?;
         let uid = record.uid.clone().or_else(|| pod.metadata.uid.clone())?;
         let mut images = BTreeMap::new();
         for c in plan.init_containers.iter().chain(&plan.containers) {
@@ -589,6 +590,7 @@ impl SandboxRuntime {
             version: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
             started: Mutex::new(None),
+            eviction_interval: self.config.eviction_interval,
         });
         let mut adopted = BTreeMap::new();
         for (i, name) in running {
