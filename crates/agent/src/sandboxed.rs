@@ -500,18 +500,18 @@ impl PodEntry {
         });
     }
 
-    /// The `stdin`, `stdinOnce` and `tty` of container `name` in the pod's spec.
+    /// The `stdin`, `stdinOnce` and `tty` of container `name`.
     fn stdio_of(&self, name: &str) -> sandbox::shim::StdinSpec {
-        let c = self.pod.spec.as_ref().and_then(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-                .find(|c| c.name == name)
-        });
+        let c = self
+            .plan
+            .containers
+            .iter()
+            .chain(&self.plan.init_containers)
+            .find(|c| c.name == name);
         sandbox::shim::StdinSpec {
-            stdin: c.and_then(|c| c.stdin).unwrap_or(false),
-            stdin_once: c.and_then(|c| c.stdin_once).unwrap_or(false),
-            tty: c.and_then(|c| c.tty).unwrap_or(false),
+            stdin: c.is_some_and(|c| c.stdin),
+            stdin_once: c.is_some_and(|c| c.stdin_once),
+            tty: c.is_some_and(|c| c.tty),
         }
     }
 
@@ -2281,13 +2281,6 @@ impl PodStreams for SandboxRuntime {
         // Output from now on, read from the log; input (with `stdin: true`) and terminal
         // resizes (with `tty: true`) go to the container's shim, which keeps its stdin.
         let stdio = e.stdio_of(&c.name);
-        if request.stdin && matches!(e.engine, Engine::Vm(_)) {
-            return Err(StreamError::BadRequest(format!(
-                "container {} in pod {pod} runs in a micro-VM: attach sends it no input \
-                 (use kubectl exec -i)",
-                c.name
-            )));
-        }
         if request.stdin && !stdio.stdin {
             return Err(StreamError::BadRequest(format!(
                 "container {} in pod {pod} was not started with stdin: true; \
@@ -2296,7 +2289,16 @@ impl PodStreams for SandboxRuntime {
             )));
         }
         let dir = container::dir(&self.config.data_dir, &e.host_id(&c.name));
-        let (stdin, resize) = if request.stdin || (request.tty && stdio.tty) {
+        let vm = e.vm();
+        let (stdin, resize) = if let Some(vm) = vm.filter(|_| request.stdin || stdio.tty) {
+            // A micro-VM container's stdin and terminal are in the guest.
+            vm.attach_input(
+                &c.name,
+                request.stdin,
+                request.tty && stdio.tty,
+                stdio.stdin_once,
+            )
+        } else if request.stdin || (request.tty && stdio.tty) {
             match attach_input(&dir, request.stdin, request.tty && stdio.tty).await {
                 Ok(io) => io,
                 Err(err) if request.stdin => {

@@ -1098,6 +1098,35 @@ fn micro_vm_pods() {
     assert!(prev.contains("boom"), "{prev}");
     assert_eq!(qemu_processes(c.data()).len(), 2);
 
+    // attach -i: the container's stdin is in the guest; stdinOnce closes it after the session.
+    let cat = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"catvm","labels":{{"app":"catvm"}}}},
+        "spec":{{"restartPolicy":"Never","containers":[{{"name":"c","image":"{image}",
+          "command":["cat"],"stdin":true,"stdinOnce":true}}]}}}}"#
+    );
+    c.ok_stdin_create(&cat);
+    c.running("default", "app=catvm", 1, 120);
+    let out = common::kubectl_at(
+        "kubectl",
+        &c.kubeconfig,
+        c.data(),
+        &["attach", "-i", "catvm"],
+        Some("hello-vm\n"),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello-vm"),
+        "attach -i: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = eventually(60, "cat ended with its stdin", || {
+        let p = c.json(&["get", "pod", "catvm"]);
+        (p["status"]["phase"] == "Succeeded").then_some(p)
+    });
+    let logs = done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"].clone();
+    assert_eq!(logs, 0, "{done}");
+    c.ok("kubectl", &["delete", "pod", "catvm"]);
+
     // An init container that fails under restartPolicy Never fails the pod; its VM is gone.
     let bad = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"badinit"}},

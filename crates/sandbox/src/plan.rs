@@ -70,6 +70,12 @@ pub struct ContainerPlan {
     pub run_as_group: Option<u32>,
     pub supplemental_groups: Vec<u32>,
     pub tty: bool,
+    /// `stdin`: the container's stdin stays open for `kubectl attach -i`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// `stdinOnce`: the container's stdin closes when the first attach session ends.
+    #[serde(default)]
+    pub stdin_once: bool,
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     /// `resources.limits.ephemeral-storage` in bytes: the most its writable layer and logs
@@ -271,6 +277,8 @@ fn container(
         run_as_group,
         supplemental_groups,
         tty: c.tty.unwrap_or(false),
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
         cpu_millis,
         memory_bytes,
         ephemeral_storage_limit,

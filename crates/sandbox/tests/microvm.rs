@@ -496,6 +496,8 @@ fn container_plan(name: &str, script: &str, mounts: &[(&str, &str, bool)]) -> Co
         run_as_group: None,
         supplemental_groups: vec![],
         tty: false,
+        stdin: false,
+        stdin_once: false,
         cpu_millis: None,
         memory_bytes: None,
         ephemeral_storage_limit: None,

@@ -112,6 +112,58 @@ impl VmPod {
         self.current_run(name).await
     }
 
+    /// An attach session's input to container `name`: a writer for its stdin (when `stdin`;
+    /// with `stdin_once` the container's stdin closes when the session's does) and a sender of
+    /// terminal sizes (when `tty`).
+    pub(super) fn attach_input(
+        self: &Arc<Self>,
+        name: &str,
+        stdin: bool,
+        tty: bool,
+        stdin_once: bool,
+    ) -> (
+        Option<crate::streams::Writer>,
+        Option<mpsc::Sender<TermSize>>,
+    ) {
+        let writer = stdin.then(|| {
+            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+            let (vm, name) = (self.clone(), name.to_owned());
+            tokio::spawn(async move {
+                let mut chunk = vec![0u8; 16 * 1024];
+                loop {
+                    match theirs.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let vm = vm.vm.lock().await;
+                            if let Err(err) = vm.write_stdin(&name, &chunk[..n]).await {
+                                debug!(container = %name, error = %err, "attach input");
+                                return;
+                            }
+                        }
+                    }
+                }
+                if stdin_once {
+                    let _ = vm.vm.lock().await.close_stdin(&name).await;
+                }
+            });
+            Box::pin(ours) as crate::streams::Writer
+        });
+        let resize = tty.then(|| {
+            let (tx, mut rx) = mpsc::channel::<TermSize>(8);
+            let (vm, name) = (self.clone(), name.to_owned());
+            tokio::spawn(async move {
+                while let Some(size) = rx.recv().await {
+                    let vm = vm.vm.lock().await;
+                    if vm.resize(&name, size.height, size.width).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tx
+        });
+        (writer, resize)
+    }
+
     /// An exec probe: `cmd` in container `name`, its exit code, or an error after `timeout`.
     pub(super) async fn probe(
         &self,

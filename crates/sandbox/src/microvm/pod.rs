@@ -99,6 +99,10 @@ struct Container {
     restarts: u32,
     log_path: PathBuf,
     ended: watch::Receiver<Option<Ended>>,
+    /// The process keeps a stdin the host feeds ([`MicroVmPod::write_stdin`]).
+    stdin: bool,
+    /// The process runs on a terminal.
+    tty: bool,
 }
 
 /// What the reader task shares with [`MicroVmPod`].
@@ -302,7 +306,7 @@ impl MicroVmPod {
                 mounts: container_mounts(plan, c, ip, options.nameserver, &options.volume_files)?,
             };
             let spec = container_spec(host, plan, c, image, ip)?;
-            prepared.push((root, *init, c.name.clone(), setup, spec));
+            prepared.push((root, *init, c.name.clone(), setup, (spec, c.stdin, c.tty)));
         }
         let serials: Vec<String> = (1..=disks.len()).map(|n| format!("c{n}")).collect();
         let disk_args: Vec<(&Path, Option<&str>)> = disks
@@ -398,7 +402,7 @@ impl MicroVmPod {
         let deadline = tokio::time::Instant::now() + options.boot_timeout;
         let mut ready_rx = Some(ready_rx);
         let mut pending = Vec::new();
-        for (root, init, name, setup, spec) in prepared {
+        for (root, init, name, setup, run) in prepared {
             let rx = vm.expect_prepared(root);
             let step = async {
                 vm.send(&Frame::Prepare(root, setup)).await?;
@@ -431,12 +435,12 @@ impl MicroVmPod {
                 vm.qemu.wait().await;
                 return Err(e);
             }
-            pending.push((root, init, name, spec));
+            pending.push((root, init, name, run));
         }
         // Init containers in order, each to its end; then the regular ones together.
-        for (root, init, name, spec) in pending {
+        for (root, init, name, (spec, stdin, tty)) in pending {
             let c = vm
-                .start_container(root, &name, spec, &host.data_dir, plan)
+                .start_container(root, &name, spec, (stdin, tty), &host.data_dir, plan)
                 .await?;
             if init {
                 let code = wait_ended(&c.ended).await;
@@ -482,6 +486,8 @@ impl MicroVmPod {
                     uid: c.spec.uid,
                     gid: c.spec.gid,
                     memory_limit_bytes: c.spec.memory_limit_bytes,
+                    stdin: c.stdin,
+                    tty: c.tty,
                     dir: c.dir.clone(),
                     restarts: c.restarts,
                     exit: match &*c.ended.borrow() {
@@ -581,6 +587,8 @@ impl MicroVmPod {
                 restarts: c.restarts,
                 log_path,
                 ended,
+                stdin: c.stdin,
+                tty: c.tty,
             });
         }
         let (reader, _lost) = spawn_reader(read_half, shared.clone());
@@ -630,13 +638,16 @@ impl MicroVmPod {
         root: u32,
         name: &str,
         spec: ContainerSpec,
+        (stdin, tty): (bool, bool),
         data_dir: &Path,
         plan: &PodPlan,
     ) -> Result<Container> {
         let cid = crate::pod::container_id(&plan.id, name);
         let dir = crate::container::dir(data_dir, &cid);
         // The process id of a container's first run is its root's number.
-        let (log_path, ended) = self.run_in(root, root, &spec, &dir, 0).await?;
+        let (log_path, ended) = self
+            .run_in(root, root, &spec, &dir, 0, (stdin, tty))
+            .await?;
         Ok(Container {
             name: name.to_owned(),
             id: root,
@@ -646,11 +657,13 @@ impl MicroVmPod {
             restarts: 0,
             log_path,
             ended,
+            stdin,
+            tty,
         })
     }
 
     /// Runs `spec` as process `id` in root filesystem `root`, its output into the CRI log of
-    /// run `restart` in `dir`.
+    /// run `restart` in `dir`; with a stdin the host feeds and on a terminal as asked.
     async fn run_in(
         &self,
         id: u32,
@@ -658,6 +671,7 @@ impl MicroVmPod {
         spec: &ContainerSpec,
         dir: &Path,
         restart: u32,
+        (stdin, tty): (bool, bool),
     ) -> Result<(PathBuf, watch::Receiver<Option<Ended>>)> {
         let log_path = crate::container::log_path(dir, restart);
         if let Some(parent) = log_path.parent() {
@@ -680,7 +694,7 @@ impl MicroVmPod {
                 tx,
             ),
         );
-        let mut s = spec.to_spec(false, false);
+        let mut s = spec.to_spec(stdin, tty);
         s.root = root;
         self.send(&Frame::Run(id, s)).await?;
         Ok((log_path, ended))
@@ -703,7 +717,9 @@ impl MicroVmPod {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let c = &self.containers[i];
         let restart = c.restarts + 1;
-        let (log_path, ended) = self.run_in(id, c.root, &c.spec, &c.dir, restart).await?;
+        let (log_path, ended) = self
+            .run_in(id, c.root, &c.spec, &c.dir, restart, (c.stdin, c.tty))
+            .await?;
         let c = &mut self.containers[i];
         c.id = id;
         c.restarts = restart;
@@ -817,6 +833,33 @@ impl MicroVmPod {
     /// still stops it.
     pub fn outlive_handle(&mut self) {
         self.detached = true;
+    }
+
+    /// Feeds `data` to the stdin of container `name`'s current run (one started with
+    /// `stdin`).
+    pub async fn write_stdin(&self, name: &str, data: &[u8]) -> Result<()> {
+        let c = self.container(name)?;
+        if !c.stdin {
+            return Err(MicroVmError::Guest(format!(
+                "container {name} was not started with stdin"
+            )));
+        }
+        for chunk in data.chunks(proto::CHUNK) {
+            self.send(&Frame::Stdin(c.id, chunk.to_vec())).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the stdin of container `name`'s current run (`stdinOnce` after an attach).
+    pub async fn close_stdin(&self, name: &str) -> Result<()> {
+        let id = self.container(name)?.id;
+        self.send(&Frame::Stdin(id, Vec::new())).await
+    }
+
+    /// Sets the terminal size of container `name`'s current run (one started with `tty`).
+    pub async fn resize(&self, name: &str, rows: u16, cols: u16) -> Result<()> {
+        let id = self.container(name)?.id;
+        self.send(&Frame::Resize(id, rows, cols)).await
     }
 
     /// Sends `signal` to container `name`'s process.
@@ -958,6 +1001,10 @@ struct ContainerState {
     gid: u32,
     #[serde(default)]
     memory_limit_bytes: Option<u64>,
+    #[serde(default)]
+    stdin: bool,
+    #[serde(default)]
+    tty: bool,
     dir: PathBuf,
     restarts: u32,
     /// Known exit code of the current run.
@@ -1121,6 +1168,8 @@ mod tests {
             run_as_group: None,
             supplemental_groups: vec![],
             tty: false,
+            stdin: false,
+            stdin_once: false,
             cpu_millis: None,
             memory_bytes: None,
             ephemeral_storage_limit: None,
