@@ -322,6 +322,28 @@ struct Shared {
     initialized: bool,
 }
 
+impl Shared {
+    /// The containers' states as `mk` makes them (given the spec of regular containers), in
+    /// the plan's order.
+    fn of(
+        plan: &PodPlan,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        initialized: bool,
+        mk: impl Fn(&ContainerPlan, Option<&k8s_openapi::api::core::v1::Container>) -> CState,
+    ) -> Shared {
+        Shared {
+            init: plan.init_containers.iter().map(|c| mk(c, None)).collect(),
+            regular: plan
+                .containers
+                .iter()
+                .zip(&spec.containers)
+                .map(|(c, s)| mk(c, Some(s)))
+                .collect(),
+            initialized,
+        }
+    }
+}
+
 /// Which list a container is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
@@ -360,6 +382,18 @@ struct PodEntry {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a new [`PodEntry`] is made of.
+struct NewEntry<'a> {
+    uid: &'a str,
+    pod: &'a Pod,
+    plan: &'a PodPlan,
+    host: pod::Host,
+    engine: Engine,
+    sandbox: Option<pod::Sandbox>,
+    images: BTreeMap<String, Image>,
+    shared: Shared,
 }
 
 /// What runs a pod's containers.
@@ -498,6 +532,18 @@ impl PodEntry {
                 debug!(error = %e, "posting an event");
             }
         });
+    }
+
+    /// Kubelet's `Created` and `Started` events of a container's run.
+    fn created_and_started(&self, name: &str) {
+        for reason in ["Created", "Started"] {
+            self.event(
+                Some(name),
+                false,
+                reason,
+                format!("{reason} container {name}"),
+            );
+        }
     }
 
     /// The `stdin`, `stdinOnce` and `tty` of container `name`.
@@ -841,18 +887,7 @@ async fn launch(
         .map(|s| Run::Oci(Box::new(s)))
     {
         Ok(s) => {
-            e.event(
-                Some(&plan.name),
-                false,
-                "Created",
-                format!("Created container {}", plan.name),
-            );
-            e.event(
-                Some(&plan.name),
-                false,
-                "Started",
-                format!("Started container {}", plan.name),
-            );
+            e.created_and_started(&plan.name);
             Ok(s)
         }
         Err(err) => {
@@ -1478,46 +1513,24 @@ impl SandboxRuntime {
                 has_startup: spec.is_some_and(|s| s.startup_probe.is_some()),
             };
         let spec = pod.spec.clone().unwrap_or_default();
-        let shared = Shared {
-            init: plan
-                .init_containers
-                .iter()
-                .map(|c| {
-                    let mut s = cstate(c, None);
-                    s.state = waiting("PodInitializing", None);
-                    s
-                })
-                .collect(),
-            regular: plan
-                .containers
-                .iter()
-                .zip(&spec.containers)
-                .map(|(c, s)| cstate(c, Some(s)))
-                .collect(),
-            initialized: plan.init_containers.is_empty(),
-        };
-        let e = Arc::new(PodEntry {
-            uid: uid.clone(),
-            name: plan.name.clone(),
-            namespace: namespace.clone(),
-            node: spec.node_name.clone().unwrap_or_default(),
-            plan: plan.clone(),
-            pod: pod.clone(),
+        let shared = Shared::of(&plan, &spec, plan.init_containers.is_empty(), |c, s| {
+            let mut state = cstate(c, s);
+            if s.is_none() {
+                state.state = waiting("PodInitializing", None);
+            }
+            state
+        });
+        let entry = NewEntry {
+            uid: &uid,
+            pod,
+            plan: &plan,
             host: self.host(),
             engine,
-            client: self.client.clone(),
-            changes: self.changes_tx.clone(),
-            sandbox: Mutex::new(None),
-            images: Mutex::new(BTreeMap::new()),
-            shared: Mutex::new(shared),
-            stopping: watch::channel(false).0,
-            evicted: Mutex::new(None),
-            done: watch::channel(None).0,
-            version: watch::channel(0).0,
-            tasks: Mutex::new(Vec::new()),
-            started: Mutex::new(None),
-            eviction_interval: self.config.eviction_interval,
-        });
+            sandbox: None,
+            images: BTreeMap::new(),
+            shared,
+        };
+        let e = self.new_entry(entry);
         lock(&self.pods).insert(uid.clone(), e.clone());
         e.changed();
 
@@ -1664,6 +1677,46 @@ impl SandboxRuntime {
         let _ = e.done.send_replace(Some(code));
         e.changed();
         started
+    }
+
+    fn new_entry(&self, n: NewEntry<'_>) -> Arc<PodEntry> {
+        Arc::new(PodEntry {
+            uid: n.uid.to_owned(),
+            name: n.plan.name.clone(),
+            namespace: n.plan.namespace.clone(),
+            node: n
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            plan: n.plan.clone(),
+            pod: n.pod.clone(),
+            host: n.host,
+            engine: n.engine,
+            client: self.client.clone(),
+            changes: self.changes_tx.clone(),
+            sandbox: Mutex::new(n.sandbox),
+            images: Mutex::new(n.images),
+            shared: Mutex::new(n.shared),
+            stopping: watch::channel(false).0,
+            evicted: Mutex::new(None),
+            done: watch::channel(None).0,
+            version: watch::channel(0).0,
+            tasks: Mutex::new(Vec::new()),
+            started: Mutex::new(None),
+            eviction_interval: self.config.eviction_interval,
+        })
+    }
+
+    /// Takes over a pod found running after an agent restart, with the runs still going.
+    fn adopted(&self, e: &Arc<PodEntry>, runs: BTreeMap<usize, Run>) -> (String, Started) {
+        let started = self.started_of(e);
+        *lock(&e.started) = Some(started.clone());
+        lock(&self.pods).insert(e.uid.clone(), e.clone());
+        self.spawn_supervisors(e, runs);
+        info!(pod = %e.pod_ref(), "adopted a running pod");
+        (e.uid.clone(), started)
     }
 
     fn config_error(&self, e: &Arc<PodEntry>, msg: String) -> RuntimeError {
@@ -2005,44 +2058,18 @@ mod recover {
                 has_startup: s.is_some_and(|s| s.startup_probe.is_some()),
             }
         };
-        let shared = Shared {
-            init: plan.init_containers.iter().map(|c| mk(c, None)).collect(),
-            regular: plan
-                .containers
-                .iter()
-                .zip(&spec.containers)
-                .map(|(c, s)| mk(c, Some(s)))
-                .collect(),
-            initialized: true,
-        };
-        let e = Arc::new(PodEntry {
-            uid: uid.clone(),
-            name: plan.name.clone(),
-            namespace: plan.namespace.clone(),
-            node: spec.node_name.clone().unwrap_or_default(),
-            plan: plan.clone(),
-            pod: pod.clone(),
+        let shared = Shared::of(plan, &spec, true, mk);
+        let e = rt.new_entry(NewEntry {
+            uid: &uid,
+            pod: &pod,
+            plan,
             host: host.clone(),
             engine: Engine::Oci(runtime),
-            client: rt.client.clone(),
-            changes: rt.changes_tx.clone(),
-            sandbox: Mutex::new(Some(sandbox)),
-            images: Mutex::new(images),
-            shared: Mutex::new(shared),
-            stopping: watch::channel(false).0,
-            evicted: Mutex::new(None),
-            done: watch::channel(None).0,
-            version: watch::channel(0).0,
-            tasks: Mutex::new(Vec::new()),
-            started: Mutex::new(None),
-            eviction_interval: rt.config.eviction_interval,
+            sandbox: Some(sandbox),
+            images,
+            shared,
         });
-        let started = rt.started_of(&e);
-        *lock(&e.started) = Some(started.clone());
-        lock(&rt.pods).insert(uid.clone(), e.clone());
-        rt.spawn_supervisors(&e, adopted);
-        info!(pod = %e.pod_ref(), "adopted a running pod");
-        Some((uid, started))
+        Some(rt.adopted(&e, adopted))
     }
 }
 
@@ -2384,6 +2411,51 @@ impl PodStreams for SandboxRuntime {
     }
 }
 
+/// A writer for a session's input: each chunk written goes to `send` (which answers false once
+/// nobody takes more), and `close` runs at its end (not when `send` gave up).
+fn input_pump<S, SF, C, CF>(mut send: S, close: C) -> crate::streams::Writer
+where
+    S: FnMut(Vec<u8>) -> SF + Send + 'static,
+    SF: std::future::Future<Output = bool> + Send,
+    C: FnOnce() -> CF + Send + 'static,
+    CF: std::future::Future<Output = ()> + Send,
+{
+    use tokio::io::AsyncReadExt as _;
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match theirs.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !send(chunk[..n].to_vec()).await {
+                        return;
+                    }
+                }
+            }
+        }
+        close().await;
+    });
+    Box::pin(ours)
+}
+
+/// A sender of a session's terminal sizes, each handed to `send` (false: stop).
+fn resize_pump<S, SF>(mut send: S) -> mpsc::Sender<TermSize>
+where
+    S: FnMut(TermSize) -> SF + Send + 'static,
+    SF: std::future::Future<Output = bool> + Send,
+{
+    let (tx, mut rx) = mpsc::channel::<TermSize>(8);
+    tokio::spawn(async move {
+        while let Some(size) = rx.recv().await {
+            if !send(size).await {
+                return;
+            }
+        }
+    });
+    tx
+}
+
 /// An attach session's input to the shim of the container in `dir`: a writer for its stdin
 /// (when `stdin`) and a sender of terminal sizes (when `tty`), framed onto one connection to the
 /// shim's attach socket. The session ends (for `stdinOnce`, the container's stdin closes) when
@@ -2397,41 +2469,31 @@ async fn attach_input(
     Option<mpsc::Sender<TermSize>>,
 )> {
     use sandbox::shim::{FRAME_CLOSE, FRAME_DATA, FRAME_RESIZE, frame};
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let mut conn = sandbox::shim::connect(dir).await?;
     let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(64);
     let writer = stdin.then(|| {
-        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
-        let tx = frames_tx.clone();
-        tokio::spawn(async move {
-            let mut chunk = vec![0u8; 16 * 1024];
-            loop {
-                match theirs.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(frame(FRAME_DATA, &chunk[..n])).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(frame(FRAME_CLOSE, &[])).await;
-        });
-        Box::pin(ours) as crate::streams::Writer
+        let (tx, close_tx) = (frames_tx.clone(), frames_tx.clone());
+        input_pump(
+            move |data| {
+                let tx = tx.clone();
+                async move { tx.send(frame(FRAME_DATA, &data)).await.is_ok() }
+            },
+            move || async move {
+                let _ = close_tx.send(frame(FRAME_CLOSE, &[])).await;
+            },
+        )
     });
     let resize = tty.then(|| {
-        let (size_tx, mut size_rx) = mpsc::channel::<TermSize>(8);
         let tx = frames_tx.clone();
-        tokio::spawn(async move {
-            while let Some(size) = size_rx.recv().await {
+        resize_pump(move |size| {
+            let tx = tx.clone();
+            async move {
                 let mut p = size.width.to_be_bytes().to_vec();
                 p.extend_from_slice(&size.height.to_be_bytes());
-                if tx.send(frame(FRAME_RESIZE, &p)).await.is_err() {
-                    return;
-                }
+                tx.send(frame(FRAME_RESIZE, &p)).await.is_ok()
             }
-        });
-        size_tx
+        })
     });
     drop(frames_tx);
     tokio::spawn(async move {

@@ -12,7 +12,7 @@ use super::*;
 use sandbox::microvm::pod::{MicroVmPod, PodVmOptions};
 use sandbox::microvm::{self, Accel, ContainerSpec, ExecEvent, VmAssets};
 use std::path::Path;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 /// What boots this host's pod VMs.
 #[derive(Debug, Clone)]
@@ -126,40 +126,35 @@ impl VmPod {
         Option<mpsc::Sender<TermSize>>,
     ) {
         let writer = stdin.then(|| {
-            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
             let (vm, name) = (self.clone(), name.to_owned());
-            tokio::spawn(async move {
-                let mut chunk = vec![0u8; 16 * 1024];
-                loop {
-                    match theirs.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let vm = vm.vm.lock().await;
-                            if let Err(err) = vm.write_stdin(&name, &chunk[..n]).await {
-                                debug!(container = %name, error = %err, "attach input");
-                                return;
-                            }
+            let (vm2, name2) = (vm.clone(), name.clone());
+            input_pump(
+                move |data| {
+                    let (vm, name) = (vm.clone(), name.clone());
+                    async move {
+                        let r = vm.vm.lock().await.write_stdin(&name, &data).await;
+                        if let Err(err) = &r {
+                            debug!(container = %name, error = %err, "attach input");
                         }
+                        r.is_ok()
                     }
-                }
-                if stdin_once {
-                    let _ = vm.vm.lock().await.close_stdin(&name).await;
-                }
-            });
-            Box::pin(ours) as crate::streams::Writer
+                },
+                move || async move {
+                    if stdin_once {
+                        let _ = vm2.vm.lock().await.close_stdin(&name2).await;
+                    }
+                },
+            )
         });
         let resize = tty.then(|| {
-            let (tx, mut rx) = mpsc::channel::<TermSize>(8);
             let (vm, name) = (self.clone(), name.to_owned());
-            tokio::spawn(async move {
-                while let Some(size) = rx.recv().await {
+            resize_pump(move |size| {
+                let (vm, name) = (vm.clone(), name.clone());
+                async move {
                     let vm = vm.vm.lock().await;
-                    if vm.resize(&name, size.height, size.width).await.is_err() {
-                        return;
-                    }
+                    vm.resize(&name, size.height, size.width).await.is_ok()
                 }
-            });
-            tx
+            })
         });
         (writer, resize)
     }
@@ -247,34 +242,22 @@ impl VmPod {
             let _ = exit_tx.send(result);
         });
         let stdin = request.stdin.then(|| {
-            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
-            let input = input.clone();
-            tokio::spawn(async move {
-                let mut chunk = vec![0u8; 16 * 1024];
-                loop {
-                    match theirs.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if input.write_stdin(&chunk[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = input.close_stdin().await;
-            });
-            Box::pin(ours) as crate::streams::Writer
+            let (data_in, close_in) = (input.clone(), input.clone());
+            input_pump(
+                move |data| {
+                    let input = data_in.clone();
+                    async move { input.write_stdin(&data).await.is_ok() }
+                },
+                move || async move {
+                    let _ = close_in.close_stdin().await;
+                },
+            )
         });
         let resize = request.tty.then(|| {
-            let (tx, mut rx) = mpsc::channel::<TermSize>(8);
-            tokio::spawn(async move {
-                while let Some(size) = rx.recv().await {
-                    if input.resize(size.height, size.width).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            tx
+            resize_pump(move |size| {
+                let input = input.clone();
+                async move { input.resize(size.height, size.width).await.is_ok() }
+            })
         });
         let exit = async move {
             exit_rx
@@ -492,18 +475,7 @@ impl SandboxRuntime {
                 s.state = completed(&s.container_id);
                 s.ready = true;
             });
-            e.event(
-                Some(&c.name),
-                false,
-                "Created",
-                format!("Created container {}", c.name),
-            );
-            e.event(
-                Some(&c.name),
-                false,
-                "Started",
-                format!("Started container {}", c.name),
-            );
+            e.created_and_started(&c.name);
         }
         lock(&e.shared).initialized = true;
         let mut first_runs = BTreeMap::new();
@@ -515,18 +487,7 @@ impl SandboxRuntime {
                 }
                 Err(err) => warn!(container = %c.name, error = %err, "a container of the micro-VM"),
             }
-            e.event(
-                Some(&c.name),
-                false,
-                "Created",
-                format!("Created container {}", c.name),
-            );
-            e.event(
-                Some(&c.name),
-                false,
-                "Started",
-                format!("Started container {}", c.name),
-            );
+            e.created_and_started(&c.name);
         }
         e.changed();
         let started = self.started_of(e);
@@ -604,16 +565,7 @@ impl SandboxRuntime {
                 has_startup: s.is_some_and(|s| s.startup_probe.is_some()),
             }
         };
-        let shared = Shared {
-            init: plan.init_containers.iter().map(|c| mk(c, None)).collect(),
-            regular: plan
-                .containers
-                .iter()
-                .zip(&spec.containers)
-                .map(|(c, s)| mk(c, Some(s)))
-                .collect(),
-            initialized: true,
-        };
+        let shared = Shared::of(plan, &spec, true, mk);
         let running: Vec<(usize, String)> = plan
             .containers
             .iter()
@@ -622,27 +574,15 @@ impl SandboxRuntime {
             .map(|(i, c)| (i, c.name.clone()))
             .collect();
         let vm = VmPod::new(vm);
-        let e = Arc::new(PodEntry {
-            uid: uid.clone(),
-            name: plan.name.clone(),
-            namespace: plan.namespace.clone(),
-            node: spec.node_name.clone().unwrap_or_default(),
-            plan: plan.clone(),
-            pod: pod.clone(),
+        let e = self.new_entry(NewEntry {
+            uid: &uid,
+            pod: &pod,
+            plan,
             host: host.clone(),
             engine: Engine::Vm(Mutex::new(Some(vm.clone()))),
-            client: self.client.clone(),
-            changes: self.changes_tx.clone(),
-            sandbox: Mutex::new(None),
-            images: Mutex::new(images),
-            shared: Mutex::new(shared),
-            stopping: watch::channel(false).0,
-            evicted: Mutex::new(None),
-            done: watch::channel(None).0,
-            version: watch::channel(0).0,
-            tasks: Mutex::new(Vec::new()),
-            started: Mutex::new(None),
-            eviction_interval: self.config.eviction_interval,
+            sandbox: None,
+            images,
+            shared,
         });
         let mut adopted = BTreeMap::new();
         for (i, name) in running {
@@ -651,12 +591,7 @@ impl SandboxRuntime {
                 adopted.insert(i, run);
             }
         }
-        let started = self.started_of(&e);
-        *lock(&e.started) = Some(started.clone());
-        lock(&self.pods).insert(uid.clone(), e.clone());
-        self.spawn_supervisors(&e, adopted);
-        info!(pod = %e.pod_ref(), "adopted a running micro-VM pod");
-        Some((uid, started))
+        Some(self.adopted(&e, adopted))
     }
 }
 
