@@ -1106,6 +1106,20 @@ fn micro_vm_pods() {
     );
     c.ok_stdin_create(&cat);
     c.running("default", "app=catvm", 1, 120);
+    // Pods in two VMs reach each other by IP, and see nothing of each other's files.
+    let vm1_ip = pods[0]["status"]["podIP"].as_str().unwrap().to_string();
+    let url = format!("http://{vm1_ip}:8080/index.html");
+    let out = c.ok("kubectl", &["exec", "catvm", "--", "wget", "-qO-", &url]);
+    assert_eq!(out, "hello from the pod\n");
+    let out = c.kubectl(
+        "kubectl",
+        &["exec", "catvm", "--", "cat", "/www/index.html"],
+    );
+    assert!(
+        !out.status.success(),
+        "catvm sees vm1's volume: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = common::kubectl_at(
         "kubectl",
         &c.kubeconfig,
