@@ -11,6 +11,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod agent_cmd;
 mod registry_cmd;
 mod sandbox_cmd;
+mod sandbox_vm;
 mod server_cmd;
 mod up_cmd;
 

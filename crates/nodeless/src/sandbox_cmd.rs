@@ -233,7 +233,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn print_records(raw: &[u8], timestamps: bool) -> anyhow::Result<()> {
+/// Prints CRI log records: stdout's to stdout, stderr's to stderr.
+pub(crate) fn print_records(raw: &[u8], timestamps: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -366,7 +367,11 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
     let choice: RuntimeChoice = r.runtime.parse()?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let kind = runtime::resolve(choice, &cpuinfo);
-    let rt: Arc<dyn runtime::Runtime> = Arc::from(runtime::open(kind, data_dir)?);
+    // The micro-VM is no OCI runtime: sandbox_vm runs it (checked here, before any pull).
+    let (rt, vm_assets): (Option<Arc<dyn runtime::Runtime>>, _) = match kind {
+        runtime::RuntimeKind::Microvm => (None, Some(crate::sandbox_vm::prerequisites()?)),
+        _ => (Some(Arc::from(runtime::open(kind, data_dir)?)), None),
+    };
     let image = store
         .ensure(
             &source,
@@ -437,6 +442,26 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
     let sandbox = SandboxContext {
         hostname: r.hostname.clone().unwrap_or_else(|| id.clone()),
         ..Default::default()
+    };
+    let rt = match (rt, vm_assets) {
+        (Some(rt), _) => rt,
+        (None, None) => anyhow::bail!("no runtime for {kind}"),
+        (None, Some(assets)) => {
+            return crate::sandbox_vm::run(crate::sandbox_vm::VmRun {
+                data_dir,
+                store,
+                image: &image,
+                id: &id,
+                config: &config,
+                hostname: &sandbox.hostname,
+                assets,
+                grace: std::time::Duration::from_secs(r.grace),
+                keep: r.keep,
+                interactive: r.interactive,
+                tty: r.tty,
+            })
+            .await;
+        }
     };
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stream, Vec<u8>)>();

@@ -842,6 +842,36 @@ impl MicroVm {
         rootfs: &Path,
         container: &ContainerSpec,
     ) -> Result<MicroVm> {
+        Self::boot_with(config, rootfs, container, None).await
+    }
+
+    /// [`MicroVm::boot`] with the container attached: its stdin fed by the host (`stdin`), on a
+    /// terminal (`tty`: one output stream, resizable), its output streamed to the returned
+    /// session as well as written to the CRI log (`docker run -i/-t`). The session's `Exit` is
+    /// the container's exit code; its input's signals and resizes go to the container.
+    pub async fn boot_attached(
+        config: &VmConfig,
+        rootfs: &Path,
+        container: &ContainerSpec,
+        stdin: bool,
+        tty: bool,
+    ) -> Result<(MicroVm, ExecSession)> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let vm = Self::boot_with(config, rootfs, container, Some((stdin, tty, tx))).await?;
+        let session = ExecSession {
+            id: 0,
+            writer: vm.writer.clone(),
+            events,
+        };
+        Ok((vm, session))
+    }
+
+    async fn boot_with(
+        config: &VmConfig,
+        rootfs: &Path,
+        container: &ContainerSpec,
+        attached: Option<(bool, bool, mpsc::UnboundedSender<ExecEvent>)>,
+    ) -> Result<MicroVm> {
         let qemu = qemu_binary()?;
         if !rootfs.is_file() {
             return Err(MicroVmError::MissingAsset(rootfs.to_owned()));
@@ -910,8 +940,14 @@ impl MicroVm {
         let (mut read_half, write_half) = stream.into_split();
 
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (stdin, tty) = attached.as_ref().map_or((false, false), |a| (a.0, a.1));
+        let mut execs = HashMap::new();
+        if let Some((_, _, tx)) = attached {
+            // Process 0's output and end go to the attached session too.
+            execs.insert(0, tx);
+        }
         let shared = Arc::new(Mutex::new(Shared {
-            execs: HashMap::new(),
+            execs,
             queries: HashMap::new(),
             container_error: None,
             first_output: None,
@@ -965,7 +1001,7 @@ impl MicroVm {
             to_ready: Duration::ZERO,
         };
         // The agent reads its first frame once up, answers Ready, then runs it.
-        vm.send(&Frame::Run(0, container.to_spec(false, false)))
+        vm.send(&Frame::Run(0, container.to_spec(stdin, tty)))
             .await?;
         let mut vm = vm;
         let mut ended = vm.ended.clone();
@@ -1179,10 +1215,16 @@ fn dispatch(
         Frame::Stdout(0, d) => {
             s.first_output.get_or_insert_with(Instant::now);
             log.push(Stream::Stdout, &d);
+            if let Some(tx) = s.execs.get(&0) {
+                let _ = tx.send(ExecEvent::Stdout(d));
+            }
         }
         Frame::Stderr(0, d) => {
             s.first_output.get_or_insert_with(Instant::now);
             log.push(Stream::Stderr, &d);
+            if let Some(tx) = s.execs.get(&0) {
+                let _ = tx.send(ExecEvent::Stderr(d));
+            }
         }
         Frame::Stdout(id, d) => {
             if let Some(tx) = s.execs.get(&id) {
@@ -1199,6 +1241,9 @@ fn dispatch(
             let _ = log.file.flush();
             // The container may end before the agent's Ready was read (a failing mount).
             s.ready.take();
+            if let Some(tx) = s.execs.remove(&0) {
+                let _ = tx.send(ExecEvent::Exit(code));
+            }
             ended.send_replace(Some(Ended::Code(code)));
         }
         Frame::Exit(id, code) => {
@@ -1208,6 +1253,9 @@ fn dispatch(
         }
         Frame::Error(0, msg) => {
             tracing::warn!(error = %msg, "micro-VM container");
+            if let Some(tx) = s.execs.get(&0) {
+                let _ = tx.send(ExecEvent::Error(msg.clone()));
+            }
             s.container_error = Some(msg);
         }
         Frame::Error(id, msg) => {

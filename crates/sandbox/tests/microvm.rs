@@ -979,3 +979,78 @@ async fn boot_figures() {
         firsts[runs - 1]
     );
 }
+
+#[tokio::test]
+async fn attached_container_gets_stdin_and_a_terminal() {
+    let Some(assets) = assets_or_skip("attached_container_gets_stdin_and_a_terminal") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let disk = busybox_disk(&data).await;
+    // stdin: what we write reaches the container, its output streams back and is logged.
+    let config = VmConfig::new(assets.clone(), data.join("vm-attached"));
+    let (vm, session) = MicroVm::boot_attached(
+        &config,
+        &disk,
+        &spec(&["sh", "-c", "read x; echo \"got $x\"; echo e >&2; cat; exit 4"]),
+        true,
+        false,
+    )
+    .await
+    .unwrap();
+    let (input, mut events) = session.split();
+    input.write_stdin(b"ping\n").await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .unwrap();
+    assert_eq!(first, Some(ExecEvent::Stdout(b"got ping\n".to_vec())));
+    input.write_stdin(b"rest").await.unwrap();
+    input.close_stdin().await.unwrap();
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .unwrap()
+    {
+        match e {
+            ExecEvent::Stdout(d) => out.extend(d),
+            ExecEvent::Stderr(d) => err.extend(d),
+            ExecEvent::Exit(c) => code = Some(c),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((code, &out[..], &err[..]), (Some(4), &b"rest"[..], &b"e\n"[..]));
+    assert_eq!(vm.wait().await.unwrap(), 4);
+    let recs = log_records(vm.log_path());
+    assert!(recs.contains(&("stdout".into(), "got ping".into())), "{recs:?}");
+    vm.destroy().await.unwrap();
+
+    // tty: the container's stdin is a terminal; resizes reach it.
+    let config = VmConfig::new(assets, data.join("vm-tty"));
+    let (vm, session) = MicroVm::boot_attached(
+        &config,
+        &disk,
+        &spec(&["sh", "-c", "test -t 0 && echo is-a-tty; read x; echo \"got $x\"; exit 5"]),
+        true,
+        true,
+    )
+    .await
+    .unwrap();
+    let (input, mut events) = session.split();
+    input.resize(40, 100).await.unwrap();
+    input.write_stdin(b"pong\n").await.unwrap();
+    let (mut out, mut code) = (Vec::new(), None);
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .unwrap()
+    {
+        match e {
+            ExecEvent::Stdout(d) => out.extend(d),
+            ExecEvent::Exit(c) => code = Some(c),
+            other => panic!("{other:?}"),
+        }
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("is-a-tty") && out.contains("got pong"), "{out}");
+    vm.destroy().await.unwrap();
+}
