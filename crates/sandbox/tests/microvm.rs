@@ -992,7 +992,11 @@ async fn attached_container_gets_stdin_and_a_terminal() {
     let (vm, session) = MicroVm::boot_attached(
         &config,
         &disk,
-        &spec(&["sh", "-c", "read x; echo \"got $x\"; echo e >&2; cat; exit 4"]),
+        &spec(&[
+            "sh",
+            "-c",
+            "read x; echo \"got $x\"; echo e >&2; cat; exit 4",
+        ]),
         true,
         false,
     )
@@ -1018,10 +1022,16 @@ async fn attached_container_gets_stdin_and_a_terminal() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!((code, &out[..], &err[..]), (Some(4), &b"rest"[..], &b"e\n"[..]));
+    assert_eq!(
+        (code, &out[..], &err[..]),
+        (Some(4), &b"rest"[..], &b"e\n"[..])
+    );
     assert_eq!(vm.wait().await.unwrap(), 4);
     let recs = log_records(vm.log_path());
-    assert!(recs.contains(&("stdout".into(), "got ping".into())), "{recs:?}");
+    assert!(
+        recs.contains(&("stdout".into(), "got ping".into())),
+        "{recs:?}"
+    );
     vm.destroy().await.unwrap();
 
     // tty: the container's stdin is a terminal; resizes reach it.
@@ -1029,7 +1039,11 @@ async fn attached_container_gets_stdin_and_a_terminal() {
     let (vm, session) = MicroVm::boot_attached(
         &config,
         &disk,
-        &spec(&["sh", "-c", "test -t 0 && echo is-a-tty; read x; echo \"got $x\"; exit 5"]),
+        &spec(&[
+            "sh",
+            "-c",
+            "test -t 0 && echo is-a-tty; read x; echo \"got $x\"; exit 5",
+        ]),
         true,
         true,
     )
@@ -1051,6 +1065,9 @@ async fn attached_container_gets_stdin_and_a_terminal() {
     }
     let out = String::from_utf8_lossy(&out);
     assert_eq!(code, Some(5), "{out}");
-    assert!(out.contains("is-a-tty") && out.contains("got pong"), "{out}");
+    assert!(
+        out.contains("is-a-tty") && out.contains("got pong"),
+        "{out}"
+    );
     vm.destroy().await.unwrap();
 }
