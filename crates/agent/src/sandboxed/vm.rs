@@ -482,6 +482,7 @@ impl SandboxRuntime {
         for (i, c) in plan.containers.iter().enumerate() {
             match vm.current_run(&c.name).await {
                 Ok(run) => {
+                    debug!(id = %pod::container_id(&plan.id, &c.name), "container running");
                     set_running(e, Which::Regular(i), &run);
                     first_runs.insert(i, run);
                 }
