@@ -135,6 +135,8 @@ enum Running {
         cgroup: Option<PathBuf>,
         /// The container's cgroup path (relative to each hierarchy), removed after exit.
         cgroups_path: Option<String>,
+        /// Its memory limit's watchdog, in a pod's shared gVisor sandbox.
+        watch: Option<crate::memwatch::Watch>,
     },
     /// A shim runs it; `child` when the shim is our child, else it was adopted.
     Shim {
@@ -277,6 +279,9 @@ pub async fn start(
             None
         }
     };
+    // A container joined to a pod's gVisor sandbox: runsc does not hold it to its memory
+    // limit, a watchdog does (see `memwatch`).
+    let memory_watch = memory_watch(runtime.kind(), config, &sb);
     // Under a shim, a container may keep a stdin and a terminal (the pod spec's `stdin`,
     // `stdinOnce`, `tty`, see [`shim::StdinSpec`]). The shim allocates the terminal and hands
     // its other side to the runtime as the container's stdio.
@@ -328,6 +333,7 @@ pub async fn start(
             cgroups_path,
             state,
             stdio: stdio_spec,
+            memory_watch,
         };
         return start_shim(binary, &dir, runtime, spec).await;
     }
@@ -345,6 +351,7 @@ pub async fn start(
         _ => Stdio::piped(),
     };
     let mut child = runtime.spawn(id, &dir, stdio).await?;
+    let watch = memory_watch.and_then(|w| crate::memwatch::Watch::start(runtime.as_ref(), id, w));
     state.status = Status::Running { started_at: now() };
     write_state(&dir, &state)?;
     debug!(%id, runtime = %runtime.kind(), "container started");
@@ -363,7 +370,39 @@ pub async fn start(
             pumps,
             cgroup,
             cgroups_path,
+            watch,
         },
+    })
+}
+
+/// The watchdog of a container's memory limit, for a gVisor container that joins a pod's
+/// sandbox (`sandbox`: its context, with the pod's cgroup above its own). Pure.
+pub fn memory_watch(
+    kind: RuntimeKind,
+    config: &ContainerConfig,
+    sandbox: &SandboxContext,
+) -> Option<crate::memwatch::Spec> {
+    let limit = config.resources.memory_bytes?;
+    if kind != RuntimeKind::Gvisor || !sandbox.joins_sandbox() {
+        return None;
+    }
+    let sandbox_id = sandbox
+        .annotations
+        .iter()
+        .find(|(k, _)| k == crate::runtime::SANDBOX_ID)?
+        .1
+        .clone();
+    let pod_cgroup = sandbox
+        .cgroups_path
+        .as_deref()
+        .and_then(|p| Path::new(p.trim_start_matches('/')).parent())
+        .filter(|p| !p.as_os_str().is_empty())
+        .zip(memory_cgroup_root())
+        .map(|(p, root)| root.join(p));
+    Some(crate::memwatch::Spec {
+        sandbox_id,
+        limit,
+        pod_cgroup,
     })
 }
 
@@ -515,6 +554,7 @@ pub async fn start_pause(
             cgroups_path: None,
             state,
             stdio: shim::StdinSpec::default(),
+            memory_watch: None,
         };
         return start_shim(binary, &dir, runtime, spec).await;
     }
@@ -532,6 +572,7 @@ pub async fn start_pause(
             pumps,
             cgroup: None,
             cgroups_path: None,
+            watch: None,
         },
     })
 }
@@ -733,10 +774,13 @@ impl Started {
                 pumps,
                 cgroup,
                 cgroups_path,
+                watch,
             } => {
                 let code = process.wait().await.map_err(io("wait", &dir))?;
                 drain_pumps(&id, pumps).await;
-                let oom_killed = cgroup.as_deref().is_some_and(|cg| oom_killed(cg, code));
+                let oom_killed = cgroup.as_deref().is_some_and(|cg| oom_killed(cg, code))
+                    || watch.as_ref().is_some_and(crate::memwatch::Watch::fired);
+                drop(watch);
                 let started_at = match &state.status {
                     Status::Running { started_at } => started_at.clone(),
                     _ => now(),
@@ -845,6 +889,38 @@ mod tests {
         assert_eq!(exit_reason(0, false), "Completed");
         assert_eq!(exit_reason(3, false), "Error");
         assert_eq!(exit_reason(137, true), "OOMKilled");
+    }
+
+    #[test]
+    fn memory_watch_only_for_limited_joined_gvisor_containers() {
+        let limited = ContainerConfig {
+            resources: crate::spec::Resources {
+                cpu_millis: None,
+                memory_bytes: Some(64 << 20),
+            },
+            ..Default::default()
+        };
+        let joined = SandboxContext {
+            annotations: vec![
+                (crate::runtime::CONTAINER_TYPE.into(), "container".into()),
+                (crate::runtime::SANDBOX_ID.into(), "p-pause".into()),
+            ],
+            cgroups_path: Some("/nodeless-x/pod-p/web".into()),
+            ..Default::default()
+        };
+        let w = memory_watch(RuntimeKind::Gvisor, &limited, &joined).unwrap();
+        assert_eq!((w.sandbox_id.as_str(), w.limit), ("p-pause", 64 << 20));
+        if let Some(cg) = &w.pod_cgroup {
+            assert!(cg.ends_with("nodeless-x/pod-p"), "{cg:?}");
+        }
+        let own = SandboxContext::default();
+        assert_eq!(memory_watch(RuntimeKind::Gvisor, &limited, &own), None);
+        assert_eq!(
+            memory_watch(RuntimeKind::Container, &limited, &joined),
+            None
+        );
+        let unlimited = ContainerConfig::default();
+        assert_eq!(memory_watch(RuntimeKind::Gvisor, &unlimited, &joined), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod container;
 pub mod digest;
 pub mod image;
 pub mod logs;
+pub mod memwatch;
 pub mod microvm;
 pub mod network;
 pub mod plan;

@@ -214,6 +214,10 @@ pub struct Spec {
     /// Its stdin and terminal (nothing kept when absent).
     #[serde(default)]
     pub stdio: StdinSpec,
+    /// The watchdog of its memory limit, for a container in a pod's shared gVisor sandbox
+    /// (see [`crate::memwatch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_watch: Option<crate::memwatch::Spec>,
 }
 
 /// How a container ended, as its shim recorded it (`exit.json`).
@@ -415,6 +419,10 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
     };
     report("ok");
     debug!(%id, "container running under its shim");
+    let watch = spec
+        .memory_watch
+        .clone()
+        .and_then(|w| crate::memwatch::Watch::start(runtime.as_ref(), &id, w));
 
     // SIGTERM/SIGINT to the shim mean "stop the container"; SIGHUP is ignored.
     let forward = {
@@ -456,7 +464,9 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
     let oom_killed = spec
         .memory_cgroup
         .as_deref()
-        .is_some_and(|cg| container::oom_killed(cg, code));
+        .is_some_and(|cg| container::oom_killed(cg, code))
+        || watch.as_ref().is_some_and(crate::memwatch::Watch::fired);
+    drop(watch);
     if let Err(e) = container::release(
         &runtime,
         &id,
@@ -868,6 +878,11 @@ mod tests {
                 stdin_once: true,
                 tty: false,
             },
+            memory_watch: Some(crate::memwatch::Spec {
+                sandbox_id: "pod-pause".into(),
+                limit: 64 << 20,
+                pod_cgroup: None,
+            }),
         };
         let j = serde_json::to_value(&spec).unwrap();
         assert_eq!(j["runtime"]["type"], "oci");

@@ -166,7 +166,9 @@ async fn gvisor_sandbox_is_confined_to_the_pod_size() {
         "busy loop used {cores:.3} cores, want about 0.25"
     );
 
-    // A container's own memory limit inside the sandbox (informational: what runsc does).
+    // A container's own memory limit inside the sandbox: held by the memory watchdog
+    // (`sandbox::memwatch`), which may or may not catch a buffer this short-lived
+    // (informational; `gvisor_joined_container_over_its_limit_is_oom_killed` asserts it).
     let out = run
         .exec(
             "small",
@@ -300,6 +302,109 @@ async fn gvisor_solo_pod_is_one_sandbox_and_reports_oom() {
         !cgroup_file("memory", &cg, "").exists(),
         "the pod cgroup is removed with the pod"
     );
+    e.network.destroy().await.unwrap();
+}
+
+/// The state of container `id` once it has ended (at most `within`).
+async fn terminated(data: &Path, id: &str, within: Duration) -> sandbox::container::Status {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = sandbox::container::read_state(data, id).map(|s| s.status);
+        if let Some(s @ sandbox::container::Status::Terminated { .. }) = status {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} still not ended after {within:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// In a gVisor pod with several containers (one sandbox, a pause container the others join),
+/// a container's own memory limit holds: one limited to 64Mi that takes and keeps 200 MiB
+/// is killed and reported OOMKilled (exit 137), while the other container keeps running and
+/// answers, and the pod's sandbox stays.
+#[tokio::test]
+async fn gvisor_joined_container_over_its_limit_is_oom_killed() {
+    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    let e = env(RuntimeKind::Gvisor, 5);
+    let plan = planned(serde_json::json!({
+        "metadata": {"name": "pair", "namespace": "test", "uid": "limits-joined-oom",
+                     "annotations": {"CapacityProvisioned": "0.5vCPU 1GB"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                // `tail` keeps its whole input (no newline in it) and then blocks writing
+                // into a pipe nobody reads: 200 MiB held.
+                {"name": "hog", "image": e.image, "command": ["sh", "-c",
+                    "echo up; sleep 1; head -c 209715200 /dev/zero | /bin/busybox tail | sleep 600"],
+                 "resources": {"limits": {"memory": "64Mi"}}},
+                {"name": "peer", "image": e.image, "command": ["sh", "-c", "echo up; sleep 600"],
+                 "resources": {"limits": {"memory": "128Mi"}}},
+            ]
+        }
+    }));
+    assert!(!pod::solo(&plan, RuntimeKind::Gvisor));
+    let mut run = pod::start(&e.host, e.rt.clone(), &plan, &VolumeFiles::new())
+        .await
+        .unwrap();
+    let (hog, peer) = (
+        pod::container_id(&plan.id, "hog"),
+        pod::container_id(&plan.id, "peer"),
+    );
+    wait_for_log(&e.data, &peer, "up").await;
+    let t0 = Instant::now();
+    let status = terminated(&e.data, &hog, Duration::from_secs(60)).await;
+    eprintln!(
+        "hog ended {:.1} s after the peer ran: {status:?}",
+        t0.elapsed().as_secs_f64()
+    );
+    let sandbox::container::Status::Terminated {
+        exit_code, reason, ..
+    } = &status
+    else {
+        unreachable!()
+    };
+    assert_eq!((*exit_code, reason.as_str()), (137, "OOMKilled"));
+
+    // The other container and the sandbox live on.
+    let out = run
+        .exec("peer", &["sh", "-c", "echo alive"].map(String::from))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alive");
+    assert_eq!(
+        e.rt.status(&peer).await.unwrap().as_deref(),
+        Some("running")
+    );
+    assert_eq!(
+        e.rt.status(&pod::pause_id(&plan.id))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("running")
+    );
+    // The peer, under its own limit, is left alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(matches!(
+        sandbox::container::read_state(&e.data, &peer).map(|s| s.status),
+        Some(sandbox::container::Status::Running { .. })
+    ));
+
+    // A restart of the killed container runs again in the same sandbox.
+    let previous = run.restart("hog", Duration::from_secs(1)).await.unwrap();
+    assert_eq!((previous.code, previous.oom_killed), (137, true));
+
+    run.stop(Duration::from_secs(1)).await;
+    let (exits, _) = run.wait().await.unwrap();
+    for (name, exit) in &exits {
+        assert!(!exit.oom_killed || name == "hog", "{name}: {exit:?}");
+    }
+    pod::remove(&e.host, e.rt.as_ref(), &plan).await.unwrap();
     e.network.destroy().await.unwrap();
 }
 

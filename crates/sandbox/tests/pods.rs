@@ -266,3 +266,88 @@ async fn gvisor_solo_pod_keeps_its_address() {
     pod::remove(&host, rt.as_ref(), &plan).await.unwrap();
     network.destroy().await.unwrap();
 }
+
+/// A container joined to a gVisor pod's sandbox is started again under the same runsc id at
+/// the first attempt, as the agent does it (start, wait for the end, start again at once):
+/// after it ended by itself and after it was killed.
+#[tokio::test]
+async fn gvisor_joined_container_restarts_at_first_attempt() {
+    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    let Env {
+        _tmp,
+        image,
+        network,
+        host,
+        rt,
+        ..
+    } = env(RuntimeKind::Gvisor, 4);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "again", "namespace": "test", "uid": "uid-again"},
+        "spec": {
+            "restartPolicy": "Always",
+            "containers": [
+                {"name": "short", "image": image, "command": ["sh", "-c",
+                    "echo run; sleep 100 & sleep 0.3; exit 3"]},
+                {"name": "long", "image": image, "command": ["sleep", "600"]}
+            ]
+        }
+    }))
+    .unwrap();
+    let plan = sandbox::plan::plan(&pod).unwrap();
+    assert!(!pod::solo(&plan, RuntimeKind::Gvisor));
+    let images = pod::pull_images(&host, &plan).await.unwrap();
+    let sb = pod::prepare(
+        &host,
+        rt.clone(),
+        &plan,
+        &VolumeFiles::new(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let (short, long) = (&plan.containers[0], &plan.containers[1]);
+    let long_run = sb.launch(long, &images[&long.image], 0).await.unwrap();
+    let short_id = pod::container_id(&plan.id, &short.name);
+    for n in 0..4u32 {
+        let started = sb
+            .launch(short, &images[&short.image], n)
+            .await
+            .unwrap_or_else(|e| panic!("start #{n} of a joined container failed: {e:?}"));
+        let killed = n % 2 == 1;
+        if killed {
+            rt.kill(&short_id, 9).await.unwrap();
+        }
+        let exit = started.wait().await.unwrap();
+        assert_eq!(
+            exit.code,
+            if killed { 137 } else { 3 },
+            "run #{n}: {exit:?}"
+        );
+    }
+    // The sentry still has the container while runsc's state of it is gone (a `delete` that
+    // removed the state file but did not reach the sentry): `runsc create` says "already
+    // exists" once; the start still succeeds at the first attempt.
+    let stale = sb.launch(short, &images[&short.image], 4).await.unwrap();
+    let root = host.data_dir.join("runtime").join("gvisor");
+    let prefix = format!("{short_id}_sandbox:");
+    for f in std::fs::read_dir(&root).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    let again = sb
+        .launch(short, &images[&short.image], 5)
+        .await
+        .expect("start over a container the sentry still has");
+    assert_eq!(again.wait().await.unwrap().code, 3);
+    drop(stale);
+    rt.kill(&pod::container_id(&plan.id, &long.name), 9)
+        .await
+        .unwrap();
+    let _ = long_run.wait().await;
+    pod::remove(&host, rt.as_ref(), &plan).await.unwrap();
+    network.destroy().await.unwrap();
+}

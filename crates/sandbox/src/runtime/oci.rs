@@ -234,8 +234,7 @@ impl OciRuntime {
             self.simple("start", id, &[]).await?;
             (stdout, stderr)
         } else {
-            self.simple("create", id, &["--bundle", &bundle_arg])
-                .await?;
+            self.create_subcontainer(id, &bundle_arg).await?;
             let mut start = self.command();
             start.arg("start").arg(id);
             start
@@ -269,6 +268,25 @@ impl OciRuntime {
             stderr,
             waiter: Waiter::RunscWait(waiter),
         })
+    }
+
+    /// `runsc create` of a container joining a pod's sandbox. The sentry keeps its own table of
+    /// containers, apart from runsc's state files: an entry left there (a `delete` that removed
+    /// the state file but failed to destroy the container in the sentry) makes `create` fail
+    /// with "already exists", and the failed `create`'s own cleanup removes the entry. So that
+    /// error gets one `delete` and one more `create`.
+    async fn create_subcontainer(&self, id: &str, bundle: &str) -> Result<(), RuntimeError> {
+        match self.simple("create", id, &["--bundle", bundle]).await {
+            Err(RuntimeError::Command { stderr, .. }) if stderr.contains("already exists") => {
+                tracing::warn!(%id, error = %stderr, "runsc create: container already exists; deleting it and creating again");
+                if let Err(e) = self.simple("delete", id, &["--force"]).await {
+                    tracing::debug!(%id, error = %e, "runsc delete before creating again");
+                }
+                self.simple("create", id, &["--bundle", bundle]).await?;
+                Ok(())
+            }
+            r => r.map(|_| ()),
+        }
     }
 
     async fn simple(
@@ -328,6 +346,24 @@ impl OciRuntime {
         }
         Ok(out)
     }
+}
+
+impl OciRuntime {
+    /// The processes of container `id` (runsc: pids in the sandbox's root PID namespace, exec'd
+    /// ones included), from one `ps --format=json`.
+    pub async fn processes(&self, id: &str) -> Result<Vec<u32>, RuntimeError> {
+        let out = self.invoke("ps", id, &["--format=json", id]).await?;
+        Ok(parse_pids(&out.stdout))
+    }
+}
+
+/// The pids in a `runsc ps --format=json` answer (a JSON array, `null` when there are none).
+/// Pure.
+fn parse_pids(json: &[u8]) -> Vec<u32> {
+    serde_json::from_slice::<Option<Vec<u32>>>(json)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// runsc's state file of container `id` under its `--root`: `<id>_sandbox:<sandbox>.state`.
@@ -488,6 +524,13 @@ impl Runtime for OciRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ps_answers() {
+        assert_eq!(parse_pids(b"[2,114]\n"), vec![2, 114]);
+        assert_eq!(parse_pids(b"null"), Vec::<u32>::new());
+        assert_eq!(parse_pids(b"garbage"), Vec::<u32>::new());
+    }
 
     #[test]
     fn state_files_tell_which_ids_may_exist() {
