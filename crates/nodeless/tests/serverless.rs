@@ -699,9 +699,7 @@ fn fargate_walkthrough() {
     });
     let table = c.ok("kubectl", &["get", "pod", &name(&p)]);
     assert!(table.contains("CrashLoopBackOff"), "{table}");
-    // The previous instance's log. (A gVisor restart under the same container id can fail once
-    // while runsc still holds the old sub-container; that attempt has an empty log, so look at the
-    // previous instance until it is a real run of the container.)
+    // The previous instance's log.
     eventually(120, "the previous instance's log", || {
         let prev = c.ok("kubectl", &["logs", &name(&p), "--previous"]);
         prev.contains("dying").then_some(())
