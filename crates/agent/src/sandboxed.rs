@@ -938,9 +938,19 @@ mod probes {
         let exec: Arc<crate::probe::ExecFn> = match &e.engine {
             Engine::Oci(runtime) => {
                 let (runtime, id) = (runtime.clone(), e.host_id(&spec.name));
+                // The run is reported started once its runtime was spawned, which may be a
+                // moment before the container exists (crun): the first probe waits for it.
+                let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 Arc::new(move |cmd: Vec<String>, timeout: Duration| {
-                    let (runtime, id) = (runtime.clone(), id.clone());
-                    async move { exec_probe(runtime, id, cmd, timeout).await }.boxed()
+                    let (runtime, id, created) = (runtime.clone(), id.clone(), created.clone());
+                    async move {
+                        if !created.load(std::sync::atomic::Ordering::Acquire) {
+                            wait_created(runtime.as_ref(), &id).await;
+                            created.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        exec_probe(runtime, id, cmd, timeout).await
+                    }
+                    .boxed()
                 })
             }
             Engine::Vm(_) => {
@@ -983,7 +993,7 @@ mod probes {
                             "Killing",
                             format!("Container {name} failed probe, will be restarted"),
                         );
-                        kill_with_grace(&entry, &name, grace).await;
+                        kill_with_grace(&entry, w, grace).await;
                         return;
                     }
                 }
@@ -997,6 +1007,16 @@ mod probes {
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
             self.0.abort();
+        }
+    }
+
+    /// Waits (at most 5 s) until the runtime knows container `id` as running.
+    async fn wait_created(runtime: &dyn SbRuntime, id: &str) {
+        for _ in 0..100 {
+            if runtime.status(id).await.ok().flatten().as_deref() == Some("running") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -1028,17 +1048,27 @@ mod probes {
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace` if container `name` still runs.
-async fn kill_with_grace(e: &Arc<PodEntry>, name: &str, grace: Duration) {
-    let _ = e.kill(name, 15).await;
+/// SIGTERM to the container's current run, then SIGKILL after `grace` unless the run ended
+/// (as its supervisor saw it; not the runtime's word, which may not know the container).
+async fn kill_with_grace(e: &Arc<PodEntry>, w: Which, grace: Duration) {
+    let Some(c) = e.get(w) else {
+        return;
+    };
+    let over = || {
+        e.get(w)
+            .is_none_or(|now| now.restart_count != c.restart_count || !now.running())
+    };
+    let _ = e.kill(&c.name, 15).await;
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if !e.runs(name).await {
+        if over() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = e.kill(name, 9).await;
+    if !over() {
+        let _ = e.kill(&c.name, 9).await;
+    }
 }
 
 /// The pod network's own namespace (where the bridge is, and pod IPs are reachable).
@@ -2157,7 +2187,12 @@ impl PodStreams for SandboxRuntime {
         } else {
             c.restart_count
         };
-        let path = container::log_path(&dir, u32::try_from(run).unwrap_or(0));
+        let mut path = container::log_path(&dir, u32::try_from(run).unwrap_or(0));
+        if !path.exists() && !options.previous && run > 0 {
+            // Between a back-off and the next run's start the current container is still the
+            // last one (kubelet's restart count rises as the new one is created).
+            path = container::log_path(&dir, u32::try_from(run - 1).unwrap_or(0));
+        }
         let ran = c.running() || c.state.terminated.is_some() || options.previous;
         if !path.exists() && ran {
             // Started, but nothing written yet: an empty log (followable).

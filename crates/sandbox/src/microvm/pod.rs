@@ -103,6 +103,59 @@ struct Container {
     stdin: bool,
     /// The process runs on a terminal.
     tty: bool,
+    /// How its root filesystem is made: a restart makes a fresh one from it.
+    setup: SavedSetup,
+}
+
+/// A container's [`Setup`], kept in the VM's state file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SavedSetup {
+    serial: String,
+    /// (target, read-only, a pod volume's name or a file's contents).
+    mounts: Vec<(String, bool, SavedSource)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum SavedSource {
+    Volume(String),
+    File(Vec<u8>),
+}
+
+impl SavedSetup {
+    fn of(s: &Setup) -> SavedSetup {
+        SavedSetup {
+            serial: s.serial.clone(),
+            mounts: s
+                .mounts
+                .iter()
+                .map(|m| {
+                    let src = match &m.source {
+                        MountSource::Volume(v) => SavedSource::Volume(v.clone()),
+                        MountSource::File(d) => SavedSource::File(d.clone()),
+                    };
+                    (m.target.clone(), m.read_only, src)
+                })
+                .collect(),
+        }
+    }
+
+    fn setup(&self) -> Setup {
+        Setup {
+            serial: self.serial.clone(),
+            mounts: self
+                .mounts
+                .iter()
+                .map(|(target, read_only, src)| MountSpec {
+                    target: target.clone(),
+                    read_only: *read_only,
+                    source: match src {
+                        SavedSource::Volume(v) => MountSource::Volume(v.clone()),
+                        SavedSource::File(d) => MountSource::File(d.clone()),
+                    },
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What the reader task shares with [`MicroVmPod`].
@@ -126,6 +179,8 @@ pub struct MicroVmPod {
     shared: Arc<Mutex<Shared>>,
     reader: tokio::task::JoinHandle<()>,
     next_id: AtomicU32,
+    /// The next root filesystem number (the boot made 1..=containers; restarts make more).
+    next_root: u32,
     containers: Vec<Container>,
     init_exits: Vec<(String, i32)>,
     dir: PathBuf,
@@ -306,7 +361,14 @@ impl MicroVmPod {
                 mounts: container_mounts(plan, c, ip, options.nameserver, &options.volume_files)?,
             };
             let spec = container_spec(host, plan, c, image, ip)?;
-            prepared.push((root, *init, c.name.clone(), setup, (spec, c.stdin, c.tty)));
+            let saved = SavedSetup::of(&setup);
+            prepared.push((
+                root,
+                *init,
+                c.name.clone(),
+                setup,
+                (spec, c.stdin, c.tty, saved),
+            ));
         }
         let serials: Vec<String> = (1..=disks.len()).map(|n| format!("c{n}")).collect();
         let disk_args: Vec<(&Path, Option<&str>)> = disks
@@ -390,6 +452,7 @@ impl MicroVmPod {
             shared,
             reader,
             next_id: AtomicU32::new(all.len() as u32 + 1),
+            next_root: all.len() as u32 + 1,
             containers: Vec::new(),
             init_exits: Vec::new(),
             dir,
@@ -438,10 +501,11 @@ impl MicroVmPod {
             pending.push((root, init, name, run));
         }
         // Init containers in order, each to its end; then the regular ones together.
-        for (root, init, name, (spec, stdin, tty)) in pending {
-            let c = vm
+        for (root, init, name, (spec, stdin, tty, saved)) in pending {
+            let mut c = vm
                 .start_container(root, &name, spec, (stdin, tty), &host.data_dir, plan)
                 .await?;
+            c.setup = saved;
             if init {
                 let code = wait_ended(&c.ended).await;
                 match code {
@@ -470,6 +534,7 @@ impl MicroVmPod {
         VmState {
             qemu_pid: self.pid.unwrap_or(0),
             next_id: self.next_id.load(Ordering::Relaxed),
+            next_root: self.next_root,
             ip: self.ip,
             vm_size: self.vm_size,
             init_exits: self.init_exits.clone(),
@@ -488,6 +553,7 @@ impl MicroVmPod {
                     memory_limit_bytes: c.spec.memory_limit_bytes,
                     stdin: c.stdin,
                     tty: c.tty,
+                    setup: c.setup.clone(),
                     dir: c.dir.clone(),
                     restarts: c.restarts,
                     exit: match &*c.ended.borrow() {
@@ -589,6 +655,7 @@ impl MicroVmPod {
                 ended,
                 stdin: c.stdin,
                 tty: c.tty,
+                setup: c.setup.clone(),
             });
         }
         let (reader, _lost) = spawn_reader(read_half, shared.clone());
@@ -602,6 +669,14 @@ impl MicroVmPod {
             // Exec sessions after the state was saved may have used ids past `next_id`: skip
             // well beyond them (the guest refuses an id it has seen).
             next_id: AtomicU32::new(state.next_id.saturating_add(1 << 20)),
+            next_root: state.next_root.max(
+                state
+                    .containers
+                    .iter()
+                    .map(|c| c.root + 1)
+                    .max()
+                    .unwrap_or(1),
+            ),
             containers,
             init_exits: state.init_exits,
             dir,
@@ -659,6 +734,7 @@ impl MicroVmPod {
             ended,
             stdin,
             tty,
+            setup: SavedSetup::default(),
         })
     }
 
@@ -700,9 +776,10 @@ impl MicroVmPod {
         Ok((log_path, ended))
     }
 
-    /// Starts container `name` again once it has ended, in the same root filesystem (what it
-    /// wrote there stays), its output into the next log file (`logs/<restart>.log`; the
-    /// previous one stays for `kubectl logs --previous`). Returns the restart count.
+    /// Starts container `name` again once it has ended, in a fresh root filesystem from its
+    /// image (as kubelet's restart is a new container: what the last run wrote is gone; its
+    /// volumes stay), its output into the next log file (`logs/<restart>.log`; the previous one
+    /// stays for `kubectl logs --previous`). Returns the restart count.
     pub async fn restart(&mut self, name: &str) -> Result<u32> {
         let i = self
             .containers
@@ -714,19 +791,47 @@ impl MicroVmPod {
                 "container {name} is still running"
             )));
         }
+        let root = self.fresh_root(i).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let c = &self.containers[i];
         let restart = c.restarts + 1;
         let (log_path, ended) = self
-            .run_in(id, c.root, &c.spec, &c.dir, restart, (c.stdin, c.tty))
+            .run_in(id, root, &c.spec, &c.dir, restart, (c.stdin, c.tty))
             .await?;
         let c = &mut self.containers[i];
+        c.root = root;
         c.id = id;
         c.restarts = restart;
         c.log_path = log_path;
         c.ended = ended;
         self.save_state()?;
         Ok(restart)
+    }
+
+    /// A new root filesystem for the `i`-th container, made as its first was (the old one
+    /// stays mounted in the guest, unused). A container whose setup is not known (a VM taken
+    /// back from a state file of an older version) keeps its root.
+    async fn fresh_root(&mut self, i: usize) -> Result<u32> {
+        let c = &self.containers[i];
+        if c.setup.serial.is_empty() {
+            return Ok(c.root);
+        }
+        let root = self.next_root;
+        self.next_root += 1;
+        let rx = self.expect_prepared(root);
+        self.send(&Frame::Prepare(root, c.setup.setup())).await?;
+        let msg = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| MicroVmError::Guest("no answer to preparing a root filesystem".into()))?
+            .map_err(|_| MicroVmError::Stopped)?;
+        if msg.is_empty() {
+            Ok(root)
+        } else {
+            Err(MicroVmError::Guest(format!(
+                "preparing container {}: {msg}",
+                c.name
+            )))
+        }
     }
 
     fn container(&self, name: &str) -> Result<&Container> {
@@ -983,6 +1088,9 @@ impl Qemu {
 struct VmState {
     qemu_pid: u32,
     next_id: u32,
+    /// 0 in states written before restarts made fresh roots.
+    #[serde(default)]
+    next_root: u32,
     ip: Option<Ipv4Addr>,
     vm_size: (u32, u32),
     init_exits: Vec<(String, i32)>,
@@ -1005,6 +1113,8 @@ struct ContainerState {
     stdin: bool,
     #[serde(default)]
     tty: bool,
+    #[serde(default)]
+    setup: SavedSetup,
     dir: PathBuf,
     restarts: u32,
     /// Known exit code of the current run.
