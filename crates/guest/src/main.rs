@@ -341,6 +341,22 @@ fn prepare(n: u32, setup: &Setup) -> Result<(), Error> {
 /// Erofs (read-only) under an overlay whose upper layer is a tmpfs, plus the container's
 /// /proc, /sys (read-only), a minimal /dev and /dev/shm. The container never sees this
 /// initramfs's /dev (which has the disk and the channel).
+/// Unmounts root filesystem n (its overlay with everything mounted in it, its writable tmpfs and
+/// its image) and removes its directory: a restarted container's last root.
+fn release(n: u32) -> Result<(), Error> {
+    if n == 0 {
+        return Err("root 0 is the single container's".into());
+    }
+    let base = format!("/pod/{n}");
+    for m in [root_of(n), format!("{base}/rw"), format!("{base}/lower")] {
+        // Detached: the root's own mounts (proc, dev, volumes, files) go with it.
+        rustix::mount::unmount(m.as_str(), rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| format!("unmounting {m}: {e}"))?;
+    }
+    std::fs::remove_dir_all(&base)?;
+    Ok(())
+}
+
 fn mount_root(disk: &str, lower: &str, rw: &str, root: &str) -> Result<(), Error> {
     wait_for(Duration::from_secs(10), || {
         Path::new(disk).exists().then_some(())
@@ -497,6 +513,11 @@ impl Agent {
                         ws_ypixel: 0,
                     };
                     let _ = rustix::termios::tcsetwinsize(m, size);
+                }
+            }
+            Frame::Release(n) => {
+                if let Err(e) = release(n) {
+                    log(&format!("releasing root {n}: {e}"));
                 }
             }
             Frame::Query(id) => {

@@ -88,6 +88,9 @@ pub enum Frame {
     Resize(u32, u16, u16),
     /// Make root filesystem n (> 0) of a pod; answered with [`Frame::Prepared`].
     Prepare(u32, Setup),
+    /// Unmount root filesystem n (> 0), made by [`Frame::Prepare`], and free what it held (a
+    /// restarted container's last root); no answer.
+    Release(u32),
     // Guest -> host.
     /// The agent is up (root filesystem mounted), sent once in answer to the host's first frame.
     Ready,
@@ -150,6 +153,7 @@ mod kind {
     pub const QUERY: u8 = 4;
     pub const RESIZE: u8 = 5;
     pub const PREPARE: u8 = 6;
+    pub const RELEASE: u8 = 7;
     pub const READY: u8 = 10;
     pub const STARTED: u8 = 11;
     pub const STDOUT: u8 = 12;
@@ -233,6 +237,7 @@ impl Frame {
             Frame::Error(id, _) => (kind::ERROR, *id),
             Frame::Status(id, _) => (kind::STATUS, *id),
             Frame::Prepare(id, _) => (kind::PREPARE, *id),
+            Frame::Release(id) => (kind::RELEASE, *id),
             Frame::Prepared(id, _) => (kind::PREPARED, *id),
             Frame::OomKilled(id) => (kind::OOM_KILLED, *id),
         };
@@ -291,7 +296,7 @@ impl Frame {
                     put_u32(&mut b, *code as u32);
                 }
             },
-            Frame::Query(_) | Frame::Ready | Frame::OomKilled(_) => {}
+            Frame::Query(_) | Frame::Ready | Frame::OomKilled(_) | Frame::Release(_) => {}
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
@@ -348,6 +353,7 @@ impl Frame {
             }
             kind::PREPARED => Frame::Prepared(id, String::from_utf8_lossy(c.0).into_owned()),
             kind::OOM_KILLED => Frame::OomKilled(id),
+            kind::RELEASE => Frame::Release(id),
             kind::RESIZE => {
                 let r = c.bytes(4)?;
                 Frame::Resize(
@@ -499,6 +505,7 @@ mod tests {
             ),
             Frame::Prepared(2, String::new()),
             Frame::Prepared(3, "no disk".into()),
+            Frame::Release(2),
             Frame::OomKilled(4),
             Frame::Stdin(3, b"data".to_vec()),
             Frame::Stdin(3, vec![]),

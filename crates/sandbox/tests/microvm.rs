@@ -763,6 +763,13 @@ async fn a_whole_pod_runs_in_one_micro_vm() {
         out.code, 1,
         "the restarted container kept the last run's files"
     );
+    // A root filesystem of its own, a new one; the last one (and the init containers') were
+    // released without an error in the guest.
+    let roots_at_boot = (plan.init_containers.len() + plan.containers.len()) as u32;
+    assert!(root_number(&pod, "writer").await > roots_at_boot);
+    assert!(root_number(&pod, "web").await <= roots_at_boot);
+    let console = std::fs::read_to_string(pod.console_path()).unwrap_or_default();
+    assert!(!console.contains("releasing root"), "{console}");
     let out = pod
         .exec("web", &["cat", "/shared/order"], None)
         .await
@@ -776,6 +783,22 @@ async fn a_whole_pod_runs_in_one_micro_vm() {
     assert!(log_of("web").exists(), "logs stay");
     net.detach("pod-vm").await.unwrap();
     net.destroy().await.unwrap();
+}
+
+/// The number of the guest's root filesystem container `name` runs in (`/pod/N`).
+async fn root_number(pod: &MicroVmPod, name: &str) -> u32 {
+    let out = pod
+        .exec(name, &["cat", "/proc/mounts"], None)
+        .await
+        .unwrap();
+    let mounts = String::from_utf8_lossy(&out.stdout).into_owned();
+    mounts
+        .lines()
+        .find(|l| l.starts_with("overlay / "))
+        .and_then(|l| l.split("lowerdir=/pod/").nth(1))
+        .and_then(|r| r.split('/').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no root overlay in {mounts}"))
 }
 
 /// An init container that fails ends the pod: the regular containers never start.

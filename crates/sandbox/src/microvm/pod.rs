@@ -509,7 +509,11 @@ impl MicroVmPod {
             if init {
                 let code = wait_ended(&c.ended).await;
                 match code {
-                    Ok(0) => vm.init_exits.push((name, 0)),
+                    Ok(0) => {
+                        vm.init_exits.push((name, 0));
+                        // Its root filesystem is not needed any more.
+                        vm.send(&Frame::Release(root)).await?;
+                    }
                     Ok(code) => {
                         let error = vm.container_error_of(c.id);
                         vm.qemu.kill();
@@ -798,6 +802,11 @@ impl MicroVmPod {
         let (log_path, ended) = self
             .run_in(id, root, &c.spec, &c.dir, restart, (c.stdin, c.tty))
             .await?;
+        let old = c.root;
+        if old != root {
+            // The last run's root filesystem (and what it wrote there) is freed.
+            self.send(&Frame::Release(old)).await?;
+        }
         let c = &mut self.containers[i];
         c.root = root;
         c.id = id;
@@ -808,9 +817,9 @@ impl MicroVmPod {
         Ok(restart)
     }
 
-    /// A new root filesystem for the `i`-th container, made as its first was (the old one
-    /// stays mounted in the guest, unused). A container whose setup is not known (a VM taken
-    /// back from a state file of an older version) keeps its root.
+    /// A new root filesystem for the `i`-th container, made as its first was. A container
+    /// whose setup is not known (a VM taken back from a state file of an older version) keeps
+    /// its root.
     async fn fresh_root(&mut self, i: usize) -> Result<u32> {
         let c = &self.containers[i];
         if c.setup.serial.is_empty() {
