@@ -25,7 +25,7 @@ use sandbox::image::{Image, ImageStore};
 use sandbox::microvm::pod::{DEFAULT_MEMORY_MIB, vm_size};
 use sandbox::microvm::{self, ContainerSpec, ExecEvent, MicroVm, VmAssets, VmConfig};
 use sandbox::plan::PodSize;
-use sandbox::spec::{self, ContainerConfig};
+use sandbox::spec::ContainerConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// How often the container's log file is looked at for new lines.
@@ -81,11 +81,12 @@ pub async fn run(r: VmRun<'_>) -> anyhow::Result<i32> {
 
     // Not interruptible: mkfs.erofs (and the overlay mount a layered image needs) must finish
     // or fail on their own; a Ctrl-C meanwhile is seen right after.
-    let disk = match disk_for(r.data_dir, r.store, r.image).await {
+    let disk = match microvm::pod::disk_for(r.data_dir, r.store, r.image).await {
         Ok(d) => d,
         Err(e) => {
             cleanup(&r, &cdir);
-            return Err(e);
+            return Err(anyhow::Error::new(e)
+                .context(format!("making the micro-VM disk of {}", r.image.name)));
         }
     };
     if r.interactive || r.tty {
@@ -405,61 +406,14 @@ fn size(c: &ContainerConfig) -> (u32, u32) {
 /// The process the VM runs: argv, environment, cwd and user resolved as for the other
 /// runtimes (image config, then the command line).
 fn container_spec(r: &VmRun<'_>) -> anyhow::Result<ContainerSpec> {
-    let args = spec::argv(r.config, &r.image.config)?;
     // With -t, TERM as the other runtimes set it for a terminal.
     let config = ContainerConfig {
         tty: r.tty,
         ..r.config.clone()
     };
-    let env = spec::environment(&config, &r.image.config, r.hostname);
-    let run = r.image.config.config.clone().unwrap_or_default();
-    let image_file = |rel: &str| {
-        r.store
-            .lower_dirs(r.image)
-            .iter()
-            .find_map(|d| std::fs::read_to_string(d.join(rel)).ok())
-            .unwrap_or_default()
-    };
-    let (mut uid, mut gid) = spec::resolve_user(
-        run.user.as_deref().unwrap_or(""),
-        &image_file("etc/passwd"),
-        &image_file("etc/group"),
-    )?;
-    if let Some(u) = r.config.run_as_user {
-        uid = u;
-    }
-    if let Some(g) = r.config.run_as_group {
-        gid = g;
-    }
-    let cwd = r
-        .config
-        .working_dir
-        .clone()
-        .or(run.working_dir)
-        .filter(|w| !w.is_empty())
-        .unwrap_or_else(|| "/".into());
-    Ok(ContainerSpec {
-        args,
-        env,
-        cwd,
-        uid,
-        gid,
-        memory_limit_bytes: r.config.resources.memory_bytes,
-    })
-}
-
-/// The image's read-only erofs disk, made once per host (by manifest digest) in the cache the
-/// node agent's micro-VM pods use.
-async fn disk_for(data_dir: &Path, store: &ImageStore, image: &Image) -> anyhow::Result<PathBuf> {
-    let disk = data_dir
-        .join("microvm/disks")
-        .join(format!("{}.erofs", image.manifest_digest.hex()));
-    if !disk.is_file() {
-        microvm::make_erofs(&store.lower_dirs(image), &disk)
-            .await
-            .with_context(|| format!("making the micro-VM disk of {}", image.name))?;
-    }
-    Ok(disk)
+    Ok(microvm::pod::process_of(
+        r.store, r.image, &config, r.hostname,
+    )?)
 }
 
 /// Prints what the container wrote to its CRI log since last time.

@@ -432,7 +432,8 @@ fn port_forward_get(c: &Cluster, binary: &str, pod: &str) -> String {
     body
 }
 
-fn sandbox_processes(data: &Path) -> Vec<String> {
+/// `pid args` of the processes whose command line names `data` and matches `which`.
+fn processes_under(data: &Path, which: impl Fn(&str) -> bool) -> Vec<String> {
     let out = Command::new("ps")
         .args(["-eo", "pid,args"])
         .output()
@@ -440,9 +441,13 @@ fn sandbox_processes(data: &Path) -> Vec<String> {
     let d = data.display().to_string();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&d) && (l.contains("runsc") || l.contains("shim")))
-        .map(str::to_string)
+        .filter(|l| l.contains(&d) && which(l))
+        .map(|l| l.trim().to_string())
         .collect()
+}
+
+fn sandbox_processes(data: &Path) -> Vec<String> {
+    processes_under(data, |l| l.contains("runsc") || l.contains("shim"))
 }
 
 /// The bridge the agent makes for pod CIDR 10.B.C.0/24 in the pod network namespace.
@@ -989,16 +994,7 @@ fn needs_microvm(test: &str) -> bool {
 }
 
 fn qemu_processes(data: &Path) -> Vec<String> {
-    let out = Command::new("ps")
-        .args(["-eo", "pid,args"])
-        .output()
-        .unwrap();
-    let d = data.display().to_string();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&d) && l.contains("qemu-system"))
-        .map(|l| l.trim().to_string())
-        .collect()
+    processes_under(data, |l| l.contains("qemu-system"))
 }
 
 /// `nodeless up --runtime microvm`: pods in QEMU micro-VMs (software emulation on this kind of

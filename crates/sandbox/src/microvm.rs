@@ -650,39 +650,37 @@ impl ExecSession {
         self.events.recv().await
     }
 
+    fn input(&self) -> ExecInput {
+        ExecInput {
+            id: self.id,
+            writer: self.writer.clone(),
+        }
+    }
+
     /// Feeds `data` to the process's stdin (the session must have been opened with stdin).
     pub async fn write_stdin(&self, data: &[u8]) -> Result<()> {
-        for chunk in data.chunks(proto::CHUNK) {
-            send(&self.writer, &Frame::Stdin(self.id, chunk.to_vec())).await?;
-        }
-        Ok(())
+        self.input().write_stdin(data).await
     }
 
     /// Closes the process's stdin.
     pub async fn close_stdin(&self) -> Result<()> {
-        send(&self.writer, &Frame::Stdin(self.id, Vec::new())).await
+        self.input().close_stdin().await
     }
 
     /// Sends `signal` to the process.
     pub async fn signal(&self, signal: i32) -> Result<()> {
-        send(&self.writer, &Frame::Signal(self.id, signal)).await
+        self.input().signal(signal).await
     }
 
     /// Sets the terminal's size (a session started with `tty`).
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
-        send(&self.writer, &Frame::Resize(self.id, rows, cols)).await
+        self.input().resize(rows, cols).await
     }
 
     /// Splits the session into its input (stdin, signals, resizes: usable from any task) and
     /// its events, for a caller that feeds and reads it at once.
     pub fn split(self) -> (ExecInput, mpsc::UnboundedReceiver<ExecEvent>) {
-        (
-            ExecInput {
-                id: self.id,
-                writer: self.writer,
-            },
-            self.events,
-        )
+        (self.input(), self.events)
     }
 
     /// Reads every event up to the exit: the whole output and the code.
@@ -729,6 +727,11 @@ impl ExecInput {
     /// Closes the process's stdin.
     pub async fn close_stdin(&self) -> Result<()> {
         send(&self.writer, &Frame::Stdin(self.id, Vec::new())).await
+    }
+
+    /// Sends `signal` to the process.
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        send(&self.writer, &Frame::Signal(self.id, signal)).await
     }
 
     /// Sets the terminal's size.

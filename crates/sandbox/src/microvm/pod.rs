@@ -188,59 +188,53 @@ pub struct MicroVmPod {
     vm_size: (u32, u32),
 }
 
-/// The read-only disk of `image`, made once per host (by manifest digest).
-async fn disk_for(host: &Host, image: &Image) -> Result<PathBuf> {
-    let disk = host
-        .data_dir
+/// The read-only disk of `image`, made once per host (by manifest digest) in
+/// `<data dir>/microvm/disks`, the cache every micro-VM of the host uses.
+pub async fn disk_for(
+    data_dir: &Path,
+    images: &crate::image::ImageStore,
+    image: &Image,
+) -> Result<PathBuf> {
+    let disk = data_dir
         .join("microvm/disks")
         .join(format!("{}.erofs", image.manifest_digest.hex()));
     if !disk.is_file() {
-        super::make_erofs(&host.images.lower_dirs(image), &disk).await?;
+        super::make_erofs(&images.lower_dirs(image), &disk).await?;
     }
     Ok(disk)
 }
 
-/// The first `etc/passwd` and `etc/group` of the image's layers (top first).
-fn image_file(host: &Host, image: &Image, rel: &str) -> String {
-    host.images
-        .lower_dirs(image)
-        .iter()
-        .find_map(|d| std::fs::read_to_string(d.join(rel)).ok())
-        .unwrap_or_default()
-}
-
-/// The process a container runs: argv, environment, cwd and user as Kubernetes resolves them.
-fn container_spec(
-    host: &Host,
-    plan: &PodPlan,
-    c: &ContainerPlan,
+/// The process a container of `image` runs in a micro-VM: argv, environment, cwd and user as
+/// Kubernetes (and the other runtimes) resolve them from the image and `cfg`.
+pub fn process_of(
+    images: &crate::image::ImageStore,
     image: &Image,
-    ip: Option<Ipv4Addr>,
-) -> Result<ContainerSpec> {
-    let cfg = c.config();
-    let spec_err = |e: crate::spec::SpecError| MicroVmError::Guest(e.to_string());
-    let args = crate::spec::argv(&cfg, &image.config).map_err(spec_err)?;
-    let mut env = crate::spec::environment(&cfg, &image.config, &plan.hostname);
-    if let Some(ip) = ip {
-        for k in &c.pod_ip_env {
-            env.retain(|e| !e.starts_with(&format!("{k}=")));
-            env.push(format!("{k}={ip}"));
-        }
-    }
+    cfg: &crate::spec::ContainerConfig,
+    hostname: &str,
+) -> std::result::Result<ContainerSpec, crate::spec::SpecError> {
+    let args = crate::spec::argv(cfg, &image.config)?;
+    let env = crate::spec::environment(cfg, &image.config, hostname);
     let run = image.config.config.clone().unwrap_or_default();
+    // The first `etc/passwd` and `etc/group` of the image's layers (top first).
+    let image_file = |rel: &str| {
+        images
+            .lower_dirs(image)
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join(rel)).ok())
+            .unwrap_or_default()
+    };
     let (mut uid, mut gid) = crate::spec::resolve_user(
         run.user.as_deref().unwrap_or(""),
-        &image_file(host, image, "etc/passwd"),
-        &image_file(host, image, "etc/group"),
-    )
-    .map_err(spec_err)?;
-    if let Some(u) = c.run_as_user {
+        &image_file("etc/passwd"),
+        &image_file("etc/group"),
+    )?;
+    if let Some(u) = cfg.run_as_user {
         uid = u;
     }
-    if let Some(g) = c.run_as_group {
+    if let Some(g) = cfg.run_as_group {
         gid = g;
     }
-    let cwd = c
+    let cwd = cfg
         .working_dir
         .clone()
         .or(run.working_dir)
@@ -252,8 +246,27 @@ fn container_spec(
         cwd,
         uid,
         gid,
-        memory_limit_bytes: c.memory_bytes,
+        memory_limit_bytes: cfg.resources.memory_bytes,
     })
+}
+
+/// The process a container of the pod runs, with the pod's IP in the variables that ask for it.
+fn container_spec(
+    host: &Host,
+    plan: &PodPlan,
+    c: &ContainerPlan,
+    image: &Image,
+    ip: Option<Ipv4Addr>,
+) -> Result<ContainerSpec> {
+    let mut spec = process_of(&host.images, image, &c.config(), &plan.hostname)
+        .map_err(|e| MicroVmError::Guest(e.to_string()))?;
+    if let Some(ip) = ip {
+        for k in &c.pod_ip_env {
+            spec.env.retain(|e| !e.starts_with(&format!("{k}=")));
+            spec.env.push(format!("{k}={ip}"));
+        }
+    }
+    Ok(spec)
 }
 
 /// The mounts of one container: the pod's /etc files, then its volume mounts. Pure.
@@ -354,7 +367,7 @@ impl MicroVmPod {
             let image = images.get(&c.image).ok_or_else(|| {
                 MicroVmError::Guest(format!("image {} of {} was not pulled", c.image, c.name))
             })?;
-            disks.push(disk_for(host, image).await?);
+            disks.push(disk_for(&host.data_dir, &host.images, image).await?);
             let root = i as u32 + 1;
             let setup = Setup {
                 serial: format!("c{root}"),
