@@ -502,6 +502,27 @@ impl PodEntry {
         format!("{}_{}({})", self.name, self.namespace, self.uid)
     }
 
+    /// The pod as events and evictions name it.
+    fn pod_ref_of(&self) -> crate::eviction::PodRef {
+        crate::eviction::PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            node: self.node.clone(),
+        }
+    }
+
+    /// The containers (init and regular) whose current run goes.
+    fn running_names(&self) -> Vec<String> {
+        let s = lock(&self.shared);
+        s.init
+            .iter()
+            .chain(&s.regular)
+            .filter(|c| c.running())
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// Posts a core/v1 Event about the pod (in the background; failures are logged).
     fn event(&self, container: Option<&str>, warning: bool, reason: &str, message: String) {
         let field_path = container.map(|c| {
@@ -512,12 +533,7 @@ impl PodEntry {
                 format!("spec.containers{{{c}}}")
             }
         });
-        let pod = crate::eviction::PodRef {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            uid: self.uid.clone(),
-            node: self.node.clone(),
-        };
+        let pod = self.pod_ref_of();
         let ev = crate::eviction::kubelet_event(
             &pod,
             field_path,
@@ -809,24 +825,11 @@ async fn watch_storage(e: Arc<PodEntry>) {
         }
     };
     *lock(&e.evicted) = Some(eviction.message());
-    let pod = crate::eviction::PodRef {
-        namespace: e.namespace.clone(),
-        name: e.name.clone(),
-        uid: e.uid.clone(),
-        node: e.node.clone(),
-    };
+    let pod = e.pod_ref_of();
     let entry = e.clone();
     let stop = move || async move {
         let _ = entry.stopping.send_replace(true);
-        let running: Vec<String> = {
-            let s = lock(&entry.shared);
-            s.init
-                .iter()
-                .chain(&s.regular)
-                .filter(|c| c.running())
-                .map(|c| c.name.clone())
-                .collect()
-        };
+        let running = entry.running_names();
         for name in &running {
             if let Err(err) = entry.kill(name, 9).await {
                 debug!(container = %name, error = %err, "SIGKILL for an eviction");
@@ -1800,15 +1803,7 @@ impl SandboxRuntime {
             .entry(uid)
             .ok_or_else(|| RuntimeError::UnknownPod(uid.to_owned()))?;
         let _ = e.stopping.send_replace(true);
-        let running: Vec<String> = {
-            let s = lock(&e.shared);
-            s.init
-                .iter()
-                .chain(&s.regular)
-                .filter(|c| c.running())
-                .map(|c| c.name.clone())
-                .collect()
-        };
+        let running = e.running_names();
         for name in &running {
             e.event(
                 Some(name),

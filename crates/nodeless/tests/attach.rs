@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::procs::{Proc, free_port};
-use common::{bin, eventually, kubectl_at, kubectl_versions, tail, which};
+use common::{eventually, kubectl_at, kubectl_versions, tail, which};
 
 /// A pod subnet of its own (`B.C` of 10.B.C.0/24), apart from the other tests' (200-249).
 fn subnet() -> String {
@@ -138,35 +138,14 @@ impl Cluster {
 
     /// Builds a busybox image and pushes it with skopeo as `repo:tag`.
     fn push(&self, repo: &str, tag: &str, cmd: &[&str]) -> String {
-        let regdir = self.data().join("server/registry");
-        let rd = regdir.display().to_string();
-        let _ = Command::new(bin())
-            .args(["registry", "create-repository", repo, "--data-dir", &rd])
-            .output();
-        let out = Command::new(bin())
-            .args(["registry", "get-login-password", "--data-dir", &rd])
-            .output()
-            .unwrap();
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let layout = self.data().join(format!("layout-{tag}"));
-        common::image::busybox_layout(&layout, tag, cmd, &[]);
-        let dest = format!("{}/{repo}:{tag}", self.registry);
-        let out = Command::new("skopeo")
-            .args(["copy", "--quiet"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{dest}"))
-            .arg("--dest-creds")
-            .arg(format!("nodeless:{token}"))
-            .arg("--dest-cert-dir")
-            .arg(regdir.join("tls"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dest
+        common::push_busybox(
+            &self.registry,
+            &self.data().join("server/registry"),
+            self.data(),
+            (repo, tag),
+            cmd,
+            &[],
+        )
     }
 
     fn phase(&self, pod: &str) -> String {

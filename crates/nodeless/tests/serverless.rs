@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::procs::{Proc, free_port};
-use common::{bin, eventually, kubectl_at, tail, which};
+use common::{eventually, kubectl_at, tail, which};
 use serde_json::Value;
 
 /// The tests share the host's pod network namespace: one at a time.
@@ -162,45 +162,16 @@ impl Cluster {
         serde_json::from_str(&self.ok("kubectl", &a)).unwrap()
     }
 
-    fn nodeless(&self, args: &[&str]) -> String {
-        let out = Command::new(bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "nodeless {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
     /// Builds a busybox image running `cmd` with `files`, pushes it with skopeo as `repo:tag`.
     fn push(&self, repo: &str, tag: &str, cmd: &[&str], files: &[(&str, &str)]) -> String {
-        let regdir = &self.registry_dir;
-        let rd = regdir.display().to_string();
-        let _ = Command::new(bin())
-            .args(["registry", "create-repository", repo, "--data-dir", &rd])
-            .output();
-        let token = self.nodeless(&["registry", "get-login-password", "--data-dir", &rd]);
-        let layout = self
-            .data()
-            .join(format!("layout-{}-{tag}", repo.replace('/', "-")));
-        common::image::busybox_layout(&layout, tag, cmd, files);
-        let dest = format!("{}/{repo}:{tag}", self.registry);
-        let out = Command::new("skopeo")
-            .args(["copy", "--quiet"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{dest}"))
-            .arg("--dest-creds")
-            .arg(format!("nodeless:{token}"))
-            .arg("--dest-cert-dir")
-            .arg(regdir.join("tls"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dest
+        common::push_busybox(
+            &self.registry,
+            &self.registry_dir,
+            self.data(),
+            (repo, tag),
+            cmd,
+            files,
+        )
     }
 
     fn pods(&self, ns: &str, selector: &str) -> Vec<Value> {

@@ -5,30 +5,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use sandbox::pod::{self, VolumeFiles};
 use sandbox::runtime::{self, RuntimeKind};
-
-/// `target/debug/nodeless`, next to this test's `deps/` directory, as the shim program.
-fn use_shim() -> bool {
-    let bin: Option<PathBuf> = std::env::current_exe()
-        .ok()
-        .and_then(|e| Some(e.parent()?.parent()?.join("nodeless")))
-        .filter(|p| p.is_file());
-    match bin {
-        Some(b) => {
-            sandbox::shim::set_binary(b);
-            true
-        }
-        None => {
-            eprintln!("SKIPPED: nodeless binary not built (run `cargo build -p nodeless`)");
-            false
-        }
-    }
-}
 
 fn ready() -> bool {
     if !runtime::available().contains(&RuntimeKind::Gvisor) {

@@ -24,27 +24,6 @@ use sandbox::runtime::{self, Runtime, RuntimeKind};
 use sandbox::shim;
 use sandbox::spec::{ContainerConfig, SandboxContext};
 
-/// `target/debug/nodeless`, next to this test's `deps/` directory.
-fn nodeless_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("nodeless");
-    p.is_file().then_some(p)
-}
-
-/// Sets the shim binary for this process; false (after saying so) when it is not built.
-fn use_shim() -> bool {
-    match nodeless_binary() {
-        Some(b) => {
-            shim::set_binary(b);
-            true
-        }
-        None => {
-            println!("SKIPPED: nodeless binary not built (run `cargo build -p nodeless`)");
-            false
-        }
-    }
-}
-
 const HELPER: &str = "SHIM_TEST_HELPER";
 
 fn layout_ref(data: &Path) -> Source {

@@ -24,25 +24,6 @@ use sandbox::shim::{self, StdinSpec};
 use sandbox::spec::{ContainerConfig, SandboxContext};
 use tokio::io::AsyncWriteExt as _;
 
-fn nodeless_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("nodeless");
-    p.is_file().then_some(p)
-}
-
-fn use_shim() -> bool {
-    match nodeless_binary() {
-        Some(b) => {
-            shim::set_binary(b);
-            true
-        }
-        None => {
-            println!("SKIPPED: nodeless binary not built (run `cargo build -p nodeless`)");
-            false
-        }
-    }
-}
-
 async fn prepare() -> (tempfile::TempDir, PathBuf, ImageStore, Image) {
     let (tmp, data) = data_dir();
     busybox_layout(&data.join("layout"), &["sh"]);

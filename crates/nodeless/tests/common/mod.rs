@@ -233,3 +233,44 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Builds a busybox image running `cmd` with `files` (an OCI layout under `work`) and pushes it
+/// with skopeo as `repo:tag` to the cluster registry at `registry`, whose data dir is `regdir`
+/// (its CA and credentials); returns the image reference.
+pub fn push_busybox(
+    registry: &str,
+    regdir: &Path,
+    work: &Path,
+    (repo, tag): (&str, &str),
+    cmd: &[&str],
+    files: &[(&str, &str)],
+) -> String {
+    let rd = regdir.display().to_string();
+    let _ = Command::new(bin())
+        .args(["registry", "create-repository", repo, "--data-dir", &rd])
+        .output();
+    let out = Command::new(bin())
+        .args(["registry", "get-login-password", "--data-dir", &rd])
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let layout = work.join(format!("layout-{}-{tag}", repo.replace('/', "-")));
+    image::busybox_layout(&layout, tag, cmd, files);
+    let dest = format!("{registry}/{repo}:{tag}");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .arg("--dest-creds")
+        .arg(format!("nodeless:{token}"))
+        .arg("--dest-cert-dir")
+        .arg(regdir.join("tls"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dest
+}

@@ -417,3 +417,24 @@ pub fn pod_env(suite: &str, kind: sandbox::runtime::RuntimeKind, net: u8, octet:
         rt,
     }
 }
+
+/// `target/debug/nodeless` (the shim program), next to this test's `deps/` directory.
+pub fn nodeless_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("nodeless");
+    p.is_file().then_some(p)
+}
+
+/// Sets the shim binary for this process; false (after saying so) when it is not built.
+pub fn use_shim() -> bool {
+    match nodeless_binary() {
+        Some(b) => {
+            sandbox::shim::set_binary(b);
+            true
+        }
+        None => {
+            println!("SKIPPED: nodeless binary not built (run `cargo build -p nodeless`)");
+            false
+        }
+    }
+}
