@@ -135,8 +135,8 @@ enum Running {
         cgroup: Option<PathBuf>,
         /// The container's cgroup path (relative to each hierarchy), removed after exit.
         cgroups_path: Option<String>,
-        /// Its memory limit's watchdog, in a pod's shared gVisor sandbox.
-        watch: Option<crate::memwatch::Watch>,
+        /// Its limits' watchdog, in a pod's shared gVisor sandbox.
+        watch: Option<crate::limitwatch::Watch>,
     },
     /// A shim runs it; `child` when the shim is our child, else it was adopted.
     Shim {
@@ -279,9 +279,9 @@ pub async fn start(
             None
         }
     };
-    // A container joined to a pod's gVisor sandbox: runsc does not hold it to its memory
-    // limit, a watchdog does (see `memwatch`).
-    let memory_watch = memory_watch(runtime.kind(), config, &sb);
+    // A container joined to a pod's gVisor sandbox: runsc does not hold it to its memory and
+    // CPU limits, a watchdog does (see `limitwatch`).
+    let limit_watch = limit_watch(runtime.kind(), config, &sb);
     // Under a shim, a container may keep a stdin and a terminal (the pod spec's `stdin`,
     // `stdinOnce`, `tty`, see [`shim::StdinSpec`]). The shim allocates the terminal and hands
     // its other side to the runtime as the container's stdio.
@@ -333,7 +333,7 @@ pub async fn start(
             cgroups_path,
             state,
             stdio: stdio_spec,
-            memory_watch,
+            limit_watch,
         };
         return start_shim(binary, &dir, runtime, spec).await;
     }
@@ -351,7 +351,7 @@ pub async fn start(
         _ => Stdio::piped(),
     };
     let mut child = runtime.spawn(id, &dir, stdio).await?;
-    let watch = memory_watch.and_then(|w| crate::memwatch::Watch::start(runtime.as_ref(), id, w));
+    let watch = limit_watch.and_then(|w| crate::limitwatch::Watch::start(runtime.as_ref(), id, w));
     state.status = Status::Running { started_at: now() };
     write_state(&dir, &state)?;
     debug!(%id, runtime = %runtime.kind(), "container started");
@@ -375,15 +375,18 @@ pub async fn start(
     })
 }
 
-/// The watchdog of a container's memory limit, for a gVisor container that joins a pod's
-/// sandbox (`sandbox`: its context, with the pod's cgroup above its own). Pure.
-pub fn memory_watch(
+/// The watchdog of a container's memory and CPU limits, for a gVisor container that joins a
+/// pod's sandbox (`sandbox`: its context, with the pod's cgroup above its own). Pure.
+pub fn limit_watch(
     kind: RuntimeKind,
     config: &ContainerConfig,
     sandbox: &SandboxContext,
-) -> Option<crate::memwatch::Spec> {
-    let limit = config.resources.memory_bytes?;
-    if kind != RuntimeKind::Gvisor || !sandbox.joins_sandbox() {
+) -> Option<crate::limitwatch::Spec> {
+    let (memory, cpu_millis) = (config.resources.memory_bytes, config.resources.cpu_millis);
+    if kind != RuntimeKind::Gvisor
+        || !sandbox.joins_sandbox()
+        || (memory.is_none() && cpu_millis.is_none())
+    {
         return None;
     }
     let sandbox_id = sandbox
@@ -397,11 +400,11 @@ pub fn memory_watch(
         .as_deref()
         .and_then(|p| Path::new(p.trim_start_matches('/')).parent())
         .filter(|p| !p.as_os_str().is_empty())
-        .zip(memory_cgroup_root())
-        .map(|(p, root)| root.join(p));
-    Some(crate::memwatch::Spec {
+        .map(|p| p.to_string_lossy().into_owned());
+    Some(crate::limitwatch::Spec {
         sandbox_id,
-        limit,
+        memory,
+        cpu_millis,
         pod_cgroup,
     })
 }
@@ -554,7 +557,7 @@ pub async fn start_pause(
             cgroups_path: None,
             state,
             stdio: shim::StdinSpec::default(),
-            memory_watch: None,
+            limit_watch: None,
         };
         return start_shim(binary, &dir, runtime, spec).await;
     }
@@ -779,7 +782,7 @@ impl Started {
                 let code = process.wait().await.map_err(io("wait", &dir))?;
                 drain_pumps(&id, pumps).await;
                 let oom_killed = cgroup.as_deref().is_some_and(|cg| oom_killed(cg, code))
-                    || watch.as_ref().is_some_and(crate::memwatch::Watch::fired);
+                    || watch.as_ref().is_some_and(crate::limitwatch::Watch::fired);
                 drop(watch);
                 let started_at = match &state.status {
                     Status::Running { started_at } => started_at.clone(),
@@ -892,7 +895,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_watch_only_for_limited_joined_gvisor_containers() {
+    fn limit_watch_only_for_limited_joined_gvisor_containers() {
         let limited = ContainerConfig {
             resources: crate::spec::Resources {
                 cpu_millis: None,
@@ -908,19 +911,26 @@ mod tests {
             cgroups_path: Some("/nodeless-x/pod-p/web".into()),
             ..Default::default()
         };
-        let w = memory_watch(RuntimeKind::Gvisor, &limited, &joined).unwrap();
-        assert_eq!((w.sandbox_id.as_str(), w.limit), ("p-pause", 64 << 20));
-        if let Some(cg) = &w.pod_cgroup {
-            assert!(cg.ends_with("nodeless-x/pod-p"), "{cg:?}");
-        }
-        let own = SandboxContext::default();
-        assert_eq!(memory_watch(RuntimeKind::Gvisor, &limited, &own), None);
+        let w = limit_watch(RuntimeKind::Gvisor, &limited, &joined).unwrap();
         assert_eq!(
-            memory_watch(RuntimeKind::Container, &limited, &joined),
-            None
+            (w.sandbox_id.as_str(), w.memory, w.cpu_millis),
+            ("p-pause", Some(64 << 20), None)
         );
+        assert_eq!(w.pod_cgroup.as_deref(), Some("nodeless-x/pod-p"));
+        let cpu_only = ContainerConfig {
+            resources: crate::spec::Resources {
+                cpu_millis: Some(250),
+                memory_bytes: None,
+            },
+            ..Default::default()
+        };
+        let w = limit_watch(RuntimeKind::Gvisor, &cpu_only, &joined).unwrap();
+        assert_eq!((w.memory, w.cpu_millis), (None, Some(250)));
+        let own = SandboxContext::default();
+        assert_eq!(limit_watch(RuntimeKind::Gvisor, &limited, &own), None);
+        assert_eq!(limit_watch(RuntimeKind::Container, &limited, &joined), None);
         let unlimited = ContainerConfig::default();
-        assert_eq!(memory_watch(RuntimeKind::Gvisor, &unlimited, &joined), None);
+        assert_eq!(limit_watch(RuntimeKind::Gvisor, &unlimited, &joined), None);
     }
 
     #[test]

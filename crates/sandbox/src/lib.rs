@@ -32,8 +32,8 @@
 pub mod container;
 pub mod digest;
 pub mod image;
+pub mod limitwatch;
 pub mod logs;
-pub mod memwatch;
 pub mod microvm;
 pub mod network;
 pub mod plan;

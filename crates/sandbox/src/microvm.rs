@@ -1008,7 +1008,11 @@ impl MicroVm {
             .await?;
         let mut vm = vm;
         let mut ended = vm.ended.clone();
+        // Ready comes before the container's end on the channel, and a container that ends at
+        // once may have both seen at the same poll: Ready first, or a quick run would be taken
+        // for a failed boot.
         tokio::select! {
+            biased;
             r = ready_rx => {
                 if r.is_err() {
                     let why = vm.ended_reason();

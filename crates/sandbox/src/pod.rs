@@ -809,7 +809,7 @@ fn set_cpu_limit(path: &str, millis: u64) {
 /// The context of container `name` of a pod: in a gVisor pod its cgroup lies inside the
 /// sandbox's (runsc creates it empty and puts the container's gofer there, so the gofer counts
 /// against the pod's size too). runsc does not hold such a container to its own memory limit:
-/// a watchdog in its shim does ([`crate::memwatch`]).
+/// a watchdog in its shim does ([`crate::limitwatch`]).
 fn container_context(
     context: &SandboxContext,
     data_dir: &Path,

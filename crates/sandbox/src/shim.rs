@@ -214,10 +214,10 @@ pub struct Spec {
     /// Its stdin and terminal (nothing kept when absent).
     #[serde(default)]
     pub stdio: StdinSpec,
-    /// The watchdog of its memory limit, for a container in a pod's shared gVisor sandbox
-    /// (see [`crate::memwatch`]).
+    /// The watchdog of its memory and CPU limits, for a container in a pod's shared gVisor
+    /// sandbox (see [`crate::limitwatch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_watch: Option<crate::memwatch::Spec>,
+    pub limit_watch: Option<crate::limitwatch::Spec>,
 }
 
 /// How a container ended, as its shim recorded it (`exit.json`).
@@ -420,9 +420,9 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
     report("ok");
     debug!(%id, "container running under its shim");
     let watch = spec
-        .memory_watch
+        .limit_watch
         .clone()
-        .and_then(|w| crate::memwatch::Watch::start(runtime.as_ref(), &id, w));
+        .and_then(|w| crate::limitwatch::Watch::start(runtime.as_ref(), &id, w));
 
     // SIGTERM/SIGINT to the shim mean "stop the container"; SIGHUP is ignored.
     let forward = {
@@ -465,7 +465,7 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
         .memory_cgroup
         .as_deref()
         .is_some_and(|cg| container::oom_killed(cg, code))
-        || watch.as_ref().is_some_and(crate::memwatch::Watch::fired);
+        || watch.as_ref().is_some_and(crate::limitwatch::Watch::fired);
     drop(watch);
     if let Err(e) = container::release(
         &runtime,
@@ -878,9 +878,10 @@ mod tests {
                 stdin_once: true,
                 tty: false,
             },
-            memory_watch: Some(crate::memwatch::Spec {
+            limit_watch: Some(crate::limitwatch::Spec {
                 sandbox_id: "pod-pause".into(),
-                limit: 64 << 20,
+                memory: Some(64 << 20),
+                cpu_millis: Some(250),
                 pod_cgroup: None,
             }),
         };

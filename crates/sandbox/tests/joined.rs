@@ -1,5 +1,5 @@
 //! Containers joined to a gVisor pod's sandbox, run under their shims (as the agent runs
-//! them): the memory watchdog of a container's own limit lives in its shim, and a container
+//! them): the watchdog of a container's own memory and CPU limits lives in its shim, and a container
 //! that ended is started again under the same runsc id at the first attempt.
 #![allow(clippy::unwrap_used)]
 
@@ -137,6 +137,74 @@ async fn shim_restarts_a_joined_container_at_first_attempt() {
         .await
         .unwrap();
     let _ = long_run.wait().await;
+    pod::remove(&e.host, e.rt.as_ref(), &plan).await.unwrap();
+    e.network.destroy().await.unwrap();
+}
+
+/// Under shims: a container spinning past its `limits.cpu` is held to it by its shim's
+/// watchdog, which stops and continues it. A shim killed with -9 meanwhile leaves the container
+/// running, not stopped: the monitor in the sandbox continues it when its stdin ends.
+#[tokio::test]
+async fn shim_holds_a_joined_container_to_its_cpu_limit() {
+    if !ready() {
+        return;
+    }
+    let e = pod_env("joined", RuntimeKind::Gvisor, 209, 3);
+    let plan = planned(serde_json::json!({
+        "metadata": {"name": "spin", "namespace": "test", "uid": "joined-cpu",
+                     "annotations": {"CapacityProvisioned": "1vCPU 2GB"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                // Ends by itself, should the test fail before it removes the pod.
+                {"name": "capped", "image": e.image, "command": ["sh", "-c",
+                    "(while :; do :; done) & sleep 90; kill $!"],
+                 "resources": {"limits": {"cpu": "200m"}}},
+                {"name": "peer", "image": e.image, "command": ["sleep", "600"]},
+            ]
+        }
+    }));
+    let images = pod::pull_images(&e.host, &plan).await.unwrap();
+    let sb = pod::prepare(
+        &e.host,
+        e.rt.clone(),
+        &plan,
+        &VolumeFiles::new(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut runs = Vec::new();
+    for c in &plan.containers {
+        runs.push(sb.launch(c, &images[&c.image], 0).await.unwrap());
+    }
+    let capped = pod::container_id(&plan.id, "capped");
+    let rate = |secs: u64| {
+        let (rt, id) = (e.rt.clone(), capped.clone());
+        async move {
+            let t0 = std::time::Instant::now();
+            let before = cpu_seconds(rt.as_ref(), &id).await;
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            (cpu_seconds(rt.as_ref(), &id).await - before) / t0.elapsed().as_secs_f64()
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = rate(6).await;
+    eprintln!("under its shim: {held:.3} cores");
+    assert!(
+        (0.03..=0.3).contains(&held),
+        "the 200m container used {held:.3} cores"
+    );
+
+    let shim = runs[0].shim_pid().expect("the container runs under a shim");
+    let shim = rustix::process::Pid::from_raw(shim as i32).unwrap();
+    rustix::process::kill_process(shim, rustix::process::Signal::KILL).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let free = rate(4).await;
+    eprintln!("its shim gone: {free:.3} cores");
+    assert!(free > 0.4, "left stopped or throttled: {free:.3} cores");
+
+    drop(runs);
     pod::remove(&e.host, e.rt.as_ref(), &plan).await.unwrap();
     e.network.destroy().await.unwrap();
 }

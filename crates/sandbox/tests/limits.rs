@@ -167,7 +167,7 @@ async fn gvisor_sandbox_is_confined_to_the_pod_size() {
     );
 
     // A container's own memory limit inside the sandbox: held by the memory watchdog
-    // (`sandbox::memwatch`), which may or may not catch a buffer this short-lived
+    // (`sandbox::limitwatch`), which may or may not catch a buffer this short-lived
     // (informational; `gvisor_joined_container_over_its_limit_is_oom_killed` asserts it).
     let out = run
         .exec(
@@ -484,4 +484,71 @@ async fn crun_ephemeral_storage_is_measured() {
         return;
     }
     storage_suite(RuntimeKind::Container, 3).await;
+}
+
+/// In a pod's shared gVisor sandbox, a container's `limits.cpu` holds: two spinning
+/// containers in a 1-vCPU pod, one limited to 250m, the other unlimited. runsc alone would
+/// share the core between them; the watchdog keeps the limited one near a quarter of a core.
+#[tokio::test]
+async fn gvisor_joined_container_over_its_cpu_limit_is_throttled() {
+    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    let e = env(RuntimeKind::Gvisor, 6);
+    let spin = |name: &str, limits: serde_json::Value| {
+        serde_json::json!({"name": name, "image": e.image,
+            // A spinner that ends by itself, should the test fail before it stops the pod.
+            "command": ["sh", "-c", "(while :; do :; done) & echo up; sleep 90; kill $!"],
+            "resources": {"limits": limits}})
+    };
+    let plan = planned(serde_json::json!({
+        "metadata": {"name": "spinners", "namespace": "test", "uid": "limits-joined-cpu",
+                     "annotations": {"CapacityProvisioned": "1vCPU 2GB"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                spin("capped", serde_json::json!({"cpu": "250m"})),
+                spin("free", serde_json::json!({})),
+            ]
+        }
+    }));
+    assert!(!pod::solo(&plan, RuntimeKind::Gvisor));
+    let run = pod::start(&e.host, e.rt.clone(), &plan, &VolumeFiles::new())
+        .await
+        .unwrap();
+    for name in ["capped", "free"] {
+        wait_for_log(&e.data, &pod::container_id(&plan.id, name), "up").await;
+    }
+    // Let the watchdog settle, then measure both over the same window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    let ids = ["capped", "free"].map(|n| pod::container_id(&plan.id, n));
+    let (capped0, free0) = (
+        cpu_seconds(e.rt.as_ref(), &ids[0]).await,
+        cpu_seconds(e.rt.as_ref(), &ids[1]).await,
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (capped1, free1) = (
+        cpu_seconds(e.rt.as_ref(), &ids[0]).await,
+        cpu_seconds(e.rt.as_ref(), &ids[1]).await,
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    let (capped, free) = ((capped1 - capped0) / secs, (free1 - free0) / secs);
+    eprintln!("over {secs:.1} s: capped used {capped:.3} cores, free {free:.3}");
+    assert!(capped <= 0.35, "the 250m container used {capped:.3} cores");
+    assert!(
+        capped >= 0.05,
+        "the 250m container hardly ran: {capped:.3} cores"
+    );
+    assert!(free > capped, "free {free:.3} <= capped {capped:.3}");
+    // Both still run (a stopped container is continued, not ended).
+    for id in &ids {
+        assert_eq!(e.rt.status(id).await.unwrap().as_deref(), Some("running"));
+    }
+
+    run.stop(Duration::from_secs(1)).await;
+    run.wait().await.unwrap();
+    pod::remove(&e.host, e.rt.as_ref(), &plan).await.unwrap();
+    e.network.destroy().await.unwrap();
 }

@@ -438,3 +438,25 @@ pub fn use_shim() -> bool {
         }
     }
 }
+
+/// CPU seconds used by every process container `id` sees (its own PID namespace): the sum of
+/// utime and stime over `/proc/*/stat`, read by an exec into it.
+pub async fn cpu_seconds(rt: &dyn sandbox::runtime::Runtime, id: &str) -> f64 {
+    let args = ["sh", "-c", "cat /proc/[0-9]*/stat"].map(String::from);
+    let out = rt
+        .exec(id, &args, false, sandbox::runtime::Stdio::piped())
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.is_empty(), "no /proc/*/stat in {id}");
+    let ticks: u64 = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.rsplit_once(") ")?.1.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
