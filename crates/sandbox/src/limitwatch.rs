@@ -380,6 +380,51 @@ fn pod_over(spec: &Spec, last_cpu: &mut Option<(Instant, u64)>) -> (bool, bool) 
     (memory, cpu)
 }
 
+/// The container's pids at the last `runsc ps`, and every pid of the sandbox then.
+#[derive(Debug, Default)]
+struct Pids {
+    mine: BTreeSet<u32>,
+    known: BTreeSet<u32>,
+    asked: bool,
+}
+
+/// Why a look failed.
+enum Lost {
+    /// The monitor did not answer: it is started again.
+    Monitor(std::io::Error),
+    /// `runsc ps` failed.
+    Processes(crate::runtime::RuntimeError),
+}
+
+/// One look at the container's processes (`what`: memory, CPU), with its pids asked of runsc
+/// again first when a process appeared since the last ask.
+async fn look(
+    m: &mut Monitor,
+    rt: &OciRuntime,
+    id: &str,
+    (memory, cpu): (bool, bool),
+    pids: &mut Pids,
+) -> Result<Sample, Lost> {
+    let sample = m
+        .sample(memory, cpu, &pids.mine)
+        .await
+        .map_err(Lost::Monitor)?;
+    if !needs_refresh(&sample, &pids.known, pids.asked) {
+        return Ok(sample);
+    }
+    pids.mine = rt
+        .processes(id)
+        .await
+        .map_err(Lost::Processes)?
+        .into_iter()
+        .collect();
+    pids.known = sample.pids.union(&pids.mine).copied().collect();
+    pids.asked = true;
+    m.sample(memory, cpu, &pids.mine)
+        .await
+        .map_err(Lost::Monitor)
+}
+
 async fn watch(rt: OciRuntime, id: String, spec: Spec, fired: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,10 +433,7 @@ async fn watch(rt: OciRuntime, id: String, spec: Spec, fired: Arc<AtomicBool>) {
     let mut budget = spec.cpu_millis.map(CpuBudget::new);
     let mut pod_cpu = None;
     let (mut failures, mut skip) = (0u32, 0u32);
-    // The container's pids at the last `runsc ps`, and every pid of the sandbox then.
-    let mut mine = BTreeSet::new();
-    let mut known = BTreeSet::new();
-    let mut asked = false;
+    let mut pids = Pids::default();
     debug!(%id, memory = spec.memory, cpu_millis = spec.cpu_millis, "watching the container's limits");
     loop {
         tick.tick().await;
@@ -418,38 +460,20 @@ async fn watch(rt: OciRuntime, id: String, spec: Spec, fired: Arc<AtomicBool>) {
                 }
             },
         };
-        let mut sample = match m.sample(memory, cpu, &mine).await {
+        let sample = match look(m, &rt, &id, (memory, cpu), &mut pids).await {
             Ok(s) => s,
-            Err(e) => {
+            Err(Lost::Monitor(e)) => {
                 failures += 1;
                 warn!(%id, error = %e, "limits monitor lost; starting it again");
                 monitor = None;
                 continue;
             }
-        };
-        if needs_refresh(&sample, &known, asked) {
-            match rt.processes(&id).await {
-                Ok(pids) => {
-                    mine = pids.into_iter().collect();
-                    known = sample.pids.union(&mine).copied().collect();
-                    asked = true;
-                }
-                Err(e) => {
-                    failures += 1;
-                    debug!(%id, error = %e, "listing the container's processes");
-                    continue;
-                }
+            Err(Lost::Processes(e)) => {
+                failures += 1;
+                debug!(%id, error = %e, "listing the container's processes");
+                continue;
             }
-            sample = match m.sample(memory, cpu, &mine).await {
-                Ok(s) => s,
-                Err(e) => {
-                    failures += 1;
-                    warn!(%id, error = %e, "limits monitor lost; starting it again");
-                    monitor = None;
-                    continue;
-                }
-            };
-        }
+        };
         failures = 0;
         if let Some(limit) = spec.memory.filter(|_| memory) {
             let usage = sample.bytes();
@@ -468,7 +492,7 @@ async fn watch(rt: OciRuntime, id: String, spec: Spec, fired: Arc<AtomicBool>) {
             .and_then(|b| b.account(origin.elapsed().as_secs_f64(), &sample.ticks));
         if let Some(stop) = stop {
             debug!(%id, ?stop, "container over its CPU limit: stopped");
-            if let Err(e) = m.stop(&mine, stop).await {
+            if let Err(e) = m.stop(&pids.mine, stop).await {
                 failures += 1;
                 warn!(%id, error = %e, "limits monitor lost; starting it again");
                 monitor = None;

@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
+use sandbox::plan::PodPlan;
 use sandbox::pod::{self, VolumeFiles};
 use sandbox::runtime::{self, RuntimeKind};
 
@@ -19,7 +21,37 @@ fn ready() -> bool {
     use_shim()
 }
 
-fn planned(json: serde_json::Value) -> sandbox::plan::PodPlan {
+/// The pod's images and its sandbox (the pause), ready for its containers.
+async fn prepared(
+    e: &PodEnv,
+    plan: &PodPlan,
+) -> (pod::Sandbox, BTreeMap<String, sandbox::image::Image>) {
+    let images = pod::pull_images(&e.host, plan).await.unwrap();
+    let sb = pod::prepare(
+        &e.host,
+        e.rt.clone(),
+        plan,
+        &VolumeFiles::new(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    (sb, images)
+}
+
+/// Every container of the pod started in its sandbox, each under its shim.
+async fn launch_all(e: &PodEnv, plan: &PodPlan) -> Vec<sandbox::container::Started> {
+    let (sb, images) = prepared(e, plan).await;
+    let mut runs = Vec::new();
+    for c in &plan.containers {
+        let s = sb.launch(c, &images[&c.image], 0).await.unwrap();
+        assert!(s.shim_pid().is_some(), "{} runs under a shim", c.name);
+        runs.push(s);
+    }
+    runs
+}
+
+fn planned(json: serde_json::Value) -> PodPlan {
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json).unwrap();
     sandbox::plan::plan(&pod).unwrap()
 }
@@ -46,22 +78,7 @@ async fn shim_kills_a_joined_container_over_its_limit() {
             ]
         }
     }));
-    let images = pod::pull_images(&e.host, &plan).await.unwrap();
-    let sb = pod::prepare(
-        &e.host,
-        e.rt.clone(),
-        &plan,
-        &VolumeFiles::new(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let mut runs = Vec::new();
-    for c in &plan.containers {
-        let s = sb.launch(c, &images[&c.image], 0).await.unwrap();
-        assert!(s.shim_pid().is_some(), "{} runs under a shim", c.name);
-        runs.push(s);
-    }
+    let mut runs = launch_all(&e, &plan).await;
     let peer_run = runs.pop().unwrap();
     let hog_run = runs.pop().unwrap();
     let exit = tokio::time::timeout(Duration::from_secs(60), hog_run.wait())
@@ -104,16 +121,7 @@ async fn shim_restarts_a_joined_container_at_first_attempt() {
             ]
         }
     }));
-    let images = pod::pull_images(&e.host, &plan).await.unwrap();
-    let sb = pod::prepare(
-        &e.host,
-        e.rt.clone(),
-        &plan,
-        &VolumeFiles::new(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let (sb, images) = prepared(&e, &plan).await;
     let (short, long) = (&plan.containers[0], &plan.containers[1]);
     let long_run = sb.launch(long, &images[&long.image], 0).await.unwrap();
     let short_id = pod::container_id(&plan.id, &short.name);
@@ -164,20 +172,7 @@ async fn shim_holds_a_joined_container_to_its_cpu_limit() {
             ]
         }
     }));
-    let images = pod::pull_images(&e.host, &plan).await.unwrap();
-    let sb = pod::prepare(
-        &e.host,
-        e.rt.clone(),
-        &plan,
-        &VolumeFiles::new(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let mut runs = Vec::new();
-    for c in &plan.containers {
-        runs.push(sb.launch(c, &images[&c.image], 0).await.unwrap());
-    }
+    let runs = launch_all(&e, &plan).await;
     let capped = pod::container_id(&plan.id, "capped");
     let rate = |secs: u64| {
         let (rt, id) = (e.rt.clone(), capped.clone());
