@@ -392,6 +392,36 @@ fn valid_hostname(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// The files of one boot in a VM's directory: the initramfs (written), the channel's socket
+/// (a stale one removed), the guest's console log, and QEMU's own log (created: its stderr).
+pub(crate) struct BootFiles {
+    pub initrd: PathBuf,
+    pub socket: PathBuf,
+    pub console: PathBuf,
+    pub qemu_log: PathBuf,
+    pub qemu_stderr: std::fs::File,
+}
+
+impl BootFiles {
+    pub(crate) fn create(dir: &Path, assets: &VmAssets) -> Result<BootFiles> {
+        let qemu_log = dir.join("qemu.log");
+        let qemu_stderr = std::fs::File::create(&qemu_log)
+            .map_err(io(format!("creating {}", qemu_log.display())))?;
+        let initrd = dir.join("initrd.img");
+        std::fs::write(&initrd, initramfs(assets)?)
+            .map_err(io(format!("writing {}", initrd.display())))?;
+        let socket = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+        Ok(BootFiles {
+            initrd,
+            socket,
+            console: dir.join("console.log"),
+            qemu_log,
+            qemu_stderr,
+        })
+    }
+}
+
 /// The files one VM's QEMU command names.
 #[derive(Debug, Clone, Copy)]
 pub struct VmFiles<'a> {
@@ -881,15 +911,13 @@ impl MicroVm {
         }
         let dir = &config.dir;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let initrd = dir.join("initrd.img");
-        let socket = dir.join("agent.sock");
-        let console = dir.join("console.log");
-        let qemu_log = dir.join("qemu.log");
-        let qemu_stderr = std::fs::File::create(&qemu_log)
-            .map_err(io(format!("creating {}", qemu_log.display())))?;
-        std::fs::write(&initrd, initramfs(&config.assets)?)
-            .map_err(io(format!("writing {}", initrd.display())))?;
-        let _ = std::fs::remove_file(&socket);
+        let BootFiles {
+            initrd,
+            socket,
+            console,
+            qemu_log,
+            qemu_stderr,
+        } = BootFiles::create(dir, &config.assets)?;
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::proto::{self, Decoder, Frame, MountSource, MountSpec, Setup};
 use super::{
-    Accel, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter, MicroVmError,
-    Result, VmAssets, VmFiles, connect_channel, console_tail, initramfs, io, plug_tap, qemu_args,
-    qemu_binary, qemu_command, send, valid_hostname,
+    Accel, BootFiles, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter,
+    MicroVmError, Result, VmAssets, VmFiles, connect_channel, console_tail, io, plug_tap,
+    qemu_args, qemu_binary, qemu_command, send, valid_hostname,
 };
 use crate::image::Image;
 use crate::logs::Stream;
@@ -394,15 +394,13 @@ impl MicroVmPod {
             Some(att) => Some(plug_tap(att).await?),
             None => None,
         };
-        let initrd = dir.join("initrd.img");
-        let socket = dir.join("agent.sock");
-        let console = dir.join("console.log");
-        let qemu_log = dir.join("qemu.log");
-        let qemu_stderr = std::fs::File::create(&qemu_log)
-            .map_err(io(format!("creating {}", qemu_log.display())))?;
-        std::fs::write(&initrd, initramfs(&options.assets)?)
-            .map_err(io(format!("writing {}", initrd.display())))?;
-        let _ = std::fs::remove_file(&socket);
+        let BootFiles {
+            initrd,
+            socket,
+            console,
+            qemu_log,
+            qemu_stderr,
+        } = BootFiles::create(&dir, &options.assets)?;
         let mut extra = vec!["nodeless.pod=1".to_owned()];
         if let Some(n) = &vmnet {
             extra.push(n.kernel_args());
@@ -1336,7 +1334,10 @@ mod tests {
             volumes: vec![
                 VolumePlan {
                     name: "cache".into(),
-                    kind: VolumeKind::EmptyDir { memory: false },
+                    kind: VolumeKind::EmptyDir {
+                        memory: false,
+                        size_limit: None,
+                    },
                 },
                 VolumePlan {
                     name: "cfg".into(),
