@@ -5,7 +5,8 @@
 //! kubelet's message. Checked in kubelet's order (`localStorageEviction`, then the node
 //! pressure):
 //!
-//! 1. each emptyDir volume's usage against its `sizeLimit`
+//! 1. each emptyDir volume's usage against its `sizeLimit` (planned: `VolumeKind::EmptyDir`'s
+//!    `size_limit`)
 //!    ("Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". ");
 //! 2. the pod's usage against the sum of its containers' `ephemeral-storage` limits
 //!    ("Pod ephemeral local storage usage exceeds the total limit of containers 10Mi. ");
@@ -22,9 +23,9 @@
 //! over its own limit is a failure, a pod of a node out of disk a disruption.
 //!
 //! Why measuring rather than a size-limited filesystem: docs/adr/007-sandbox-limits.md.
-//! [`verdict`] and the API bodies are pure; [`check`], [`evict`] and [`watch`] do the IO.
+//! [`verdict`] and the API bodies are pure; [`check`] and [`evict`] do the IO (the agent's loop
+//! that calls them every [`interval`] is `watch_storage` in the sandboxed runtime).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -127,21 +128,6 @@ pub fn disruption_target(message: &str) -> bool {
     message.starts_with(NODE_PRESSURE_PREFIX)
 }
 
-/// The `sizeLimit` in bytes of each emptyDir volume of the pod that sets a positive one (by
-/// volume name). Pure.
-pub fn size_limits(pod: &Pod) -> BTreeMap<String, u64> {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .filter_map(|v| {
-            let q = v.empty_dir.as_ref()?.size_limit.as_ref()?;
-            let q = api::sizing::parse_quantity(&q.0).ok()?;
-            let bytes = u64::try_from(q.value()?).ok()?;
-            (!q.negative && bytes > 0).then(|| (v.name.clone(), bytes))
-        })
-        .collect()
-}
-
 /// The pod's ephemeral-storage limit as kubelet computes it: the larger of the largest init
 /// container's limit and the sum of the regular containers' limits, counting only containers
 /// that set one; None when none does. Pure.
@@ -167,25 +153,24 @@ pub fn pod_limit(plan: &PodPlan) -> Option<u64> {
     )
 }
 
-/// Whether (and why) the pod must be evicted for its storage `usage`, in kubelet's order.
-/// `size_limits`: the emptyDir volumes' `sizeLimit`s ([`size_limits`]). `provisioned`: the
-/// storage the pod is provisioned with where that is enforced (serverless pods:
-/// [`PodPlan::ephemeral_storage_bytes`]), None elsewhere. Pure.
-pub fn verdict(
-    plan: &PodPlan,
-    size_limits: &BTreeMap<String, u64>,
-    usage: &StorageUsage,
-    provisioned: Option<u64>,
-) -> Option<Eviction> {
+/// Whether (and why) the pod must be evicted for its storage `usage`, in kubelet's order: the
+/// emptyDir volumes' `sizeLimit`s and the containers' limits come from the plan.
+/// `provisioned`: the storage the pod is provisioned with where that is enforced (serverless
+/// pods: [`PodPlan::ephemeral_storage_bytes`]), None elsewhere. Pure.
+pub fn verdict(plan: &PodPlan, usage: &StorageUsage, provisioned: Option<u64>) -> Option<Eviction> {
     // In the pod's volume order, as kubelet walks them.
     for v in &plan.volumes {
-        if let (Some(limit), Some(used)) = (size_limits.get(&v.name), usage.volumes.get(&v.name))
+        if let VolumeKind::EmptyDir {
+            size_limit: Some(limit),
+            ..
+        } = v.kind
+            && let Some(&used) = usage.volumes.get(&v.name)
             && used > limit
         {
             return Some(Eviction::EmptyDir {
                 volume: v.name.clone(),
-                limit: *limit,
-                usage: *used,
+                limit,
+                usage: used,
             });
         }
     }
@@ -374,55 +359,14 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 /// The file in the pod's directory where the sandboxed runtime keeps the Pod object.
 pub const POD_FILE: &str = "k8s-pod.json";
 
-/// The emptyDir `sizeLimit`s of the Pod object kept in the pod's directory ([`POD_FILE`]);
-/// none when the plan has no emptyDir or the file is not there. Blocking IO.
-fn recorded_size_limits(host: &Host, plan: &PodPlan) -> BTreeMap<String, u64> {
-    if !plan
-        .volumes
-        .iter()
-        .any(|v| matches!(v.kind, VolumeKind::EmptyDir { .. }))
-    {
-        return BTreeMap::new();
-    }
-    let path = sandbox::pod::dir(&host.data_dir, &plan.id).join(POD_FILE);
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Pod>(&b).ok())
-        .map(|pod| size_limits(&pod))
-        .unwrap_or_default()
-}
-
-/// Measures the pod's storage (on a blocking thread: it walks directories) and decides. The
-/// plan does not carry the emptyDir `sizeLimit`s: they are read from the Pod object the
-/// runtime keeps in the pod's directory ([`POD_FILE`]); see [`check_pod`] to give them.
+/// Measures the pod's storage (on a blocking thread: it walks directories) and decides
+/// ([`verdict`]).
 pub async fn check(host: &Host, plan: &PodPlan, provisioned: Option<u64>) -> Option<Eviction> {
-    check_with(host, plan, None, provisioned).await
-}
-
-/// [`check`] with the emptyDir `sizeLimit`s of `pod`'s spec.
-pub async fn check_pod(
-    host: &Host,
-    plan: &PodPlan,
-    pod: &Pod,
-    provisioned: Option<u64>,
-) -> Option<Eviction> {
-    check_with(host, plan, Some(size_limits(pod)), provisioned).await
-}
-
-async fn check_with(
-    host: &Host,
-    plan: &PodPlan,
-    size_limits: Option<BTreeMap<String, u64>>,
-    provisioned: Option<u64>,
-) -> Option<Eviction> {
     let (h, p) = (host.clone(), plan.clone());
-    let (usage, limits) = tokio::task::spawn_blocking(move || {
-        let limits = size_limits.unwrap_or_else(|| recorded_size_limits(&h, &p));
-        (sandbox::pod::storage_usage(&h, &p), limits)
-    })
-    .await
-    .ok()?;
-    verdict(plan, &limits, &usage, provisioned)
+    let usage = tokio::task::spawn_blocking(move || sandbox::pod::storage_usage(&h, &p))
+        .await
+        .ok()?;
+    verdict(plan, &usage, provisioned)
 }
 
 /// Evicts the pod: the `Evicted` event, then `stop` (which must kill the pod's containers,
@@ -459,34 +403,6 @@ where
     Ok(())
 }
 
-/// Checks the pod every [`interval`] until it is over a limit, then evicts it (see [`evict`])
-/// and returns why. Runs for the pod's life: abort the task when the pod ends.
-pub async fn watch<F, Fut>(
-    client: kube::Client,
-    pod: PodRef,
-    host: Host,
-    plan: PodPlan,
-    provisioned: Option<u64>,
-    stop: F,
-) -> Eviction
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval(interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let eviction = loop {
-        tick.tick().await;
-        if let Some(e) = check(&host, &plan, provisioned).await {
-            break e;
-        }
-    };
-    if let Err(e) = evict(&client, &pod, &eviction, stop).await {
-        warn!(pod = %format!("{}/{}", pod.namespace, pod.name), error = %e, "writing the eviction status");
-    }
-    eviction
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -511,10 +427,6 @@ mod tests {
         }
     }
 
-    fn none() -> BTreeMap<String, u64> {
-        BTreeMap::new()
-    }
-
     fn two_containers() -> PodPlan {
         plan(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
@@ -530,12 +442,9 @@ mod tests {
         let p = two_containers();
         assert_eq!(pod_limit(&p), Some(10 << 20));
         // Under every limit.
-        assert_eq!(
-            verdict(&p, &none(), &usage(&[("c", 5 << 20)], 1 << 20), None),
-            None
-        );
+        assert_eq!(verdict(&p, &usage(&[("c", 5 << 20)], 1 << 20), None), None);
         // c writes 20 MiB: the pod's total (the sum of the limits) is exceeded first.
-        let v = verdict(&p, &none(), &usage(&[("c", 20 << 20)], 0), None).unwrap();
+        let v = verdict(&p, &usage(&[("c", 20 << 20)], 0), None).unwrap();
         assert_eq!(
             v.message(),
             "Pod ephemeral local storage usage exceeds the total limit of containers 10Mi. "
@@ -543,7 +452,7 @@ mod tests {
         // With a second limited container the pod total is 110Mi: c's own limit trips.
         let mut p2 = p.clone();
         p2.containers[1].ephemeral_storage_limit = Some(100 << 20);
-        let v = verdict(&p2, &none(), &usage(&[("c", 20 << 20), ("d", 0)], 0), None).unwrap();
+        let v = verdict(&p2, &usage(&[("c", 20 << 20), ("d", 0)], 0), None).unwrap();
         assert_eq!(
             v,
             Eviction::ContainerLimit {
@@ -562,8 +471,8 @@ mod tests {
         );
         assert_eq!(pod_limit(&free), None);
         let big = usage(&[("c", 21 << 30)], 0);
-        assert_eq!(verdict(&free, &none(), &big, None), None);
-        let v = verdict(&free, &none(), &big, Some(free.ephemeral_storage_bytes)).unwrap();
+        assert_eq!(verdict(&free, &big, None), None);
+        let v = verdict(&free, &big, Some(free.ephemeral_storage_bytes)).unwrap();
         assert_eq!(
             v.message(),
             "The node was low on resource: ephemeral-storage. Threshold quantity: 20Gi, available: -1Gi. \
@@ -590,19 +499,9 @@ mod tests {
             }
         }))
         .unwrap();
-        let limits = size_limits(&pod);
-        assert_eq!(
-            limits,
-            [
-                ("cache".to_string(), 2_000_000),
-                ("data".to_string(), 1 << 20),
-                ("ram".to_string(), 64 << 20)
-            ]
-            .into()
-        );
         let p = sandbox::plan::plan(&pod).unwrap();
         let usage = |vols: &[(&str, u64)]| {
-            let volumes: BTreeMap<String, u64> =
+            let volumes: std::collections::BTreeMap<String, u64> =
                 vols.iter().map(|(n, b)| (n.to_string(), *b)).collect();
             StorageUsage {
                 total: volumes.values().sum(),
@@ -612,10 +511,10 @@ mod tests {
         };
         // Under the limits (a volume without one may hold anything up to the pod's limit).
         let ok = usage(&[("free", 5 << 20), ("data", 1 << 20), ("cache", 1_000_000)]);
-        assert_eq!(verdict(&p, &limits, &ok, None), None);
+        assert_eq!(verdict(&p, &ok, None), None);
         // Over: data before cache, and before the pod's own limit (also exceeded here).
         let over = usage(&[("free", 0), ("data", 3 << 20), ("cache", 9 << 20)]);
-        let v = verdict(&p, &limits, &over, None).unwrap();
+        let v = verdict(&p, &over, None).unwrap();
         assert_eq!(
             v,
             Eviction::EmptyDir {
@@ -629,13 +528,23 @@ mod tests {
             "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". "
         );
         assert!(!v.disruption_target());
-        let v = verdict(&p, &limits, &usage(&[("cache", 2_000_001)]), None).unwrap();
+        let v = verdict(&p, &usage(&[("cache", 2_000_001)]), None).unwrap();
         assert_eq!(
             v.message(),
             "Usage of EmptyDir volume \"cache\" exceeds the limit \"2M\". "
         );
-        // Without the limits (the plan alone), the pod's limit is what trips.
-        let v = verdict(&p, &none(), &over, None).unwrap();
+        // A volume that sets none (zero counts as none) never evicts.
+        let v = verdict(&p, &usage(&[("free", 9 << 20), ("zero", 9 << 20)]), None).unwrap();
+        assert!(matches!(v, Eviction::PodLimit { .. }), "{v:?}");
+        // Without the limits (a plan persisted before they were planned), the pod's limit is
+        // what trips.
+        let mut old = p.clone();
+        for v in &mut old.volumes {
+            if let VolumeKind::EmptyDir { size_limit, .. } = &mut v.kind {
+                *size_limit = None;
+            }
+        }
+        let v = verdict(&old, &over, None).unwrap();
         assert!(matches!(v, Eviction::PodLimit { .. }), "{v:?}");
     }
 
@@ -667,13 +576,7 @@ mod tests {
         let free = plan(
             json!({"metadata": {"name": "f"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
         );
-        let pressure = verdict(
-            &free,
-            &none(),
-            &usage(&[("c", 21 << 30)], 0),
-            Some(20 << 30),
-        )
-        .unwrap();
+        let pressure = verdict(&free, &usage(&[("c", 21 << 30)], 0), Some(20 << 30)).unwrap();
         assert!(pressure.disruption_target());
         let s = evicted_status("u1", &pressure.message(), now);
         let c = &s["status"]["conditions"][0];
@@ -725,7 +628,7 @@ mod tests {
     }
 
     /// An emptyDir over its sizeLimit, measured from disk (`volumes/<name>`): the limit comes
-    /// from the Pod the runtime keeps in the pod's directory, or from the Pod given.
+    /// from the plan.
     #[tokio::test]
     async fn check_measures_empty_dirs_against_their_size_limit() {
         let data = std::env::temp_dir().join(format!("nodeless-emptydir-{}", std::process::id()));
@@ -747,18 +650,19 @@ mod tests {
         let p = sandbox::plan::plan(&pod).unwrap();
         let pdir = sandbox::pod::dir(&data, &p.id);
         std::fs::create_dir_all(pdir.join("volumes/data")).unwrap();
-        std::fs::write(pdir.join("volumes/data/big"), vec![1u8; 2 << 20]).unwrap();
-        // No Pod kept, none given: no limit known.
+        std::fs::write(pdir.join("volumes/data/half"), vec![1u8; 512 << 10]).unwrap();
+        // Under the limit.
         assert_eq!(check(&host, &p, None).await, None);
-        let want = "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". ";
-        let v = check_pod(&host, &p, &pod, None).await.unwrap();
-        assert_eq!(v.message(), want);
-        std::fs::write(pdir.join(POD_FILE), serde_json::to_vec(&pod).unwrap()).unwrap();
+        std::fs::write(pdir.join("volumes/data/big"), vec![1u8; 2 << 20]).unwrap();
         let v = check(&host, &p, None).await.unwrap();
         assert!(
             matches!(&v, Eviction::EmptyDir { volume, limit, usage }
                 if volume == "data" && *limit == 1 << 20 && *usage >= 2 << 20),
             "{v:?}"
+        );
+        assert_eq!(
+            v.message(),
+            "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". "
         );
         std::fs::remove_dir_all(&data).unwrap();
     }
@@ -832,7 +736,8 @@ mod tests {
     }
 
     /// The whole path with real parts: a pod in a real API server, its container run by crun,
-    /// writing 20 MiB past its 10Mi limit; [`watch`] evicts it: killed, event, status.
+    /// writing 20 MiB past its 10Mi limit; checked every 200 ms as the agent's loop does, then
+    /// evicted: killed, event, status.
     #[tokio::test]
     async fn evicts_a_real_pod_over_its_limit() {
         use kube::api::PostParams;
@@ -893,23 +798,23 @@ mod tests {
             uid: pod.metadata.uid.clone().unwrap(),
             node: "node-1".into(),
         };
-        let stopped = std::sync::atomic::AtomicBool::new(false);
-        let eviction = tokio::time::timeout(
-            Duration::from_secs(60),
-            watch(
-                client.clone(),
-                pod_ref,
-                host.clone(),
-                p.clone(),
-                None,
-                || async {
-                    run.stop(Duration::ZERO).await;
-                    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-                },
-            ),
-        )
+        let eviction = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Some(e) = check(&host, &p, None).await {
+                    break e;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
         .await
-        .expect("evicted within 60 s");
+        .expect("over its limit within 60 s");
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        evict(&client, &pod_ref, &eviction, || async {
+            run.stop(Duration::ZERO).await;
+            stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+        .await
+        .unwrap();
         assert!(stopped.load(std::sync::atomic::Ordering::SeqCst));
         let message =
             "Pod ephemeral local storage usage exceeds the total limit of containers 10Mi. ";

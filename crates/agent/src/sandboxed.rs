@@ -820,7 +820,7 @@ async fn watch_storage(e: Arc<PodEntry>) {
         if e.stopping() || e.done.borrow().is_some() {
             return;
         }
-        if let Some(ev) = crate::eviction::check_pod(&e.host, &e.plan, &e.pod, provisioned).await {
+        if let Some(ev) = crate::eviction::check(&e.host, &e.plan, provisioned).await {
             break ev;
         }
     };

@@ -105,6 +105,11 @@ pub struct VolumePlan {
 pub enum VolumeKind {
     EmptyDir {
         memory: bool,
+        /// The volume's `sizeLimit` in bytes, when positive: the most it may hold before the pod
+        /// is evicted (measured, like the containers' `ephemeral-storage` limits). Absent from
+        /// plans persisted before it was planned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_limit: Option<u64>,
     },
     /// Files the caller supplies (ConfigMap, Secret, projected, downward API): the object they
     /// come from, and the mode of the files.
@@ -337,8 +342,15 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, PlanError> {
     let mut volumes = Vec::new();
     for v in spec.volumes.iter().flatten() {
         let kind = if let Some(e) = &v.empty_dir {
+            let size_limit = e.size_limit.as_ref().and_then(|q| {
+                size_limit(&q.0).unwrap_or_else(|| {
+                    errs.push(format!("volume {:?}: emptyDir sizeLimit {:?}", v.name, q.0));
+                    None
+                })
+            });
             Some(VolumeKind::EmptyDir {
                 memory: e.medium.as_deref() == Some("Memory"),
+                size_limit,
             })
         } else if let Some(cm) = &v.config_map {
             Some(VolumeKind::Files {
@@ -871,6 +883,20 @@ pub fn volume_files(
     }
 }
 
+/// An emptyDir `sizeLimit` in bytes, as kubelet reads it (a Kubernetes quantity, rounded up):
+/// Some(None) when it sets no limit (zero or negative), None when it does not parse. A limit
+/// larger than any disk is kept as `u64::MAX`. Pure.
+fn size_limit(q: &str) -> Option<Option<u64>> {
+    let q = api::sizing::parse_quantity(q).ok()?;
+    if q.negative || q.mantissa == 0 {
+        return Some(None);
+    }
+    let bytes = q
+        .value()
+        .map_or(u64::MAX, |b| u64::try_from(b).unwrap_or(u64::MAX));
+    Some(Some(bytes))
+}
+
 fn mode(m: Option<i32>) -> u32 {
     m.and_then(|m| u32::try_from(m).ok()).unwrap_or(0o644)
 }
@@ -1075,6 +1101,71 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("ephemeral-storage limit")
+        );
+    }
+
+    /// An emptyDir's positive `sizeLimit` is planned in bytes (zero or negative: no limit); one
+    /// that does not parse is refused; a plan persisted before the field still loads.
+    #[test]
+    fn plans_empty_dir_size_limits() {
+        let p = plan(&pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [{"name": "c", "image": "x"}],
+                "volumes": [
+                    {"name": "free", "emptyDir": {}},
+                    {"name": "data", "emptyDir": {"sizeLimit": "1Mi"}},
+                    {"name": "cache", "emptyDir": {"sizeLimit": "2M"}},
+                    {"name": "frac", "emptyDir": {"sizeLimit": "1.5Ki"}},
+                    {"name": "zero", "emptyDir": {"sizeLimit": "0"}},
+                    {"name": "neg", "emptyDir": {"sizeLimit": "-1Mi"}},
+                    {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}
+                ]
+            }
+        })))
+        .unwrap();
+        let kinds: Vec<(&str, &VolumeKind)> = p
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), &v.kind))
+            .collect();
+        let empty = |memory, size_limit| VolumeKind::EmptyDir { memory, size_limit };
+        assert_eq!(
+            kinds,
+            [
+                ("free", &empty(false, None)),
+                ("data", &empty(false, Some(1 << 20))),
+                ("cache", &empty(false, Some(2_000_000))),
+                ("frac", &empty(false, Some(1536))),
+                ("zero", &empty(false, None)),
+                ("neg", &empty(false, None)),
+                ("ram", &empty(true, Some(64 << 20))),
+            ]
+        );
+        // Persisted and loaded again; a plan written without the field loads with no limit.
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(serde_json::from_value::<PodPlan>(json.clone()).unwrap(), p);
+        assert!(
+            json["volumes"][0]["kind"]["EmptyDir"]
+                .get("size_limit")
+                .is_none()
+        );
+        let old: VolumeKind =
+            serde_json::from_value(serde_json::json!({"EmptyDir": {"memory": true}})).unwrap();
+        assert_eq!(old, empty(true, None));
+        // A sizeLimit that is not a quantity is refused, named with its volume.
+        let err = plan(&pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [{"name": "c", "image": "x"}],
+                "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "lots"}}]
+            }
+        })))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("volume \"data\": emptyDir sizeLimit \"lots\""),
+            "{err}"
         );
     }
 

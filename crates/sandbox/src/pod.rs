@@ -1148,7 +1148,7 @@ pub fn storage_usage(host: &Host, plan: &PodPlan) -> StorageUsage {
     }
     let vols = dir(&host.data_dir, &plan.id).join("volumes");
     for v in &plan.volumes {
-        if matches!(v.kind, VolumeKind::EmptyDir { memory: true }) {
+        if matches!(v.kind, VolumeKind::EmptyDir { memory: true, .. }) {
             continue;
         }
         let bytes = disk_usage(&vols.join(&v.name), &mut seen);

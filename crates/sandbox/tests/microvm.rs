@@ -595,7 +595,10 @@ async fn a_whole_pod_runs_in_one_micro_vm() {
         volumes: vec![
             VolumePlan {
                 name: "shared".into(),
-                kind: VolumeKind::EmptyDir { memory: false },
+                kind: VolumeKind::EmptyDir {
+                    memory: false,
+                    size_limit: None,
+                },
             },
             VolumePlan {
                 name: "cfg".into(),
