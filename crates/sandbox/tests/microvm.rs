@@ -1051,13 +1051,24 @@ async fn attached_container_gets_stdin_and_a_terminal() {
     .unwrap();
     let (input, mut events) = session.split();
     input.write_stdin(b"ping\n").await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(60), events.recv())
-        .await
-        .unwrap();
-    assert_eq!(first, Some(ExecEvent::Stdout(b"got ping\n".to_vec())));
+    // The answer on stdout comes before we write more; stdout and stderr are two streams, so
+    // the "e" on stderr may come first.
+    let mut err = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .unwrap();
+        match event {
+            Some(ExecEvent::Stderr(d)) => err.extend(d),
+            other => {
+                assert_eq!(other, Some(ExecEvent::Stdout(b"got ping\n".to_vec())));
+                break;
+            }
+        }
+    }
     input.write_stdin(b"rest").await.unwrap();
     input.close_stdin().await.unwrap();
-    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    let (mut out, mut code) = (Vec::new(), None);
     while let Some(e) = tokio::time::timeout(Duration::from_secs(60), events.recv())
         .await
         .unwrap()
