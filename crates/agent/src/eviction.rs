@@ -300,16 +300,6 @@ pub(crate) fn kubelet_event(
     }
 }
 
-/// How often the agent measures pods: `NODELESS_EVICTION_INTERVAL_MS` when set (tests), else
-/// [`INTERVAL`].
-pub fn interval() -> Duration {
-    std::env::var("NODELESS_EVICTION_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map_or(INTERVAL, Duration::from_millis)
-}
-
 /// Parses a duration as kubelet's flags take them (Go's `time.ParseDuration`: `10s`, `500ms`,
 /// `1m30s`, `1.5h`; units ns, us, µs, ms, s, m, h); a clap `value_parser`. Pure.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -424,6 +414,18 @@ mod tests {
             total: containers.values().sum::<u64>() + volumes,
             containers,
             volumes: [("v".to_string(), volumes)].into(),
+        }
+    }
+
+    /// A host without a network whose data lives in `data`.
+    fn host_at(data: &std::path::Path) -> Host {
+        Host {
+            data_dir: data.to_owned(),
+            images: Arc::new(
+                ImageStore::open(data.join("images"), StoreOptions::default()).unwrap(),
+            ),
+            network: None,
+            pull: PullOptions::default(),
         }
     }
 
@@ -603,14 +605,7 @@ mod tests {
     async fn check_measures_the_writable_layer() {
         let data = std::env::temp_dir().join(format!("nodeless-eviction-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
-        let host = Host {
-            data_dir: data.clone(),
-            images: Arc::new(
-                ImageStore::open(data.join("images"), StoreOptions::default()).unwrap(),
-            ),
-            network: None,
-            pull: PullOptions::default(),
-        };
+        let host = host_at(&data);
         let p = two_containers();
         assert_eq!(check(&host, &p, None).await, None);
         let cdir = sandbox::container::dir(&data, &sandbox::pod::container_id(&p.id, "c"));
@@ -633,14 +628,7 @@ mod tests {
     async fn check_measures_empty_dirs_against_their_size_limit() {
         let data = std::env::temp_dir().join(format!("nodeless-emptydir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
-        let host = Host {
-            data_dir: data.clone(),
-            images: Arc::new(
-                ImageStore::open(data.join("images"), StoreOptions::default()).unwrap(),
-            ),
-            network: None,
-            pull: PullOptions::default(),
-        };
+        let host = host_at(&data);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
             "spec": {"containers": [{"name": "c", "image": "x"}],
@@ -776,14 +764,7 @@ mod tests {
         }))
         .unwrap();
         let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
-        let host = Host {
-            data_dir: data.clone(),
-            images: Arc::new(
-                ImageStore::open(data.join("images"), StoreOptions::default()).unwrap(),
-            ),
-            network: None,
-            pull: PullOptions::default(),
-        };
+        let host = host_at(&data);
         let rt: Arc<dyn sandbox::runtime::Runtime> = Arc::from(
             sandbox::runtime::open_for_pods(sandbox::runtime::RuntimeKind::Container, &data)
                 .unwrap(),

@@ -71,7 +71,7 @@ pub struct SandboxConfig {
     pub network: PodNetwork,
     pub insecure_registries: Vec<String>,
     /// How often each pod's ephemeral storage is measured for evictions (kubelet's
-    /// housekeeping interval; [`crate::eviction::interval`] by default).
+    /// housekeeping interval; [`crate::eviction::INTERVAL`] by default).
     pub eviction_interval: Duration,
 }
 
@@ -798,7 +798,7 @@ fn set_running(e: &PodEntry, w: Which, started: &Run) {
 }
 
 /// Kubelet's local storage eviction for the pod (see [`crate::eviction`]): every
-/// [`crate::eviction::interval`] while any container of it may still run, its ephemeral storage
+/// [`SandboxConfig::eviction_interval`] while any container of it may still run, its ephemeral storage
 /// is measured; once over a limit (a container's or the pod's `ephemeral-storage` limit, or on
 /// serverless hosts the storage it is provisioned with) the pod is evicted: an `Evicted`
 /// event, its containers killed with no grace period and never restarted, its status

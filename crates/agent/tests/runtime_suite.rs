@@ -454,17 +454,9 @@ async fn suite(kind: RuntimeKind) {
 
 /// The micro-VM's prerequisites, or `None`: QEMU, mkfs.erofs and the guest's assets.
 fn microvm_missing() -> Option<String> {
-    let mut missing = Vec::new();
-    if let Err(e) = sandbox::microvm::qemu_binary() {
-        missing.push(e.to_string());
-    }
-    if !available("mkfs.erofs") {
-        missing.push("mkfs.erofs not found: apt-get install erofs-utils".to_owned());
-    }
-    if let Err(e) = sandbox::microvm::VmAssets::locate() {
-        missing.push(e.to_string());
-    }
-    (!missing.is_empty()).then(|| missing.join("; "))
+    sandbox::microvm::prerequisites()
+        .err()
+        .map(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

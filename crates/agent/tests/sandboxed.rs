@@ -500,7 +500,7 @@ async fn recover_adopts_or_cleans_up() {
             worker_runtime: RuntimeKind::Container,
             network: f.network.clone(),
             insecure_registries: vec![],
-            eviction_interval: agent::eviction::interval(),
+            eviction_interval: agent::eviction::INTERVAL,
         },
         f.client.clone(),
     )

@@ -83,9 +83,8 @@ pub struct Args {
     pub insecure_registries: Vec<String>,
     /// How often each pod's local ephemeral storage is measured for kubelet's storage
     /// evictions (kubelet's housekeeping interval): 10s, 500ms, 1m...
-    /// [default: 10s, or NODELESS_EVICTION_INTERVAL_MS milliseconds when set].
-    #[arg(long, value_name = "DURATION", value_parser = agent::eviction::parse_interval)]
-    pub eviction_interval: Option<std::time::Duration>,
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = agent::eviction::parse_interval)]
+    pub eviction_interval: std::time::Duration,
     /// How many nodes to register (more than one only with the fake runtime): PREFIX-0..PREFIX-N-1.
     #[arg(long, default_value_t = 1)]
     pub nodes: u32,
@@ -225,9 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         worker_runtime,
         network,
         insecure_registries: args.insecure_registries.clone(),
-        eviction_interval: args
-            .eviction_interval
-            .unwrap_or_else(agent::eviction::interval),
+        eviction_interval: args.eviction_interval,
     };
     // It checks the tools it needs and says what to install.
     let runtime = agent::sandboxed::SandboxRuntime::new(config, client.clone())

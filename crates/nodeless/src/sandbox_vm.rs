@@ -34,12 +34,10 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 /// Exit code after Ctrl-C (128 + SIGINT), as a shell reports it.
 const INTERRUPTED: i32 = 130;
 
-/// Checks, before anything is pulled, that a micro-VM run can go: QEMU on PATH, the boot assets
-/// in place. Returns the assets. (`mkfs.erofs` is looked for when the image's disk is first
-/// made.)
+/// Checks, before anything is pulled, that a micro-VM run can go (QEMU, `mkfs.erofs`, the boot
+/// assets). Returns the assets.
 pub fn prerequisites() -> anyhow::Result<VmAssets> {
-    microvm::qemu_binary().context("the micro-VM runtime needs QEMU")?;
-    VmAssets::locate().context("the micro-VM runtime needs its boot assets")
+    microvm::prerequisites().context("the micro-VM runtime cannot run here")
 }
 
 /// One micro-VM run: what `run_container` resolved from the command line.

@@ -940,27 +940,15 @@ fn agent_restart_keeps_pods() {
 /// `scripts/microvm-assets.sh`); without them the test says SKIPPED, or fails when
 /// `NODELESS_REQUIRE_MICROVM` is set (CI).
 fn needs_microvm(test: &str) -> bool {
-    let assets = std::env::var_os("NODELESS_MICROVM_ASSETS").map_or_else(
-        || PathBuf::from("/var/cache/nodeless/microvm"),
-        PathBuf::from,
-    );
-    let missing: Vec<String> = [
-        ("qemu-system-x86_64", which("qemu-system-x86_64").is_some()),
-        ("mkfs.erofs", which("mkfs.erofs").is_some()),
-        ("micro-VM assets", assets.join("vmlinux").is_file()),
-    ]
-    .into_iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(what, _)| what.to_string())
-    .collect();
-    if missing.is_empty() {
-        return needs_sandboxes();
-    }
+    let missing = match sandbox::microvm::prerequisites() {
+        Ok(_) => return needs_sandboxes(),
+        Err(e) => e.to_string(),
+    };
     assert!(
         std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
-        "{test}: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing:?}"
+        "{test}: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing}"
     );
-    println!("SKIPPED {test}: missing {missing:?}");
+    println!("SKIPPED {test}: {missing}");
     false
 }
 

@@ -134,6 +134,15 @@ pub fn qemu_binary() -> Result<PathBuf> {
     find_on_path(QEMU).ok_or(MicroVmError::QemuMissing)
 }
 
+/// Checks that micro-VMs can run here, before anything is pulled or booted: QEMU and
+/// `mkfs.erofs` on PATH, the guest's boot assets in place. Returns the assets; the error says
+/// what to install or run.
+pub fn prerequisites() -> Result<VmAssets> {
+    qemu_binary()?;
+    find_on_path("mkfs.erofs").ok_or(MicroVmError::MkfsMissing)?;
+    VmAssets::locate()
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

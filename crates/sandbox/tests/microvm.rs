@@ -27,10 +27,9 @@ use sandbox::pod::Host;
 /// The assets, or `None` after printing why the test is skipped (a panic under
 /// `NODELESS_REQUIRE_MICROVM`).
 fn assets_or_skip(test: &str) -> Option<VmAssets> {
-    let missing = match (VmAssets::locate(), microvm::qemu_binary()) {
-        (Ok(a), Ok(_)) if Path::new("/usr/bin/mkfs.erofs").exists() => return Some(a),
-        (Err(e), _) | (_, Err(e)) => e.to_string(),
-        _ => "mkfs.erofs not found; apt-get install erofs-utils".to_owned(),
+    let missing = match microvm::prerequisites() {
+        Ok(a) => return Some(a),
+        Err(e) => e.to_string(),
     };
     if std::env::var_os("NODELESS_REQUIRE_MICROVM").is_some() {
         panic!(

@@ -26,13 +26,7 @@ impl VmHost {
     /// Finds QEMU, mkfs.erofs and the guest's kernel and agent, with what to do when one is
     /// missing.
     pub(super) fn open() -> Result<VmHost, RuntimeError> {
-        microvm::qemu_binary().map_err(failed)?;
-        if !on_path("mkfs.erofs") {
-            return Err(failed(
-                "mkfs.erofs not found on PATH: apt-get install erofs-utils",
-            ));
-        }
-        let assets = VmAssets::locate().map_err(failed)?;
+        let assets = microvm::prerequisites().map_err(failed)?;
         let accel = Accel::Auto.resolve();
         info!(?accel, kernel = %assets.kernel.display(), "micro-VM runtime ready");
         Ok(VmHost {

@@ -182,7 +182,7 @@ pub async fn fixture_with(n: u8, serverless: RuntimeKind, worker: RuntimeKind) -
             worker_runtime: worker,
             network: network.clone(),
             insecure_registries: vec![],
-            eviction_interval: agent::eviction::interval(),
+            eviction_interval: agent::eviction::INTERVAL,
         },
         client.clone(),
     )
