@@ -1,7 +1,12 @@
 //! The agent's real runtime: pods bound to this host run in real sandboxes (crates/sandbox):
-//! gVisor (`runsc`) or a QEMU micro-VM (see [`vm`]) for serverless pods, `crun` (or a
-//! micro-VM) for worker-node pods. [`SandboxRuntime`]
-//! implements [`crate::runtime::Runtime`] and [`crate::streams::PodStreams`].
+//! gVisor (`runsc`) or a QEMU micro-VM for serverless pods, `crun` (or a micro-VM) for
+//! worker-node pods. [`SandboxRuntime`] implements [`crate::runtime::Runtime`] and
+//! [`crate::streams::PodStreams`].
+//!
+//! The runtime is chosen per pod, and each pod's containers are run by an engine behind one
+//! trait, [`engine::PodEngine`]: [`oci::OciEngine`] over an OCI runtime (`runsc`, `crun`) and
+//! [`vm::VmEngine`] over a micro-VM. Everything below that is not in those two modules is the
+//! same for every runtime.
 //!
 //! Per pod: ConfigMap/Secret values and files are fetched with the kube client, images pulled
 //! under kubelet's pull policy (a present image is used without the registry unless `Always`;
@@ -46,7 +51,11 @@ use tracing::{debug, info, warn};
 use crate::runtime::{ContainerStarted, Runtime, RuntimeError, RuntimeStatus, Started};
 use crate::streams::{ExecRequest, ExecSession, LogOptions, PodStreams, StreamError, TermSize};
 
+mod engine;
+mod oci;
 mod vm;
+
+use engine::{Boot, PodEngine, Run, StartContext};
 
 /// The scheduler whose pods run in the serverless runtime.
 pub const SERVERLESS_SCHEDULER: &str = "serverless-scheduler";
@@ -248,6 +257,15 @@ fn image_id_of(img: &Image) -> String {
     format!("{repo}@{}", img.manifest_digest)
 }
 
+/// How container IDs name the runtime (`gvisor://…`).
+fn id_prefix(kind: RuntimeKind) -> &'static str {
+    match kind {
+        RuntimeKind::Gvisor => "gvisor",
+        RuntimeKind::Container => "crun",
+        RuntimeKind::Microvm => "microvm",
+    }
+}
+
 fn time(s: &str) -> Option<Time> {
     s.parse::<Timestamp>().ok().map(Time)
 }
@@ -286,6 +304,29 @@ struct CState {
 }
 
 impl CState {
+    /// A container not started yet (`ContainerCreating`), with the ID of its runs and the ID
+    /// of its image when pulled.
+    fn new(
+        c: &ContainerPlan,
+        spec: Option<&k8s_openapi::api::core::v1::Container>,
+        container_id: String,
+        images: &BTreeMap<String, Image>,
+    ) -> CState {
+        CState {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_id: images.get(&c.image).map(image_id_of).unwrap_or_default(),
+            container_id,
+            state: waiting("ContainerCreating", None),
+            last_state: None,
+            restart_count: 0,
+            ready: false,
+            started: false,
+            has_readiness: spec.is_some_and(|s| s.readiness_probe.is_some()),
+            has_startup: spec.is_some_and(|s| s.startup_probe.is_some()),
+        }
+    }
+
     fn status(&self) -> ContainerStatus {
         ContainerStatus {
             name: self.name.clone(),
@@ -359,12 +400,10 @@ struct PodEntry {
     plan: PodPlan,
     pod: Pod,
     host: pod::Host,
-    /// What runs the pod's containers.
-    engine: Engine,
+    /// What runs the pod's containers (its runtime's engine).
+    engine: Arc<dyn PodEngine>,
     client: kube::Client,
     changes: mpsc::UnboundedSender<String>,
-    /// The pod's sandbox (OCI runtimes; micro-VM pods have their VM in [`Engine::Vm`]).
-    sandbox: Mutex<Option<pod::Sandbox>>,
     images: Mutex<BTreeMap<String, Image>>,
     shared: Mutex<Shared>,
     stopping: watch::Sender<bool>,
@@ -390,73 +429,9 @@ struct NewEntry<'a> {
     pod: &'a Pod,
     plan: &'a PodPlan,
     host: pod::Host,
-    engine: Engine,
-    sandbox: Option<pod::Sandbox>,
+    engine: Arc<dyn PodEngine>,
     images: BTreeMap<String, Image>,
     shared: Shared,
-}
-
-/// What runs a pod's containers.
-enum Engine {
-    /// An OCI runtime (runsc, crun): one sandbox, a container (with its shim) per run.
-    Oci(Arc<dyn SbRuntime>),
-    /// A micro-VM, once booted.
-    Vm(Mutex<Option<Arc<vm::VmPod>>>),
-}
-
-/// How a micro-VM container's run ended: the exit code, whether the OOM killer ended it, and
-/// the guest's error if it could not start.
-type VmEnd = Result<(i32, bool, Option<String>), String>;
-
-/// One run of a container.
-enum Run {
-    Oci(Box<container::Started>),
-    Vm {
-        started_at: Time,
-        end: futures::future::BoxFuture<'static, VmEnd>,
-    },
-}
-
-impl Run {
-    fn started_at(&self) -> Time {
-        match self {
-            Run::Oci(started) => match &started.state().status {
-                container::Status::Running { started_at } => time(started_at),
-                _ => None,
-            }
-            .unwrap_or_else(now_time),
-            Run::Vm { started_at, .. } => started_at.clone(),
-        }
-    }
-
-    /// Waits for the run's end: its terminated state and exit code.
-    async fn wait(self, container_id: &str) -> Result<(ContainerState, i32), String> {
-        match self {
-            Run::Oci(started) => started
-                .wait()
-                .await
-                .map(|exit| (terminated(&exit, container_id), exit.code))
-                .map_err(|e| e.to_string()),
-            Run::Vm { started_at, end } => {
-                let (code, oom, error) = end.await?;
-                Ok((
-                    ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            exit_code: code,
-                            reason: Some(container::exit_reason(code, oom).into()),
-                            message: error,
-                            started_at: Some(started_at),
-                            finished_at: Some(now_time()),
-                            container_id: Some(container_id.to_owned()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    code,
-                ))
-            }
-        }
-    }
 }
 
 impl PodEntry {
@@ -581,51 +556,25 @@ impl PodEntry {
         pod::container_id(&self.plan.id, name)
     }
 
-    fn vm(&self) -> Option<Arc<vm::VmPod>> {
-        match &self.engine {
-            Engine::Vm(slot) => lock(slot).clone(),
-            Engine::Oci(_) => None,
-        }
-    }
-
     /// Sends `signal` to container `name`'s current run.
     async fn kill(&self, name: &str, signal: i32) -> Result<(), String> {
-        match &self.engine {
-            Engine::Oci(rt) => rt
-                .kill(&self.host_id(name), signal)
-                .await
-                .map_err(|e| e.to_string()),
-            Engine::Vm(_) => match self.vm() {
-                Some(vm) => vm.kill(name, signal).await,
-                None => Ok(()),
-            },
-        }
-    }
-
-    /// Whether container `name` runs for its runtime.
-    async fn runs(&self, name: &str) -> bool {
-        match &self.engine {
-            Engine::Oci(rt) => {
-                rt.status(&self.host_id(name))
-                    .await
-                    .ok()
-                    .flatten()
-                    .as_deref()
-                    == Some("running")
-            }
-            Engine::Vm(_) => match self.vm() {
-                Some(vm) => vm.running(name).await,
-                None => false,
-            },
-        }
+        self.engine.kill(self, name, signal).await
     }
 
     /// The pod's IP (inside the pod network's namespace).
     fn ip(&self) -> Option<Ipv4Addr> {
-        match &self.engine {
-            Engine::Oci(_) => lock(&self.sandbox).as_ref().and_then(|s| s.ip),
-            Engine::Vm(_) => self.vm().and_then(|vm| vm.ip),
-        }
+        self.engine.ip()
+    }
+
+    /// Kubelet's `FailedCreatePodSandBox` event, and the error of the start.
+    fn sandbox_failed(&self, msg: &str) -> RuntimeError {
+        self.event(
+            None,
+            true,
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: {msg}"),
+        );
+        failed(msg)
     }
 
     fn status(&self) -> RuntimeStatus {
@@ -646,34 +595,6 @@ impl PodEntry {
             Ok(v) => v.unwrap_or(0),
             Err(_) => 0,
         }
-    }
-}
-
-/// The terminated state of an exit.
-fn terminated(exit: &container::Exit, container_id: &str) -> ContainerState {
-    let (started_at, finished_at, reason) = match &exit.state.status {
-        container::Status::Terminated {
-            started_at,
-            finished_at,
-            reason,
-            ..
-        } => (time(started_at), time(finished_at), reason.clone()),
-        _ => (
-            None,
-            Some(now_time()),
-            container::exit_reason(exit.code, exit.oom_killed).into(),
-        ),
-    };
-    ContainerState {
-        terminated: Some(ContainerStateTerminated {
-            exit_code: exit.code,
-            reason: Some(reason),
-            started_at,
-            finished_at,
-            container_id: Some(container_id.to_owned()),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 
@@ -715,7 +636,7 @@ async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<Run>) -> i32 
             .unwrap_or(0);
         let run = match adopted.take() {
             Some(s) => Ok(s),
-            None => launch(&e, &plan, restart_count).await,
+            None => e.engine.run(&e, &plan, restart_count).await,
         };
         let began = Instant::now();
         let (state, code) = match run {
@@ -784,7 +705,7 @@ async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<Run>) -> i32 
 
 /// Records that a run of the container is going.
 fn set_running(e: &PodEntry, w: Which, started: &Run) {
-    let started_at = started.started_at();
+    let started_at = started.started_at.clone();
     e.update(w, |c| {
         c.state = ContainerState {
             running: Some(ContainerStateRunning {
@@ -853,54 +774,6 @@ async fn watch_storage(e: Arc<PodEntry>) {
     let _ = evicting.await;
 }
 
-/// Starts one run of a container (with its events); Err is the message of kubelet's `Failed`.
-async fn launch(
-    e: &Arc<PodEntry>,
-    plan: &ContainerPlan,
-    restart_count: u32,
-) -> Result<Run, String> {
-    if let Engine::Vm(_) = &e.engine {
-        let vm = e
-            .vm()
-            .ok_or_else(|| format!("the micro-VM of container {} is gone", plan.name))?;
-        let run = vm.restart(&plan.name).await;
-        if run.is_ok() {
-            e.event(
-                Some(&plan.name),
-                false,
-                "Started",
-                format!("Started container {}", plan.name),
-            );
-        }
-        return run;
-    }
-    let sandbox = lock(&e.sandbox).clone();
-    let image = lock(&e.images).get(&plan.image).cloned();
-    let (Some(sandbox), Some(image)) = (sandbox, image) else {
-        return Err(format!("the sandbox of container {} is gone", plan.name));
-    };
-    // The container's stdin and terminal, as its spec asks: its shim keeps them.
-    let dir = container::dir(&e.host.data_dir, &e.host_id(&plan.name));
-    if let Err(err) = e.stdio_of(&plan.name).write(&dir) {
-        warn!(container = %plan.name, error = %err, "writing the container's stdio settings");
-    }
-    match sandbox
-        .launch(plan, &image, restart_count)
-        .await
-        .map(|s| Run::Oci(Box::new(s)))
-    {
-        Ok(s) => {
-            e.created_and_started(&plan.name);
-            Ok(s)
-        }
-        Err(err) => {
-            let msg = error_chain(&err);
-            warn!(container = %plan.name, error = %msg, "starting a container");
-            Err(msg)
-        }
-    }
-}
-
 /// Probes (readiness, liveness, startup) of running containers.
 mod probes {
     use super::*;
@@ -938,34 +811,8 @@ mod probes {
         let Some(ip) = e.ip() else {
             return Running(None);
         };
-        let exec: Arc<crate::probe::ExecFn> = match &e.engine {
-            Engine::Oci(runtime) => {
-                let (runtime, id) = (runtime.clone(), e.host_id(&spec.name));
-                // The run is reported started once its runtime was spawned, which may be a
-                // moment before the container exists (crun): the first probe waits for it.
-                let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                Arc::new(move |cmd: Vec<String>, timeout: Duration| {
-                    let (runtime, id, created) = (runtime.clone(), id.clone(), created.clone());
-                    async move {
-                        if !created.load(std::sync::atomic::Ordering::Acquire) {
-                            wait_created(runtime.as_ref(), &id).await;
-                            created.store(true, std::sync::atomic::Ordering::Release);
-                        }
-                        exec_probe(runtime, id, cmd, timeout).await
-                    }
-                    .boxed()
-                })
-            }
-            Engine::Vm(_) => {
-                let Some(vm) = e.vm() else {
-                    return Running(None);
-                };
-                let name = spec.name.clone();
-                Arc::new(move |cmd: Vec<String>, timeout: Duration| {
-                    let (vm, name) = (vm.clone(), name.clone());
-                    async move { vm.probe(&name, &cmd, timeout).await }.boxed()
-                })
-            }
+        let Some(exec) = e.engine.probe_exec(e, &spec.name) else {
+            return Running(None);
         };
         let target = crate::probe::ProbeTarget {
             pod_ip: ip,
@@ -1010,43 +857,6 @@ mod probes {
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
             self.0.abort();
-        }
-    }
-
-    /// Waits (at most 5 s) until the runtime knows container `id` as running.
-    async fn wait_created(runtime: &dyn SbRuntime, id: &str) {
-        for _ in 0..100 {
-            if runtime.status(id).await.ok().flatten().as_deref() == Some("running") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn exec_probe(
-        runtime: Arc<dyn SbRuntime>,
-        id: String,
-        cmd: Vec<String>,
-        timeout: Duration,
-    ) -> std::io::Result<i32> {
-        let stdio = sandbox::runtime::Stdio {
-            stdin: std::process::Stdio::null(),
-            stdout: std::process::Stdio::null(),
-            stderr: std::process::Stdio::null(),
-            foreground: false,
-        };
-        let mut child = runtime
-            .exec(&id, &cmd, false, stdio)
-            .map_err(std::io::Error::other)?;
-        match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status) => Ok(container::exit_code(status?)),
-            Err(_) => {
-                let _ = child.start_kill();
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("command timed out after {}", go_duration(timeout)),
-                ))
-            }
         }
     }
 }
@@ -1243,6 +1053,35 @@ impl SandboxRuntime {
         } else {
             self.config.worker_runtime
         }
+    }
+
+    /// The engine of a new pod of runtime `kind`.
+    fn engine_for(&self, kind: RuntimeKind) -> Result<Arc<dyn PodEngine>, RuntimeError> {
+        if kind == RuntimeKind::Microvm
+            && let Some(vm_host) = &self.vm_host
+        {
+            return Ok(Arc::new(vm::VmEngine::new(vm_host.clone())));
+        }
+        let runtime = self
+            .runtimes
+            .get(&kind)
+            .cloned()
+            .ok_or_else(|| failed(format!("runtime {kind} is not available")))?;
+        Ok(Arc::new(oci::OciEngine::new(runtime, None)))
+    }
+
+    /// The images of a recorded pod, from the store (no network): a pod taken back after an
+    /// agent restart needs them to run its containers again.
+    fn stored_images(&self, plan: &PodPlan) -> BTreeMap<String, Image> {
+        let mut images = BTreeMap::new();
+        for c in plan.init_containers.iter().chain(&plan.containers) {
+            if let Ok(src) = c.image.parse::<Source>()
+                && let Ok(Some(img)) = self.store.get(&src)
+            {
+                images.insert(c.image.clone(), img);
+            }
+        }
+        images
     }
 
     fn entry(&self, uid: &str) -> Option<Arc<PodEntry>> {
@@ -1516,38 +1355,13 @@ impl SandboxRuntime {
             Err(_) => sandbox::plan::plan(&sandbox::plan::strip_env_references(pod)),
         }
         .map_err(failed)?;
-        let kind = self.kind_for(pod);
-        let engine = match kind {
-            RuntimeKind::Microvm if self.vm_host.is_some() => Engine::Vm(Mutex::new(None)),
-            _ => Engine::Oci(
-                self.runtimes
-                    .get(&kind)
-                    .cloned()
-                    .ok_or_else(|| failed(format!("runtime {kind} is not available")))?,
-            ),
-        };
-        let prefix = match kind {
-            RuntimeKind::Gvisor => "gvisor",
-            RuntimeKind::Container => "crun",
-            RuntimeKind::Microvm => "microvm",
-        };
-        let cstate =
-            |c: &ContainerPlan, spec: Option<&k8s_openapi::api::core::v1::Container>| CState {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                image_id: String::new(),
-                container_id: format!("{prefix}://{}", pod::container_id(&plan.id, &c.name)),
-                state: waiting("ContainerCreating", None),
-                last_state: None,
-                restart_count: 0,
-                ready: false,
-                started: false,
-                has_readiness: spec.is_some_and(|s| s.readiness_probe.is_some()),
-                has_startup: spec.is_some_and(|s| s.startup_probe.is_some()),
-            };
+        let engine = self.engine_for(self.kind_for(pod))?;
+        let prefix = id_prefix(engine.kind());
         let spec = pod.spec.clone().unwrap_or_default();
+        let no_images = BTreeMap::new();
         let shared = Shared::of(&plan, &spec, plan.init_containers.is_empty(), |c, s| {
-            let mut state = cstate(c, s);
+            let id = format!("{prefix}://{}", pod::container_id(&plan.id, &c.name));
+            let mut state = CState::new(c, s, id, &no_images);
             if s.is_none() {
                 state.state = waiting("PodInitializing", None);
             }
@@ -1559,7 +1373,6 @@ impl SandboxRuntime {
             plan: &plan,
             host: self.host(),
             engine,
-            sandbox: None,
             images: BTreeMap::new(),
             shared,
         };
@@ -1617,89 +1430,21 @@ impl SandboxRuntime {
         if e.stopping() {
             return Err(failed("the pod was stopped while starting"));
         }
-        let runtime = match &e.engine {
-            Engine::Oci(rt) => rt.clone(),
-            Engine::Vm(_) => return self.start_vm(&e, pod, &files, ip).await,
+        let ctx = StartContext {
+            pod,
+            files: &files,
+            ip,
+            starts: &self.starts,
         };
-
-        // The sandbox. The pod's IP may still be held by a pod of the same Node name that is
-        // being torn down (the scheduler reuses an address once its pod object is gone, which
-        // can be a moment before this host has released it): wait for that, bounded.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let sandbox = loop {
-            let permit = self.starts.clone().acquire_owned().await;
-            if e.stopping() {
-                return Err(failed("the pod was stopped while starting"));
-            }
-            let attempt = pod::prepare(
-                &e.host,
-                runtime.clone(),
-                &plan,
-                &files,
-                &pod::Prepare {
-                    ip,
-                    uid: Some(uid.clone()),
-                },
-            )
-            .await;
-            drop(permit);
-            match attempt {
-                Err(pod::PodError::Network(sandbox::network::NetworkError::InUse(addr, holder)))
-                    if tokio::time::Instant::now() < deadline && !e.stopping() =>
-                {
-                    debug!(%addr, %holder, "pod address still held by a pod being removed; waiting");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                other => break other,
+        match e.engine.start(&e, &ctx).await? {
+            Boot::EndedInInit(code) => Ok(self.ended_in_init(&e, code)),
+            Boot::Running(first_runs) => {
+                let started = self.started_of(&e);
+                *lock(&e.started) = Some(started.clone());
+                self.spawn_supervisors(&e, first_runs);
+                Ok(started)
             }
         }
-        .map_err(|err| {
-            let msg = error_chain(&err);
-            e.event(
-                None,
-                true,
-                "FailedCreatePodSandBox",
-                format!("Failed to create pod sandbox: {msg}"),
-            );
-            failed(msg)
-        })?;
-        // The Pod object, for a restarted agent to find its pods again.
-        let _ = std::fs::write(
-            sandbox.dir.join(crate::eviction::POD_FILE),
-            serde_json::to_vec(pod).unwrap_or_default(),
-        );
-        *lock(&e.sandbox) = Some(sandbox);
-
-        // Init containers, in order.
-        for i in 0..plan.init_containers.len() {
-            let code = supervise(e.clone(), Which::Init(i), None).await;
-            if e.stopping() {
-                return Err(failed("the pod was stopped while initializing"));
-            }
-            if code != 0 {
-                info!(pod = %e.pod_ref(), container = %plan.init_containers[i].name, code,
-                    "an init container failed and will not run again: the pod ends");
-                return Ok(self.ended_in_init(&e, code));
-            }
-        }
-        lock(&e.shared).initialized = true;
-        e.changed();
-
-        // The regular containers' first runs start here, so that they run when this returns;
-        // their supervisors take them over.
-        let mut first_runs = BTreeMap::new();
-        let permit = self.starts.clone().acquire_owned().await;
-        for (i, c) in plan.containers.iter().enumerate() {
-            if let Ok(run) = launch(&e, c, 0).await {
-                set_running(&e, Which::Regular(i), &run);
-                first_runs.insert(i, run);
-            }
-        }
-        drop(permit);
-        let started = self.started_of(&e);
-        *lock(&e.started) = Some(started.clone());
-        self.spawn_supervisors(&e, first_runs);
-        Ok(started)
     }
 
     /// The pod ran, and ended in an init container that will not run again (its policy is
@@ -1729,7 +1474,6 @@ impl SandboxRuntime {
             engine: n.engine,
             client: self.client.clone(),
             changes: self.changes_tx.clone(),
-            sandbox: Mutex::new(n.sandbox),
             images: Mutex::new(n.images),
             shared: Mutex::new(n.shared),
             stopping: watch::channel(false).0,
@@ -1863,21 +1607,7 @@ async fn cleanup(e: Arc<PodEntry>) {
         // Still starting: the start gives up on its own; nothing of it will run.
         e.done.send_replace(Some(137));
     }
-    for c in e.plan.init_containers.iter().chain(&e.plan.containers) {
-        match &e.engine {
-            Engine::Oci(rt) => {
-                let id = e.host_id(&c.name);
-                if rt.status(&id).await.ok().flatten().is_some() {
-                    let _ = rt.kill(&id, 9).await;
-                }
-            }
-            Engine::Vm(_) => {
-                if e.runs(&c.name).await {
-                    let _ = e.kill(&c.name, 9).await;
-                }
-            }
-        }
-    }
+    e.engine.kill_all(&e).await;
     if tokio::time::timeout(Duration::from_secs(30), e.wait_done())
         .await
         .is_err()
@@ -1887,13 +1617,7 @@ async fn cleanup(e: Arc<PodEntry>) {
     for t in lock(&e.tasks).drain(..) {
         t.abort();
     }
-    let removed = match &e.engine {
-        Engine::Oci(rt) => pod::remove(&e.host, rt.as_ref(), &e.plan)
-            .await
-            .map_err(|err| error_chain(&err)),
-        Engine::Vm(_) => vm::remove(&e).await,
-    };
-    if let Err(err) = removed {
+    if let Err(err) = e.engine.remove(&e).await {
         warn!(pod = %e.pod_ref(), error = %err, "removing the pod sandbox");
     }
     info!(pod = %e.pod_ref(), "pod removed from the host");
@@ -1963,138 +1687,25 @@ mod recover {
         let mut out = HashMap::new();
         let host = rt.host();
         for record in pod::list(&rt.config.data_dir) {
-            let plan = record.plan.clone();
-            if record.runtime == RuntimeKind::Microvm {
-                if rt.vm_host.is_none() {
+            let plan = &record.plan;
+            let adopted = if record.runtime == RuntimeKind::Microvm {
+                let Some(vm_host) = rt.vm_host.clone() else {
                     warn!(pod = %plan.id, "recorded micro-VM pod, but this agent runs no micro-VMs");
-                } else if let Some((uid, started)) = rt.adopt_vm(&host, &record).await {
-                    out.insert(uid, started);
-                }
-                continue;
-            }
-            let Some(runtime) = rt.runtimes.get(&record.runtime).cloned() else {
-                warn!(pod = %plan.id, runtime = %record.runtime, "recorded pod of a runtime this agent does not run");
-                continue;
+                    continue;
+                };
+                rt.adopt_vm(vm_host, &host, &record).await
+            } else {
+                let Some(runtime) = rt.runtimes.get(&record.runtime).cloned() else {
+                    warn!(pod = %plan.id, runtime = %record.runtime, "recorded pod of a runtime this agent does not run");
+                    continue;
+                };
+                rt.adopt_oci(&host, runtime, &record).await
             };
-            match adopt(rt, &host, runtime.clone(), &record).await {
-                Some((uid, started)) => {
-                    out.insert(uid, started);
-                }
-                None => {
-                    info!(pod = %plan.id, "nothing of the recorded pod runs: cleaning it up");
-                    // A leftover of the pause container too.
-                    // Containers this process cannot supervise (no shim) are stopped too.
-                    for c in plan.init_containers.iter().chain(&plan.containers) {
-                        let id = pod::container_id(&plan.id, &c.name);
-                        if runtime.status(&id).await.ok().flatten().is_some() {
-                            let _ = runtime.kill(&id, 9).await;
-                            let _ = runtime.delete(&id).await;
-                        }
-                        if let Some(s) =
-                            container::adopt(&rt.config.data_dir, runtime.clone(), &id).await
-                        {
-                            let _ = runtime.kill(&id, 9).await;
-                            let _ = tokio::time::timeout(Duration::from_secs(10), s.wait()).await;
-                        }
-                    }
-                    if let Err(err) = pod::remove(&host, runtime.as_ref(), &plan).await {
-                        warn!(pod = %plan.id, error = %error_chain(&err), "cleaning up a recorded pod");
-                    }
-                }
+            if let Some((uid, started)) = adopted {
+                out.insert(uid, started);
             }
         }
         out
-    }
-
-    async fn adopt(
-        rt: &SandboxRuntime,
-        host: &pod::Host,
-        runtime: Arc<dyn SbRuntime>,
-        record: &pod::PodRecord,
-    ) -> Option<(String, Started)> {
-        let plan = &record.plan;
-        let (sandbox, by_name) = pod::adopt(host, runtime.clone(), plan).await?;
-        let pod: Pod = serde_json::from_slice(
-            &std::fs::read(sandbox.dir.join(crate::eviction::POD_FILE)).ok()?,
-        )
-        .ok()?;
-        let uid = record.uid.clone().or_else(|| pod.metadata.uid.clone())?;
-        if record.uid.is_none() {
-            let _ = pod::set_uid(&rt.config.data_dir, &plan.id, &uid);
-        }
-        let mut adopted = BTreeMap::new();
-        for (name, s) in by_name {
-            if let Some(i) = plan.containers.iter().position(|c| c.name == name) {
-                adopted.insert(i, Run::Oci(Box::new(s)));
-            }
-        }
-        // Images from the store (no network): needed to restart containers later.
-        let mut images = BTreeMap::new();
-        for c in plan.init_containers.iter().chain(&plan.containers) {
-            if let Ok(src) = c.image.parse::<Source>()
-                && let Ok(Some(img)) = rt.store.get(&src)
-            {
-                images.insert(c.image.clone(), img);
-            }
-        }
-        let prefix = match runtime.kind() {
-            RuntimeKind::Gvisor => "gvisor",
-            RuntimeKind::Container => "crun",
-            RuntimeKind::Microvm => "microvm",
-        };
-        let image_id = |image: &str| images.get(image).map(image_id_of).unwrap_or_default();
-        let spec = pod.spec.clone().unwrap_or_default();
-        let mk = |c: &ContainerPlan, s: Option<&k8s_openapi::api::core::v1::Container>| {
-            let id = pod::container_id(&plan.id, &c.name);
-            let state = container::read_state(&rt.config.data_dir, &id);
-            let terminated_state = state.as_ref().and_then(|st| match &st.status {
-                container::Status::Terminated {
-                    exit_code,
-                    reason,
-                    started_at,
-                    finished_at,
-                } => Some(ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: *exit_code,
-                        reason: Some(reason.clone()),
-                        started_at: time(started_at),
-                        finished_at: time(finished_at),
-                        container_id: Some(format!("{prefix}://{id}")),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                _ => None,
-            });
-            CState {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                image_id: image_id(&c.image),
-                container_id: format!("{prefix}://{id}"),
-                state: terminated_state.unwrap_or_else(|| waiting("ContainerCreating", None)),
-                last_state: None,
-                restart_count: state
-                    .as_ref()
-                    .map(|s| i32::try_from(s.restart_count).unwrap_or(0))
-                    .unwrap_or(0),
-                ready: false,
-                started: false,
-                has_readiness: s.is_some_and(|s| s.readiness_probe.is_some()),
-                has_startup: s.is_some_and(|s| s.startup_probe.is_some()),
-            }
-        };
-        let shared = Shared::of(plan, &spec, true, mk);
-        let e = rt.new_entry(NewEntry {
-            uid: &uid,
-            pod: &pod,
-            plan,
-            host: host.clone(),
-            engine: Engine::Oci(runtime),
-            sandbox: Some(sandbox),
-            images,
-            shared,
-        });
-        Some(rt.adopted(&e, adopted))
     }
 }
 
@@ -2255,69 +1866,7 @@ impl PodStreams for SandboxRuntime {
                 c.name
             )));
         }
-        let id = e.host_id(&c.name);
-        let runtime = match &e.engine {
-            Engine::Oci(rt) => rt.clone(),
-            Engine::Vm(_) => {
-                let vm = e.vm().ok_or_else(|| {
-                    StreamError::BadRequest(format!("pod {pod} has no running micro-VM"))
-                })?;
-                return vm.exec(&c.name, &request).await;
-            }
-        };
-        // A run that just began may not be running for the runtime yet.
-        for _ in 0..100 {
-            if e.runs(&c.name).await {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if request.tty {
-            return exec_tty(&self.config.data_dir, runtime.kind(), &id, &request).await;
-        }
-        let pipe = |on: bool| {
-            if on {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            }
-        };
-        let stdio = sandbox::runtime::Stdio {
-            stdin: pipe(request.stdin),
-            stdout: pipe(request.stdout),
-            stderr: pipe(request.stderr),
-            foreground: false,
-        };
-        let mut child = runtime
-            .exec(&id, &request.command, false, stdio)
-            .map_err(|err| StreamError::Internal(err.to_string()))?;
-        let stdin = child
-            .stdin
-            .take()
-            .map(|s| Box::pin(s) as crate::streams::Writer);
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::pin(s) as crate::streams::Reader);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::pin(s) as crate::streams::Reader);
-        let exit = async move {
-            let status = child
-                .wait()
-                .await
-                .map_err(|err| StreamError::Internal(err.to_string()))?;
-            Ok(container::exit_code(status))
-        }
-        .boxed();
-        Ok(ExecSession {
-            stdin,
-            stdout,
-            stderr,
-            resize: None,
-            exit,
-        })
+        e.engine.exec(&e, &c.name, &request).await
     }
 
     async fn attach(
@@ -2346,17 +1895,15 @@ impl PodStreams for SandboxRuntime {
             )));
         }
         let dir = container::dir(&self.config.data_dir, &e.host_id(&c.name));
-        let vm = e.vm();
-        let (stdin, resize) = if let Some(vm) = vm.filter(|_| request.stdin || stdio.tty) {
-            // A micro-VM container's stdin and terminal are in the guest.
-            vm.attach_input(
+        let (stdin, resize) = if request.stdin || (request.tty && stdio.tty) {
+            let input = e.engine.attach_input(
+                &e,
                 &c.name,
                 request.stdin,
                 request.tty && stdio.tty,
                 stdio.stdin_once,
-            )
-        } else if request.stdin || (request.tty && stdio.tty) {
-            match attach_input(&dir, request.stdin, request.tty && stdio.tty).await {
+            );
+            match input.await {
                 Ok(io) => io,
                 Err(err) if request.stdin => {
                     return Err(StreamError::Internal(format!(
@@ -2486,57 +2033,6 @@ where
     tx
 }
 
-/// An attach session's input to the shim of the container in `dir`: a writer for its stdin
-/// (when `stdin`) and a sender of terminal sizes (when `tty`), framed onto one connection to the
-/// shim's attach socket. The session ends (for `stdinOnce`, the container's stdin closes) when
-/// both are dropped.
-async fn attach_input(
-    dir: &std::path::Path,
-    stdin: bool,
-    tty: bool,
-) -> std::io::Result<(
-    Option<crate::streams::Writer>,
-    Option<mpsc::Sender<TermSize>>,
-)> {
-    use sandbox::shim::{FRAME_CLOSE, FRAME_DATA, FRAME_RESIZE, frame};
-    use tokio::io::AsyncWriteExt as _;
-    let mut conn = sandbox::shim::connect(dir).await?;
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(64);
-    let writer = stdin.then(|| {
-        let (tx, close_tx) = (frames_tx.clone(), frames_tx.clone());
-        input_pump(
-            move |data| {
-                let tx = tx.clone();
-                async move { tx.send(frame(FRAME_DATA, &data)).await.is_ok() }
-            },
-            move || async move {
-                let _ = close_tx.send(frame(FRAME_CLOSE, &[])).await;
-            },
-        )
-    });
-    let resize = tty.then(|| {
-        let tx = frames_tx.clone();
-        resize_pump(move |size| {
-            let tx = tx.clone();
-            async move {
-                let mut p = size.width.to_be_bytes().to_vec();
-                p.extend_from_slice(&size.height.to_be_bytes());
-                tx.send(frame(FRAME_RESIZE, &p)).await.is_ok()
-            }
-        })
-    });
-    drop(frames_tx);
-    tokio::spawn(async move {
-        while let Some(f) = frames_rx.recv().await {
-            if conn.write_all(&f).await.is_err() {
-                return;
-            }
-        }
-        let _ = conn.shutdown().await;
-    });
-    Ok((writer, resize))
-}
-
 /// Copies what is appended to a CRI log file after `start` into `out` (stdout records, and
 /// stderr ones unless `err` is given), until `done` and the end of the file.
 async fn follow_raw(
@@ -2583,141 +2079,6 @@ async fn follow_raw(
                 return;
             }
         }
-    }
-}
-
-/// `exec -t`: the command runs on a pseudo-terminal the agent allocates; the runtime is
-/// handed its slave side as its standard streams.
-async fn exec_tty(
-    data_dir: &std::path::Path,
-    kind: RuntimeKind,
-    id: &str,
-    request: &ExecRequest,
-) -> Result<ExecSession, StreamError> {
-    tty::exec(data_dir, kind, id, request).await
-}
-
-mod tty {
-    //! Exec with a TTY: a pty pair; the runtime gets the slave as stdin/stdout/stderr and is
-    //! told to use it as the process's terminal (runsc: `--process` with `terminal: true`, which
-    //! makes it use its own stdin as the console; crun: `--tty`).
-    use super::*;
-    use sandbox::shim::{PtyIo, open_pty};
-    use std::os::fd::{AsFd as _, OwnedFd};
-
-    pub(super) async fn exec(
-        data_dir: &std::path::Path,
-        kind: RuntimeKind,
-        id: &str,
-        request: &ExecRequest,
-    ) -> Result<ExecSession, StreamError> {
-        let internal = |e: std::io::Error| StreamError::Internal(format!("allocating a pty: {e}"));
-        let (master, slave) = open_pty().map_err(internal)?;
-        let root = data_dir.join("runtime").join(kind.to_string());
-        let mut process_file = None;
-        let mut cmd = match kind {
-            RuntimeKind::Gvisor => {
-                let process = tty_process(data_dir, id, &request.command);
-                let file = std::env::temp_dir().join(format!(
-                    "nodeless-exec-{}-{}.json",
-                    std::process::id(),
-                    Timestamp::now().as_nanosecond()
-                ));
-                std::fs::write(&file, process.to_string()).map_err(internal)?;
-                let mut c = tokio::process::Command::new("runsc");
-                c.arg(format!("--root={}", root.display()))
-                    .arg("exec")
-                    .arg("--process")
-                    .arg(&file)
-                    .arg(id);
-                process_file = Some(file);
-                c
-            }
-            _ => {
-                let mut c = tokio::process::Command::new("crun");
-                c.arg(format!("--root={}", root.display()))
-                    .arg("exec")
-                    .arg("--tty")
-                    .arg("--env")
-                    .arg("TERM=xterm")
-                    .arg(id)
-                    .args(&request.command);
-                c
-            }
-        };
-        let dup = |fd: &OwnedFd| fd.try_clone().map(std::process::Stdio::from);
-        cmd.stdin(dup(&slave).map_err(internal)?)
-            .stdout(dup(&slave).map_err(internal)?)
-            .stderr(dup(&slave).map_err(internal)?);
-        // The runtime gets the pty as its controlling terminal in a new session.
-        cmd.process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| StreamError::Internal(format!("starting the exec: {e}")))?;
-        drop(slave);
-        let reader = PtyIo::new(&master).map_err(internal)?;
-        let writer = PtyIo::new(&master).map_err(internal)?;
-        let (resize_tx, mut resize_rx) = mpsc::channel::<TermSize>(8);
-        let resize_fd = master;
-        tokio::spawn(async move {
-            while let Some(size) = resize_rx.recv().await {
-                let ws = rustix::termios::Winsize {
-                    ws_row: size.height,
-                    ws_col: size.width,
-                    ws_xpixel: 0,
-                    ws_ypixel: 0,
-                };
-                let _ = rustix::termios::tcsetwinsize(resize_fd.as_fd(), ws);
-            }
-        });
-        let exit = async move {
-            let status = child
-                .wait()
-                .await
-                .map_err(|e| StreamError::Internal(e.to_string()));
-            if let Some(f) = process_file {
-                let _ = std::fs::remove_file(f);
-            }
-            let status = status?;
-            Ok(container::exit_code(status))
-        }
-        .boxed();
-        Ok(ExecSession {
-            stdin: request
-                .stdin
-                .then(|| Box::pin(writer) as crate::streams::Writer),
-            stdout: Some(Box::pin(reader) as crate::streams::Reader),
-            stderr: None,
-            resize: Some(resize_tx),
-            exit,
-        })
-    }
-
-    /// The process of an exec with a TTY: the container's own (env, cwd, user, as kubelet's
-    /// exec inherits them) with `args` and a terminal.
-    fn tty_process(data_dir: &std::path::Path, id: &str, args: &[String]) -> serde_json::Value {
-        let spec: serde_json::Value =
-            std::fs::read(container::dir(data_dir, id).join("config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-        let mut process = spec.get("process").cloned().unwrap_or_else(|| {
-            serde_json::json!({
-                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "cwd": "/",
-                "user": {"uid": 0, "gid": 0},
-            })
-        });
-        process["terminal"] = true.into();
-        process["args"] = args.into();
-        if let Some(env) = process.get_mut("env").and_then(|e| e.as_array_mut())
-            && !env
-                .iter()
-                .any(|v| v.as_str().is_some_and(|s| s.starts_with("TERM=")))
-        {
-            env.push("TERM=xterm".into());
-        }
-        process
     }
 }
 

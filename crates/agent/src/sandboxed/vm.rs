@@ -1,13 +1,15 @@
 //! Pods in micro-VMs (the `microvm` runtime, [`sandbox::microvm::pod`]): the whole pod in one
 //! QEMU `-M microvm` guest, KVM where the host has VMX/SVM, software emulation elsewhere.
 //!
-//! The agent side differs from the OCI runtimes in a few places only, all here: the VM is
+//! [`VmEngine`] is this runtime's [`PodEngine`]. It differs from the OCI runtimes' engine in a
+//! few places only, all here: the VM is
 //! booted with every container of the pod at once (init containers run inside the boot, in
 //! order; one that fails ends that boot, and the pod boots again after kubelet's back-off when
 //! its policy restarts init containers), a container's later runs are restarts inside the same
 //! VM, exec goes over the VM's channel, and the VM outlives the agent (a restarted agent takes
 //! it back by its state file). Logs are the same CRI files as the other runtimes write.
 
+use super::engine::{AttachInput, Boot, PodEngine, Run, RunEnd, StartContext};
 use super::*;
 use sandbox::microvm::pod::{MicroVmPod, PodVmOptions};
 use sandbox::microvm::{self, Accel, ContainerSpec, ExecEvent, VmAssets};
@@ -85,14 +87,20 @@ impl VmPod {
             .and_then(|t| Timestamp::try_from(t).ok())
             .map_or_else(now_time, Time);
         let (vm, name) = (self.clone(), name.to_owned());
+        let began = started_at.clone();
         let end = async move {
             let code = ended.await.map_err(|e| e.to_string())?;
             let vm = vm.vm.lock().await;
-            let oom = vm.oom_killed(&name);
-            Ok((code, oom, vm.container_error(&name)))
+            Ok(RunEnd {
+                code,
+                reason: container::exit_reason(code, vm.oom_killed(&name)).into(),
+                message: vm.container_error(&name),
+                started_at: Some(began),
+                finished_at: Some(now_time()),
+            })
         }
         .boxed();
-        Ok(Run::Vm { started_at, end })
+        Ok(Run { started_at, end })
     }
 
     /// Runs container `name` again (it has ended) in the same VM.
@@ -271,36 +279,6 @@ impl VmPod {
     }
 }
 
-/// Stops the pod's VM (if it was booted) and removes what the pod left on the host: its
-/// containers' directories (logs), its network attachment and its directory.
-pub(super) async fn remove(e: &PodEntry) -> Result<(), String> {
-    let vm = match &e.engine {
-        Engine::Vm(slot) => lock(slot).take(),
-        Engine::Oci(_) => None,
-    };
-    if let Some(vm) = vm {
-        match Arc::try_unwrap(vm) {
-            Ok(vm) => vm
-                .vm
-                .into_inner()
-                .destroy()
-                .await
-                .map_err(|e| e.to_string())?,
-            // A probe or exec still holds it: stop QEMU all the same.
-            Err(vm) => {
-                let pid = vm.vm.lock().await.pid();
-                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                    let _ = rustix::process::kill_process(
-                        rustix::process::Pid::from_raw(pid).ok_or("no pid")?,
-                        rustix::process::Signal::KILL,
-                    );
-                }
-            }
-        }
-    }
-    remove_files(&e.host, &e.plan).await
-}
-
 async fn remove_files(host: &pod::Host, plan: &PodPlan) -> Result<(), String> {
     for c in plan.init_containers.iter().chain(&plan.containers) {
         let id = pod::container_id(&plan.id, &c.name);
@@ -315,33 +293,46 @@ async fn remove_files(host: &pod::Host, plan: &PodPlan) -> Result<(), String> {
     }
 }
 
-impl SandboxRuntime {
+/// A pod's micro-VM: what boots it and, once booted, the VM.
+pub(super) struct VmEngine {
+    host: VmHost,
+    vm: Mutex<Option<Arc<VmPod>>>,
+}
+
+impl VmEngine {
+    pub(super) fn new(host: VmHost) -> VmEngine {
+        VmEngine {
+            host,
+            vm: Mutex::new(None),
+        }
+    }
+
+    fn vm(&self) -> Option<Arc<VmPod>> {
+        lock(&self.vm).clone()
+    }
+
+    fn booted(&self, name: &str) -> Result<Arc<VmPod>, String> {
+        self.vm()
+            .ok_or_else(|| format!("the micro-VM of container {name} is gone"))
+    }
+}
+
+#[async_trait::async_trait]
+impl PodEngine for VmEngine {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Microvm
+    }
+
     /// Boots the pod's VM (its images are pulled): the network attachment with the pod's IP,
     /// the record a restarted agent finds it by, then the boot, again after a back-off while an
-    /// init container fails and the policy restarts it. Returns once the regular containers
-    /// run.
-    pub(super) async fn start_vm(
-        &self,
-        e: &Arc<PodEntry>,
-        pod: &Pod,
-        files: &pod::VolumeFiles,
-        ip: Option<Ipv4Addr>,
-    ) -> Result<Started, RuntimeError> {
-        let vm_host = self
-            .vm_host
-            .clone()
-            .ok_or_else(|| failed("the micro-VM runtime is not enabled on this agent"))?;
+    /// init container fails and the policy restarts it (init containers run inside the boot).
+    /// Returns once the regular containers run.
+    async fn start(&self, e: &Arc<PodEntry>, ctx: &StartContext<'_>) -> Result<Boot, RuntimeError> {
+        let (pod, files, ip) = (ctx.pod, ctx.files, ctx.ip);
+        let vm_host = &self.host;
         let plan = &e.plan;
         let host = &e.host;
-        let sandbox_failed = |msg: String| {
-            e.event(
-                None,
-                true,
-                "FailedCreatePodSandBox",
-                format!("Failed to create pod sandbox: {msg}"),
-            );
-            failed(msg)
-        };
+        let sandbox_failed = |msg: String| e.sandbox_failed(&msg);
         let pdir = pod::dir(&host.data_dir, &plan.id);
         std::fs::create_dir_all(&pdir)
             .map_err(|err| sandbox_failed(format!("creating {}: {err}", pdir.display())))?;
@@ -386,7 +377,7 @@ impl SandboxRuntime {
         let mut backoff: Option<Duration> = None;
         let mut stop_rx = e.stopping.subscribe();
         let vm = loop {
-            let permit = self.starts.clone().acquire_owned().await;
+            let permit = ctx.starts.clone().acquire_owned().await;
             if e.stopping() {
                 return Err(failed("the pod was stopped while starting"));
             }
@@ -422,7 +413,7 @@ impl SandboxRuntime {
                     let policy = init_policy(plan.restart_policy);
                     info!(pod = %e.pod_ref(), container = %name, code, "init container failed in the micro-VM");
                     if !should_restart(policy, code) {
-                        return Ok(self.ended_in_init(e, code));
+                        return Ok(Boot::EndedInInit(code));
                     }
                     let (delay, next) = next_backoff(backoff, began.elapsed());
                     backoff = Some(next);
@@ -461,9 +452,7 @@ impl SandboxRuntime {
             }
         };
         let vm = VmPod::new(vm);
-        if let Engine::Vm(slot) = &e.engine {
-            *lock(slot) = Some(vm.clone());
-        }
+        *lock(&self.vm) = Some(vm.clone());
         for (i, c) in plan.init_containers.iter().enumerate() {
             e.update(Which::Init(i), |s| {
                 s.state = completed(&s.container_id);
@@ -485,16 +474,119 @@ impl SandboxRuntime {
             e.created_and_started(&c.name);
         }
         e.changed();
-        let started = self.started_of(e);
-        *lock(&e.started) = Some(started.clone());
-        self.spawn_supervisors(e, first_runs);
-        Ok(started)
+        Ok(Boot::Running(first_runs))
     }
 
+    async fn run(
+        &self,
+        e: &PodEntry,
+        plan: &ContainerPlan,
+        _restart_count: u32,
+    ) -> Result<Run, String> {
+        let run = self.booted(&plan.name)?.restart(&plan.name).await;
+        if run.is_ok() {
+            e.event(
+                Some(&plan.name),
+                false,
+                "Started",
+                format!("Started container {}", plan.name),
+            );
+        }
+        run
+    }
+
+    async fn kill(&self, _e: &PodEntry, name: &str, signal: i32) -> Result<(), String> {
+        match self.vm() {
+            Some(vm) => vm.kill(name, signal).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn kill_all(&self, e: &PodEntry) {
+        let Some(vm) = self.vm() else {
+            return;
+        };
+        for c in e.plan.init_containers.iter().chain(&e.plan.containers) {
+            if vm.running(&c.name).await {
+                let _ = vm.kill(&c.name, 9).await;
+            }
+        }
+    }
+
+    fn ip(&self) -> Option<Ipv4Addr> {
+        self.vm().and_then(|vm| vm.ip)
+    }
+
+    fn probe_exec(&self, _e: &PodEntry, name: &str) -> Option<Arc<crate::probe::ExecFn>> {
+        let vm = self.vm()?;
+        let name = name.to_owned();
+        Some(Arc::new(move |cmd: Vec<String>, timeout: Duration| {
+            let (vm, name) = (vm.clone(), name.clone());
+            async move { vm.probe(&name, &cmd, timeout).await }.boxed()
+        }))
+    }
+
+    async fn exec(
+        &self,
+        _e: &PodEntry,
+        name: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        let vm = self
+            .vm()
+            .ok_or_else(|| StreamError::BadRequest("the pod has no running micro-VM".into()))?;
+        vm.exec(name, request).await
+    }
+
+    async fn attach_input(
+        &self,
+        _e: &PodEntry,
+        name: &str,
+        stdin: bool,
+        tty: bool,
+        stdin_once: bool,
+    ) -> std::io::Result<AttachInput> {
+        // A micro-VM container's stdin and terminal are in the guest.
+        let vm = self
+            .vm()
+            .ok_or_else(|| std::io::Error::other("the pod has no running micro-VM"))?;
+        Ok(vm.attach_input(name, stdin, tty, stdin_once))
+    }
+
+    /// Stops the pod's VM (if it was booted) and removes what the pod left on the host: its
+    /// containers' directories (logs), its network attachment and its directory.
+    async fn remove(&self, e: &PodEntry) -> Result<(), String> {
+        let vm = lock(&self.vm).take();
+        if let Some(vm) = vm {
+            match Arc::try_unwrap(vm) {
+                Ok(vm) => vm
+                    .vm
+                    .into_inner()
+                    .destroy()
+                    .await
+                    .map_err(|e| e.to_string())?,
+                // A probe or exec still holds it: stop QEMU all the same.
+                Err(vm) => {
+                    let pid = vm.vm.lock().await.pid();
+                    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                        let _ = rustix::process::kill_process(
+                            rustix::process::Pid::from_raw(pid).ok_or("no pid")?,
+                            rustix::process::Signal::KILL,
+                        );
+                    }
+                }
+            }
+        }
+        remove_files(&e.host, &e.plan).await
+    }
+}
+
+impl SandboxRuntime {
     /// Takes back the VM of a pod an earlier agent process started; `None` (after cleaning
     /// up what is left of it) when its QEMU is gone.
     pub(super) async fn adopt_vm(
         &self,
+        vm_host: VmHost,
         host: &pod::Host,
         record: &pod::PodRecord,
     ) -> Option<(String, Started)> {
@@ -521,43 +613,30 @@ impl SandboxRuntime {
             serde_json::from_slice(&std::fs::read(pdir.join(crate::eviction::POD_FILE)).ok()?)
                 .ok()?;
         let uid = record.uid.clone().or_else(|| pod.metadata.uid.clone())?;
-        let mut images = BTreeMap::new();
-        for c in plan.init_containers.iter().chain(&plan.containers) {
-            if let Ok(src) = c.image.parse::<Source>()
-                && let Ok(Some(img)) = self.store.get(&src)
-            {
-                images.insert(c.image.clone(), img);
-            }
-        }
+        let images = self.stored_images(plan);
         let spec = pod.spec.clone().unwrap_or_default();
         let mk = |c: &ContainerPlan, s: Option<&k8s_openapi::api::core::v1::Container>| {
             let id = pod::container_id(&plan.id, &c.name);
             let container_id = format!("microvm://{id}");
+            let state = s.map_or_else(
+                || completed(&container_id),
+                |_| match vm.exit_code(&c.name) {
+                    Some(code) => failed_run(
+                        code,
+                        container::exit_reason(code, vm.oom_killed(&c.name)),
+                        String::new(),
+                        &container_id,
+                    ),
+                    None => waiting("ContainerCreating", None),
+                },
+            );
             CState {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                image_id: images.get(&c.image).map(image_id_of).unwrap_or_default(),
-                state: s.map_or_else(
-                    || completed(&container_id),
-                    |_| match vm.exit_code(&c.name) {
-                        Some(code) => failed_run(
-                            code,
-                            container::exit_reason(code, vm.oom_killed(&c.name)),
-                            String::new(),
-                            &container_id,
-                        ),
-                        None => waiting("ContainerCreating", None),
-                    },
-                ),
-                container_id,
-                last_state: None,
+                state,
                 restart_count: vm
                     .restarts(&c.name)
                     .map_or(0, |r| i32::try_from(r).unwrap_or(0)),
                 ready: s.is_none(),
-                started: false,
-                has_readiness: s.is_some_and(|s| s.readiness_probe.is_some()),
-                has_startup: s.is_some_and(|s| s.startup_probe.is_some()),
+                ..CState::new(c, s, container_id, &images)
             }
         };
         let shared = Shared::of(plan, &spec, true, mk);
@@ -574,8 +653,10 @@ impl SandboxRuntime {
             pod: &pod,
             plan,
             host: host.clone(),
-            engine: Engine::Vm(Mutex::new(Some(vm.clone()))),
-            sandbox: None,
+            engine: Arc::new(VmEngine {
+                host: vm_host,
+                vm: Mutex::new(Some(vm.clone())),
+            }),
             images,
             shared,
         });
