@@ -11,10 +11,10 @@ use std::time::Duration;
 use common::*;
 use sandbox::plan::PodPlan;
 use sandbox::pod::{self, VolumeFiles};
-use sandbox::runtime::{self, RuntimeKind};
+use sandbox::runtime::RuntimeKind;
 
 fn ready() -> bool {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return false;
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use sandbox::plan::PodPlan;
 use sandbox::pod::{self, VolumeFiles};
-use sandbox::runtime::{self, RuntimeKind};
+use sandbox::runtime::RuntimeKind;
 
 type Env = PodEnv;
 
@@ -90,7 +90,7 @@ fn planned(json: serde_json::Value) -> PodPlan {
 /// of a core, measured from the sandbox's cgroup over 2 s; allocating past 0.5 GB fails.
 #[tokio::test]
 async fn gvisor_sandbox_is_confined_to_the_pod_size() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }
@@ -229,7 +229,7 @@ async fn gvisor_sandbox_is_confined_to_the_pod_size() {
 /// pod's CPU; exec works; going over the limit ends the container as OOMKilled (exit 137).
 #[tokio::test]
 async fn gvisor_solo_pod_is_one_sandbox_and_reports_oom() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }
@@ -327,7 +327,7 @@ async fn terminated(data: &Path, id: &str, within: Duration) -> sandbox::contain
 /// answers, and the pod's sandbox stays.
 #[tokio::test]
 async fn gvisor_joined_container_over_its_limit_is_oom_killed() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }
@@ -470,7 +470,7 @@ async fn storage_suite(kind: RuntimeKind, octet: u8) {
 
 #[tokio::test]
 async fn gvisor_ephemeral_storage_is_measured() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }
@@ -479,7 +479,7 @@ async fn gvisor_ephemeral_storage_is_measured() {
 
 #[tokio::test]
 async fn crun_ephemeral_storage_is_measured() {
-    if !runtime::available().contains(&RuntimeKind::Container) {
+    if !common::has(RuntimeKind::Container) {
         eprintln!("SKIPPED: crun is not installed (apt-get install crun)");
         return;
     }
@@ -491,7 +491,7 @@ async fn crun_ephemeral_storage_is_measured() {
 /// share the core between them; the watchdog keeps the limited one near a quarter of a core.
 #[tokio::test]
 async fn gvisor_joined_container_over_its_cpu_limit_is_throttled() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use sandbox::pod::{self, Phase, VolumeFiles};
-use sandbox::runtime::{self, RuntimeKind};
+use sandbox::runtime::RuntimeKind;
 
 fn log_of(data: &std::path::Path, id: &str) -> String {
     let raw = std::fs::read(sandbox::container::log_path(
@@ -179,7 +179,7 @@ async fn pod_suite(kind: RuntimeKind, subnet_octet: u8) {
 
 #[tokio::test]
 async fn crun_pod() {
-    if !runtime::available().contains(&RuntimeKind::Container) {
+    if !common::has(RuntimeKind::Container) {
         eprintln!("SKIPPED: crun is not installed (apt-get install crun)");
         return;
     }
@@ -188,7 +188,7 @@ async fn crun_pod() {
 
 #[tokio::test]
 async fn gvisor_pod() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }
@@ -219,7 +219,7 @@ fn fetch_from_bridge(netns: &str, url: &str) -> String {
 /// again after the container restarts.
 #[tokio::test]
 async fn gvisor_solo_pod_keeps_its_address() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }
@@ -272,7 +272,7 @@ async fn gvisor_solo_pod_keeps_its_address() {
 /// after it ended by itself and after it was killed.
 #[tokio::test]
 async fn gvisor_joined_container_restarts_at_first_attempt() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }

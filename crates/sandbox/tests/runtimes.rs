@@ -235,7 +235,7 @@ async fn suite(kind: RuntimeKind) {
 
 #[tokio::test]
 async fn crun_container_runtime() {
-    if !runtime::available().contains(&RuntimeKind::Container) {
+    if !common::has(RuntimeKind::Container) {
         eprintln!("SKIPPED: crun is not installed (apt-get install crun)");
         return;
     }
@@ -244,7 +244,7 @@ async fn crun_container_runtime() {
 
 #[tokio::test]
 async fn gvisor_runtime() {
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
         return;
     }

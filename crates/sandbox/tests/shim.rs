@@ -384,7 +384,7 @@ async fn container_outlives_its_starter_and_is_adopted() {
     if !use_shim() {
         return;
     }
-    for kind in runtime::available() {
+    for kind in common::runtimes() {
         survives(kind).await;
     }
 }
@@ -475,7 +475,7 @@ async fn exit_while_nobody_watches_is_recorded() {
         return;
     }
     let (_tmp, data, store) = prepare().await;
-    for kind in runtime::available() {
+    for kind in common::runtimes() {
         unwatched(kind, &store, &data).await;
     }
 }
@@ -494,7 +494,7 @@ async fn unknown_failed_and_lost_containers() {
         hostname: "pod-x".into(),
         ..Default::default()
     };
-    for kind in runtime::available() {
+    for kind in common::runtimes() {
         let rt: Arc<dyn Runtime> = Arc::from(runtime::open(kind, &data).unwrap());
         let _reaper = Reaper {
             data: data.clone(),
@@ -560,7 +560,7 @@ async fn gvisor_pod_sandbox_outlives_its_starter() {
     if !use_shim() {
         return;
     }
-    if !runtime::available().contains(&RuntimeKind::Gvisor) {
+    if !common::has(RuntimeKind::Gvisor) {
         println!("SKIPPED: runsc not installed");
         return;
     }
@@ -660,7 +660,7 @@ async fn killing_everything_inside_a_pod_spares_the_shims() {
         hostname: "pod-x".into(),
         ..Default::default()
     };
-    for kind in runtime::available() {
+    for kind in common::runtimes() {
         let rt: Arc<dyn Runtime> = Arc::from(runtime::open(kind, &data).unwrap());
         let _reaper = Reaper {
             data: data.clone(),

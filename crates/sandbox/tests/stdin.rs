@@ -247,7 +247,7 @@ async fn kept_stdin_every_runtime() {
     if !use_shim() {
         return;
     }
-    for kind in runtime::available() {
+    for kind in common::runtimes() {
         kept_stdin(kind).await;
         println!("{kind}: kept stdin, stdinOnce, no stdin and tty all behave");
     }

@@ -135,11 +135,18 @@ pub struct Fixture {
     pub manifest_digest: String,
 }
 
+/// Whether `tool` is on PATH. Tests skip without it, except under `NODELESS_REQUIRE_SANDBOX`
+/// (set by scripts/test.sh and CI), where a missing tool fails the test.
 pub fn available(tool: &str) -> bool {
-    std::process::Command::new("which")
+    let found = std::process::Command::new("which")
         .arg(tool)
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found || std::env::var_os("NODELESS_REQUIRE_SANDBOX").is_none(),
+        "{tool} is required (NODELESS_REQUIRE_SANDBOX is set; scripts/setup.sh installs it)"
+    );
+    found
 }
 
 /// [`fixture_with`] gVisor for serverless pods and crun for the others.

@@ -425,7 +425,39 @@ pub fn nodeless_binary() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// Fails the test when a tool is missing under `NODELESS_REQUIRE_SANDBOX` (set by
+/// scripts/test.sh and CI); elsewhere the test is skipped.
+fn required(what: &str) {
+    assert!(
+        std::env::var_os("NODELESS_REQUIRE_SANDBOX").is_none(),
+        "{what} is required (NODELESS_REQUIRE_SANDBOX is set)"
+    );
+}
+
+/// Whether the runtime `kind` is installed (see [`required`]).
+#[allow(dead_code)]
+pub fn has(kind: sandbox::runtime::RuntimeKind) -> bool {
+    let found = sandbox::runtime::available().contains(&kind);
+    if !found {
+        required(&format!(
+            "the {kind} runtime (scripts/setup.sh installs it)"
+        ));
+    }
+    found
+}
+
+/// The installed runtimes; every one of them under `NODELESS_REQUIRE_SANDBOX`.
+#[allow(dead_code)]
+pub fn runtimes() -> Vec<sandbox::runtime::RuntimeKind> {
+    use sandbox::runtime::RuntimeKind;
+    [RuntimeKind::Container, RuntimeKind::Gvisor]
+        .into_iter()
+        .filter(|k| has(*k))
+        .collect()
+}
+
 /// Sets the shim binary for this process; false (after saying so) when it is not built.
+#[allow(dead_code)]
 pub fn use_shim() -> bool {
     match nodeless_binary() {
         Some(b) => {
@@ -433,6 +465,7 @@ pub fn use_shim() -> bool {
             true
         }
         None => {
+            required("the nodeless binary (`cargo build -p nodeless`)");
             println!("SKIPPED: nodeless binary not built (run `cargo build -p nodeless`)");
             false
         }
