@@ -713,7 +713,9 @@ fn set_running(e: &PodEntry, w: Which, started: &Run) {
             }),
             ..Default::default()
         };
-        c.ready = !c.has_readiness && matches!(w, Which::Regular(_));
+        // Kubelet: ready once started (its startup probe passed) and, with a readiness probe,
+        // once that passes.
+        c.ready = !c.has_readiness && !c.has_startup && matches!(w, Which::Regular(_));
         c.started = !c.has_startup;
     });
 }
@@ -828,7 +830,12 @@ mod probes {
             let _handle = AbortOnDrop(handle);
             while let Some(ev) = rx.recv().await {
                 match ev {
-                    crate::probe::ProbeEvent::Started => entry.update(w, |c| c.started = true),
+                    crate::probe::ProbeEvent::Started => entry.update(w, |c| {
+                        c.started = true;
+                        if !c.has_readiness {
+                            c.ready = true;
+                        }
+                    }),
                     crate::probe::ProbeEvent::Ready(r) => {
                         if entry.get(w).is_some_and(|c| c.ready != r) {
                             entry.update(w, |c| c.ready = r);

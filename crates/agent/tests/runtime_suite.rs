@@ -1,5 +1,8 @@
 //! One suite of runtime behaviour, run against every sandbox runtime on this machine: exit
-//! codes, OOM, probes, logs across a restart, exec, and isolation between pods. The agent's
+//! codes, OOM, probes (exec, httpGet, tcpSocket, startup), logs (across a restart, with
+//! timestamps, followed), exec (with a TTY and a resize, with stdin), stop (SIGTERM, then
+//! SIGKILL after the grace period), and isolation (processes, files, memory, the host's
+//! files, `kill -1` from inside a pod). The agent's
 //! real runtime ([`SandboxRuntime`]) runs the pods, with the given runtime for all of them;
 //! a runtime whose tool is missing is SKIPPED (the micro-VM fails instead when
 //! `NODELESS_REQUIRE_MICROVM` is set, as in CI). Each entry point has its own data dir and pod
@@ -12,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use agent::runtime::{Runtime, RuntimeStatus};
 use agent::sandboxed::SandboxRuntime;
-use agent::streams::{ExecRequest, PodStreams};
+use agent::streams::{ExecRequest, LogOptions, PodStreams};
 use common::{available, fixture_with, logs, pod, read_all, status_until};
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Event};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Event, Pod};
 use kube::api::{Api, ListParams};
 use sandbox::runtime::RuntimeKind;
 use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
 
 /// Runs `sh -c script` in `pod`'s first container: (stdout, stderr, exit code).
 async fn sh(rt: &SandboxRuntime, pod: &str, script: &str) -> (String, String, i32) {
@@ -83,6 +88,676 @@ fn waiting_reason(st: &RuntimeStatus) -> Option<&str> {
         .and_then(|w| w.reason.as_deref())
 }
 
+/// What every step needs: the runtime and how its pods are made.
+struct Ctx<'a> {
+    kind: RuntimeKind,
+    prefix: &'static str,
+    scheduler: &'static str,
+    image: String,
+    rt: &'a SandboxRuntime,
+    client: &'a kube::Client,
+}
+
+impl Ctx<'_> {
+    /// A pod of this runtime (grace period 1 s, an emptyDir `scratch`).
+    fn pod(&self, name: &str, policy: &str, containers: serde_json::Value) -> Pod {
+        pod(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {
+                "schedulerName": self.scheduler,
+                "nodeName": format!("node-{}", self.prefix),
+                "restartPolicy": policy,
+                "terminationGracePeriodSeconds": 1,
+                "containers": containers,
+                "volumes": [{"name": "scratch", "emptyDir": {}}],
+            },
+        }))
+    }
+
+    async fn start(&self, p: Pod, ip: String) {
+        let kind = self.kind;
+        let name = p.metadata.name.clone().unwrap();
+        let t = Instant::now();
+        let started = self
+            .rt
+            .start(&p, &ip)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: pod {name} starts: {e}"));
+        for c in &started.containers {
+            assert!(
+                c.container_id.starts_with(&format!("{}://", self.prefix)),
+                "{kind}: {c:?}"
+            );
+        }
+        eprintln!(
+            "{kind}: pod {name} started in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// The status of the container `name`.
+fn named<'a>(st: &'a RuntimeStatus, name: &str) -> &'a ContainerStatus {
+    st.container_statuses
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no status of container {name}: {st:#?}"))
+}
+
+fn is_running(c: &ContainerStatus) -> bool {
+    c.state.as_ref().is_some_and(|s| s.running.is_some())
+}
+
+/// Runs `sh -c script` in `container` of `pod`: (stdout, stderr, exit code).
+async fn sh_in(
+    rt: &SandboxRuntime,
+    pod: &str,
+    container: &str,
+    script: &str,
+) -> (String, String, i32) {
+    let s = rt
+        .exec(
+            "default",
+            pod,
+            Some(container),
+            ExecRequest {
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {pod}/{container}: {e}"));
+    let (out, err) = tokio::join!(read_all(s.stdout.unwrap()), read_all(s.stderr.unwrap()));
+    let code = s.exit.await.unwrap();
+    (out, err, code)
+}
+
+/// Waits up to `secs` for an event of `uid` starting with `prefix` ("Reason: message").
+async fn event_until(client: &kube::Client, uid: &str, prefix: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let events = events_of(client, uid).await;
+        if let Some(e) = events.iter().find(|e| e.starts_with(prefix)) {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event {prefix:?} of {uid} in {secs} s: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// (3b) httpGet, tcpSocket and startup probes, on one pod of two containers:
+/// - `web` serves /www on 8080 at once (its httpGet readiness probe would pass at once) and on
+///   8081 (its tcpSocket liveness probe) only once the test creates /tmp/go; its startup probe
+///   passes once 8081 serves. So readiness and liveness must wait for the startup probe.
+/// - `nostart`: a startup probe that always fails: killed and restarted ("Unhealthy").
+async fn probe_kinds(ctx: &Ctx<'_>, ip: String) {
+    let (kind, rt) = (ctx.kind, ctx.rt);
+    let t = Instant::now();
+    let p = ctx.pod(
+        "probes",
+        "Always",
+        json!([
+            {"name": "web", "image": ctx.image, "command": ["sh", "-c",
+                "echo up > /www/index.html; httpd -f -p 8080 -h /www & \
+                 while ! test -e /tmp/go; do sleep 0.2; done; \
+                 httpd -f -p 8081 -h /www & echo $! > /tmp/live.pid; \
+                 until wget -q -O /dev/null http://127.0.0.1:8081/index.html; do sleep 0.1; done; \
+                 touch /tmp/up; echo serving; exec sleep 3600"],
+             "startupProbe": {"exec": {"command": ["test", "-e", "/tmp/up"]},
+                "periodSeconds": 1, "timeoutSeconds": 10, "failureThreshold": 120},
+             "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080},
+                "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 1},
+             "livenessProbe": {"tcpSocket": {"port": 8081},
+                "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 1}},
+            {"name": "nostart", "image": ctx.image, "command": ["sh", "-c", "echo waiting; exec sleep 3600"],
+             "startupProbe": {"exec": {"command": ["false"]},
+                "periodSeconds": 1, "timeoutSeconds": 10, "failureThreshold": 2}},
+        ]),
+    );
+    ctx.start(p, ip.clone()).await;
+    let st = status_until(rt, "uid-probes", 30, |s| is_running(named(s, "web"))).await;
+    assert_ne!(named(&st, "web").started, Some(true), "{kind}: {st:#?}");
+
+    // The startup probe fails (no /tmp/up): for 3 s, `web` is neither started nor ready
+    // (though its readiness probe would pass), and not killed (though its liveness probe would
+    // fail). `nostart` is not ready either.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let st = rt.pod_status("uid-probes").unwrap();
+        let web = named(&st, "web");
+        assert!(
+            !st.ready && !web.ready && web.started != Some(true) && web.restart_count == 0,
+            "{kind}: readiness or liveness ran before the startup probe passed: {st:#?}"
+        );
+        assert!(
+            !named(&st, "nostart").ready,
+            "{kind}: a container (without a readiness probe) whose startup probe has not \
+             passed is reported ready; kubelet: not ready before started: {st:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (page, _, code) = sh_in(
+        rt,
+        "probes",
+        "web",
+        "wget -q -O- http://127.0.0.1:8080/index.html",
+    )
+    .await;
+    assert_eq!((page.as_str(), code), ("up\n", 0), "{kind}: 8080 serves");
+    let events = events_of(ctx.client, "uid-probes").await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("Unhealthy: Liveness") || e.starts_with("Unhealthy: Readiness")),
+        "{kind}: liveness or readiness probed before the startup probe passed: {events:#?}"
+    );
+
+    // `nostart`'s startup probe failed twice: Unhealthy, killed and restarted (meanwhile
+    // `web` runs on).
+    let e = event_until(
+        ctx.client,
+        "uid-probes",
+        "Unhealthy: Startup probe failed",
+        30,
+    )
+    .await;
+    eprintln!("{kind}: {e}");
+    let st = status_until(rt, "uid-probes", 30, |s| {
+        named(s, "nostart").restart_count >= 1
+    })
+    .await;
+    let ns = named(&st, "nostart");
+    assert!(
+        ns.last_state
+            .as_ref()
+            .is_some_and(|l| l.terminated.is_some())
+            && !ns.ready
+            && ns.started != Some(true),
+        "{kind}: nostart after its startup probe failed: {st:#?}"
+    );
+    assert_eq!(named(&st, "web").restart_count, 0, "{kind}: {st:#?}");
+
+    // Startup passes: ready through the httpGet probe.
+    assert_eq!(sh_in(rt, "probes", "web", "touch /tmp/go").await.2, 0);
+    let st = status_until(rt, "uid-probes", 30, |s| named(s, "web").ready).await;
+    assert_eq!(named(&st, "web").started, Some(true), "{kind}: {st:#?}");
+    // The httpGet probe really asks: a 404 makes `web` not ready, the page back ready again.
+    assert_eq!(sh_in(rt, "probes", "web", "rm /www/index.html").await.2, 0);
+    status_until(rt, "uid-probes", 20, |s| !named(s, "web").ready).await;
+    assert_eq!(
+        sh_in(rt, "probes", "web", "echo up > /www/index.html")
+            .await
+            .2,
+        0
+    );
+    let st = status_until(rt, "uid-probes", 20, |s| named(s, "web").ready).await;
+    assert_eq!(named(&st, "web").restart_count, 0, "{kind}: {st:#?}");
+
+    // The tcpSocket liveness probe: 8081 closed -> Unhealthy, killed, restarted.
+    let events = events_of(ctx.client, "uid-probes").await;
+    assert!(
+        !events.iter().any(|e| e.starts_with("Unhealthy: Liveness")),
+        "{kind}: liveness failed while 8081 served: {events:#?}"
+    );
+    assert_eq!(
+        sh_in(rt, "probes", "web", "kill $(cat /tmp/live.pid)")
+            .await
+            .2,
+        0
+    );
+    let e = event_until(
+        ctx.client,
+        "uid-probes",
+        "Unhealthy: Liveness probe failed: dial tcp",
+        30,
+    )
+    .await;
+    eprintln!("{kind}: {e}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = rt.pod_status("uid-probes").unwrap();
+        if named(&st, "web").restart_count >= 1 {
+            break st;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{kind}: web not restarted 30 s after its liveness probe failed;\n\
+                 events: {:#?}\nstatus: {st:#?}",
+                events_of(ctx.client, "uid-probes").await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        named(&st, "web")
+            .last_state
+            .as_ref()
+            .is_some_and(|l| l.terminated.is_some()),
+        "{kind}: lastState after the liveness kill: {st:#?}"
+    );
+    eprintln!(
+        "{kind}: httpGet, tcpSocket and startup probes checked in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// A file on the host that no pod may see; removed when dropped.
+struct HostMarker(std::path::PathBuf);
+
+impl Drop for HostMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reads a log to its end (or, following, to the container's end) within `secs`.
+async fn read_log(rt: &SandboxRuntime, pod: &str, options: LogOptions, secs: u64) -> String {
+    let mut s = rt.logs("default", pod, None, options).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the log of {pod} ends within {secs} s"));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An exec session's stdout (the terminal, with a TTY) to its end and exit code, within 30 s.
+async fn finish(s: agent::streams::ExecSession) -> (String, i32) {
+    tokio::time::timeout(Duration::from_secs(30), async move {
+        let out = read_all(s.stdout.unwrap()).await;
+        (out, s.exit.await.unwrap())
+    })
+    .await
+    .expect("the exec session ends")
+}
+
+/// Exec with a TTY and stdin (and a resize), with stdin without a TTY, logs (timestamps, follow),
+/// isolation (memory, the host's files, `kill -1` from inside) and stop (SIGTERM, then SIGKILL
+/// after the grace period), on three pods:
+/// - `polite`: traps SIGTERM and exits 0; keeps a marker in its environment and in /dev/shm.
+/// - `stubborn`: ignores SIGTERM.
+/// - `snoop`: looks for the marker and the host's files, then kills every process it can.
+async fn lifecycle(ctx: &Ctx<'_>) {
+    let (kind, rt) = (ctx.kind, ctx.rt);
+    let t = Instant::now();
+    let marker = format!("nodeless-secret-{}-{}", std::process::id(), ctx.prefix);
+    let host_name = format!("nodeless-marker-{}-{}", std::process::id(), ctx.prefix);
+    let host_file = HostMarker(std::path::PathBuf::from(format!("/tmp/{host_name}")));
+    std::fs::write(&host_file.0, b"host-only\n").unwrap();
+    let polite = ctx.pod(
+        "polite",
+        "Always",
+        json!([{"name": "main", "image": ctx.image,
+            "env": [{"name": "MARKER", "value": marker}],
+            "command": ["sh", "-c",
+                "trap 'echo term; exit 0' TERM; echo $MARKER > /dev/shm/marker || exit 9; \
+                 echo started; while :; do \
+                 if test -e /tmp/say; then cat /tmp/say; rm /tmp/say; fi; sleep 1; done"]}]),
+    );
+    let stubborn = ctx.pod(
+        "stubborn",
+        "Always",
+        json!([{"name": "main", "image": ctx.image, "command": ["sh", "-c",
+            "trap '' TERM; echo started; while :; do sleep 1; done"]}]),
+    );
+    let snoop = ctx.pod(
+        "snoop",
+        "Always",
+        json!([{"name": "main", "image": ctx.image, "command": ["sh", "-c",
+            "echo run; i=0; while :; do i=$((i+1)); echo $i > /tmp/beat; sleep 0.5; done"]}]),
+    );
+    tokio::join!(
+        ctx.start(polite, String::new()),
+        ctx.start(stubborn, String::new()),
+        ctx.start(snoop, String::new()),
+    );
+    for uid in ["uid-polite", "uid-stubborn", "uid-snoop"] {
+        status_until(rt, uid, 30, running).await;
+    }
+
+    // Exec with a TTY and stdin: the size set through a resize, commands typed on stdin.
+    let s = rt
+        .exec(
+            "default",
+            "polite",
+            None,
+            ExecRequest {
+                command: vec!["sh".into()],
+                stdin: true,
+                stdout: true,
+                tty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(s.stderr.is_none(), "{kind}: a TTY merges stderr");
+    s.resize
+        .as_ref()
+        .expect("a TTY session takes resizes")
+        .send(agent::streams::TermSize {
+            width: 120,
+            height: 40,
+        })
+        .await
+        .unwrap();
+    let mut stdin = s.stdin.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stdin
+        .write_all(
+            b"test -t 0 && test -t 1 && echo is-a-tty; stty size; echo typed-$((6*7)); exit 7\n",
+        )
+        .await
+        .unwrap();
+    let s = agent::streams::ExecSession { stdin: None, ..s };
+    let (out, code) = finish(s).await;
+    drop(stdin);
+    assert!(
+        out.contains("is-a-tty\r\n") && out.contains("40 120\r\n") && out.contains("typed-42"),
+        "{kind}: TTY session output: {out:?}"
+    );
+    assert_eq!(code, 7, "{kind}: TTY exit code; output {out:?}");
+
+    // Exec with stdin, no TTY: `cat` echoes it; `read` gets it, and the exit code.
+    for (script, input, want_out, want_code) in [
+        (
+            "cat",
+            "through stdin\nand more\n",
+            "through stdin\nand more\n",
+            0,
+        ),
+        ("read x; echo got-$x; exit 3", "hello\n", "got-hello\n", 3),
+    ] {
+        let s = rt
+            .exec(
+                "default",
+                "polite",
+                None,
+                ExecRequest {
+                    command: vec!["sh".into(), "-c".into(), script.into()],
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(s.resize.is_none(), "{kind}: no resizes without a TTY");
+        let mut stdin = s.stdin.unwrap();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        drop(stdin);
+        let s = agent::streams::ExecSession { stdin: None, ..s };
+        let err = s.stderr.unwrap();
+        let s = agent::streams::ExecSession { stderr: None, ..s };
+        let ((out, code), err) = tokio::join!(finish(s), read_all(err));
+        assert_eq!(
+            (out.as_str(), err.as_str(), code),
+            (want_out, "", want_code),
+            "{kind}: exec {script:?} with stdin"
+        );
+    }
+
+    // Logs with timestamps: every line starts with an RFC 3339 time of this run, then a space.
+    let stamped = read_log(
+        rt,
+        "polite",
+        LogOptions {
+            timestamps: true,
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    assert!(
+        !stamped.is_empty() && stamped.ends_with('\n'),
+        "{kind}: {stamped:?}"
+    );
+    let mut texts = Vec::new();
+    for line in stamped.lines() {
+        let (stamp, text) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("{kind}: no timestamp in {line:?}"));
+        let at: jiff::Timestamp = stamp
+            .parse()
+            .unwrap_or_else(|e| panic!("{kind}: {stamp:?} in {line:?} is not RFC 3339: {e}"));
+        let age = jiff::Timestamp::now().duration_since(at);
+        assert!(
+            age.as_secs() >= 0 && age.as_secs() < 600,
+            "{kind}: {line:?} is not of this run"
+        );
+        texts.push(text);
+    }
+    assert_eq!(texts, ["started"], "{kind}: {stamped:?}");
+
+    // (6b) Memory: `polite` finds its marker in its own environment and /dev/shm (so the
+    // search works); `snoop`, root in its own pod, finds neither, nor reads the host's memory.
+    let search = format!(
+        "busybox grep -l {marker} /proc/[0-9]*/environ 2>/dev/null; \
+         busybox grep -rl {marker} /dev/shm 2>/dev/null; true"
+    );
+    let (own, _, _) = sh_in(rt, "polite", "main", &search).await;
+    assert!(
+        own.contains("/environ") && own.contains("/dev/shm/marker"),
+        "{kind}: polite finds its own marker: {own:?}"
+    );
+    let (found, err, code) = sh_in(
+        rt,
+        "snoop",
+        "main",
+        &format!("id -u; ls -a /dev/shm; {search}"),
+    )
+    .await;
+    assert_eq!(code, 0, "{kind}: {err}");
+    assert!(
+        found.starts_with("0\n") && !found.contains("/environ") && !found.contains("marker"),
+        "{kind}: snoop (root) finds polite's marker: {found:?}"
+    );
+    for dev in ["/dev/mem", "/proc/kcore", "/dev/kmem", "/dev/port"] {
+        let (bytes, err, _) = sh_in(
+            rt,
+            "snoop",
+            "main",
+            &format!("busybox head -c 4096 {dev} | busybox wc -c"),
+        )
+        .await;
+        assert_eq!(bytes.trim(), "0", "{kind}: snoop reads {dev}: {err}");
+        eprintln!("{kind}: reading {dev} in a pod: {}", err.trim());
+    }
+
+    // (6c) The host's files: a marker file in the host's /tmp is nowhere in the pod.
+    let (found, err, code) = sh_in(
+        rt,
+        "snoop",
+        "main",
+        &format!(
+            "ls -a /tmp /proc/1/root/tmp /proc/[0-9]*/root/tmp 2>&1; cat /tmp/{host_name} 2>/dev/null; \
+             busybox find / \\( -path /proc -o -path /sys \\) -prune -o \
+             \\( -name {host_name} -o -name busybox \\) -print 2>/dev/null; true"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{kind}: {err}");
+    assert!(
+        found.contains("/bin/busybox") && found.contains("beat\n"),
+        "{kind}: the search works: {found:?}"
+    );
+    assert!(
+        !found.contains("host-only") && !found.contains(&format!("/{host_name}")),
+        "{kind}: the pod sees the host's /tmp: {found:?}"
+    );
+    let (_, _, code) = sh_in(rt, "snoop", "main", &format!("cat /tmp/{host_name}")).await;
+    assert_ne!(code, 0, "{kind}: the pod reads the host's {host_name}");
+
+    // (6d) `kill -15 -1` then `kill -9 -1` inside `snoop`: the runtime still answers, `polite`
+    // runs on untouched, and snoop's own state is reported as it is.
+    let beat = || async {
+        let (b, _, code) = sh_in(rt, "snoop", "main", "cat /tmp/beat").await;
+        (code == 0).then(|| b.trim().parse::<u64>().unwrap_or(0))
+    };
+    assert!(beat().await.is_some(), "{kind}: snoop's heartbeat");
+    let killing = tokio::time::timeout(
+        Duration::from_secs(30),
+        sh_in(
+            rt,
+            "snoop",
+            "main",
+            "kill -15 -1; sleep 1; kill -9 -1; echo killed",
+        ),
+    )
+    .await
+    .expect("the killing exec ends");
+    eprintln!("{kind}: kill -1 in a pod: {killing:?}");
+    assert!(
+        rt.pod_status("uid-polite").is_some_and(|s| running(&s)),
+        "{kind}"
+    );
+    let (alive, _, code) = sh_in(rt, "polite", "main", "echo alive; cat /dev/shm/marker").await;
+    assert_eq!(
+        (alive.as_str(), code),
+        (format!("alive\n{marker}\n").as_str(), 0),
+        "{kind}: polite after snoop's kill -1"
+    );
+    let st = rt.pod_status("uid-polite").unwrap();
+    assert_eq!(first(&st).restart_count, 0, "{kind}: {st:#?}");
+    // snoop: running again within the restart back-off, and what its status says is so: the
+    // heartbeat goes on while it says running with the same restart count; a killed run is in
+    // lastState as killed.
+    let st = status_until(rt, "uid-snoop", 40, running).await;
+    let restarts = first(&st).restart_count;
+    let before = beat().await.expect("snoop answers exec");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = beat().await.expect("snoop answers exec");
+    let st = rt.pod_status("uid-snoop").unwrap();
+    assert!(
+        running(&st) && first(&st).restart_count == restarts && after > before,
+        "{kind}: snoop said running ({restarts} restarts) but its heartbeat went {before} -> \
+         {after}: {st:#?}"
+    );
+    if restarts > 0 {
+        let last = first(&st)
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.clone())
+            .unwrap_or_else(|| panic!("{kind}: restarted without lastState: {st:#?}"));
+        assert!(
+            [137, 143].contains(&last.exit_code),
+            "{kind}: snoop's killed run: {last:?}"
+        );
+    }
+    eprintln!("{kind}: after kill -1, snoop runs with {restarts} restarts");
+
+    // Logs, followed: lines written after the read began, ending with the container. Then
+    // stop: `polite` exits 0 on SIGTERM at once, `stubborn` is killed after its 2 s.
+    let follow = async {
+        let mut s = rt
+            .logs(
+                "default",
+                "polite",
+                None,
+                LogOptions {
+                    follow: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut said = false;
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(chunk) = s.next().await {
+                out.extend_from_slice(&chunk.unwrap());
+                if !said && out.ends_with(b"started\n") {
+                    said = true;
+                    let (_, _, code) =
+                        sh_in(rt, "polite", "main", "echo said-after > /tmp/say").await;
+                    assert_eq!(code, 0);
+                }
+            }
+        })
+        .await;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            ended.is_ok(),
+            "{kind}: the followed log did not end: {out:?}"
+        );
+        out
+    };
+    let stops = async {
+        // The followed line came (the follow is on), then stop.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !logs(rt, "default", "polite", "main", false)
+            .await
+            .contains("said-after")
+        {
+            assert!(Instant::now() < deadline, "{kind}: /tmp/say never printed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let timed = |uid: &'static str, grace: u64| async move {
+            let t = Instant::now();
+            let code = tokio::time::timeout(
+                Duration::from_secs(60),
+                rt.stop(uid, Duration::from_secs(grace)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{kind}: {uid} stops"))
+            .unwrap();
+            (code, t.elapsed())
+        };
+        tokio::join!(timed("uid-polite", 10), timed("uid-stubborn", 2))
+    };
+    let (followed, ((polite_code, polite_took), (stubborn_code, stubborn_took))) =
+        tokio::join!(follow, stops);
+    eprintln!(
+        "{kind}: stop: polite {polite_code} in {:.1} s, stubborn {stubborn_code} in {:.1} s",
+        polite_took.as_secs_f64(),
+        stubborn_took.as_secs_f64()
+    );
+    // (Not asserted: whether the other processes of the container got SIGTERM as well; with
+    // `kill --all` the shell reports its `sleep` "Terminated" before "term".)
+    assert!(
+        followed.starts_with("started\nsaid-after\n") && followed.ends_with("term\n"),
+        "{kind}: followed log: {followed:?}"
+    );
+    assert!(
+        polite_code == 0 && polite_took < Duration::from_secs(6),
+        "{kind}: polite (exits on SIGTERM) stopped with {polite_code} in {polite_took:?}"
+    );
+    assert!(
+        logs(rt, "default", "polite", "main", false)
+            .await
+            .ends_with("term\n"),
+        "{kind}: term in polite's log"
+    );
+    assert!(
+        stubborn_code == 137
+            && stubborn_took >= Duration::from_millis(1500)
+            && stubborn_took < Duration::from_secs(8),
+        "{kind}: stubborn (ignores SIGTERM, grace 2 s) stopped with {stubborn_code} in \
+         {stubborn_took:?}"
+    );
+    for (uid, code) in [("uid-polite", 0), ("uid-stubborn", 137)] {
+        let st = rt.pod_status(uid).unwrap();
+        let term =
+            terminated(first(&st)).unwrap_or_else(|| panic!("{kind}: {uid} stopped: {st:#?}"));
+        assert_eq!(term.exit_code, code, "{kind}: {uid}: {st:#?}");
+    }
+    drop(host_file);
+    eprintln!(
+        "{kind}: exec (TTY, stdin), logs (timestamps, follow), isolation (memory, host files, \
+         kill -1) and stop checked in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// The suite for one runtime: every pod runs in `kind`. The checks of different pods run at
 /// once; the longest is the restart back-off (10 s).
 async fn suite(kind: RuntimeKind) {
@@ -104,39 +779,19 @@ async fn suite(kind: RuntimeKind) {
         RuntimeKind::Container => "default-scheduler",
         _ => "serverless-scheduler",
     };
-    let image = f.image.clone();
-    let mk = |name: &str, policy: &str, containers: serde_json::Value| {
-        pod(json!({
-            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
-            "spec": {
-                "schedulerName": scheduler,
-                "nodeName": format!("node-{prefix}"),
-                "restartPolicy": policy,
-                "terminationGracePeriodSeconds": 1,
-                "containers": containers,
-                "volumes": [{"name": "scratch", "emptyDir": {}}],
-            },
-        }))
+    let ctx = Ctx {
+        kind,
+        prefix,
+        scheduler,
+        image: f.image.clone(),
+        rt: &f.rt,
+        client: &f.client,
     };
+    let image = ctx.image.clone();
+    let mk =
+        |name: &str, policy: &str, containers: serde_json::Value| ctx.pod(name, policy, containers);
     let rt = &f.rt;
-    let start = |p: k8s_openapi::api::core::v1::Pod, ip: String| async move {
-        let name = p.metadata.name.clone().unwrap();
-        let t = Instant::now();
-        let started = rt
-            .start(&p, &ip)
-            .await
-            .unwrap_or_else(|e| panic!("{kind}: pod {name} starts: {e}"));
-        for c in &started.containers {
-            assert!(
-                c.container_id.starts_with(&format!("{prefix}://")),
-                "{kind}: {c:?}"
-            );
-        }
-        eprintln!(
-            "{kind}: pod {name} started in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-    };
+    let start = |p: Pod, ip: String| ctx.start(p, ip);
 
     // (1) Exit codes: a Never pod whose container exits 3.
     let exit_codes = async {
@@ -427,10 +1082,28 @@ async fn suite(kind: RuntimeKind) {
         );
     };
 
-    tokio::join!(exit_codes, oom, restart_logs, two_pods);
+    let probes_ip = format!("10.203.{n}.12");
+    tokio::join!(
+        exit_codes,
+        oom,
+        restart_logs,
+        two_pods,
+        probe_kinds(&ctx, probes_ip),
+        lifecycle(&ctx)
+    );
 
     let t = Instant::now();
-    let uids = ["uid-exits", "uid-oom", "uid-crash", "uid-web", "uid-peer"];
+    let uids = [
+        "uid-exits",
+        "uid-oom",
+        "uid-crash",
+        "uid-web",
+        "uid-peer",
+        "uid-probes",
+        "uid-polite",
+        "uid-stubborn",
+        "uid-snoop",
+    ];
     futures::future::join_all(uids.iter().map(|uid| async move {
         tokio::time::timeout(
             Duration::from_secs(60),

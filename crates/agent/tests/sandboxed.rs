@@ -11,7 +11,7 @@ use std::time::Duration;
 use agent::runtime::Runtime;
 use agent::sandboxed::{SandboxConfig, SandboxRuntime};
 use agent::streams::{ExecRequest, LogOptions, PodStreams};
-use common::{available, fixture, logs, pod, read_all, status_until};
+use common::{available, fixture, fixture_with, logs, pod, read_all, status_until};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{Api, ListParams, PostParams};
@@ -459,8 +459,9 @@ async fn crun_restart_policies() {
 
 /// An agent restart: a new runtime over the same data dir finds the pods again. With shims
 /// (the `nodeless` binary built), a running pod is adopted: its status, exec, logs and stop work
-/// from the new runtime. Without shims it cannot be supervised and is stopped. Either way a
-/// recorded pod whose containers all ended is cleaned up.
+/// from the new runtime. Without shims it cannot be supervised and is stopped. A recorded pod
+/// whose containers all ended is taken back as it ended with shims (their exits recorded), and
+/// cleaned up without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_adopts_or_cleans_up() {
     if !available("runsc") || !available("crun") {
@@ -507,11 +508,24 @@ async fn recover_adopts_or_cleans_up() {
     .await
     .unwrap();
     let adopted = again.recover().await;
-    assert!(!adopted.contains_key("uid-done"));
-    assert!(
-        again.pod_status("uid-done").is_none(),
-        "the ended pod is not adopted"
-    );
+    if shims {
+        // Its containers ended, but its sandbox is still there: taken back as it ended.
+        assert!(adopted.contains_key("uid-done"));
+        assert_eq!(again.wait("uid-done").await.unwrap(), 0);
+        let st = again.pod_status("uid-done").unwrap();
+        let t = st.container_statuses[0].state.as_ref().unwrap();
+        let t = t.terminated.as_ref().unwrap();
+        assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+        assert_eq!(st.container_statuses[0].restart_count, 0);
+        again.remove("uid-done");
+        again.removed("uid-done").await;
+    } else {
+        assert!(!adopted.contains_key("uid-done"));
+        assert!(
+            again.pod_status("uid-done").is_none(),
+            "the ended pod is not adopted"
+        );
+    }
     let done_dirs = std::fs::read_dir(f.data.join("pods"))
         .unwrap()
         .flatten()
@@ -565,6 +579,306 @@ async fn recover_adopts_or_cleans_up() {
             f.rt.removed(&uid).await;
         }
     }
+    f.assert_nothing_left().await;
+    f.cleanup().await;
+}
+
+/// The agent dies (its process and every task of it gone; the shims live on) while a Never
+/// container is about to exit, an OnFailure one is about to fail, and an Always one has
+/// restarted once. A new agent takes each back as its shims left it: the Never run that
+/// ended meanwhile keeps its exit code and is not run again; the OnFailure one is restarted
+/// (restartCount and lastState as kubelet's); the Always one keeps its restartCount and
+/// lastState, and its logs (current and previous).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_keeps_ended_runs_and_last_state() {
+    if !available("runsc") || !available("crun") {
+        eprintln!("SKIPPED: needs runsc and crun");
+        return;
+    }
+    let f = fixture(5).await;
+    if sandbox::shim::binary().is_none() {
+        eprintln!("SKIPPED: needs the nodeless binary (containers under shims)");
+        f.cleanup().await;
+        return;
+    }
+    let config = SandboxConfig {
+        data_dir: f.data.clone(),
+        serverless_runtime: RuntimeKind::Gvisor,
+        worker_runtime: RuntimeKind::Container,
+        network: f.network.clone(),
+        insecure_registries: vec![],
+        eviction_interval: agent::eviction::INTERVAL,
+    };
+    let scratch = json!([{"name": "scratch", "emptyDir": {}}]);
+    let mount = json!([{"name": "scratch", "mountPath": "/scratch"}]);
+    let never = pod(json!({
+        "metadata": {"name": "never", "namespace": "default", "uid": "uid-never"},
+        "spec": {"nodeName": "worker-1", "restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": f.image,
+                                 "command": ["sh", "-c", "echo run; sleep 3; exit 7"]}]}
+    }));
+    let flaky = pod(json!({
+        "metadata": {"name": "flaky", "namespace": "default", "uid": "uid-flaky"},
+        "spec": {"nodeName": "worker-1", "restartPolicy": "OnFailure",
+                 "containers": [{"name": "main", "image": f.image, "volumeMounts": mount,
+                                 "command": ["sh", "-c", "if test -e /scratch/ran; then echo second; exit 0; fi; touch /scratch/ran; echo first; sleep 3; exit 1"]}],
+                 "volumes": scratch}
+    }));
+    // gVisor, two containers: a sandbox held by its pause container.
+    let always = pod(json!({
+        "metadata": {"name": "always", "namespace": "default", "uid": "uid-always"},
+        "spec": {"nodeName": "worker-1", "restartPolicy": "Always",
+                 "schedulerName": "serverless-scheduler",
+                 "containers": [
+                     {"name": "main", "image": f.image, "volumeMounts": mount,
+                      "command": ["sh", "-c", "if test -e /scratch/ran; then echo second; exec sleep 1000; fi; touch /scratch/ran; echo first; exit 3"]},
+                     {"name": "side", "image": f.image, "command": ["sleep", "1000"]}],
+                 "volumes": scratch}
+    }));
+
+    // The first agent runs on a tokio runtime of its own, shut down as its process would die.
+    let (first_config, client) = (config.clone(), f.client.clone());
+    let first_runs = std::thread::spawn(move || {
+        let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let runs = tokio_rt.block_on(async {
+            let first = SandboxRuntime::new(first_config, client).await.unwrap();
+            // The slow gVisor pod first: the crun runs are still going when the agent dies.
+            let always = first.start(&always, "10.203.5.11").await.unwrap();
+            let st = status_until(&first, "uid-always", 60, |s| {
+                s.container_statuses[0].restart_count == 1
+                    && s.container_statuses
+                        .iter()
+                        .all(|c| c.state.as_ref().is_some_and(|x| x.running.is_some()))
+            })
+            .await;
+            let last = st.container_statuses[0].last_state.as_ref().unwrap();
+            assert_eq!(last.terminated.as_ref().unwrap().exit_code, 3);
+            let never = first.start(&never, "10.203.5.9").await.unwrap();
+            let flaky = first.start(&flaky, "10.203.5.10").await.unwrap();
+            for uid in ["uid-never", "uid-flaky"] {
+                let st = first.pod_status(uid).unwrap();
+                let c = &st.container_statuses[0];
+                assert!(
+                    c.state.as_ref().is_some_and(|x| x.running.is_some()),
+                    "{uid} runs when the agent dies: {c:#?}"
+                );
+            }
+            vec![never, flaky, always]
+        });
+        tokio_rt.shutdown_timeout(Duration::from_secs(5));
+        runs
+    })
+    .join()
+    .unwrap();
+    let died = jiff::Timestamp::now();
+    // The Never and OnFailure runs end while no agent watches.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let again = SandboxRuntime::new(config, f.client.clone()).await.unwrap();
+    let adopted = again.recover().await;
+    for (uid, first) in ["uid-never", "uid-flaky", "uid-always"]
+        .into_iter()
+        .zip(&first_runs)
+    {
+        assert_eq!(
+            adopted.get(uid),
+            Some(first),
+            "{uid} taken back with the same containers"
+        );
+    }
+
+    // Never: the recorded exit, not run again.
+    let code = tokio::time::timeout(Duration::from_secs(30), again.wait("uid-never"))
+        .await
+        .expect("the pod ends with its recorded exit")
+        .unwrap();
+    assert_eq!(code, 7);
+    let st = again.pod_status("uid-never").unwrap();
+    let c = &st.container_statuses[0];
+    let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref(), c.restart_count),
+        (7, Some("Error"), 0),
+        "{c:#?}"
+    );
+    let (started, finished) = (
+        t.started_at.clone().unwrap(),
+        t.finished_at.clone().unwrap(),
+    );
+    assert!(finished.0 > died, "the run ended while no agent watched");
+    let ran = finished.0.duration_since(started.0);
+    assert!(
+        ran.as_secs_f64() >= 2.5,
+        "the recorded run's times: {started:?}..{finished:?}"
+    );
+    assert!(
+        c.last_state.as_ref().is_none_or(|l| l.terminated.is_none()),
+        "{c:#?}"
+    );
+    assert_eq!(
+        logs(&again, "default", "never", "main", false).await,
+        "run\n"
+    );
+
+    // OnFailure: its failed run is restarted once, and then succeeds.
+    let code = tokio::time::timeout(Duration::from_secs(30), again.wait("uid-flaky"))
+        .await
+        .expect("the restarted run ends")
+        .unwrap();
+    assert_eq!(code, 0);
+    let st = again.pod_status("uid-flaky").unwrap();
+    let c = &st.container_statuses[0];
+    let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref(), c.restart_count),
+        (0, Some("Completed"), 1),
+        "{c:#?}"
+    );
+    let last = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+    assert!(last.finished_at.as_ref().unwrap().0 > died, "{last:#?}");
+    assert_eq!(
+        logs(&again, "default", "flaky", "main", false).await,
+        "second\n"
+    );
+    assert_eq!(
+        logs(&again, "default", "flaky", "main", true).await,
+        "first\n"
+    );
+
+    // Always: still running, with its count, lastState and logs.
+    let st = status_until(&again, "uid-always", 10, |s| s.ready).await;
+    let c = &st.container_statuses[0];
+    assert_eq!(c.restart_count, 1, "{c:#?}");
+    assert!(c.state.as_ref().unwrap().running.is_some(), "{c:#?}");
+    let last = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (3, Some("Error")),
+        "{c:#?}"
+    );
+    assert!(last.finished_at.is_some());
+    assert_eq!(st.container_statuses[1].restart_count, 0);
+    assert_eq!(
+        logs(&again, "default", "always", "main", false).await,
+        "second\n"
+    );
+    assert_eq!(
+        logs(&again, "default", "always", "main", true).await,
+        "first\n"
+    );
+
+    for uid in ["uid-never", "uid-flaky", "uid-always"] {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            again.stop(uid, Duration::from_secs(2)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        again.remove(uid);
+        again.removed(uid).await;
+    }
+    f.assert_nothing_left().await;
+    f.cleanup().await;
+}
+
+/// A micro-VM pod whose Never container ends while the agent is down (the VM outlives it):
+/// the new agent takes the VM back, the run ends with its exit code and is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_recover_keeps_an_ended_run() {
+    if let Err(e) = sandbox::microvm::prerequisites() {
+        assert!(
+            std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
+            "micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let f = fixture_with(6, RuntimeKind::Microvm, RuntimeKind::Container).await;
+    let config = SandboxConfig {
+        data_dir: f.data.clone(),
+        serverless_runtime: RuntimeKind::Microvm,
+        worker_runtime: RuntimeKind::Container,
+        network: f.network.clone(),
+        insecure_registries: vec![],
+        eviction_interval: agent::eviction::INTERVAL,
+    };
+    let never = pod(json!({
+        "metadata": {"name": "vnever", "namespace": "default", "uid": "uid-vnever"},
+        "spec": {"nodeName": "worker-1", "restartPolicy": "Never",
+                 "schedulerName": "serverless-scheduler",
+                 "containers": [{"name": "main", "image": f.image,
+                                 "command": ["sh", "-c", "echo run; sleep 3; exit 7"]}]}
+    }));
+    // The first agent, on a tokio runtime of its own, shut down as its process would die.
+    let (first_config, client) = (config.clone(), f.client.clone());
+    let first_run = std::thread::spawn(move || {
+        let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = tokio_rt.block_on(async {
+            let first = SandboxRuntime::new(first_config, client).await.unwrap();
+            let run = first.start(&never, "10.203.6.9").await.unwrap();
+            // Its output reaches the host before the agent dies (what a guest writes while
+            // no host is attached is not asserted here).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let st = first.pod_status("uid-vnever").unwrap();
+            let c = &st.container_statuses[0];
+            assert!(
+                c.state.as_ref().is_some_and(|x| x.running.is_some()),
+                "runs when the agent dies: {c:#?}"
+            );
+            run
+        });
+        tokio_rt.shutdown_timeout(Duration::from_secs(5));
+        run
+    })
+    .join()
+    .unwrap();
+    let died = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let again = SandboxRuntime::new(config, f.client.clone()).await.unwrap();
+    let adopted = again.recover().await;
+    assert_eq!(adopted.get("uid-vnever"), Some(&first_run));
+    let code = tokio::time::timeout(Duration::from_secs(30), again.wait("uid-vnever"))
+        .await
+        .expect("the pod ends with its recorded exit")
+        .unwrap();
+    assert_eq!(code, 7);
+    // Not run again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = again.pod_status("uid-vnever").unwrap();
+    let c = &st.container_statuses[0];
+    let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref(), c.restart_count),
+        (7, Some("Error"), 0),
+        "{c:#?}"
+    );
+    let started = t.started_at.as_ref().unwrap().0;
+    assert!(started < died, "the run the first agent started: {c:#?}");
+    assert_eq!(
+        logs(&again, "default", "vnever", "main", false).await,
+        "run\n"
+    );
+
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        again.stop("uid-vnever", Duration::from_secs(2)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    again.remove("uid-vnever");
+    again.removed("uid-vnever").await;
     f.assert_nothing_left().await;
     f.cleanup().await;
 }

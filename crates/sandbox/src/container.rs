@@ -183,6 +183,34 @@ pub fn read_state(data_dir: &Path, id: &str) -> Option<State> {
     read_state_in(&dir(data_dir, id))
 }
 
+/// The file in a container's directory that keeps how its previous run ended (its
+/// Kubernetes `lastState`), written when a restart begins: `state.json` then describes the
+/// new run.
+pub const LAST_FILE: &str = "last.json";
+
+/// How container `id`'s previous run ended (a [`Status::Terminated`]), if it was restarted.
+pub fn read_last(data_dir: &Path, id: &str) -> Option<Status> {
+    let b = std::fs::read(dir(data_dir, id).join(LAST_FILE)).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Before run `restart_count` of the container in `dir` starts: keeps the end of the run
+/// before it (still in `state.json`) in [`LAST_FILE`]. A previous attempt that never ran
+/// leaves the file as it was (the run before it stays the last one that ended).
+/// Best effort: without it only the `lastState` of a later agent process is missing.
+fn keep_last(dir: &Path, restart_count: u32) {
+    let Some(prev) = read_state_in(dir) else {
+        return;
+    };
+    if prev.restart_count >= restart_count || !matches!(prev.status, Status::Terminated { .. }) {
+        return;
+    }
+    let bytes = serde_json::to_vec_pretty(&prev.status).unwrap_or_default();
+    if let Err(e) = shim::write_atomic(dir, LAST_FILE, &bytes) {
+        warn!(dir = %dir.display(), error = %e, "keeping the previous run's end");
+    }
+}
+
 /// The log file of one start of a container.
 pub fn log_path(dir: &Path, restart: u32) -> PathBuf {
     dir.join("logs").join(format!("{restart}.log"))
@@ -219,6 +247,7 @@ pub async fn start(
     let dir = dir(data_dir, id);
     std::fs::create_dir_all(dir.join("logs")).map_err(io("create", &dir))?;
     if restart_count > 0 {
+        keep_last(&dir, restart_count);
         rootfs::unmount(&dir)?;
         for d in ["upper", "work"] {
             let p = dir.join(d);
@@ -931,6 +960,39 @@ mod tests {
         assert_eq!(limit_watch(RuntimeKind::Container, &limited, &joined), None);
         let unlimited = ContainerConfig::default();
         assert_eq!(limit_watch(RuntimeKind::Gvisor, &unlimited, &joined), None);
+    }
+
+    #[test]
+    fn a_restart_keeps_the_previous_runs_end() {
+        let data = tempfile::tempdir().unwrap();
+        let d = dir(data.path(), "p-c");
+        std::fs::create_dir_all(&d).unwrap();
+        let ended = Status::Terminated {
+            exit_code: 3,
+            reason: "Error".into(),
+            started_at: "t0".into(),
+            finished_at: "t1".into(),
+        };
+        let mut s = State {
+            id: "p-c".into(),
+            name: "c".into(),
+            image: "img".into(),
+            runtime: RuntimeKind::Container,
+            restart_count: 0,
+            status: ended.clone(),
+        };
+        write_state(&d, &s).unwrap();
+        assert_eq!(read_last(data.path(), "p-c"), None);
+        keep_last(&d, 1);
+        assert_eq!(read_last(data.path(), "p-c"), Some(ended.clone()));
+        // Run 1 never got going: a second attempt at it keeps run 0's end.
+        s.restart_count = 1;
+        s.status = Status::Waiting {
+            reason: "ContainerCreating".into(),
+        };
+        write_state(&d, &s).unwrap();
+        keep_last(&d, 1);
+        assert_eq!(read_last(data.path(), "p-c"), Some(ended));
     }
 
     #[test]

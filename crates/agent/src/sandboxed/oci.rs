@@ -367,9 +367,11 @@ async fn shim_input(dir: &std::path::Path, stdin: bool, tty: bool) -> std::io::R
 }
 
 impl SandboxRuntime {
-    /// Takes back a pod of an OCI runtime that an earlier agent process started, with the
-    /// runs its shims still supervise; `None` (after stopping and cleaning up what is left of
-    /// it) when nothing of it runs.
+    /// Takes back a pod of an OCI runtime that an earlier agent process started, each
+    /// container as its shim left it: a run still going is supervised on; a run that ended
+    /// while no agent watched ends at once with its recorded exit, and its supervisor applies
+    /// the restart policy (as kubelet does after a restart). `None` (after stopping and
+    /// cleaning up what is left of it) when nothing of the pod is left to take back.
     pub(super) async fn adopt_oci(
         &self,
         host: &pod::Host,
@@ -379,7 +381,7 @@ impl SandboxRuntime {
         let adopted = self.adopt_running(host, runtime.clone(), record).await;
         if adopted.is_none() {
             let plan = &record.plan;
-            info!(pod = %plan.id, "nothing of the recorded pod runs: cleaning it up");
+            info!(pod = %plan.id, "nothing of the recorded pod is left: cleaning it up");
             // A leftover of the pause container too.
             // Containers this process cannot supervise (no shim) are stopped too.
             for c in plan.init_containers.iter().chain(&plan.containers) {
@@ -407,7 +409,7 @@ impl SandboxRuntime {
         record: &pod::PodRecord,
     ) -> Option<(String, Started)> {
         let plan = &record.plan;
-        let (sandbox, by_name) = pod::adopt(host, runtime.clone(), plan).await?;
+        let (sandbox, by_name) = adopt_sandbox(host, runtime.clone(), plan).await?;
         let pod: Pod = serde_json::from_slice(
             &std::fs::read(sandbox.dir.join(crate::eviction::POD_FILE)).ok()?,
         )
@@ -429,31 +431,18 @@ impl SandboxRuntime {
             let id = pod::container_id(&plan.id, &c.name);
             let container_id = format!("{prefix}://{id}");
             let state = container::read_state(&host.data_dir, &id);
-            let terminated_state = state.as_ref().and_then(|st| match &st.status {
-                container::Status::Terminated {
-                    exit_code,
-                    reason,
-                    started_at,
-                    finished_at,
-                } => Some(ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: *exit_code,
-                        reason: Some(reason.clone()),
-                        started_at: time(started_at),
-                        finished_at: time(finished_at),
-                        container_id: Some(container_id.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                _ => None,
-            });
+            let terminated_state = state
+                .as_ref()
+                .and_then(|st| terminated_of(&st.status, &container_id));
+            let restart_count = state.as_ref().map_or(0, |s| s.restart_count);
+            // The end of the run before (kept when the current one started).
+            let last_state = container::read_last(&host.data_dir, &id)
+                .filter(|_| restart_count > 0)
+                .and_then(|st| terminated_of(&st, &container_id));
             CState {
                 state: terminated_state.unwrap_or_else(|| waiting("ContainerCreating", None)),
-                restart_count: state
-                    .as_ref()
-                    .map(|s| i32::try_from(s.restart_count).unwrap_or(0))
-                    .unwrap_or(0),
+                restart_count: i32::try_from(restart_count).unwrap_or(0),
+                last_state,
                 ..CState::new(c, s, container_id, &images)
             }
         };
@@ -469,6 +458,75 @@ impl SandboxRuntime {
         });
         Some(self.adopted(&e, adopted))
     }
+}
+
+/// The terminated state a container's recorded status describes (None unless it ended).
+fn terminated_of(status: &container::Status, container_id: &str) -> Option<ContainerState> {
+    match status {
+        container::Status::Terminated {
+            exit_code,
+            reason,
+            started_at,
+            finished_at,
+        } => Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: *exit_code,
+                reason: Some(reason.clone()),
+                started_at: time(started_at),
+                finished_at: time(finished_at),
+                container_id: Some(container_id.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        _ => None,
+    }
+}
+
+/// Finds a pod's sandbox again after the agent restarted, with the regular containers its
+/// shims ran (name -> [`container::Started`]: running ones resolve when they exit, ones that
+/// ended while nobody watched at once with the recorded exit). None when nothing of the pod
+/// is left to take back: it was never prepared, its network namespace or (gVisor) its pause
+/// container is gone (the host rebooted, or it was being removed), or none of its regular
+/// containers ever ran under a shim.
+async fn adopt_sandbox(
+    host: &pod::Host,
+    runtime: Arc<dyn SbRuntime>,
+    plan: &PodPlan,
+) -> Option<(pod::Sandbox, BTreeMap<String, container::Started>)> {
+    let sandbox = pod::reopen(host, runtime.clone(), plan)?;
+    if sandbox.netns_path.as_ref().is_some_and(|p| !p.exists()) {
+        return None;
+    }
+    let kind = runtime.kind();
+    if kind == RuntimeKind::Gvisor
+        && !pod::solo(plan, kind)
+        && runtime
+            .status(&pod::pause_id(&plan.id))
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some("running")
+    {
+        return None;
+    }
+    let mut runs = BTreeMap::new();
+    for c in &plan.containers {
+        let id = pod::container_id(&plan.id, &c.name);
+        if let Some(s) = container::adopt(&host.data_dir, runtime.clone(), &id).await {
+            runs.insert(c.name.clone(), s);
+        }
+    }
+    if runs.is_empty() {
+        return None;
+    }
+    let running = runs
+        .values()
+        .filter(|s| matches!(s.state().status, container::Status::Running { .. }))
+        .count();
+    info!(pod = %plan.id, containers = runs.len(), running, "pod found again");
+    Some((sandbox, runs))
 }
 
 mod tty {
@@ -508,14 +566,29 @@ mod tty {
                 c
             }
             _ => {
+                // crun 1.8 drops the container's environment as soon as one `--env` is given
+                // (containers/crun#2079): the whole of it goes on the command line, with the
+                // working directory and user the exec inherits.
+                let process = tty_process(data_dir, id, &request.command);
                 let mut c = tokio::process::Command::new("crun");
                 c.arg(format!("--root={}", root.display()))
                     .arg("exec")
-                    .arg("--tty")
-                    .arg("--env")
-                    .arg("TERM=xterm")
-                    .arg(id)
-                    .args(&request.command);
+                    .arg("--tty");
+                for var in process["env"].as_array().into_iter().flatten() {
+                    if let Some(var) = var.as_str() {
+                        c.arg("--env").arg(var);
+                    }
+                }
+                if let Some(cwd) = process["cwd"].as_str() {
+                    c.arg("--cwd").arg(cwd);
+                }
+                if let (Some(uid), Some(gid)) = (
+                    process["user"]["uid"].as_u64(),
+                    process["user"]["gid"].as_u64(),
+                ) {
+                    c.arg("--user").arg(format!("{uid}:{gid}"));
+                }
+                c.arg(id).args(&request.command);
                 c
             }
         };

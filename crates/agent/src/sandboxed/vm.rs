@@ -647,6 +647,33 @@ impl SandboxRuntime {
             .filter(|(_, c)| vm.running(&c.name))
             .map(|(i, c)| (i, c.name.clone()))
             .collect();
+        // A run that ended while no agent watched ends at once with its recorded exit (its
+        // times from its log file), and its supervisor applies the restart policy: a Never
+        // container does not run again.
+        let mut adopted = BTreeMap::new();
+        for (i, c) in plan.containers.iter().enumerate() {
+            let Some(code) = vm.exit_code(&c.name) else {
+                continue;
+            };
+            let meta = vm.log_path(&c.name).and_then(|p| std::fs::metadata(p).ok());
+            let at = |t: std::io::Result<std::time::SystemTime>| {
+                t.ok().and_then(|t| Timestamp::try_from(t).ok()).map(Time)
+            };
+            let started_at = meta.as_ref().and_then(|m| at(m.created()));
+            let finished_at = meta.as_ref().and_then(|m| at(m.modified()));
+            let end = RunEnd {
+                code,
+                reason: container::exit_reason(code, vm.oom_killed(&c.name)).into(),
+                message: vm.container_error(&c.name),
+                started_at: started_at.clone(),
+                finished_at: finished_at.or_else(|| Some(now_time())),
+            };
+            let run = Run {
+                started_at: started_at.unwrap_or_else(now_time),
+                end: async move { Ok(end) }.boxed(),
+            };
+            adopted.insert(i, run);
+        }
         let vm = VmPod::new(vm);
         let e = self.new_entry(NewEntry {
             uid: &uid,
@@ -660,7 +687,6 @@ impl SandboxRuntime {
             images,
             shared,
         });
-        let mut adopted = BTreeMap::new();
         for (i, name) in running {
             if let Ok(run) = vm.current_run(&name).await {
                 set_running(&e, Which::Regular(i), &run);
