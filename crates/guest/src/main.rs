@@ -14,6 +14,12 @@
 //! filesystem, with their env, cwd, uid/gid), their stdout/stderr, stdin, signals, terminals,
 //! exits and states.
 //!
+//! Pod semantics as Kubernetes has them: each container's process is PID 1 of a PID namespace
+//! of its own (exec sessions join it), or, when the pod shares its process namespace, every
+//! container runs in one PID namespace whose PID 1 is a pause process (this binary run with
+//! [`PAUSE_ARG`]). The pod's containers share one IPC namespace (the pause process's) and one
+//! /dev/shm. The agent is in none of these: a container can neither see nor signal it.
+//!
 //! The initramfs holds only this binary and the modules; the VM has a block device and this
 //! channel, nothing of the host's filesystem. Messages for humans go to the console (stderr).
 
@@ -30,8 +36,11 @@ use std::time::{Duration, Instant};
 mod netcfg;
 
 use guest::bootargs::BootArgs;
-use guest::proto::{CHUNK, Frame, MountSource, Setup, Spec, State};
+use std::os::fd::{AsFd, OwnedFd};
+
+use guest::proto::{CHUNK, Frame, MountSource, PidNs, Setup, Spec, State};
 use rustix::mount::{MountFlags, mount};
+use rustix::thread::LinkNameSpaceType;
 
 /// Where the container's root filesystem is assembled.
 const ROOT: &str = "/container";
@@ -41,6 +50,12 @@ const PORT_NAME: &str = "agent";
 const DISK: &str = "/dev/vda";
 /// A pod's volumes (emptyDir): one directory each on this tmpfs.
 const VOLUMES: &str = "/volumes";
+/// The pod's /dev/shm: one tmpfs, bound into every container.
+const SHM: &str = "/shm";
+/// An empty directory: the pause process's root.
+const EMPTY: &str = "/empty";
+/// The argument that makes this binary the pod's pause process instead of the agent.
+const PAUSE_ARG: &str = "--nodeless-pause";
 
 /// Where root filesystem `n` lives: 0 is the single container's, n > 0 a pod container's.
 fn root_of(n: u32) -> String {
@@ -58,10 +73,36 @@ fn log(msg: &str) {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(PAUSE_ARG) {
+        pause();
+    }
     if let Err(e) = run() {
         log(&format!("fatal: {e}"));
     }
     power_off();
+}
+
+/// The pod's pause process: PID 1 of the shared PID namespace (when the pod asks for one) and
+/// the holder of the pod's IPC namespace. It reaps what is re-parented to it and nothing else:
+/// an empty root, user nobody, no capabilities.
+fn pause() -> ! {
+    let nobody_g = rustix::process::Gid::from_raw(65534);
+    let nobody_u = rustix::process::Uid::from_raw(65534);
+    let dropped = rustix::process::chroot(EMPTY)
+        .and_then(|()| rustix::process::chdir("/"))
+        .and_then(|()| rustix::thread::set_thread_groups(&[]))
+        .and_then(|()| rustix::thread::set_thread_res_gid(nobody_g, nobody_g, nobody_g))
+        .and_then(|()| rustix::thread::set_thread_res_uid(nobody_u, nobody_u, nobody_u));
+    if let Err(e) = dropped {
+        log(&format!("pause: dropping privileges: {e}"));
+        std::process::exit(1);
+    }
+    loop {
+        if rustix::process::wait(rustix::process::WaitOptions::empty()).is_err() {
+            // No children: orphans come rarely; look again in a while.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
 }
 
 /// The container is over: the VM ends once the last frames reached QEMU.
@@ -127,9 +168,17 @@ fn run() -> Result<(), Error> {
     }
     out.send(&Frame::Ready);
 
+    let own_pid_ns = rustix::fs::open(
+        "/proc/self/ns/pid",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the agent's PID namespace: {e}"))?;
     let agent = Agent {
         out: out.clone(),
         procs: Arc::new(Mutex::new(HashMap::new())),
+        own_pid_ns: Arc::new(own_pid_ns),
+        pod_ns: Arc::new(Mutex::new(None)),
     };
     {
         let agent = agent.clone();
@@ -189,6 +238,8 @@ fn early_mounts() -> Result<(), Error> {
         MountFlags::NOSUID,
         "mode=0755",
     )?;
+    mount_fs("tmpfs", SHM, "tmpfs", nosuid, "mode=1777")?;
+    std::fs::create_dir_all(EMPTY)?;
     Ok(())
 }
 
@@ -409,7 +460,10 @@ fn mount_root(disk: &str, lower: &str, rw: &str, root: &str) -> Result<(), Error
         )
         .map_err(|e| format!("mknod {p}: {e}"))?;
     }
-    mount_fs("tmpfs", &format!("{dev}/shm"), "tmpfs", nosuid, "mode=1777")?;
+    // The pod's one /dev/shm (POSIX shared memory between its containers).
+    let shm = format!("{dev}/shm");
+    std::fs::create_dir_all(&shm)?;
+    rustix::mount::mount_bind(SHM, shm.as_str()).map_err(|e| format!("binding {shm}: {e}"))?;
     mount_fs(
         "devpts",
         &format!("{dev}/pts"),
@@ -453,19 +507,99 @@ struct Proc {
     open_streams: u8,
     /// Exit reported to the host.
     reported: bool,
-    /// The process's own cgroup (with a memory limit), if it has one.
+    /// The process's own cgroup (with a memory or CPU limit), if it has one.
     cgroup: Option<String>,
+    /// Its PID namespace, which exec sessions join ([`PidNs::Join`]).
+    pid_ns: Option<Arc<OwnedFd>>,
+    /// It is PID 1 of that namespace ([`PidNs::Own`]).
+    owns_pid_ns: bool,
+}
+
+/// The namespaces of the pod, held by its pause process.
+struct PodNs {
+    pid: Arc<OwnedFd>,
+    ipc: Arc<OwnedFd>,
 }
 
 #[derive(Clone)]
 struct Agent {
     out: Out,
     procs: Arc<Mutex<HashMap<u32, Proc>>>,
+    /// The agent's own PID namespace, where the spawning thread returns after each spawn.
+    own_pid_ns: Arc<OwnedFd>,
+    /// Made with the first process.
+    pod_ns: Arc<Mutex<Option<Arc<PodNs>>>>,
 }
 
 impl Agent {
     fn table(&self) -> MutexGuard<'_, HashMap<u32, Proc>> {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` (which forks) with the calling thread's children going into PID namespace
+    /// `target`, or into a new one when `None`; the thread is back in the agent's own after.
+    fn in_pid_ns<T>(&self, target: Option<&OwnedFd>, f: impl FnOnce() -> T) -> Result<T, Error> {
+        match target {
+            // SAFETY: `NEWPID` only changes where this thread's future children go; no file
+            // descriptor table is unshared.
+            #[allow(unsafe_code)]
+            None => unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) },
+            Some(fd) => rustix::thread::move_into_link_name_space(
+                fd.as_fd(),
+                Some(LinkNameSpaceType::ProcessID),
+            ),
+        }
+        .map_err(|e| format!("entering a PID namespace: {e}"))?;
+        let r = f();
+        if let Err(e) = rustix::thread::move_into_link_name_space(
+            self.own_pid_ns.as_fd(),
+            Some(LinkNameSpaceType::ProcessID),
+        ) {
+            log(&format!("back to the agent's PID namespace: {e}"));
+        }
+        Ok(r)
+    }
+
+    /// The pod's namespaces, made on first use: a pause process in new PID and IPC namespaces.
+    fn pod_ns(&self) -> Result<Arc<PodNs>, Error> {
+        let mut slot = self.pod_ns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ns) = &*slot {
+            return Ok(ns.clone());
+        }
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(PAUSE_ARG)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        #[allow(unsafe_code)]
+        // SAFETY: runs in the forked child before exec; one system call, no allocation.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWIPC)?;
+                Ok(())
+            });
+        }
+        let child = self
+            .in_pid_ns(None, || cmd.spawn())?
+            .map_err(|e| format!("starting the pause process: {e}"))?;
+        let open = |kind: &str| -> Result<Arc<OwnedFd>, Error> {
+            let p = format!("/proc/{}/ns/{kind}", child.id());
+            rustix::fs::open(
+                p.as_str(),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map(Arc::new)
+            .map_err(|e| format!("opening {p}: {e}").into())
+        };
+        let ns = Arc::new(PodNs {
+            pid: open("pid")?,
+            ipc: open("ipc")?,
+        });
+        // Reaped by `reap` if it ever ends.
+        drop(child);
+        *slot = Some(ns.clone());
+        Ok(ns)
     }
 
     fn handle(&self, f: Frame) {
@@ -493,15 +627,24 @@ impl Agent {
                 }
             }
             Frame::Signal(id, sig) => {
-                let pid = self
+                let target = self
                     .table()
                     .get(&id)
                     .filter(|p| p.code.is_none())
-                    .map(|p| p.pid);
-                if let (Some(pid), Some(sig)) = (pid, rustix::process::Signal::from_named_raw(sig))
-                    && let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
-                {
-                    let _ = rustix::process::kill_process(pid, sig);
+                    .map(|p| (p.pid, p.pid_ns.clone().filter(|_| p.owns_pid_ns)));
+                let Some(sig) = rustix::process::Signal::from_named_raw(sig) else {
+                    return;
+                };
+                match target {
+                    // A container's process: every process of its PID namespace, as the OCI
+                    // runtimes' `kill --all` does (its PID 1 only takes the signals it handles).
+                    Some((pid, Some(ns))) => signal_namespace(pid, &ns, sig),
+                    Some((pid, None)) => {
+                        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                            let _ = rustix::process::kill_process(pid, sig);
+                        }
+                    }
+                    None => {}
                 }
             }
             Frame::Resize(id, rows, cols) => {
@@ -584,18 +727,49 @@ impl Agent {
             None
         };
         let tty = pty.is_some();
-        // A memory limit: a cgroup of its own, which the child joins before exec.
-        let (cgroup, procs) = if spec.memory_limit > 0 {
-            match make_cgroup(id, spec.memory_limit) {
+        let pod = match self.pod_ns() {
+            Ok(ns) => ns,
+            Err(e) => {
+                self.fail(id, format!("the pod's namespaces: {e}"));
+                return;
+            }
+        };
+        let pid_ns = match spec.pid_ns {
+            PidNs::Own => None,
+            PidNs::Pod => Some(pod.pid.clone()),
+            PidNs::Join(other) => match table
+                .get(&other)
+                .filter(|p| p.code.is_none())
+                .and_then(|p| p.pid_ns.clone())
+            {
+                Some(ns) => Some(ns),
+                None => {
+                    self.fail(id, format!("process {other} is not running"));
+                    return;
+                }
+            },
+        };
+        let ipc = pod.ipc.clone();
+        let owns_pid_ns = spec.pid_ns == PidNs::Own;
+        // Limits: a cgroup of its own, which the child joins before exec.
+        let (cgroup, procs) = if spec.memory_limit > 0 || spec.cpu_limit_millis > 0 {
+            match make_cgroup(id, spec.memory_limit, spec.cpu_limit_millis) {
                 Ok((dir, procs)) => (Some(dir), Some(procs)),
                 Err(e) => {
-                    self.fail(id, format!("memory limit: {e}"));
+                    self.fail(id, format!("resource limits: {e}"));
                     return;
                 }
             }
         } else {
             (None, None)
         };
+        let mut groups = vec![rustix::process::Gid::from_raw(spec.gid)];
+        for g in &spec.groups {
+            let g = rustix::process::Gid::from_raw(*g);
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
         let (uid, gid, cwd) = (spec.uid, spec.gid, spec.cwd.clone());
         let root = root_of(spec.root);
         let cwd = if cwd.is_empty() { "/".to_owned() } else { cwd };
@@ -609,6 +783,10 @@ impl Agent {
                     // "0" is the writing process itself.
                     rustix::io::write(procs, b"0")?;
                 }
+                rustix::thread::move_into_link_name_space(
+                    ipc.as_fd(),
+                    Some(LinkNameSpaceType::InterProcessCommunication),
+                )?;
                 if tty {
                     // A session of its own with the terminal as its controlling tty.
                     rustix::process::setsid()?;
@@ -616,16 +794,22 @@ impl Agent {
                 }
                 enter_container(&root, &cwd)?;
                 let gid = rustix::process::Gid::from_raw(gid);
-                rustix::thread::set_thread_groups(&[gid])?;
+                rustix::thread::set_thread_groups(&groups)?;
                 rustix::thread::set_thread_res_gid(gid, gid, gid)?;
                 let uid = rustix::process::Uid::from_raw(uid);
                 rustix::thread::set_thread_res_uid(uid, uid, uid)?;
                 Ok(())
             });
         }
-        let mut child = match cmd.spawn() {
+        let spawned = self
+            .in_pid_ns(pid_ns.as_deref(), || cmd.spawn())
+            .and_then(|r| r.map_err(Error::from));
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
+                if let Some(cg) = &cgroup {
+                    let _ = std::fs::remove_dir(cg);
+                }
                 self.fail(id, format!("starting {program}: {e}"));
                 return;
             }
@@ -633,6 +817,16 @@ impl Agent {
         // The slave ends now live only in the child.
         drop(cmd);
         let pid = child.id();
+        // A new namespace is known by its first process; gone already if that one ended.
+        let pid_ns = pid_ns.or_else(|| {
+            rustix::fs::open(
+                format!("/proc/{pid}/ns/pid").as_str(),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+            .map(Arc::new)
+        });
         let stdin_writer: Option<Box<dyn Write + Send>> = match &pty {
             Some(m) => m
                 .try_clone()
@@ -664,6 +858,8 @@ impl Agent {
                 open_streams: if tty { 1 } else { 2 },
                 reported: false,
                 cgroup,
+                pid_ns,
+                owns_pid_ns,
             },
         );
         self.out.send(&Frame::Started(id, pid));
@@ -733,6 +929,7 @@ impl Agent {
         p.reported = true;
         p.stdin = None;
         p.pty = None;
+        p.pid_ns = None;
         if let Some(cg) = p.cgroup.take() {
             let events = std::fs::read_to_string(format!("{cg}/memory.events")).unwrap_or_default();
             if oom_kills(&events) > 0 {
@@ -794,7 +991,7 @@ impl Agent {
 /// The cgroup v2 hierarchy of the guest (never visible in a container).
 const CGROUP: &str = "/sys/fs/cgroup";
 
-/// Mounts the cgroup v2 hierarchy and enables the memory controller for children.
+/// Mounts the cgroup v2 hierarchy and enables the memory and CPU controllers for children.
 fn setup_cgroups() -> Result<(), Error> {
     mount_fs(
         "cgroup2",
@@ -805,26 +1002,50 @@ fn setup_cgroups() -> Result<(), Error> {
     )?;
     std::fs::write(format!("{CGROUP}/cgroup.subtree_control"), "+memory")
         .map_err(|e| format!("enabling the memory controller: {e}"))?;
+    if let Err(e) = std::fs::write(format!("{CGROUP}/cgroup.subtree_control"), "+cpu") {
+        log(&format!(
+            "cgroups (no CPU limits): enabling the cpu controller: {e}"
+        ));
+    }
     Ok(())
 }
 
-/// A cgroup for process `id` with `limit` bytes of memory (no swap here): its directory and
-/// its `cgroup.procs`, opened for the child to join.
-fn make_cgroup(id: u32, limit: u64) -> Result<(String, std::os::fd::OwnedFd), Error> {
+/// A cgroup for process `id` with `limit` bytes of memory (no swap here; 0 is none) and
+/// `cpu_millis` thousandths of a CPU (0 is none): its directory and its `cgroup.procs`,
+/// opened for the child to join.
+fn make_cgroup(id: u32, limit: u64, cpu_millis: u64) -> Result<(String, OwnedFd), Error> {
     let dir = format!("{CGROUP}/p{id}");
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("creating {dir}: {e}").into()),
     }
-    std::fs::write(format!("{dir}/memory.max"), limit.to_string())
-        .map_err(|e| format!("{dir}/memory.max: {e}"))?;
+    if limit > 0 {
+        std::fs::write(format!("{dir}/memory.max"), limit.to_string())
+            .map_err(|e| format!("{dir}/memory.max: {e}"))?;
+    }
+    if cpu_millis > 0 {
+        std::fs::write(format!("{dir}/cpu.max"), cpu_max(cpu_millis))
+            .map_err(|e| format!("{dir}/cpu.max: {e}"))?;
+    }
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("{dir}/cgroup.procs"))
         .map_err(|e| format!("{dir}/cgroup.procs: {e}"))?;
     Ok((dir, procs.into()))
 }
+
+/// `cpu.max` for `millis` thousandths of a CPU: the quota per 100 ms period (at least 1 ms,
+/// the kernel's floor), as kubelet writes it.
+fn cpu_max(millis: u64) -> String {
+    format!(
+        "{} {CPU_PERIOD_US}",
+        (millis * CPU_PERIOD_US / 1000).max(1000)
+    )
+}
+
+/// The CFS period of a CPU limit, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// The `oom_kill` count of a `memory.events` file.
 fn oom_kills(events: &str) -> u64 {
@@ -888,6 +1109,16 @@ fn enter_container(root: &str, cwd: &str) -> std::io::Result<()> {
     rustix::process::chdir(root)?;
     mount_move(".", "/")?;
     rustix::process::chroot(".")?;
+    // The /proc of the PID namespace this process is in (the one mounted at boot shows the
+    // agent's).
+    rustix::mount::unmount("/proc", rustix::mount::UnmountFlags::DETACH)?;
+    mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV,
+        None,
+    )?;
     rustix::process::chdir(cwd)?;
     let keep = kept_capabilities().bits();
     for bit in 0..64u32 {
@@ -902,6 +1133,32 @@ fn enter_container(root: &str, cwd: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends `sig` to every process in PID namespace `ns` (`pid`, its PID 1, last).
+fn signal_namespace(pid: u32, ns: &OwnedFd, sig: rustix::process::Signal) {
+    let Ok(want) = rustix::fs::fstat(ns) else {
+        return;
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(other) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if other == pid {
+            continue;
+        }
+        let same = rustix::fs::stat(format!("/proc/{other}/ns/pid").as_str())
+            .is_ok_and(|st| (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino));
+        if same && let Some(p) = rustix::process::Pid::from_raw(other as i32) {
+            let _ = rustix::process::kill_process(p, sig);
+        }
+    }
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
 }
 
 fn kill_all_but_self() {
@@ -919,5 +1176,23 @@ fn kill_all_but_self() {
         if let Some(pid) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_limits_become_a_quota_per_period_with_the_kernels_floor() {
+        assert_eq!(cpu_max(250), "25000 100000");
+        assert_eq!(cpu_max(1500), "150000 100000");
+        assert_eq!(cpu_max(1), "1000 100000");
+    }
+
+    #[test]
+    fn oom_kill_count_is_read_from_memory_events() {
+        assert_eq!(oom_kills("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"), 1);
+        assert_eq!(oom_kills(""), 0);
     }
 }

@@ -32,6 +32,26 @@ pub struct Spec {
     /// Memory limit of the process and its children in bytes (a cgroup of its own in the
     /// guest); 0 is none. Over it, the kernel's OOM killer ends it: [`Frame::OomKilled`].
     pub memory_limit: u64,
+    /// The supplementary groups (`setgroups`), besides `gid`.
+    pub groups: Vec<u32>,
+    /// CPU limit in thousandths of a CPU (`cpu.max` of its cgroup); 0 is none.
+    pub cpu_limit_millis: u64,
+    /// The PID namespace it runs in.
+    pub pid_ns: PidNs,
+}
+
+/// The PID namespace of a process. Whichever it is, the guest agent is not in it: a container
+/// never sees nor signals the agent. Every process of the VM shares one IPC namespace (and
+/// one /dev/shm), the pod's, which is not the agent's either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PidNs {
+    /// A new one whose PID 1 is the process (a container's process, as Kubernetes runs it).
+    #[default]
+    Own,
+    /// The one of process `id` (an exec session in its container).
+    Join(u32),
+    /// The pod's shared one (`shareProcessNamespace`), whose PID 1 is a pause process.
+    Pod,
 }
 
 /// A container root filesystem of a pod, made by [`Frame::Prepare`].
@@ -80,7 +100,8 @@ pub enum Frame {
     Run(u32, Spec),
     /// Bytes for the process's stdin; an empty payload closes it.
     Stdin(u32, Vec<u8>),
-    /// Send a signal to the process.
+    /// Send a signal to the process; to a container's process that is PID 1 of its own PID
+    /// namespace ([`PidNs::Own`]), to every process of that namespace (`kill --all`).
     Signal(u32, i32),
     /// Ask for the process's state; answered with [`Frame::Status`].
     Query(u32),
@@ -197,6 +218,11 @@ impl Cur<'_> {
         let b = self.bytes(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+    fn u64(&mut self) -> Result<u64, ProtoError> {
+        let lo = self.u32()?;
+        let hi = self.u32()?;
+        Ok(u64::from(lo) | (u64::from(hi) << 32))
+    }
     fn i32(&mut self) -> Result<i32, ProtoError> {
         Ok(self.u32()? as i32)
     }
@@ -254,6 +280,18 @@ impl Frame {
                 b.push(u8::from(s.tty));
                 put_u32(&mut b, s.root);
                 b.extend_from_slice(&s.memory_limit.to_le_bytes());
+                put_u32(&mut b, s.groups.len() as u32);
+                for g in &s.groups {
+                    put_u32(&mut b, *g);
+                }
+                b.extend_from_slice(&s.cpu_limit_millis.to_le_bytes());
+                let (tag, v) = match s.pid_ns {
+                    PidNs::Own => (0, 0),
+                    PidNs::Join(id) => (1, id),
+                    PidNs::Pod => (2, 0),
+                };
+                b.push(tag);
+                put_u32(&mut b, v);
             }
             Frame::Prepare(_, setup) => {
                 put_str(&mut b, &setup.serial);
@@ -320,10 +358,29 @@ impl Frame {
                     stdin: c.bytes(1)?[0] != 0,
                     tty: c.bytes(1)?[0] != 0,
                     root: c.u32()?,
-                    memory_limit: {
-                        let lo = c.u32()?;
-                        let hi = c.u32()?;
-                        u64::from(lo) | (u64::from(hi) << 32)
+                    memory_limit: c.u64()?,
+                    // A host of an older version sends none of what follows.
+                    groups: if c.0.is_empty() {
+                        Vec::new()
+                    } else {
+                        let n = c.u32()? as usize;
+                        if n > c.0.len() / 4 {
+                            return Err(ProtoError::Truncated);
+                        }
+                        (0..n).map(|_| c.u32()).collect::<Result<_, _>>()?
+                    },
+                    cpu_limit_millis: if c.0.is_empty() { 0 } else { c.u64()? },
+                    pid_ns: if c.0.is_empty() {
+                        PidNs::Own
+                    } else {
+                        let tag = c.bytes(1)?[0];
+                        let v = c.u32()?;
+                        match tag {
+                            0 => PidNs::Own,
+                            1 => PidNs::Join(v),
+                            2 => PidNs::Pod,
+                            other => return Err(ProtoError::UnknownKind(other)),
+                        }
                     },
                 },
             ),
@@ -465,6 +522,9 @@ mod tests {
                     tty: false,
                     root: 0,
                     memory_limit: 0,
+                    groups: vec![65534, 10, 4],
+                    cpu_limit_millis: 250,
+                    pid_ns: PidNs::Own,
                 },
             ),
             Frame::Run(
@@ -472,6 +532,7 @@ mod tests {
                 Spec {
                     args: vec!["sh".into()],
                     tty: true,
+                    pid_ns: PidNs::Pod,
                     ..Default::default()
                 },
             ),
@@ -482,6 +543,7 @@ mod tests {
                     args: vec!["true".into()],
                     root: 2,
                     memory_limit: (5 << 32) | 7,
+                    pid_ns: PidNs::Join(3),
                     ..Default::default()
                 },
             ),
@@ -560,6 +622,21 @@ mod tests {
         let mut body = vec![kind::RUN, 0, 0, 0, 0];
         body.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(Frame::decode(&body), Err(ProtoError::Truncated)));
+        // A Run as an older host sends it (nothing after the memory limit) still decodes.
+        let full = Frame::Run(
+            1,
+            Spec {
+                args: vec!["true".into()],
+                memory_limit: 9,
+                ..Default::default()
+            },
+        )
+        .encode();
+        let old = &full[4..full.len() - (4 + 8 + 5)];
+        match Frame::decode(old).unwrap() {
+            Frame::Run(1, s) => assert_eq!((s.memory_limit, s.pid_ns), (9, PidNs::Own)),
+            other => panic!("{other:?}"),
+        }
         let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
         assert!(matches!(
             Frame::read_from(&mut &huge[..]),

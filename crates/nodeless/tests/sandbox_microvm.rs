@@ -223,7 +223,7 @@ fn microvm_run_stops_on_ctrl_c() {
             "--",
             "sh",
             "-c",
-            "echo started; sleep 1000",
+            "echo started; sleep 1000 & wait",
         ],
     )
     .stdout(Stdio::piped())

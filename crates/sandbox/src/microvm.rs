@@ -43,7 +43,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::logs::{self, Stream};
-use proto::{Decoder, Frame, Spec, State};
+use proto::{Decoder, Frame, PidNs, Spec, State};
 
 /// Where [`VmAssets::locate`] looks when `NODELESS_MICROVM_ASSETS` is not set.
 pub const DEFAULT_ASSETS_DIR: &str = "/var/cache/nodeless/microvm";
@@ -236,10 +236,15 @@ pub struct ContainerSpec {
     pub gid: u32,
     /// The memory limit (a cgroup of its own in the guest); over it the OOM killer ends it.
     pub memory_limit_bytes: Option<u64>,
+    /// Supplementary groups (the pod's `supplementalGroups`), besides `gid`.
+    pub groups: Vec<u32>,
+    /// The CPU limit in thousandths of a CPU (`cpu.max` of its cgroup in the guest).
+    pub cpu_limit_millis: Option<u64>,
 }
 
 impl ContainerSpec {
-    fn to_spec(&self, stdin: bool, tty: bool) -> Spec {
+    /// The guest's spec of a process in PID namespace `pid_ns`.
+    fn to_spec(&self, stdin: bool, tty: bool, pid_ns: PidNs) -> Spec {
         Spec {
             args: self.args.clone(),
             env: self.env.clone(),
@@ -254,6 +259,9 @@ impl ContainerSpec {
             tty,
             root: 0,
             memory_limit: self.memory_limit_bytes.unwrap_or(0),
+            groups: self.groups.clone(),
+            cpu_limit_millis: self.cpu_limit_millis.unwrap_or(0),
+            pid_ns,
         }
     }
 }
@@ -1041,7 +1049,8 @@ impl MicroVm {
             to_ready: Duration::ZERO,
         };
         // The agent reads its first frame once up, answers Ready, then runs it.
-        vm.send(&Frame::Run(0, container.to_spec(stdin, tty)))
+        // The container's process is PID 1 of its own PID namespace.
+        vm.send(&Frame::Run(0, container.to_spec(stdin, tty, PidNs::Own)))
             .await?;
         let mut vm = vm;
         let mut ended = vm.ended.clone();
@@ -1200,7 +1209,9 @@ impl MicroVm {
             .unwrap_or_else(|p| p.into_inner())
             .execs
             .insert(id, tx);
-        self.send(&Frame::Run(id, spec.to_spec(stdin, tty))).await?;
+        // In the container's PID namespace.
+        self.send(&Frame::Run(id, spec.to_spec(stdin, tty, PidNs::Join(0))))
+            .await?;
         Ok(ExecSession {
             id,
             writer: self.writer.clone(),

@@ -67,6 +67,8 @@ fn spec(args: &[&str]) -> ContainerSpec {
         uid: 0,
         gid: 0,
         memory_limit_bytes: None,
+        groups: vec![],
+        cpu_limit_millis: None,
     }
 }
 
@@ -271,13 +273,16 @@ async fn exec_status_and_kill_in_a_micro_vm() {
         "{listing}"
     );
     // Root in the container is not root of the VM: no mounting (the agent's devices), no device
-    // nodes, no way into the agent's root through /proc/1/root.
+    // nodes, and no way to the agent: PID 1 is the container's own process (a PID namespace of
+    // its own), no process of its /proc is the agent's, no /init behind any /proc/N/root.
     let out = vm
         .exec(
             &[
                 "sh",
                 "-c",
-                "ls /proc/1/root/ 2>/dev/null && echo reached-agent; \
+                "busybox tr '\\0' ' ' < /proc/1/cmdline; echo; \
+                 for d in /proc/[0-9]*; do grep -q '^/init' $d/cmdline 2>/dev/null && echo agent-seen; \
+                 test -e $d/root/init && echo reached-agent; done; \
                  busybox mount -t devtmpfs d /tmp 2>/dev/null && echo mounted; \
                  busybox mknod /x c 1 3 2>/dev/null && echo mknod; id -u",
             ],
@@ -285,7 +290,7 @@ async fn exec_status_and_kill_in_a_micro_vm() {
         )
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sleep 1000 \n0\n");
     // A program that does not exist is an error, not a hang.
     let err = vm.exec(&["/no/such/program"], None).await.unwrap_err();
     assert!(err.to_string().contains("/no/such/program"), "{err}");
@@ -1127,4 +1132,212 @@ async fn attached_container_gets_stdin_and_a_terminal() {
         "{out}"
     );
     vm.destroy().await.unwrap();
+}
+
+/// Busybox pod `id` of two long-running containers, `a` (uid 1000, supplementary groups, a CPU
+/// limit of 200m) and `b`, with or without a shared process namespace.
+async fn two_container_pod(
+    assets: VmAssets,
+    data: &Path,
+    id: &str,
+    share_process_namespace: bool,
+) -> MicroVmPod {
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let src: Source = format!("oci:{}:latest", layout.display()).parse().unwrap();
+    let img = store.pull(&src, &PullOptions::default()).await.unwrap();
+    let images = BTreeMap::from([("busybox".to_owned(), img)]);
+    let host = Host {
+        data_dir: data.to_path_buf(),
+        images: store,
+        network: None,
+        pull: PullOptions::default(),
+    };
+    let mut a = container_plan("a", "exec sleep 1001", &[]);
+    a.run_as_user = Some(1000);
+    a.run_as_group = Some(1000);
+    a.supplemental_groups = vec![5, 4321];
+    a.cpu_millis = Some(200);
+    let plan = PodPlan {
+        id: id.into(),
+        name: "pair".into(),
+        namespace: "team".into(),
+        hostname: "pair".into(),
+        init_containers: vec![],
+        containers: vec![a, container_plan("b", "sleep 1002 & wait $!", &[])],
+        volumes: vec![],
+        share_process_namespace,
+        grace_period_secs: 30,
+        restart_policy: RestartPolicy::Never,
+        size: Some(PodSize {
+            cpu_millis: 1000,
+            memory_bytes: 256 << 20,
+        }),
+        ephemeral_storage_bytes: 20 << 30,
+    };
+    MicroVmPod::start(&host, &plan, &images, None, &PodVmOptions::new(assets))
+        .await
+        .unwrap()
+}
+
+/// `script` in container `name` as root (uid 0): its stdout, checked for exit code 0.
+async fn root_sh(pod: &MicroVmPod, name: &str, script: &str) -> String {
+    let spec = ContainerSpec {
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        uid: 0,
+        gid: 0,
+        ..pod.spec_of(name).unwrap()
+    };
+    let out = pod
+        .exec_session(name, &spec, false, false)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.code,
+        0,
+        "{name}: {script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every process a container sees: `pid args` a line, from its /proc.
+const PROCESSES: &str =
+    "for d in /proc/[0-9]*; do echo \"${d#/proc/} $(busybox tr '\\0' ' ' < $d/cmdline)\"; done";
+
+/// Kubernetes' pod semantics in the VM: each container in a PID namespace of its own (the
+/// guest agent in none of them, `kill -9 -1` harms no sibling), one IPC namespace and one
+/// /dev/shm for the pod, supplementary groups, and a container's CPU limit.
+#[tokio::test]
+async fn containers_of_a_micro_vm_pod_have_their_own_pid_namespace_and_share_ipc() {
+    let Some(assets) =
+        assets_or_skip("containers_of_a_micro_vm_pod_have_their_own_pid_namespace_and_share_ipc")
+    else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let pod = two_container_pod(assets, &data, "team_pair_u7", false).await;
+
+    // A sees its own process (as PID 1) and its exec session, nothing of B nor of the agent.
+    let seen = root_sh(&pod, "a", PROCESSES).await;
+    assert!(seen.lines().any(|l| l.trim() == "1 sleep 1001"), "{seen}");
+    assert!(!seen.contains("sleep 1002"), "A sees B's process: {seen}");
+    assert!(!seen.contains("/init"), "A sees the guest agent: {seen}");
+    assert!(
+        !seen.contains("nodeless"),
+        "A sees the pause process: {seen}"
+    );
+    let seen_b = root_sh(&pod, "b", PROCESSES).await;
+    assert!(
+        seen_b
+            .lines()
+            .any(|l| l.trim() == "1 sh -c sleep 1002 & wait $!"),
+        "{seen_b}"
+    );
+    assert!(seen_b.contains("sleep 1002"), "{seen_b}");
+    assert!(
+        !seen_b.contains("sleep 1001"),
+        "B sees A's process: {seen_b}"
+    );
+    // `ps` agrees.
+    let ps = root_sh(&pod, "a", "busybox ps -o pid,args").await;
+    assert!(
+        ps.contains("sleep 1001") && !ps.contains("sleep 1002"),
+        "{ps}"
+    );
+
+    // Killing everything it can from A leaves B, A's own PID 1 and the agent running.
+    root_sh(&pod, "a", "kill -9 -1; echo done").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pod.running("b"), "B was killed from A");
+    assert!(pod.running("a"), "A's PID 1 was killed from inside");
+    let seen_b = root_sh(&pod, "b", PROCESSES).await;
+    assert!(seen_b.contains("sleep 1002"), "{seen_b}");
+
+    // One IPC namespace and one /dev/shm for the pod.
+    let ipc_a = root_sh(&pod, "a", "busybox readlink /proc/self/ns/ipc").await;
+    let ipc_b = root_sh(&pod, "b", "busybox readlink /proc/self/ns/ipc").await;
+    assert!(ipc_a.starts_with("ipc:["), "{ipc_a}");
+    assert_eq!(ipc_a, ipc_b);
+    root_sh(&pod, "a", "echo from-a > /dev/shm/note").await;
+    assert_eq!(root_sh(&pod, "b", "cat /dev/shm/note").await, "from-a\n");
+    let pid_a = root_sh(&pod, "a", "busybox readlink /proc/self/ns/pid").await;
+    let pid_b = root_sh(&pod, "b", "busybox readlink /proc/self/ns/pid").await;
+    assert_ne!(pid_a, pid_b);
+
+    // The pod's supplementary groups, besides the container's user and group.
+    let out = pod.exec("a", &["id", "-u"], None).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n");
+    let out = pod.exec("a", &["id", "-G"], None).await.unwrap();
+    let mut groups: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort();
+    assert_eq!(groups, [5, 1000, 4321]);
+    let out = pod.exec("b", &["id", "-G"], None).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+
+    // A's CPU limit (200m): a busy loop gets about a fifth of a CPU; B's is not limited.
+    let busy = "sh -c 'while :; do :; done' & p=$!; sleep 3; \
+                set -- $(busybox cut -d' ' -f14,15 /proc/$p/stat); kill $p; echo $(($1 + $2))";
+    let ticks = |s: String| s.trim().parse::<u64>().unwrap();
+    let limited = ticks(root_sh(&pod, "a", busy).await);
+    let free = ticks(root_sh(&pod, "b", busy).await);
+    println!("CPU ticks in 3 s of a busy loop: A (200m limit) {limited}, B (no limit) {free}");
+    // 3 s are 300 ticks; 200m allows 60 of them.
+    assert!(
+        limited <= 100,
+        "A used {limited} ticks in 3 s under a 200m limit"
+    );
+    assert!(
+        free > limited,
+        "B (no limit) used {free} ticks, A {limited}"
+    );
+
+    // A signal to a container reaches every process of it, as `kill --all` of the OCI
+    // runtimes: B's shell (PID 1, no handler) ignores SIGTERM, its sleep ends, so does B.
+    pod.kill("b", 15).await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(30), pod.wait("b"))
+        .await
+        .expect("B ends after SIGTERM")
+        .unwrap();
+    assert_eq!(code, 128 + 15);
+    assert!(pod.running("a"));
+    pod.destroy().await.unwrap();
+}
+
+/// With `shareProcessNamespace` the pod's containers see each other's processes; PID 1 is the
+/// pause process, never the guest agent.
+#[tokio::test]
+async fn a_micro_vm_pod_can_share_its_process_namespace() {
+    let Some(assets) = assets_or_skip("a_micro_vm_pod_can_share_its_process_namespace") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let pod = two_container_pod(assets, &data, "team_pair_u8", true).await;
+    let seen = root_sh(&pod, "a", PROCESSES).await;
+    assert!(seen.contains("sleep 1001"), "{seen}");
+    assert!(
+        seen.contains("sleep 1002"),
+        "A does not see B's process: {seen}"
+    );
+    assert!(!seen.contains("/init"), "A sees the guest agent: {seen}");
+    let one = seen.lines().find(|l| l.starts_with("1 ")).unwrap_or("");
+    assert!(one.contains("--nodeless-pause"), "PID 1 is {one:?}: {seen}");
+    let pid_a = root_sh(&pod, "a", "busybox readlink /proc/self/ns/pid").await;
+    let pid_b = root_sh(&pod, "b", "busybox readlink /proc/self/ns/pid").await;
+    assert_eq!(pid_a, pid_b);
+    // PID 1 cannot be killed from inside; the containers run on.
+    let _ = pod.exec("b", &["kill", "-9", "1"], None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pod.running("a") && pod.running("b"));
+    let seen = root_sh(&pod, "b", PROCESSES).await;
+    assert!(seen.contains("sleep 1001"), "{seen}");
+    pod.destroy().await.unwrap();
 }

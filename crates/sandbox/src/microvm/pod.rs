@@ -26,7 +26,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::proto::{self, Decoder, Frame, MountSource, MountSpec, Setup};
+use super::proto::{self, Decoder, Frame, MountSource, MountSpec, PidNs, Setup};
 use super::{
     Accel, BootFiles, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter,
     MicroVmError, Result, VmAssets, VmFiles, connect_channel, console_tail, io, plug_tap,
@@ -186,6 +186,8 @@ pub struct MicroVmPod {
     dir: PathBuf,
     ip: Option<Ipv4Addr>,
     vm_size: (u32, u32),
+    /// The containers share one PID namespace (`shareProcessNamespace`).
+    share_pid: bool,
 }
 
 /// The read-only disk of `image`, made once per host (by manifest digest) in
@@ -247,6 +249,8 @@ pub fn process_of(
         uid,
         gid,
         memory_limit_bytes: cfg.resources.memory_bytes,
+        groups: cfg.supplemental_groups.clone(),
+        cpu_limit_millis: cfg.resources.cpu_millis,
     })
 }
 
@@ -469,6 +473,7 @@ impl MicroVmPod {
             dir,
             ip,
             vm_size: (memory_mib, cpus),
+            share_pid: plan.share_process_namespace,
         };
 
         // Every root filesystem is made first; the first frame also makes the agent answer
@@ -566,6 +571,8 @@ impl MicroVmPod {
                     uid: c.spec.uid,
                     gid: c.spec.gid,
                     memory_limit_bytes: c.spec.memory_limit_bytes,
+                    groups: c.spec.groups.clone(),
+                    cpu_limit_millis: c.spec.cpu_limit_millis,
                     stdin: c.stdin,
                     tty: c.tty,
                     setup: c.setup.clone(),
@@ -663,6 +670,8 @@ impl MicroVmPod {
                     uid: c.uid,
                     gid: c.gid,
                     memory_limit_bytes: c.memory_limit_bytes,
+                    groups: c.groups.clone(),
+                    cpu_limit_millis: c.cpu_limit_millis,
                 },
                 dir: c.dir.clone(),
                 restarts: c.restarts,
@@ -697,6 +706,7 @@ impl MicroVmPod {
             dir,
             ip: state.ip,
             vm_size: state.vm_size,
+            share_pid: plan.share_process_namespace,
         };
         // Exits the guest reported while nobody listened are answered again.
         for id in running {
@@ -785,7 +795,12 @@ impl MicroVmPod {
                 tx,
             ),
         );
-        let mut s = spec.to_spec(stdin, tty);
+        let pid_ns = if self.share_pid {
+            PidNs::Pod
+        } else {
+            PidNs::Own
+        };
+        let mut s = spec.to_spec(stdin, tty, pid_ns);
         s.root = root;
         self.send(&Frame::Run(id, s)).await?;
         Ok((log_path, ended))
@@ -1002,11 +1017,13 @@ impl MicroVmPod {
         stdin: bool,
         tty: bool,
     ) -> Result<ExecSession> {
-        let root = self.container(name)?.root;
+        let c = self.container(name)?;
+        let (root, container_id) = (c.root, c.id);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, events) = mpsc::unbounded_channel();
         self.lock().execs.insert(id, tx);
-        let mut s = spec.to_spec(stdin, tty);
+        // In the container's PID namespace (the pod's when it shares one).
+        let mut s = spec.to_spec(stdin, tty, PidNs::Join(container_id));
         s.root = root;
         self.send(&Frame::Run(id, s)).await?;
         Ok(ExecSession {
@@ -1129,6 +1146,10 @@ struct ContainerState {
     gid: u32,
     #[serde(default)]
     memory_limit_bytes: Option<u64>,
+    #[serde(default)]
+    groups: Vec<u32>,
+    #[serde(default)]
+    cpu_limit_millis: Option<u64>,
     #[serde(default)]
     stdin: bool,
     #[serde(default)]
