@@ -204,3 +204,272 @@ async fn plain_http_registries_on_loopback_still_work() {
     let img = store.pull(&source, &PullOptions::default()).await.unwrap();
     assert_eq!(img.manifest_digest, built.manifest_digest);
 }
+
+/// A bcrypt hash of `password` for an htpasswd file, made with what the machine has (Python's
+/// `crypt` or `mkpasswd`); `None` when neither can.
+fn bcrypt(password: &str) -> Option<String> {
+    let tries: [(&str, Vec<&str>); 2] = [
+        (
+            "python3",
+            vec![
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                password,
+            ],
+        ),
+        ("mkpasswd", vec!["-m", "bcrypt", password]),
+    ];
+    tries.into_iter().find_map(|(tool, args)| {
+        let out = Command::new(tool).args(&args).output().ok()?;
+        let hash = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        (out.status.success() && hash.starts_with("$2")).then_some(hash)
+    })
+}
+
+fn basic_as(user: &str, password: &str) -> PullOptions {
+    PullOptions {
+        auth: Auth::Basic {
+            username: user.into(),
+            password: password.into(),
+        },
+        ..Default::default()
+    }
+}
+
+/// Nothing of any image in the store at `images`: no blob, layer, record or leftover.
+fn assert_nothing_stored(images: &Path) {
+    for d in ["blobs/sha256", "layers", "records", "tmp"] {
+        let left: Vec<_> = std::fs::read_dir(images.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{d}: {left:?}");
+    }
+}
+
+#[tokio::test]
+async fn basic_auth_against_a_registry_with_htpasswd() {
+    let Some(hash) = bcrypt("s3cret pass") else {
+        assert!(
+            std::env::var_os("NODELESS_REQUIRE_SANDBOX").is_none(),
+            "python3 with crypt or mkpasswd is required to make a bcrypt htpasswd entry"
+        );
+        eprintln!("SKIPPED: no way to make a bcrypt hash (python3 crypt, mkpasswd)");
+        return;
+    };
+    let reg = common::Registry::start_with_htpasswd("alice", "s3cret pass", &hash);
+    let (_d, dir) = common::data_dir();
+    let built = common::busybox_layout(&dir.join("layout"), &["sh"]);
+    reg.push("private/busybox", "1", &built).await;
+    let store = ImageStore::open(dir.join("images"), StoreOptions::default()).unwrap();
+    let source: Source = format!("{}/private/busybox:1", reg.addr).parse().unwrap();
+
+    for (what, opts) in [
+        ("wrong password", basic_as("alice", "s3cret pasS")),
+        ("unknown user", basic_as("bob", "s3cret pass")),
+        ("no credentials", PullOptions::default()),
+    ] {
+        let err = store.pull(&source, &opts).await.unwrap_err();
+        let text = chain(&err);
+        eprintln!("{what}: {text}");
+        assert!(matches!(err, StoreError::Registry { .. }), "{what}: {text}");
+        let lower = text.to_lowercase();
+        assert!(
+            lower.contains("unauthorized") || lower.contains("not authorized"),
+            "{what}: {text}"
+        );
+        assert!(store.get(&source).unwrap().is_none(), "{what}");
+        assert_nothing_stored(&dir.join("images"));
+    }
+
+    let img = store
+        .pull(&source, &basic_as("alice", "s3cret pass"))
+        .await
+        .unwrap();
+    assert_eq!(img.manifest_digest, built.manifest_digest);
+    assert_eq!(img.layers, built.layer_digests);
+    assert!(
+        store
+            .layer_dir(&img.layers[0])
+            .join("bin/busybox")
+            .is_file()
+    );
+    assert_eq!(store.get(&source).unwrap(), Some(img));
+}
+
+/// What a [`TokenFront`] saw.
+#[derive(Default)]
+struct Seen {
+    /// Query strings of token requests.
+    token_queries: Vec<String>,
+    /// Whether any token request carried credentials.
+    token_credentials: bool,
+    /// Registry requests refused for want of the token.
+    refused: usize,
+    /// Registry requests passed on with the token.
+    passed: usize,
+}
+
+/// A front for a plain `docker-registry` that wants anonymous Bearer tokens the way Docker Hub
+/// does: a request without the token gets `401` with `WWW-Authenticate: Bearer realm=...,
+/// service=...,scope=...`; `GET /token` hands the token out to anyone; requests with it go
+/// through. HTTP/1.1, one request per connection (`Connection: close`), GET and HEAD only.
+struct TokenFront {
+    addr: String,
+    seen: Arc<std::sync::Mutex<Seen>>,
+}
+
+const FRONT_TOKEN: &str = "anonymous-pull-token-1";
+const FRONT_SERVICE: &str = "front.test";
+
+impl TokenFront {
+    async fn start(upstream: String) -> TokenFront {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let (a, s) = (addr.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(Self::handle(conn, upstream.clone(), a.clone(), s.clone()));
+            }
+        });
+        TokenFront { addr, seen }
+    }
+
+    async fn handle(
+        mut conn: tokio::net::TcpStream,
+        upstream: String,
+        me: String,
+        seen: Arc<std::sync::Mutex<Seen>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            let Ok(n) = conn.read(&mut buf).await else {
+                return;
+            };
+            // EOF, a TLS hello (the client tries HTTPS first) or garbage: hang up.
+            if n == 0 || head.is_empty() && buf[0] == 0x16 || head.len() > 65536 {
+                return;
+            }
+            head.extend_from_slice(&buf[..n]);
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+        };
+        let text = String::from_utf8_lossy(&head[..end]).into_owned();
+        let mut lines = text.split("\r\n");
+        let request = lines.next().unwrap_or_default().to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let target = request.split(' ').nth(1).unwrap_or("/").to_owned();
+        let authorization = headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone());
+        let reply = |status: &str, extra: String, body: String| {
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+                body.len()
+            )
+        };
+        let response = if let Some(query) = target.strip_prefix("/token") {
+            let mut s = seen.lock().unwrap();
+            s.token_queries
+                .push(query.trim_start_matches('?').to_owned());
+            s.token_credentials |= authorization.is_some();
+            reply(
+                "200 OK",
+                String::new(),
+                format!(r#"{{"token":"{FRONT_TOKEN}","expires_in":300}}"#),
+            )
+        } else if authorization.as_deref() == Some(&format!("Bearer {FRONT_TOKEN}")) {
+            seen.lock().unwrap().passed += 1;
+            let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let mut forward = format!("{request}\r\n");
+            for (k, v) in &headers {
+                if !matches!(k.as_str(), "connection" | "authorization" | "host") {
+                    forward.push_str(&format!("{k}: {v}\r\n"));
+                }
+            }
+            forward.push_str(&format!("host: {upstream}\r\nconnection: close\r\n\r\n"));
+            if up.write_all(forward.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy(&mut up, &mut conn).await;
+            let _ = conn.shutdown().await;
+            return;
+        } else {
+            seen.lock().unwrap().refused += 1;
+            // /v2/<name>/(manifests|blobs)/<ref>: the scope a pull needs.
+            let scope = target
+                .strip_prefix("/v2/")
+                .and_then(|p| {
+                    p.rsplit_once("/manifests/")
+                        .or_else(|| p.rsplit_once("/blobs/"))
+                })
+                .map(|(name, _)| format!(",scope=\"repository:{name}:pull\""))
+                .unwrap_or_default();
+            reply(
+                "401 Unauthorized",
+                format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"{FRONT_SERVICE}\"{scope}\r\n"
+                ),
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                    .to_owned(),
+            )
+        };
+        let _ = conn.write_all(response.as_bytes()).await;
+        let _ = conn.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_bearer_tokens_as_docker_hub_hands_them_out() {
+    let reg = common::Registry::start();
+    let (_d, dir) = common::data_dir();
+    let built = common::build(
+        &[
+            (common::busybox_layer(), common::Compression::Gzip),
+            (common::top_layer(), common::Compression::Zstd),
+        ],
+        &["sh"],
+        true,
+    );
+    reg.push("library/busybox", "1", &built).await;
+    let front = TokenFront::start(reg.addr.clone()).await;
+
+    let store = ImageStore::open(dir.join("images"), StoreOptions::default()).unwrap();
+    let source: Source = format!("{}/library/busybox:1", front.addr).parse().unwrap();
+    let img = store.pull(&source, &PullOptions::default()).await.unwrap();
+    assert_eq!(img.manifest_digest, built.manifest_digest, "index resolved");
+    assert_eq!(img.layers, built.layer_digests);
+    assert!(
+        store
+            .layer_dir(&img.layers[0])
+            .join("bin/busybox")
+            .is_file()
+    );
+    let seen = front.seen.lock().unwrap();
+    assert!(seen.refused >= 1, "the client was challenged first");
+    assert!(!seen.token_credentials, "the token was fetched anonymously");
+    eprintln!("token requests: {:?}", seen.token_queries);
+    assert!(
+        seen.token_queries.iter().any(|q| {
+            q.contains(&format!("service={FRONT_SERVICE}"))
+                && (q.contains("scope=repository:library/busybox:pull")
+                    || q.contains("scope=repository%3Alibrary%2Fbusybox%3Apull"))
+        }),
+        "{:?}",
+        seen.token_queries
+    );
+    // The index, the manifest, the config and both layers went through with the token.
+    assert!(seen.passed >= 5, "{}", seen.passed);
+}

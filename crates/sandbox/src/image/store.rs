@@ -5,12 +5,18 @@
 //! serialized and the second finds the work done. [`ImageStore::gc`] evicts least recently used
 //! images that no pod uses once the store is above its limit.
 //!
+//! GC safety: every pull and every lookup that hands out an image holds a shared `flock` on
+//! `images/lock` from before it looks at the layers until its record is written; gc holds it
+//! exclusively, so it never removes a layer of a pull in progress (in this process or another).
+//! Layers that a mounted overlay uses as a lower dir are never removed either.
+//!
 //! On disk:
 //! ```text
 //! images/blobs/sha256/<hex>        manifests and configs
 //! images/layers/<hex>/             an unpacked layer (overlayfs lower dir), named by blob digest
 //! images/layers/<hex>.json         its diff_id and size
 //! images/records/<hash of name>.json  name -> manifest, config, layers, last use
+//! images/lock                      shared by pulls, exclusive for gc
 //! images/tmp/                      work in progress
 //! ```
 
@@ -21,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWrite;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Source;
 use super::manifest::{self, Descriptor, Document, ImageConfig, ImageManifest, ManifestError};
@@ -145,7 +151,19 @@ struct Record {
     manifest_digest: Digest,
     config_digest: Digest,
     layers: Vec<Digest>,
+    /// Last use in unix seconds (what older versions wrote; still written for them).
     last_used: u64,
+    /// Last use in unix milliseconds, strictly increasing within one process; absent in records
+    /// of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_used_ms: Option<u64>,
+}
+
+impl Record {
+    fn used_ms(&self) -> u64 {
+        self.last_used_ms
+            .unwrap_or_else(|| self.last_used.saturating_mul(1000))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,11 +197,27 @@ impl std::fmt::Debug for ImageStore {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
+/// Now in unix milliseconds, strictly after any earlier call in this process, so that the order
+/// of uses is the order of the timestamps even within one millisecond.
+fn now_ms() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    loop {
+        let next = wall.max(last + 1);
+        match LAST.compare_exchange_weak(
+            last,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => return next,
+            Err(l) => last = l,
+        }
+    }
 }
 
 fn unique(prefix: &str) -> String {
@@ -277,8 +311,47 @@ impl ImageStore {
         locks.entry(key.to_owned()).or_default().clone()
     }
 
-    /// The image recorded under `source`'s name, if it and all its layers are present. No network.
+    /// A `flock` on `images/lock`: shared for pulls and lookups, exclusive for [`Self::gc`].
+    /// Blocks while the other kind is held (in this process or another); released on drop.
+    fn store_lock(root: &Path, exclusive: bool) -> Result<std::fs::File, StoreError> {
+        let p = root.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .map_err(io("open", &p))?;
+        let op = if exclusive {
+            rustix::fs::FlockOperation::LockExclusive
+        } else {
+            rustix::fs::FlockOperation::LockShared
+        };
+        rustix::fs::flock(&f, op).map_err(|e| io("lock", &p)(e.into()))?;
+        Ok(f)
+    }
+
+    /// The shared store lock, taken off the async threads (gc may hold it for a moment).
+    async fn shared_lock(&self) -> Result<std::fs::File, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || Self::store_lock(&root, false)).await?
+    }
+
+    /// The image recorded under `source`'s name, if it and all its layers are present, marked as
+    /// used now. No network.
     pub fn get(&self, source: &Source) -> Result<Option<Image>, StoreError> {
+        let _shared = Self::store_lock(&self.root, false)?;
+        let img = self.get_unlocked(source)?;
+        if let Some(img) = &img
+            && let Err(e) = self.touch(img)
+        {
+            // A read-only store still answers.
+            warn!(image = %img.name, error = %e, "could not mark the image used");
+        }
+        Ok(img)
+    }
+
+    fn get_unlocked(&self, source: &Source) -> Result<Option<Image>, StoreError> {
         let name = source.to_string();
         let Some(rec) = self.read_record(&self.record_path(&name))? else {
             return Ok(None);
@@ -306,7 +379,8 @@ impl ImageStore {
         let name = source.to_string();
         let lock = self.lock_for(&name);
         let _guard = lock.lock().await;
-        if let Some(img) = self.get(source)? {
+        let _shared = self.shared_lock().await?;
+        if let Some(img) = self.get_unlocked(source)? {
             self.touch(&img)?;
             debug!(image = %name, "image present, no pull");
             return Ok(img);
@@ -318,9 +392,12 @@ impl ImageStore {
     pub async fn pull(&self, source: &Source, opts: &PullOptions) -> Result<Image, StoreError> {
         let lock = self.lock_for(&source.to_string());
         let _guard = lock.lock().await;
+        let _shared = self.shared_lock().await?;
         self.pull_locked(source, opts).await
     }
 
+    /// Pulls with the image's lock and the shared store lock held (until the record is written,
+    /// so gc never sees the layers of this pull without the record that names them).
     async fn pull_locked(&self, source: &Source, opts: &PullOptions) -> Result<Image, StoreError> {
         let name = source.to_string();
         let mut archive_dir = None;
@@ -400,14 +477,11 @@ impl ImageStore {
                 .map(|l| (l.digest.clone(), l.size))
                 .collect(),
         });
-        self.write_blob(&manifest_digest, &manifest_bytes)?;
-
         let config_bytes = match std::fs::read(self.blob_path(&manifest.config.digest)) {
             Ok(b) if Digest::of(&b) == manifest.config.digest => b,
             _ => {
                 let b = fetcher.small_blob(&manifest.config).await?;
                 verify(&format!("config of {name}"), &manifest.config.digest, &b)?;
-                self.write_blob(&manifest.config.digest, &b)?;
                 b
             }
         };
@@ -422,6 +496,9 @@ impl ImageStore {
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
             self.fetch_layer(fetcher, layer, diff_id, &report).await?;
         }
+        // Every part verified: the blobs, then the record that names them.
+        self.write_blob(&manifest_digest, &manifest_bytes)?;
+        self.write_blob(&manifest.config.digest, &config_bytes)?;
         let img = Image {
             name: name.to_owned(),
             manifest_digest,
@@ -522,23 +599,30 @@ impl ImageStore {
 
     /// Records `img` under its name, marked as used now.
     fn touch(&self, img: &Image) -> Result<(), StoreError> {
+        let ms = now_ms();
         let rec = Record {
             name: img.name.clone(),
             manifest_digest: img.manifest_digest.clone(),
             config_digest: img.config_digest.clone(),
             layers: img.layers.clone(),
-            last_used: now(),
+            last_used: ms / 1000,
+            last_used_ms: Some(ms),
         };
         let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
         write_atomic(&self.root.join("tmp"), &self.record_path(&img.name), &bytes)
     }
 
-    /// Names of all images in the store with their last use (unix seconds).
+    /// Names of all images in the store with their last use (unix seconds), least recently used
+    /// first.
     pub fn list(&self) -> Result<Vec<(String, Digest, u64)>, StoreError> {
-        Ok(self
-            .records()?
+        let mut records = self.records()?;
+        records.sort_by_key(|(_, r)| r.used_ms());
+        Ok(records
             .into_iter()
-            .map(|(_, r)| (r.name, r.manifest_digest, r.last_used))
+            .map(|(_, r)| {
+                let secs = r.used_ms() / 1000;
+                (r.name, r.manifest_digest, secs)
+            })
             .collect())
     }
 
@@ -579,17 +663,55 @@ impl ImageStore {
     }
 
     /// Evicts least recently used images whose names are not in `in_use` while the store is above
-    /// its limit, then removes layers no remaining image references.
+    /// its limit, then removes layers and blobs no remaining image references.
+    ///
+    /// `in_use` holds the names ([`Source`] as a string) of the images of every live pod. A layer
+    /// that a mounted overlay uses is kept whatever the records say. Waits for pulls in progress
+    /// (in any process) to finish and holds them off while it runs: call it from a blocking
+    /// thread in async code, or use [`Self::gc_async`].
     pub fn gc(&self, in_use: &HashSet<String>) -> Result<GcReport, StoreError> {
+        let exclusive = Self::store_lock(&self.root, true)?;
+        self.gc_locked(&exclusive, in_use)
+    }
+
+    /// [`Self::gc`] for async callers: waits for pulls in progress off the async threads, then
+    /// asks `in_use` for the images in use, and only then decides. Asked while no pull can
+    /// progress, `in_use` sees every pod whose image a pull or lookup already handed out, as long
+    /// as the caller registers a pod before it ensures the pod's images: no pod loses its image.
+    pub async fn gc_async(
+        self: &Arc<Self>,
+        in_use: impl FnOnce() -> HashSet<String>,
+    ) -> Result<GcReport, StoreError> {
+        let root = self.root.clone();
+        let exclusive =
+            tokio::task::spawn_blocking(move || Self::store_lock(&root, true)).await??;
+        let in_use = in_use();
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.gc_locked(&exclusive, &in_use)).await?
+    }
+
+    /// The work of [`Self::gc`], with the store lock held exclusively (`_exclusive`).
+    fn gc_locked(
+        &self,
+        _exclusive: &std::fs::File,
+        in_use: &HashSet<String>,
+    ) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let sizes = self.layer_sizes()?;
+        let mounted = mounted_layers(sizes.keys());
         let mut records = self.records()?;
-        records.sort_by_key(|(_, r)| r.last_used);
+        // Least recently used first; the name breaks ties so the order is always the same.
+        records.sort_by(|(_, a), (_, b)| {
+            a.used_ms()
+                .cmp(&b.used_ms())
+                .then_with(|| a.name.cmp(&b.name))
+        });
         let live_size = |recs: &[(PathBuf, Record)]| -> u64 {
-            let layers: HashSet<&str> = recs
+            let mut layers: HashSet<&str> = recs
                 .iter()
                 .flat_map(|(_, r)| r.layers.iter().map(|l| l.hex()))
                 .collect();
+            layers.extend(mounted.iter().map(String::as_str));
             layers
                 .iter()
                 .map(|l| sizes.get(*l).copied().unwrap_or(0))
@@ -604,27 +726,54 @@ impl ImageStore {
                 }
                 let (path, rec) = records.remove(i);
                 std::fs::remove_file(&path).map_err(io("remove", &path))?;
-                info!(image = %rec.name, "evicted from image cache");
+                info!(image = %rec.name, last_used_ms = rec.used_ms(), "evicted from image cache");
                 report.evicted_images.push(rec.name);
             }
         }
         let keep: HashSet<String> = records
             .iter()
             .flat_map(|(_, r)| r.layers.iter().map(|l| l.hex().to_owned()))
+            .chain(mounted.iter().cloned())
             .collect();
-        for hex in sizes.keys() {
-            if !keep.contains(hex) {
-                let dir = self.root.join("layers").join(hex);
-                remove_any(&dir).map_err(io("remove", &dir))?;
-                let _ = std::fs::remove_file(dir.with_extension("json"));
-                if let Ok(d) = format!("sha256:{hex}").parse() {
-                    report.removed_layers.push(d);
-                }
+        let mut gone: Vec<&String> = sizes.keys().filter(|h| !keep.contains(*h)).collect();
+        gone.sort();
+        for hex in gone {
+            let dir = self.root.join("layers").join(hex);
+            remove_any(&dir).map_err(io("remove", &dir))?;
+            let _ = std::fs::remove_file(dir.with_extension("json"));
+            if let Ok(d) = format!("sha256:{hex}").parse() {
+                report.removed_layers.push(d);
+            }
+        }
+        // Manifests and configs of images no longer recorded.
+        let blobs: HashSet<String> = records
+            .iter()
+            .flat_map(|(_, r)| [r.manifest_digest.hex(), r.config_digest.hex()])
+            .map(str::to_owned)
+            .collect();
+        let dir = self.root.join("blobs/sha256");
+        for e in std::fs::read_dir(&dir).map_err(io("list", &dir))?.flatten() {
+            if e.file_name().to_str().is_some_and(|n| !blobs.contains(n)) {
+                let _ = std::fs::remove_file(e.path());
             }
         }
         report.size_after = live_size(&records);
         Ok(report)
     }
+}
+
+/// The layers (directory names under `<store>/layers/`) among `names` that a mounted filesystem
+/// names in its options (an overlay's `lowerdir`), from this mount namespace's mount table.
+/// Matched by `/layers/<hex>` alone, so a data dir reached through a symlink or written with
+/// escapes in the table still matches; a false match only keeps a layer.
+fn mounted_layers<'a>(names: impl Iterator<Item = &'a String>) -> HashSet<String> {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return HashSet::new();
+    };
+    names
+        .filter(|hex| table.contains(&format!("/layers/{hex}")))
+        .cloned()
+        .collect()
 }
 
 fn verify(what: &str, expected: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
@@ -1027,6 +1176,31 @@ mod tests {
         assert!(!is_certificate_error(&wrapped));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!is_certificate_error(&refused));
+    }
+
+    #[test]
+    fn records_of_older_versions_keep_their_use_time() {
+        let d1 = format!("sha256:{}", "1".repeat(64));
+        let d2 = format!("sha256:{}", "2".repeat(64));
+        let old = format!(
+            r#"{{"name":"x","manifest_digest":"{d1}","config_digest":"{d2}","layers":["{d1}"],"last_used":1700000000}}"#
+        );
+        let r: Record = serde_json::from_str(&old).unwrap();
+        assert_eq!(r.used_ms(), 1_700_000_000_000);
+        let new = Record {
+            last_used: 1_700_000_000,
+            last_used_ms: Some(1_700_000_000_123),
+            ..r
+        };
+        let back: Record = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(back.used_ms(), 1_700_000_000_123);
+        assert_eq!(back.last_used, 1_700_000_000, "older versions read seconds");
+    }
+
+    #[test]
+    fn use_times_are_strictly_increasing() {
+        let times: Vec<u64> = (0..1000).map(|_| now_ms()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -120,6 +120,19 @@ pub fn compress(t: &[u8], c: Compression) -> (Vec<u8>, &'static str) {
     }
 }
 
+/// The manifest format an image is built in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OCI image manifest and index.
+    Oci,
+    /// Docker image manifest v2 schema 2 and manifest list, with Docker's config and layer media
+    /// types (`rootfs.diff.tar.gzip`; zstd layers are written gzip, which Docker's types allow).
+    Docker,
+}
+
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
 /// Blobs of one image: (digest, bytes, media type) for each, plus the manifest bytes.
 pub struct Built {
     pub blobs: Vec<(Digest, Vec<u8>)>,
@@ -128,19 +141,55 @@ pub struct Built {
     pub media_type: &'static str,
     /// When built with an index: the index bytes and digest.
     pub index: Option<(Vec<u8>, Digest)>,
+    /// The media type of the index (an OCI index or a Docker manifest list).
+    pub index_media_type: &'static str,
     pub layer_digests: Vec<Digest>,
     /// Other manifests the index names (a decoy for another platform).
     pub extra_manifests: Vec<(Digest, Vec<u8>)>,
 }
 
-/// Builds an image from uncompressed layer tars. `cmd` becomes the config's Cmd.
+/// Builds an OCI image from uncompressed layer tars. `cmd` becomes the config's Cmd.
 pub fn build(layers: &[(Vec<u8>, Compression)], cmd: &[&str], with_index: bool) -> Built {
+    build_as(Format::Oci, layers, cmd, with_index)
+}
+
+/// Builds an image in `format` from uncompressed layer tars (see [`build`]); with an index, the
+/// index (or manifest list) also names a decoy manifest for linux/arm64.
+pub fn build_as(
+    format: Format,
+    layers: &[(Vec<u8>, Compression)],
+    cmd: &[&str],
+    with_index: bool,
+) -> Built {
+    let docker = format == Format::Docker;
+    let (manifest_type, config_type, index_type) = if docker {
+        (
+            DOCKER_MANIFEST,
+            "application/vnd.docker.container.image.v1+json",
+            DOCKER_LIST,
+        )
+    } else {
+        (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+        )
+    };
     let mut blobs = Vec::new();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut layer_digests = Vec::new();
     for (t, c) in layers {
-        let (b, mt) = compress(t, *c);
+        let (b, mt) = match (docker, c) {
+            (false, c) => compress(t, *c),
+            (true, Compression::None) => {
+                (t.clone(), "application/vnd.docker.image.rootfs.diff.tar")
+            }
+            (true, _) => (
+                compress(t, Compression::Gzip).0,
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            ),
+        };
         let d = Digest::of(&b);
         diff_ids.push(Digest::of(t).to_string());
         descs.push(serde_json::json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()}));
@@ -157,8 +206,8 @@ pub fn build(layers: &[(Vec<u8>, Compression)], cmd: &[&str], with_index: bool) 
     blobs.push((config_digest.clone(), config.clone()));
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": config_digest.to_string(), "size": config.len()},
         "layers": descs,
     }))
     .unwrap();
@@ -172,11 +221,11 @@ pub fn build(layers: &[(Vec<u8>, Compression)], cmd: &[&str], with_index: bool) 
         extra_manifests.push((bogus.clone(), decoy.clone()));
         let idx = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "mediaType": index_type,
             "manifests": [
-                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": bogus.to_string(), "size": decoy.len(),
+                {"mediaType": manifest_type, "digest": bogus.to_string(), "size": decoy.len(),
                  "platform": {"architecture": "arm64", "os": "linux"}},
-                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest.to_string(),
+                {"mediaType": manifest_type, "digest": manifest_digest.to_string(),
                  "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
             ]
         }))
@@ -188,8 +237,9 @@ pub fn build(layers: &[(Vec<u8>, Compression)], cmd: &[&str], with_index: bool) 
         blobs,
         manifest,
         manifest_digest,
-        media_type: "application/vnd.oci.image.manifest.v1+json",
+        media_type: manifest_type,
         index,
+        index_media_type: index_type,
         layer_digests,
         extra_manifests,
     }
@@ -210,11 +260,7 @@ pub fn write_layout(dir: &Path, tag: &str, built: &Built) {
     let (top, top_type, size) = match &built.index {
         Some((idx, d)) => {
             std::fs::write(blobs.join(d.hex()), idx).unwrap();
-            (
-                d.clone(),
-                "application/vnd.oci.image.index.v1+json",
-                idx.len(),
-            )
+            (d.clone(), built.index_media_type, idx.len())
         }
         None => (
             built.manifest_digest.clone(),
@@ -248,12 +294,49 @@ pub fn busybox_layout(dir: &Path, cmd: &[&str]) -> Built {
 pub struct Registry {
     pub addr: String,
     child: Child,
+    /// How [`Registry::push`] authenticates.
+    push_auth: oci_client::secrets::RegistryAuth,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::start_with("", &[], oci_client::secrets::RegistryAuth::Anonymous)
+    }
+
+    /// A registry that wants basic credentials: `user` with the bcrypt hash `bcrypt_hash` (an
+    /// htpasswd line's second field). [`Registry::push`] uses `user` and `password`.
+    pub fn start_with_htpasswd(user: &str, password: &str, bcrypt_hash: &str) -> Registry {
+        Self::start_with(
+            "auth:\n  htpasswd:\n    realm: test-realm\n    path: {dir}/htpasswd\n",
+            &[("htpasswd", &format!("{user}:{bcrypt_hash}\n"))],
+            oci_client::secrets::RegistryAuth::Basic(user.into(), password.into()),
+        )
+    }
+
+    /// The registry's own copy of blob `d` (to tamper with).
+    pub fn blob_file(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// A registry with `extra` appended to its configuration (`{dir}` stands for its directory,
+    /// where `files` (name, content) are written first); pushes authenticate with `push_auth`.
+    fn start_with(
+        extra: &str,
+        files: &[(&str, &str)],
+        push_auth: oci_client::secrets::RegistryAuth,
+    ) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -264,7 +347,7 @@ impl Registry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -281,6 +364,7 @@ impl Registry {
                 return Registry {
                     addr,
                     child,
+                    push_auth,
                     _dir: dir,
                 };
             }
@@ -298,7 +382,7 @@ impl Registry {
             protocol: oci_client::client::ClientProtocol::Http,
             ..Default::default()
         });
-        let auth = oci_client::secrets::RegistryAuth::Anonymous;
+        let auth = self.push_auth.clone();
         let r: oci_client::Reference = format!("{}/{repo}:{tag}", self.addr).parse().unwrap();
         client
             .store_auth_if_needed(r.resolve_registry(), &auth)
@@ -333,11 +417,7 @@ impl Registry {
                     .await
                     .unwrap();
                 client
-                    .push_manifest_raw(
-                        &r,
-                        idx.clone(),
-                        hv("application/vnd.oci.image.index.v1+json"),
-                    )
+                    .push_manifest_raw(&r, idx.clone(), hv(built.index_media_type))
                     .await
                     .unwrap();
             }
@@ -432,6 +512,20 @@ fn required(what: &str) {
         std::env::var_os("NODELESS_REQUIRE_SANDBOX").is_none(),
         "{what} is required (NODELESS_REQUIRE_SANDBOX is set)"
     );
+}
+
+/// Whether the program `tool` runs (`tool --version`); under `NODELESS_REQUIRE_SANDBOX` a
+/// missing one fails the test (see [`required`]).
+pub fn have_tool(tool: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        required(&format!("{tool} (apt-get install -y {tool})"));
+        println!("SKIPPED: {tool} is not installed");
+    }
+    found
 }
 
 /// Whether the runtime `kind` is installed (see [`required`]).
