@@ -235,10 +235,12 @@ fn container(
         "runAsGroup",
         errs,
     );
+    // Kubelet adds the pod's fsGroup to every container's supplemental groups.
     let supplemental_groups = pod_sc
         .and_then(|s| s.supplemental_groups.clone())
         .unwrap_or_default()
         .into_iter()
+        .chain(pod_sc.and_then(|s| s.fs_group))
         .filter_map(|g| u32::try_from(g).ok())
         .collect();
     let limits = c
@@ -246,24 +248,22 @@ fn container(
         .as_ref()
         .and_then(|r| r.limits.clone())
         .unwrap_or_default();
-    let cpu_millis = limits.get("cpu").and_then(|q| {
-        spec::parse_cpu(&q.0).or_else(|| {
-            errs.push(field(&format!("cpu limit {:?}", q.0)));
-            None
-        })
-    });
-    let memory_bytes = limits.get("memory").and_then(|q| {
-        spec::parse_memory(&q.0).or_else(|| {
-            errs.push(field(&format!("memory limit {:?}", q.0)));
-            None
-        })
-    });
-    let ephemeral_storage_limit = limits.get("ephemeral-storage").and_then(|q| {
-        spec::parse_memory(&q.0).or_else(|| {
-            errs.push(field(&format!("ephemeral-storage limit {:?}", q.0)));
-            None
-        })
-    });
+    // Limits are Kubernetes quantities read as kubelet reads them (`MilliValue` for CPU,
+    // `Value` for bytes, rounded up: `512m` of memory is 0.512 bytes, so 1): zero sets no limit.
+    let mut limit = |name: &str, parse: fn(&str) -> Result<u64, String>| {
+        let q = limits.get(name)?;
+        match parse(&q.0) {
+            Ok(0) => None,
+            Ok(v) => Some(v),
+            Err(e) => {
+                errs.push(field(&format!("{name} limit {:?}: {e}", q.0)));
+                None
+            }
+        }
+    };
+    let cpu_millis = limit("cpu", spec::parse_cpu);
+    let memory_bytes = limit("memory", spec::parse_memory);
+    let ephemeral_storage_limit = limit("ephemeral-storage", spec::parse_memory);
     if c.ports
         .iter()
         .flatten()
@@ -490,7 +490,7 @@ fn ephemeral_storage(spec: &k8s_openapi::api::core::v1::PodSpec) -> u64 {
             &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
         >| {
             m.and_then(|m| m.get("ephemeral-storage"))
-                .and_then(|q| spec::parse_memory(&q.0))
+                .and_then(|q| spec::parse_memory(&q.0).ok())
         };
         pick(r.and_then(|r| r.requests.as_ref()))
             .or_else(|| pick(r.and_then(|r| r.limits.as_ref())))
@@ -1165,6 +1165,60 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("volume \"data\": emptyDir sizeLimit \"lots\""),
+            "{err}"
+        );
+    }
+
+    /// Limits are read as Kubernetes reads quantities, not as docker reads sizes: `512m` of
+    /// memory is 0.512 bytes (rounded up to 1), `1k` is 1000, `1Ki` 1024; zero sets no limit; a
+    /// quantity that does not parse or is negative is refused, naming the container and why.
+    #[test]
+    fn fs_group_is_a_supplemental_group() {
+        let p = plan(&pod(serde_json::json!({
+            "metadata": {"name": "g"},
+            "spec": {"securityContext": {"supplementalGroups": [5], "fsGroup": 2000},
+                "containers": [{"name": "c", "image": "x"}]}
+        })))
+        .unwrap();
+        assert_eq!(p.containers[0].supplemental_groups, vec![5, 2000]);
+    }
+
+    #[test]
+    fn reads_limits_as_kubernetes_quantities() {
+        let limits = |cpu: &str, memory: &str, storage: &str| {
+            plan(&pod(serde_json::json!({
+                "metadata": {"name": "q"},
+                "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits":
+                    {"cpu": cpu, "memory": memory, "ephemeral-storage": storage}}}]}
+            })))
+            .map(|p| {
+                let c = &p.containers[0];
+                (c.cpu_millis, c.memory_bytes, c.ephemeral_storage_limit)
+            })
+        };
+        assert_eq!(
+            limits("250m", "512m", "1k"),
+            Ok((Some(250), Some(1), Some(1000)))
+        );
+        assert_eq!(
+            limits("0.5", "1Ki", "1.5Ki"),
+            Ok((Some(500), Some(1024), Some(1536)))
+        );
+        assert_eq!(
+            limits("1e-4", "64Mi", "1G"),
+            Ok((Some(1), Some(64 << 20), Some(1_000_000_000)))
+        );
+        assert_eq!(limits("0", "0", "0"), Ok((None, None, None)));
+        let err = limits("1", "64mb", "1Gi").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "container \"c\": memory limit \"64mb\": unable to parse quantity's suffix"
+            ),
+            "{err}"
+        );
+        let err = limits("-1", "1Gi", "1Gi").unwrap_err().to_string();
+        assert!(
+            err.contains("cpu limit \"-1\": must not be negative"),
             "{err}"
         );
     }

@@ -1,7 +1,9 @@
 //! A pod sandbox: the whole pod on one host. The pod gets a directory under
 //! `<data-dir>/pods/<id>` (its plan, volumes, /etc files, namespaces), an address on the pod
 //! network, then its init containers run one after the other and its regular containers run
-//! together, sharing the network and IPC namespaces, each with its own root filesystem.
+//! together, sharing the network and IPC namespaces, one /dev/shm and, with
+//! `shareProcessNamespace`, one PID namespace (the pause container's, as in Kubernetes), each
+//! with its own root filesystem.
 //!
 //! Limits (docs/adr/007-sandbox-limits.md): a gVisor pod's whole sandbox (the sentry, its
 //! ptrace stubs and every gofer) lives in one cgroup, [`sandbox_cgroup`], limited to the pod's
@@ -22,7 +24,7 @@ use crate::image::{ImageStore, PullOptions, Source, SourceError, StoreError};
 use crate::network::{Attachment, NetworkError, PodNetwork};
 use crate::plan::{ContainerPlan, PodPlan, VolumeKind};
 use crate::runtime::{Runtime, RuntimeKind};
-use crate::spec::{Mount, SandboxContext};
+use crate::spec::{Mount, PodShm, SandboxContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -299,6 +301,9 @@ pub struct Sandbox {
     /// The pod's network namespace was set up by [`prepare`] and no sandbox has booted in it
     /// yet (shared by clones).
     fresh_net: Arc<std::sync::atomic::AtomicBool>,
+    /// Volumes of the pod that Kubernetes always mounts read-only (ConfigMap, Secret,
+    /// projected, downward API).
+    read_only_volumes: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -515,6 +520,26 @@ pub async fn prepare(
             ));
         }
     }
+    // The pod's /dev/shm, shared by its containers. crun: a tmpfs of kubelet's default size on
+    // the host. runsc: the sentry keeps one tmpfs for the whole sandbox (a pod mount hint on the
+    // pause container, see `start_pause`); the directory only names it.
+    let shm = pdir.join(SHM);
+    if matches!(runtime.kind(), RuntimeKind::Container | RuntimeKind::Gvisor) {
+        std::fs::create_dir_all(&shm).map_err(io("create", &shm))?;
+    }
+    if runtime.kind() == RuntimeKind::Container && !crate::rootfs::is_mountpoint(&shm) {
+        let opts =
+            std::ffi::CString::new(format!("mode=1777,size={SHM_BYTES}")).unwrap_or_default();
+        use rustix::mount::MountFlags;
+        rustix::mount::mount(
+            "shm",
+            &shm,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            Some(opts.as_c_str()),
+        )
+        .map_err(|e| io("mount a tmpfs on", &shm)(e.into()))?;
+    }
     let mut sandbox = Sandbox {
         id: plan.id.clone(),
         dir: pdir,
@@ -526,19 +551,29 @@ pub async fn prepare(
         solo: None,
         pod_cpu: None,
         fresh_net: Default::default(),
+        read_only_volumes: Default::default(),
     };
     sandbox.context = sandbox.base_context(plan);
     sandbox
         .fresh_net
         .store(attachment.is_some(), std::sync::atomic::Ordering::Release);
     // gVisor: one sandbox for the whole pod, held by a pause container the others join; they
-    // share its network stack (the pod netns), IPC and PID namespaces.
+    // share its network stack (the pod netns), IPC, /dev/shm and (when asked) PID namespaces.
     // The whole sandbox is confined to the pod's size. A solo pod needs no pause.
     if runtime.kind() == RuntimeKind::Gvisor && sandbox.solo.is_none() {
         let mut bare = sandbox.context.clone();
         bare.annotations.clear();
         bare.cgroups_path = Some(sandbox_cgroup(&host.data_dir, &plan.id));
-        start_pause(host, &runtime, &plan.id, &bare, plan.size).await?;
+        let reaper = plan.share_process_namespace;
+        start_pause(host, &runtime, &plan.id, &bare, plan.size, reaper).await?;
+    }
+    // crun: a PID namespace lives as long as its first process; a pod that shares one gets a
+    // pause container to hold it (under a shim, like gVisor's), its namespace bind-mounted
+    // where the containers join it.
+    if runtime.kind() == RuntimeKind::Container && plan.share_process_namespace {
+        let mut bare = sandbox.context.clone();
+        bare.pidns = None;
+        hold_pid_namespace(host, &runtime, &plan.id, &sandbox.dir, &bare).await?;
     }
     Ok(sandbox)
 }
@@ -561,47 +596,10 @@ pub fn reopen(host: &Host, runtime: Arc<dyn Runtime>, plan: &PodPlan) -> Option<
         solo: None,
         pod_cpu: None,
         fresh_net: Default::default(),
+        read_only_volumes: Default::default(),
     };
     sandbox.context = sandbox.base_context(plan);
     Some(sandbox)
-}
-
-/// Finds a pod again after the agent restarted: its sandbox and its regular containers that
-/// were started under shims (name -> [`container::Started`], whose `wait` resolves when the
-/// container exits, at once if it ended while nobody watched). None when nothing of the pod
-/// runs any more (no container runs, or gVisor's pause container is gone): the caller cleans up.
-pub async fn adopt(
-    host: &Host,
-    runtime: Arc<dyn Runtime>,
-    plan: &PodPlan,
-) -> Option<(Sandbox, BTreeMap<String, container::Started>)> {
-    let sandbox = reopen(host, runtime.clone(), plan)?;
-    if runtime.kind() == RuntimeKind::Gvisor
-        && !solo(plan, runtime.kind())
-        && runtime
-            .status(&pause_id(&plan.id))
-            .await
-            .ok()
-            .flatten()
-            .as_deref()
-            != Some("running")
-    {
-        return None;
-    }
-    let mut adopted = BTreeMap::new();
-    let mut any_running = false;
-    for c in &plan.containers {
-        let id = container_id(&plan.id, &c.name);
-        if let Some(s) = container::adopt(&host.data_dir, runtime.clone(), &id).await {
-            any_running |= matches!(s.state().status, container::Status::Running { .. });
-            adopted.insert(c.name.clone(), s);
-        }
-    }
-    if !any_running {
-        return None;
-    }
-    info!(pod = %plan.id, containers = adopted.len(), "pod adopted");
-    Some((sandbox, adopted))
 }
 
 impl Sandbox {
@@ -611,10 +609,25 @@ impl Sandbox {
         self.pod_cpu = (kind == RuntimeKind::Gvisor && self.solo.is_none())
             .then(|| plan.size.map(|s| s.cpu_millis))
             .flatten();
+        self.read_only_volumes = plan
+            .volumes
+            .iter()
+            .filter(|v| matches!(v.kind, VolumeKind::Files { .. }))
+            .map(|v| v.name.clone())
+            .collect();
+        // One /dev/shm and (when asked) one PID namespace for the pod; a solo pod has one
+        // container, which keeps a /dev/shm of its own.
+        let pod_wide =
+            kind == RuntimeKind::Container || (kind == RuntimeKind::Gvisor && self.solo.is_none());
         let mut context = SandboxContext {
             hostname: plan.hostname.clone(),
             netns: self.netns_path.clone(),
             ipcns: (kind == RuntimeKind::Container).then(|| self.dir.join("ipc.ns")),
+            pidns: (pod_wide && plan.share_process_namespace).then(|| self.dir.join(PID_NS)),
+            shm: pod_wide.then(|| match kind {
+                RuntimeKind::Gvisor => PodShm::Sentry(self.dir.join(SHM)),
+                _ => PodShm::Host(self.dir.join(SHM)),
+            }),
             ..Default::default()
         };
         if self.solo.is_some() {
@@ -670,7 +683,7 @@ impl Sandbox {
             cfg.mounts.push(Mount {
                 host_path,
                 container_path: m.path.clone(),
-                read_only: m.read_only,
+                read_only: m.read_only || self.read_only_volumes.contains(&m.volume),
             });
         }
         Ok(cfg)
@@ -823,6 +836,80 @@ fn container_context(
     context
 }
 
+/// The pod's /dev/shm (a directory of the pod's) and its size: kubelet's default.
+const SHM: &str = "shm";
+pub const SHM_BYTES: u64 = 64 << 20;
+/// The pod's shared PID namespace (shareProcessNamespace): for crun a bind mount of the pause
+/// container's; for runsc a name the sentry matches between its containers' specs.
+const PID_NS: &str = "pid.ns";
+
+/// runsc's pod mount hint for the pod's /dev/shm: every container of the sandbox that mounts
+/// `source` gets the same tmpfs in the sentry (memory of the sandbox, shared between them, as
+/// containerd-shim-runsc does it for Kubernetes' shared volumes).
+fn shm_mount_hint(source: &Path) -> Vec<(String, String)> {
+    let key = |field: &str| format!("dev.gvisor.spec.mount.pod-shm.{field}");
+    vec![
+        (key("source"), source.display().to_string()),
+        (key("type"), "tmpfs".into()),
+        (key("share"), "pod".into()),
+    ]
+}
+
+/// The host PID of crun container `id`'s first process, from crun's state (`<root>/<id>/status`).
+fn crun_pid(data_dir: &Path, id: &str) -> Option<i32> {
+    let p = data_dir
+        .join("runtime")
+        .join(RuntimeKind::Container.to_string())
+        .join(id)
+        .join("status");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+    v.get("pid")?.as_i64().and_then(|p| i32::try_from(p).ok())
+}
+
+/// Starts (unless it runs) the pause container of crun pod `pod_id` in a PID namespace of its
+/// own and bind-mounts that namespace on the pod's `pid.ns`, where its containers join it.
+async fn hold_pid_namespace(
+    host: &Host,
+    runtime: &Arc<dyn Runtime>,
+    pod_id: &str,
+    pdir: &Path,
+    context: &SandboxContext,
+) -> Result<(), PodError> {
+    let target = pdir.join(PID_NS);
+    let id = pause_id(pod_id);
+    let running = runtime.status(&id).await.ok().flatten().as_deref() == Some("running");
+    if running && crate::rootfs::is_mountpoint(&target) {
+        return Ok(());
+    }
+    if crate::rootfs::is_mountpoint(&target) {
+        rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| io("unmount", &target)(e.into()))?;
+    }
+    start_pause(host, runtime, pod_id, context, None, true).await?;
+    // `crun run` under the shim: the state names the pause's process once it is created.
+    let own = std::fs::read_link("/proc/self/ns/pid").ok();
+    let mut ns = None;
+    for _ in 0..400 {
+        if let Some(pid) = crun_pid(&host.data_dir, &id) {
+            let path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+            if std::fs::read_link(&path)
+                .ok()
+                .is_some_and(|l| Some(l) != own)
+            {
+                ns = Some(path);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let ns = ns.ok_or_else(|| PodError::Pause("the pause container never ran".into()))?;
+    std::fs::write(&target, b"").map_err(io("create", &target))?;
+    rustix::mount::mount_bind(&ns, &target)
+        .map_err(|e| io("bind-mount the pause's PID namespace on", &target)(e.into()))?;
+    debug!(pod = pod_id, "PID namespace held by the pause container");
+    Ok(())
+}
+
 /// The pause container's id for pod `pod_id`.
 pub fn pause_id(pod_id: &str) -> String {
     container_id(pod_id, "pause")
@@ -853,12 +940,25 @@ fn pause_rootfs(data_dir: &Path) -> Result<PathBuf, PodError> {
     Ok(root)
 }
 
+/// The pause of a pod that shares its PID namespace is the namespace's first process, which
+/// inherits every orphan: like Kubernetes' pause it reaps them (busybox sh's `wait` reaps any
+/// child), and it ends on SIGTERM.
+const PAUSE_REAPER: [&str; 4] = [
+    "/bin/busybox",
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; while :; do /bin/busybox sleep 2147483647 & wait $!; done",
+];
+
+/// Starts pod `pod_id`'s pause container (unless it runs): `reaper` when it is the first
+/// process of the pod's shared PID namespace.
 async fn start_pause(
     host: &Host,
     runtime: &Arc<dyn Runtime>,
     pod_id: &str,
     context: &SandboxContext,
     size: Option<crate::plan::PodSize>,
+    reaper: bool,
 ) -> Result<String, PodError> {
     let id = pause_id(pod_id);
     if runtime.status(&id).await.ok().flatten().as_deref() == Some("running") {
@@ -871,11 +971,13 @@ async fn start_pause(
     let rootfs = pause_rootfs(&host.data_dir)?;
     let cfg = crate::spec::ContainerConfig {
         name: "pause".into(),
-        command: Some(
+        command: Some(if reaper {
+            PAUSE_REAPER.map(String::from).to_vec()
+        } else {
             ["/bin/busybox", "sleep", "2147483647"]
                 .map(String::from)
-                .to_vec(),
-        ),
+                .to_vec()
+        }),
         // runsc applies the sandbox container's resources to the sandbox's cgroup; the CPU
         // limit comes once the containers run (see `launch_in`).
         resources: crate::spec::Resources {
@@ -885,10 +987,15 @@ async fn start_pause(
         ..Default::default()
     };
     let mut sb = context.clone();
-    sb.annotations = vec![
-        (crate::runtime::CONTAINER_TYPE.into(), "sandbox".into()),
-        (crate::runtime::SANDBOX_ID.into(), id.clone()),
-    ];
+    if runtime.kind() == RuntimeKind::Gvisor {
+        sb.annotations = vec![
+            (crate::runtime::CONTAINER_TYPE.into(), "sandbox".into()),
+            (crate::runtime::SANDBOX_ID.into(), id.clone()),
+        ];
+        if let Some(PodShm::Sentry(shm)) = &context.shm {
+            sb.annotations.extend(shm_mount_hint(shm));
+        }
+    }
     let spec = crate::spec::runtime_spec(&cfg, &Default::default(), (0, 0), &rootfs, &sb)
         .map_err(|e| PodError::Pause(e.to_string()))?;
     let bundle = container::dir(&host.data_dir, &id);
@@ -1079,11 +1186,24 @@ pub async fn remove(host: &Host, runtime: &dyn Runtime, plan: &PodPlan) -> Resul
     if let Some(net) = &host.network {
         net.detach(&plan.id).await?;
     }
+    if runtime.kind() == RuntimeKind::Container && plan.share_process_namespace {
+        let pause = pause_id(&plan.id);
+        let _ = runtime.kill(&pause, 9).await;
+        let pdir = container::dir(&host.data_dir, &pause);
+        shim_gone(&pdir).await;
+        runtime
+            .delete(&pause)
+            .await
+            .map_err(|e| PodError::Pause(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(pdir);
+    }
     let pdir = dir(&host.data_dir, &plan.id);
-    let ipc = pdir.join("ipc.ns");
-    if crate::rootfs::is_mountpoint(&ipc) {
-        rustix::mount::unmount(&ipc, rustix::mount::UnmountFlags::DETACH)
-            .map_err(|e| io("unmount", &ipc)(e.into()))?;
+    for ns in ["ipc.ns", PID_NS, SHM] {
+        let p = pdir.join(ns);
+        if crate::rootfs::is_mountpoint(&p) {
+            rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH)
+                .map_err(|e| io("unmount", &p)(e.into()))?;
+        }
     }
     match std::fs::remove_dir_all(&pdir) {
         Ok(()) => Ok(()),

@@ -50,12 +50,27 @@ pub struct SandboxContext {
     pub netns: Option<PathBuf>,
     /// IPC namespace to join.
     pub ipcns: Option<PathBuf>,
-    /// PID namespace to join (shareProcessNamespace).
+    /// PID namespace to join (shareProcessNamespace). For runsc, a name the sandbox's root
+    /// container carries too: the sentry matches the paths, and its containers with the same
+    /// one share its PID namespace.
     pub pidns: Option<PathBuf>,
+    /// The pod's /dev/shm, shared by its containers (`None`: a tmpfs of the container's own).
+    pub shm: Option<PodShm>,
     /// Cgroup path of this container (relative to the cgroup root).
     pub cgroups_path: Option<String>,
     /// Extra annotations (runsc reads its sandbox/container roles from these).
     pub annotations: Vec<(String, String)>,
+}
+
+/// A /dev/shm shared by the containers of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodShm {
+    /// A host directory (a tmpfs mounted there), bind-mounted.
+    Host(PathBuf),
+    /// A tmpfs the gVisor sentry keeps for the whole sandbox: runsc's pod mount hint for this
+    /// source (on the sandbox's root container) names it, and a `tmpfs` mount of the source
+    /// in any of the sandbox's containers is that one tmpfs.
+    Sentry(PathBuf),
 }
 
 impl SandboxContext {
@@ -226,7 +241,17 @@ pub fn runtime_spec(
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        match &sandbox.shm {
+            Some(PodShm::Host(dir)) => {
+                json!({"destination": "/dev/shm", "type": "bind", "source": dir, "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev"]})
+            }
+            Some(PodShm::Sentry(dir)) => {
+                json!({"destination": "/dev/shm", "type": "tmpfs", "source": dir, "options": ["nosuid", "noexec", "nodev", "mode=1777"]})
+            }
+            None => {
+                json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
+            }
+        },
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
     ];
@@ -401,62 +426,101 @@ mod tests {
                 .unwrap()
                 .contains(&serde_json::json!("ro"))
         );
+        let shm = |j: &serde_json::Value| {
+            j["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/dev/shm")
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(shm(&j)["type"], "tmpfs", "a /dev/shm of its own");
+        assert!(
+            nss.iter()
+                .any(|n| n["type"] == "pid" && n.get("path").is_none())
+        );
+
+        let pod = SandboxContext {
+            pidns: Some("/pods/p/pid.ns".into()),
+            shm: Some(PodShm::Host("/pods/p/shm".into())),
+            ..sb
+        };
+        let spec = runtime_spec(&c, &img, (0, 0), std::path::Path::new("/r"), &pod).unwrap();
+        let j = serde_json::to_value(&spec).unwrap();
+        let m = shm(&j);
+        assert_eq!(
+            (&m["type"], &m["source"]),
+            (&json!("bind"), &json!("/pods/p/shm"))
+        );
+        assert!(
+            j["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "pid" && n["path"] == "/pods/p/pid.ns")
+        );
     }
 }
 
-/// A CPU quantity (`2`, `0.5`, `250m`) in thousandths of a CPU. Pure.
-pub fn parse_cpu(s: &str) -> Option<u64> {
-    let s = s.trim();
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse().ok().filter(|v| *v > 0);
-    }
-    let v: f64 = s.parse().ok()?;
-    (v > 0.0 && v.is_finite()).then(|| (v * 1000.0).ceil() as u64)
+/// A CPU quantity in thousandths of a CPU, read exactly as Kubernetes reads it
+/// ([`api::sizing::parse_quantity`], `MilliValue` rounded up): `2`, `0.5`, `250m`, `1e-3`.
+/// `0` is `Ok(0)` (the caller decides what zero means); a negative, too large or unparsable
+/// quantity is an error that says why. Pure.
+pub fn parse_cpu(s: &str) -> Result<u64, String> {
+    quantity(s, 3)
 }
 
-/// A memory quantity in bytes: Kubernetes' (`128974848`, `129e6`, `129M`, `123Mi`, `1G`, `1Gi`)
-/// and docker's lowercase binary units (`512m` = 512 MiB). Pure.
-pub fn parse_memory(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let mult: u64 = match unit {
-        "" => 1,
-        "K" => 1000,
-        "M" => 1000_u64.pow(2),
-        "G" => 1000_u64.pow(3),
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "T" => 1000_u64.pow(4),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    let v: f64 = num.parse().ok()?;
-    (v > 0.0 && v.is_finite()).then(|| (v * mult as f64).ceil() as u64)
+/// A memory (or storage) quantity in bytes, read exactly as Kubernetes reads it
+/// ([`api::sizing::parse_quantity`], `Value` rounded up): `128974848`, `129e6`, `129M`, `123Mi`,
+/// `1k` = 1000, `1Ki` = 1024, and `512m` = 0.512 bytes, rounded up to 1 (not docker's 512 MiB).
+/// Used for pods and for the CLI's `--memory`/`--limit` alike. `0` is `Ok(0)`; a negative, too
+/// large or unparsable quantity is an error that says why. Pure.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    quantity(s, 0)
+}
+
+/// `ceil(q * 10^scale)` of a non-negative Kubernetes quantity.
+fn quantity(s: &str, scale: i32) -> Result<u64, String> {
+    let q = api::sizing::parse_quantity(s).map_err(|e| e.to_string())?;
+    if q.negative && q.mantissa != 0 {
+        return Err("must not be negative".into());
+    }
+    q.scaled_ceil(scale)
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| "too large".into())
 }
 
 #[cfg(test)]
 mod quantity_tests {
     use super::*;
 
+    /// Quantities read as Kubernetes reads them, whatever docker would make of them.
     #[test]
     fn quantities() {
-        assert_eq!(parse_cpu("250m"), Some(250));
-        assert_eq!(parse_cpu("0.5"), Some(500));
-        assert_eq!(parse_cpu("2"), Some(2000));
-        assert_eq!(parse_cpu("0"), None);
-        assert_eq!(parse_cpu("x"), None);
-        assert_eq!(parse_memory("64Mi"), Some(64 << 20));
-        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
-        assert_eq!(parse_memory("512m"), Some(512 << 20));
-        assert_eq!(parse_memory("1024"), Some(1024));
-        assert_eq!(parse_memory("129e6"), Some(129_000_000));
-        assert_eq!(parse_memory("5Qi"), None);
+        assert_eq!(parse_cpu("250m"), Ok(250));
+        assert_eq!(parse_cpu("0.5"), Ok(500));
+        assert_eq!(parse_cpu("2"), Ok(2000));
+        assert_eq!(parse_cpu("1e-3"), Ok(1));
+        assert_eq!(parse_cpu("0.0001"), Ok(1));
+        assert_eq!(parse_cpu("0"), Ok(0));
+        assert_eq!(parse_memory("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_memory("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_memory("1k"), Ok(1000));
+        assert_eq!(parse_memory("1Ki"), Ok(1024));
+        assert_eq!(parse_memory("512m"), Ok(1));
+        assert_eq!(parse_memory("1500m"), Ok(2));
+        assert_eq!(parse_memory("1024"), Ok(1024));
+        assert_eq!(parse_memory("129e6"), Ok(129_000_000));
+        assert_eq!(parse_memory("0"), Ok(0));
+        for bad in ["5Qi", "x", "", "1 Gi", "1g", "1.2.3"] {
+            let err = parse_memory(bad).unwrap_err();
+            assert!(err.contains("quantit"), "{bad}: {err}");
+            assert!(parse_cpu(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_memory("-1Mi"), Err("must not be negative".into()));
+        assert_eq!(parse_cpu("-1"), Err("must not be negative".into()));
+        assert_eq!(parse_memory("1Ei").map(|b| b >> 60), Ok(1));
+        assert_eq!(parse_memory("100Ei"), Err("too large".into()));
     }
 }

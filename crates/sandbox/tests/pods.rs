@@ -351,3 +351,218 @@ async fn gvisor_joined_container_restarts_at_first_attempt() {
     pod::remove(&host, rt.as_ref(), &plan).await.unwrap();
     network.destroy().await.unwrap();
 }
+
+/// Runs `args` in container `name` of `run`: (exit code, stdout + stderr).
+async fn exec_in(run: &pod::PodRun, name: &str, args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = run.exec(name, &args).await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// What Kubernetes gives the containers of one pod: a projected volume (ConfigMap and Secret
+/// sources) and ConfigMap/Secret volumes, read-only even without `readOnly`; an env from a
+/// secretKeyRef; the container's workingDir; the pod's /etc/resolv.conf; one /dev/shm for the
+/// pod; and the other container's processes visible exactly when shareProcessNamespace is set.
+async fn pod_semantics(kind: RuntimeKind, subnet_octet: u8, share: bool) {
+    let Env {
+        _tmp,
+        data,
+        image,
+        network,
+        host,
+        rt,
+        ..
+    } = env(kind, subnet_octet);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sem", "namespace": "test", "uid": format!("uid-sem-{kind}-{share}")},
+        "spec": {
+            "restartPolicy": "Never",
+            "shareProcessNamespace": share,
+            "containers": [
+                {"name": "a", "image": image, "command": ["sh", "-c",
+                    "echo shm-from-a > /dev/shm/note; echo a-ready; exec sleep 3117"]},
+                {"name": "b", "image": image, "workingDir": "/tmp", "command": ["sh", "-c",
+                    "pwd; echo \"token=$TOKEN\"; cat /proj/key /proj/token /cfg/key /etc/resolv.conf; \
+                     echo b-ready; exec sleep 3118"],
+                 "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}],
+                 "volumeMounts": [{"name": "proj", "mountPath": "/proj"},
+                                  {"name": "cfg", "mountPath": "/cfg"},
+                                  {"name": "sec", "mountPath": "/sec"}]}
+            ],
+            "volumes": [
+                {"name": "proj", "projected": {"sources": [
+                    {"configMap": {"name": "c"}}, {"secret": {"name": "s"}}]}},
+                {"name": "cfg", "configMap": {"name": "c"}},
+                {"name": "sec", "secret": {"secretName": "s"}}
+            ]
+        }
+    }))
+    .unwrap();
+    let objects: sandbox::plan::Objects = [
+        (
+            "configmap/c".to_string(),
+            [("key".to_string(), b"cm-value\n".to_vec())].into(),
+        ),
+        (
+            "secret/s".to_string(),
+            [("token".to_string(), b"s3cret".to_vec())].into(),
+        ),
+    ]
+    .into();
+    let pod = sandbox::plan::resolve_env(&pod, &objects).unwrap();
+    let files = sandbox::plan::volume_files(&pod, &objects).unwrap();
+    let plan = sandbox::plan::plan(&pod).unwrap();
+    assert_eq!(plan.share_process_namespace, share);
+    let run = pod::start(&host, rt.clone(), &plan, &files).await.unwrap();
+    // A failed check still removes the pod (its sandboxes would hold the test's pipes).
+    let checked = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(semantics_checks(
+        &run, &data, &plan, kind, share,
+    )))
+    .await;
+    if checked.is_err() {
+        for name in ["a", "b"] {
+            let _ = rt.kill(&pod::container_id(&plan.id, name), 9).await;
+        }
+    }
+    run.stop(Duration::from_secs(2)).await;
+    let _ = run.wait().await;
+    pod::remove(&host, rt.as_ref(), &plan).await.unwrap();
+    network.destroy().await.unwrap();
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(!pod::dir(&data, &plan.id).exists());
+}
+
+async fn semantics_checks(
+    run: &pod::PodRun,
+    data: &std::path::Path,
+    plan: &sandbox::plan::PodPlan,
+    kind: RuntimeKind,
+    share: bool,
+) {
+    wait_for_log(data, &pod::container_id(&plan.id, "a"), "a-ready").await;
+    let log = wait_for_log(data, &pod::container_id(&plan.id, "b"), "b-ready").await;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "/tmp", "{kind}: workingDir: {log}");
+    assert!(
+        lines.contains(&"token=s3cret"),
+        "{kind}: env from a secretKeyRef: {log}"
+    );
+    assert!(
+        log.contains("cm-value\ns3cret"),
+        "{kind}: projected configMap and secret sources: {log}"
+    );
+    let resolv = std::fs::read_to_string(pod::dir(data, &plan.id).join("etc/resolv.conf")).unwrap();
+    assert!(
+        resolv.contains("search test.svc.cluster.local svc.cluster.local cluster.local\n")
+            && resolv.contains("nameserver "),
+        "{resolv}"
+    );
+    assert!(
+        log.contains(&resolv),
+        "{kind}: /etc/resolv.conf is the pod's: {log}"
+    );
+
+    // ConfigMap, Secret and projected volumes are read-only without `readOnly`.
+    for dir in ["/proj", "/cfg", "/sec"] {
+        let (code, out) = exec_in(run, "b", &["touch", &format!("{dir}/new")]).await;
+        assert_ne!(code, 0, "{kind}: {dir} is writable: {out}");
+    }
+    let (code, out) = exec_in(run, "b", &["cat", "/sec/token"]).await;
+    assert_eq!((code, out.as_str()), (0, "s3cret"), "{kind}");
+
+    // One /dev/shm for the pod.
+    let (code, out) = exec_in(run, "b", &["cat", "/dev/shm/note"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "shm-from-a\n"),
+        "{kind}: /dev/shm is shared"
+    );
+    let host_shm = pod::dir(data, &plan.id).join("shm");
+    match kind {
+        // crun: a tmpfs of kubelet's size on the host.
+        RuntimeKind::Container => {
+            let st = rustix::fs::statvfs(&host_shm).unwrap();
+            assert_eq!(st.f_blocks * st.f_frsize, pod::SHM_BYTES, "{kind}");
+            assert!(host_shm.join("note").exists(), "{kind}");
+        }
+        // runsc: a tmpfs in the sentry, nothing written through to the host.
+        _ => assert!(
+            !host_shm.join("note").exists(),
+            "{kind}: /dev/shm is the sentry's"
+        ),
+    }
+
+    // The other container's processes, by their arguments.
+    for (who, own, other) in [
+        ("b", "sleep 3118", "sleep 3117"),
+        ("a", "sleep 3117", "sleep 3118"),
+    ] {
+        let (code, ps) = exec_in(run, who, &["ps", "-o", "pid,args"]).await;
+        assert_eq!(code, 0, "{kind}: {ps}");
+        assert!(ps.contains(own), "{kind}: {who} sees its own process: {ps}");
+        assert_eq!(
+            ps.contains(other),
+            share,
+            "{kind}: shareProcessNamespace={share}, {who} sees: {ps}"
+        );
+    }
+    if share {
+        // The pause, first process of the shared namespace, reaps what is orphaned in it.
+        let (code, out) = exec_in(run, "b", &["sh", "-c", "sleep 0.2 & exit 0"]).await;
+        assert_eq!(code, 0, "{kind}: {out}");
+        // Running, then a zombie (`Z`, its arguments gone) unless reaped.
+        let left = |ps: &str| {
+            ps.lines()
+                .any(|l| l.contains("sleep 0.2") || l.trim_start().starts_with('Z'))
+        };
+        let mut ps = String::new();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ps = exec_in(run, "b", &["ps", "-o", "stat,args"]).await.1;
+            if !left(&ps) {
+                break;
+            }
+        }
+        assert!(!left(&ps), "{kind}: an orphan left: {ps}");
+    }
+    let (_, procs) = exec_in(run, "b", &["ls", "/proc"]).await;
+    let pids = procs
+        .split_whitespace()
+        .filter(|p| p.parse::<u32>().is_ok())
+        .count();
+    // Shared: the pause, both containers' processes and `ls`; else `sleep` and `ls`.
+    assert_eq!(pids >= 4, share, "{kind}: /proc lists {procs}");
+}
+
+#[tokio::test]
+async fn crun_pod_semantics_shared_pid() {
+    if common::has(RuntimeKind::Container) {
+        pod_semantics(RuntimeKind::Container, 5, true).await;
+    }
+}
+
+#[tokio::test]
+async fn crun_pod_semantics_own_pid() {
+    if common::has(RuntimeKind::Container) {
+        pod_semantics(RuntimeKind::Container, 6, false).await;
+    }
+}
+
+#[tokio::test]
+async fn gvisor_pod_semantics_shared_pid() {
+    if common::has(RuntimeKind::Gvisor) {
+        pod_semantics(RuntimeKind::Gvisor, 7, true).await;
+    }
+}
+
+#[tokio::test]
+async fn gvisor_pod_semantics_own_pid() {
+    if common::has(RuntimeKind::Gvisor) {
+        pod_semantics(RuntimeKind::Gvisor, 8, false).await;
+    }
+}
