@@ -15,6 +15,10 @@ use serde_json::json;
 
 #[path = "../../nodeless/src/agent_cmd.rs"]
 mod agent_cmd;
+#[path = "../../nodeless/src/data_dir.rs"]
+mod data_dir;
+
+use data_dir::default_data_dir;
 
 #[derive(Parser)]
 struct Cli {

@@ -59,7 +59,8 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub runtime: Option<RuntimeKind>,
     /// Where the agent keeps its state (in DIR/agent: images, sandboxes, pod network leases)
-    /// [default: /var/lib/nodeless as root, else ~/.local/share/nodeless].
+    /// [default: /var/lib/nodeless as root, else $XDG_DATA_HOME/nodeless or
+    /// ~/.local/share/nodeless].
     #[arg(long, env = "NODELESS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address of the streaming server (logs, exec, attach, port-forward); port 0 = any
@@ -81,6 +82,11 @@ pub struct Args {
     /// A registry to pull from over plain HTTP (repeatable; loopback ones always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Total unpacked size of the image cache, a Kubernetes quantity (20Gi, 500M); over it,
+    /// images no pod uses are evicted, least recently used first, as pods are removed
+    /// [default: no limit].
+    #[arg(long, value_name = "QUANTITY", value_parser = sandbox::spec::parse_memory)]
+    pub image_cache_limit: Option<u64>,
     /// How often each pod's local ephemeral storage is measured for kubelet's storage
     /// evictions (kubelet's housekeeping interval): 10s, 500ms, 1m...
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = agent::eviction::parse_interval)]
@@ -109,17 +115,6 @@ fn hostname() -> String {
         .map(|h| h.trim().to_lowercase())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "nodeless".to_string())
-}
-
-/// /var/lib/nodeless as root, else ~/.local/share/nodeless.
-fn default_data_dir() -> PathBuf {
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    match std::env::var_os("HOME") {
-        Some(home) if !is_root => PathBuf::from(home).join(".local/share/nodeless"),
-        _ => "/var/lib/nodeless".into(),
-    }
 }
 
 /// `auto` for serverless pods: a micro-VM where the CPU has hardware virtualization and the
@@ -195,7 +190,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(default_data_dir)
+        .unwrap_or_else(crate::default_data_dir)
         .join("agent");
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -224,6 +219,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         worker_runtime,
         network,
         insecure_registries: args.insecure_registries.clone(),
+        image_cache_limit_bytes: args.image_cache_limit,
         eviction_interval: args.eviction_interval,
     };
     // It checks the tools it needs and says what to install.

@@ -3,12 +3,15 @@
 
 use clap::{Parser, Subcommand};
 
+use data_dir::default_data_dir;
+
 /// mimalloc instead of glibc's malloc: under a pod burst the API server spent ~25% of its CPU
 /// in malloc/free (docs/benchmarks.md, "Scheduling and controllers").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent_cmd;
+mod data_dir;
 mod registry_cmd;
 mod sandbox_cmd;
 mod sandbox_vm;
@@ -36,20 +39,6 @@ enum Command {
     Registry(registry_cmd::Args),
     /// Pull images and run pod sandboxes on this host (the data plane's engine, for debugging).
     Sandbox(sandbox_cmd::Args),
-}
-
-/// The default data directory: /var/lib/nodeless as root, else ~/.local/share/nodeless.
-pub fn default_data_dir() -> std::path::PathBuf {
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    if is_root {
-        return "/var/lib/nodeless".into();
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => std::path::PathBuf::from(home).join(".local/share/nodeless"),
-        None => "/var/lib/nodeless".into(),
-    }
 }
 
 /// The container shim (`nodeless sandbox shim --dir DIR`) is started once per container and

@@ -16,12 +16,13 @@ use registry::{Config, Registry};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The registry's data directory (holds the admin credential and the CA).
+    /// The registry's data directory (holds the admin credential and the CA); by default the
+    /// `registry` directory in nodeless' data directory (as `nodeless server` keeps it).
     #[arg(
         long,
         global = true,
         env = "NODELESS_REGISTRY_DATA_DIR",
-        default_value = "/var/lib/nodeless/registry"
+        default_value_os_t = crate::default_data_dir().join("registry")
     )]
     data_dir: PathBuf,
     /// URL of a running registry (default: the one `serve` recorded in the data directory).

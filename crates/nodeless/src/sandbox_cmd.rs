@@ -11,12 +11,15 @@ use sandbox::container::{self, Io};
 use sandbox::image::{Auth, ImageStore, PullEvent, PullOptions, Source, StoreOptions};
 use sandbox::logs::Stream;
 use sandbox::runtime::{self, RuntimeChoice};
+use sandbox::shim;
 use sandbox::spec::{self, ContainerConfig, Resources, SandboxContext};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where images, containers and runtime state live
-    /// [default: /var/lib/nodeless as root, else ~/.local/share/nodeless].
+    /// [default: /var/lib/nodeless as root, else $XDG_DATA_HOME/nodeless or
+    /// ~/.local/share/nodeless].
     #[arg(long, global = true, env = "NODELESS_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// A registry (host or host:port) to reach over plain HTTP (loopback always is). Repeatable.
@@ -34,11 +37,15 @@ enum Command {
         #[command(flatten)]
         auth: AuthArgs,
     },
-    /// Run one container from IMAGE, like `docker run`.
+    /// Run one container from IMAGE, like `docker run`: its output on ours, its exit code as
+    /// ours. Ctrl-C (SIGINT to this command) is forwarded to the container as SIGINT, as docker
+    /// does; if it has not ended --grace seconds later it is killed; the exit code is then the
+    /// container's own (130 when SIGINT ended it, 137 when it was killed). The same with -t
+    /// (our terminal is raw but for Ctrl-C) and on every runtime.
     Run(Box<RunArgs>),
     /// List the images on this host.
     Images,
-    /// Evict least recently used images above --limit (bytes, e.g. 10Gi).
+    /// Evict least recently used images above --limit (bytes, a Kubernetes quantity, e.g. 10Gi).
     Gc {
         #[arg(long)]
         limit: String,
@@ -78,16 +85,18 @@ struct RunArgs {
     /// auto, gvisor, container (crun) or microvm.
     #[arg(long, default_value = "auto")]
     runtime: String,
-    /// CPU limit (e.g. 0.5, 250m).
+    /// CPU limit, a Kubernetes quantity (e.g. 0.5, 250m); 0 sets none.
     #[arg(long)]
     cpu: Option<String>,
-    /// Memory limit (e.g. 64Mi, 512m, 1G).
+    /// Memory limit in bytes, a Kubernetes quantity (e.g. 64Mi, 1G; `m` is milli, as in
+    /// Kubernetes, not docker's MiB); 0 sets none.
     #[arg(long)]
     memory: Option<String>,
-    /// Keep stdin open and attach it.
+    /// Keep stdin open and attach it (with -t: type it into the container's terminal).
     #[arg(short, long)]
     interactive: bool,
-    /// Hand this terminal to the container.
+    /// Give the container a terminal (a pseudo-terminal of its own as stdin, stdout and
+    /// stderr, sized as ours; ours is raw while it runs), as `docker run -t`.
     #[arg(short, long)]
     tty: bool,
     /// Environment variable K=V. Repeatable.
@@ -108,7 +117,7 @@ struct RunArgs {
     /// Keep the container's directory (logs, writable layer) after it exits.
     #[arg(long)]
     keep: bool,
-    /// Seconds between SIGTERM and SIGKILL on Ctrl-C.
+    /// Seconds between the first Ctrl-C (SIGINT to the container) and SIGKILL.
     #[arg(long, default_value_t = 10)]
     grace: u64,
     /// Replace the image's entrypoint with this program (like docker --entrypoint).
@@ -121,29 +130,30 @@ struct RunArgs {
     cmd: Vec<String>,
 }
 
-fn default_data_dir() -> PathBuf {
-    if rustix_is_root() {
-        return PathBuf::from("/var/lib/nodeless");
-    }
-    match std::env::var_os("XDG_DATA_HOME") {
-        Some(x) if !x.is_empty() => PathBuf::from(x).join("nodeless"),
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".local/share/nodeless"),
-    }
+/// A flag's Kubernetes quantity (`spec::parse_cpu` or `spec::parse_memory`), or an error that
+/// names the flag, the value, why it is refused and an example.
+fn quantity(
+    flag: &str,
+    value: &str,
+    parse: fn(&str) -> Result<u64, String>,
+    example: &str,
+) -> anyhow::Result<u64> {
+    parse(value).map_err(|e| {
+        anyhow::anyhow!("{flag} {value:?}: {e} (a Kubernetes quantity such as {example})")
+    })
 }
 
-fn rustix_is_root() -> bool {
-    // /proc/self/status has "Uid: real effective ..."; no libc call needed.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
+/// A limit flag: none when absent or zero.
+fn limit(
+    flag: &str,
+    value: Option<&str>,
+    parse: fn(&str) -> Result<u64, String>,
+    example: &str,
+) -> anyhow::Result<Option<u64>> {
+    value
+        .map(|v| quantity(flag, v, parse, example))
+        .transpose()
+        .map(|v| v.filter(|v| *v > 0))
 }
 
 fn auth(a: &AuthArgs) -> Auth {
@@ -162,7 +172,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("shim for {}", dir.display()));
     }
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = ImageStore::open(
@@ -200,8 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gc { limit } => {
-            let limit =
-                spec::parse_memory(&limit).context("--limit must be a size such as 10Gi")?;
+            let limit = quantity("--limit", &limit, spec::parse_memory, "10Gi")?;
             let store = ImageStore::open(
                 data_dir.join("images"),
                 StoreOptions {
@@ -209,7 +221,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     cache_limit_bytes: Some(limit),
                 },
             )?;
-            let report = store.gc(&Default::default())?;
+            // Images of the pods recorded under the data dir (running or not yet removed) stay;
+            // layers a mounted root filesystem uses stay whatever this set says.
+            let in_use: std::collections::HashSet<String> = sandbox::pod::list(&data_dir)
+                .iter()
+                .flat_map(|r| r.plan.init_containers.iter().chain(&r.plan.containers))
+                .filter_map(|c| c.image.parse::<Source>().ok())
+                .map(|s| s.to_string())
+                .collect();
+            let report = store.gc(&in_use)?;
             for i in &report.evicted_images {
                 println!("evicted {i}");
             }
@@ -365,6 +385,11 @@ fn progress_printer() -> sandbox::image::store::ProgressFn {
 async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyhow::Result<i32> {
     let source: Source = r.image.parse()?;
     let choice: RuntimeChoice = r.runtime.parse()?;
+    // Checked before anything is pulled or run.
+    let resources = Resources {
+        cpu_millis: limit("--cpu", r.cpu.as_deref(), spec::parse_cpu, "250m")?,
+        memory_bytes: limit("--memory", r.memory.as_deref(), spec::parse_memory, "64Mi")?,
+    };
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let kind = runtime::resolve(choice, &cpuinfo);
     // The micro-VM is no OCI runtime: sandbox_vm runs it (checked here, before any pull).
@@ -425,18 +450,7 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
         run_as_user,
         run_as_group,
         tty: false,
-        resources: Resources {
-            cpu_millis: r
-                .cpu
-                .as_deref()
-                .map(|c| spec::parse_cpu(c).context("--cpu wants e.g. 0.5 or 500m"))
-                .transpose()?,
-            memory_bytes: r
-                .memory
-                .as_deref()
-                .map(|m| spec::parse_memory(m).context("--memory wants e.g. 64Mi"))
-                .transpose()?,
-        },
+        resources,
         ..Default::default()
     };
     let sandbox = SandboxContext {
@@ -464,10 +478,11 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
         }
     };
 
+    if r.tty {
+        return run_on_terminal(data_dir, store, rt, &image, &id, config, &sandbox, &r).await;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stream, Vec<u8>)>();
-    let io = if r.tty {
-        Io::Inherit
-    } else if r.interactive {
+    let io = if r.interactive {
         Io::StdinTee(tx)
     } else {
         Io::LoggedTee(tx)
@@ -483,6 +498,8 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
             };
         }
     });
+    // Registered before the container starts: a Ctrl-C from then on is the container's.
+    let mut signals = Signals::new()?;
     let started = container::start(
         data_dir,
         store,
@@ -499,18 +516,12 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
     .await?;
     tracing::debug!(%id, runtime = %kind, "running");
     let mut waiter = tokio::spawn(started.wait());
-    let exit = tokio::select! {
-        res = &mut waiter => res??,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("stopping {id} (SIGTERM, SIGKILL after {}s)", r.grace);
-            let _ = rt.kill(&id, 15).await;
-            match tokio::time::timeout(std::time::Duration::from_secs(r.grace), &mut waiter).await {
-                Ok(res) => res??,
-                Err(_) => {
-                    let _ = rt.kill(&id, 9).await;
-                    waiter.await??
-                }
-            }
+    let mut stop = Interrupt::new(&id, r.grace);
+    let exit = loop {
+        tokio::select! {
+            res = &mut waiter => break res??,
+            _ = signals.recv() => stop.signal(rt.as_ref()).await,
+            _ = stop.deadline() => stop.kill(rt.as_ref()).await,
         }
     };
     let _ = printer.await;
@@ -519,6 +530,235 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
     }
     if !r.keep {
         container::remove(data_dir, &id)?;
+    }
+    Ok(exit.code)
+}
+
+/// What stops the container: Ctrl-C (SIGINT), and SIGTERM or SIGHUP (our terminal went away)
+/// alike, so that the container never outlives the command.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        let on = |kind: SignalKind| signal(kind).context("handling signals");
+        Ok(Signals {
+            int: on(SignalKind::interrupt())?,
+            term: on(SignalKind::terminate())?,
+            hup: on(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
+}
+
+/// Ctrl-C as `docker run` handles it: each one is forwarded to the container as SIGINT (to
+/// all its processes); if it has not ended `grace` after the first, it is killed (SIGKILL). The
+/// command then ends with the container's own exit code (130 when SIGINT ended it, 137 when it
+/// was killed). The micro-VM does the same ([`crate::sandbox_vm`]).
+struct Interrupt<'a> {
+    id: &'a str,
+    grace: std::time::Duration,
+    /// When the container is killed, once a Ctrl-C came.
+    kill_at: Option<tokio::time::Instant>,
+}
+
+impl<'a> Interrupt<'a> {
+    fn new(id: &'a str, grace_secs: u64) -> Self {
+        Interrupt {
+            id,
+            grace: std::time::Duration::from_secs(grace_secs),
+            kill_at: None,
+        }
+    }
+
+    /// A Ctrl-C: SIGINT to the container; the first one arms the kill.
+    async fn signal(&mut self, rt: &dyn runtime::Runtime) {
+        if self.kill_at.is_none() {
+            eprintln!(
+                "stopping {} (SIGINT, SIGKILL after {}s)",
+                self.id,
+                self.grace.as_secs()
+            );
+            self.kill_at = Some(tokio::time::Instant::now() + self.grace);
+        }
+        if let Err(e) = rt.kill(self.id, 2).await {
+            tracing::debug!(error = %e, "forwarding SIGINT");
+        }
+    }
+
+    /// Resolves when the grace period after the first Ctrl-C is over (never before one).
+    async fn deadline(&self) {
+        match self.kill_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn kill(&mut self, rt: &dyn runtime::Runtime) {
+        eprintln!("killing {} (SIGKILL)", self.id);
+        if let Err(e) = rt.kill(self.id, 9).await {
+            tracing::debug!(error = %e, "killing the container");
+        }
+        // Not again: the container's end is waited for.
+        self.kill_at = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
+    }
+}
+
+/// `-t` with runsc or crun: the container runs under a shim ([`sandbox::shim`]) that gives it
+/// a pseudo-terminal of its own as stdin, stdout and stderr (a console in gVisor), as the node
+/// agent does for a pod's `tty`. Our terminal is put in raw mode (keys go to the container's
+/// terminal, but Ctrl-C is handled as without -t) and its size is followed; with `-i` our
+/// stdin is typed into the container's terminal (its end closes it); the terminal's output is
+/// printed from the container's log as it comes.
+#[allow(clippy::too_many_arguments)]
+async fn run_on_terminal(
+    data_dir: &Path,
+    store: &ImageStore,
+    rt: Arc<dyn runtime::Runtime>,
+    image: &sandbox::image::Image,
+    id: &str,
+    config: ContainerConfig,
+    sandbox: &SandboxContext,
+    r: &RunArgs,
+) -> anyhow::Result<i32> {
+    use tokio::io::AsyncWriteExt as _;
+    let exe = std::env::current_exe().context("locating the nodeless binary for the shim")?;
+    shim::set_binary(exe);
+    let dir = container::dir(data_dir, id);
+    // The container's stdin is the terminal (as docker's -t); without -i nothing is typed.
+    shim::StdinSpec {
+        stdin: true,
+        stdin_once: true,
+        tty: true,
+    }
+    .write(&dir)
+    .with_context(|| format!("writing {}", dir.display()))?;
+    let config = ContainerConfig {
+        tty: true,
+        ..config
+    };
+    let mut signals = Signals::new()?;
+    let mut winch = signal(SignalKind::window_change()).context("handling SIGWINCH")?;
+    let started = match container::start(
+        data_dir,
+        store,
+        rt.clone(),
+        container::Launch {
+            id,
+            image,
+            config: &config,
+            sandbox,
+            io: Io::Logged,
+            restart_count: 0,
+        },
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = container::remove(data_dir, id);
+            return Err(e.into());
+        }
+    };
+    let session = match shim::connect(&dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            // No terminal to drive: the container does not run on without us.
+            let _ = rt.kill(id, 9).await;
+            let _ = started.wait().await;
+            let _ = container::remove(data_dir, id);
+            return Err(anyhow::Error::new(e).context(format!("attaching to {id}'s terminal")));
+        }
+    };
+    let (_, mut conn) = session.into_split();
+    let stdin_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let resize = |size: Option<(u16, u16)>| {
+        size.map(|(rows, cols)| {
+            let mut p = cols.to_be_bytes().to_vec();
+            p.extend(rows.to_be_bytes());
+            shim::frame(shim::FRAME_RESIZE, &p)
+        })
+    };
+    if stdin_is_terminal && let Some(f) = resize(crate::sandbox_vm::terminal_size()) {
+        conn.write_all(&f).await?;
+    }
+    // Raw, but Ctrl-C stays a signal (ours, forwarded as without -t): the container's
+    // terminal is not its controlling terminal under every runtime, so a typed ^C would not
+    // reach it as SIGINT everywhere.
+    let raw = if stdin_is_terminal {
+        crate::sandbox_vm::RawTerminal::enter_keeping_ctrl_c()
+    } else {
+        None
+    };
+    // Our stdin, read on a thread of its own (a blocking read), typed into the terminal.
+    let (input_tx, mut input) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(4);
+    if r.interactive {
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match std::io::Read::read(&mut stdin, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if input_tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = input_tx.blocking_send(None);
+        });
+    }
+    let mut follow = crate::sandbox_vm::Follow::new(container::log_path(&dir, 0));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    let mut waiter = tokio::spawn(started.wait());
+    let mut stop = Interrupt::new(id, r.grace);
+    let mut typing = r.interactive;
+    let exit = loop {
+        tokio::select! {
+            res = &mut waiter => break res,
+            _ = tick.tick() => follow.pump(false),
+            _ = signals.recv() => stop.signal(rt.as_ref()).await,
+            _ = stop.deadline() => stop.kill(rt.as_ref()).await,
+            _ = winch.recv() => {
+                if raw.is_some() && let Some(f) = resize(crate::sandbox_vm::terminal_size()) {
+                    let _ = conn.write_all(&f).await;
+                }
+            }
+            d = input.recv(), if typing => {
+                let f = match d.flatten() {
+                    Some(d) => shim::frame(shim::FRAME_DATA, &d),
+                    None => {
+                        typing = false;
+                        shim::frame(shim::FRAME_CLOSE, &[])
+                    }
+                };
+                if conn.write_all(&f).await.is_err() {
+                    typing = false;
+                }
+            }
+        }
+    };
+    follow.pump(true);
+    drop(raw);
+    let exit = exit??;
+    if exit.oom_killed {
+        eprintln!("container {id} was OOMKilled");
+    }
+    if !r.keep {
+        container::remove(data_dir, id)?;
     }
     Ok(exit.code)
 }

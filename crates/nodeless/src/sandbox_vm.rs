@@ -1,9 +1,11 @@
 //! `nodeless sandbox run --runtime microvm`: one container in its own QEMU micro-VM
 //! ([`sandbox::microvm::MicroVm`]), the way `run` does it with the other runtimes: the
 //! container's stdout and stderr on ours as its lines come (followed from the VM's CRI log
-//! file), its exit code as ours, Ctrl-C stops it (SIGTERM to the container, the VM stopped after
-//! `--grace` at the latest) and exits 130. `--cpu`/`--memory` size the VM as a pod of that size
-//! is sized ([`sandbox::microvm::pod::vm_size`]); `--memory` also limits the container inside.
+//! file), its exit code as ours, Ctrl-C as with the other runtimes (SIGINT to the container,
+//! the VM stopped `--grace` after the first at the latest; the exit code is the container's, 137
+//! when the VM had to be stopped, 130 when the run was interrupted before the container ran).
+//! `--cpu`/`--memory` size the VM as a pod of that size is sized
+//! ([`sandbox::microvm::pod::vm_size`]); `--memory` also limits the container inside.
 //!
 //! Files: the VM's own (initramfs, channel socket, console and QEMU logs) under
 //! `<container dir>/microvm`, removed with the VM; the container's log at
@@ -31,8 +33,13 @@ use tokio::signal::unix::{SignalKind, signal};
 /// How often the container's log file is looked at for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 
-/// Exit code after Ctrl-C (128 + SIGINT), as a shell reports it.
+/// Exit code after a Ctrl-C that ended the run before the container could report its own
+/// (128 + SIGINT, as a shell reports it).
 const INTERRUPTED: i32 = 130;
+
+/// Exit code when the container was stopped at the end of `--grace` (128 + SIGKILL, as docker
+/// reports a container killed after its stop timeout).
+const KILLED: i32 = 137;
 
 /// Checks, before anything is pulled, that a micro-VM run can go (QEMU, `mkfs.erofs`, the boot
 /// assets). Returns the assets.
@@ -50,7 +57,7 @@ pub struct VmRun<'a> {
     pub config: &'a ContainerConfig,
     pub hostname: &'a str,
     pub assets: VmAssets,
-    /// Between SIGTERM to the container and stopping the VM, on Ctrl-C.
+    /// Between the first Ctrl-C (SIGINT to the container) and stopping the VM.
     pub grace: Duration,
     /// Keep the container's directory (its log) afterwards.
     pub keep: bool,
@@ -150,23 +157,24 @@ pub async fn run(r: VmRun<'_>) -> anyhow::Result<i32> {
         Some(code) => code,
         None => {
             eprintln!(
-                "stopping {} (SIGTERM, the micro-VM stopped after {}s)",
+                "stopping {} (SIGINT, the micro-VM stopped after {}s)",
                 r.id,
                 r.grace.as_secs()
             );
-            let _ = vm.kill(15).await;
+            let _ = vm.kill(2).await;
             let deadline = tokio::time::sleep(r.grace);
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
                     biased;
-                    _ = sigint.recv() => break,
-                    _ = &mut deadline => break,
-                    _ = vm.wait() => break,
+                    _ = sigint.recv() => {
+                        let _ = vm.kill(2).await;
+                    }
+                    _ = &mut deadline => break KILLED,
+                    res = vm.wait() => break res.unwrap_or(INTERRUPTED),
                     _ = tick.tick() => follow.pump(false),
                 }
             }
-            INTERRUPTED
         }
     };
     follow.pump(true);
@@ -263,17 +271,19 @@ async fn run_attached(
     let code = loop {
         tokio::select! {
             biased;
-            _ = sigint.recv(), if !interrupted => {
+            _ = sigint.recv() => {
+                if !interrupted {
+                    eprintln!(
+                        "stopping {} (SIGINT, the micro-VM stopped after {}s)",
+                        r.id,
+                        r.grace.as_secs()
+                    );
+                    stop.as_mut().reset(tokio::time::Instant::now() + r.grace);
+                }
                 interrupted = true;
-                eprintln!(
-                    "stopping {} (SIGTERM, the micro-VM stopped after {}s)",
-                    r.id,
-                    r.grace.as_secs()
-                );
-                let _ = vm.kill(15).await;
-                stop.as_mut().reset(tokio::time::Instant::now() + r.grace);
+                let _ = vm.kill(2).await;
             }
-            _ = &mut stop, if interrupted => break INTERRUPTED,
+            _ = &mut stop, if interrupted => break KILLED,
             _ = winch.recv() => {
                 if raw.is_some() && let Some((rows, cols)) = terminal_size() {
                     let _ = input.resize(rows, cols).await;
@@ -284,7 +294,7 @@ async fn run_attached(
                 Some(ExecEvent::Stderr(d)) => write_out(&mut std::io::stderr(), &d),
                 // Reported by the sandbox's warning; an Exit with 127 follows.
                 Some(ExecEvent::Error(_)) => {}
-                Some(ExecEvent::Exit(code)) => break if interrupted { INTERRUPTED } else { code },
+                Some(ExecEvent::Exit(code)) => break code,
                 Some(ExecEvent::Lost(why)) => {
                     lost = Some(why);
                     break INTERRUPTED;
@@ -328,18 +338,27 @@ fn write_out(w: &mut dyn std::io::Write, d: &[u8]) {
 }
 
 /// Our terminal in raw mode (`stty raw -echo`), its settings restored on drop.
-struct RawTerminal {
+pub(crate) struct RawTerminal {
     saved: String,
 }
 
 impl RawTerminal {
     /// `None` when stdin is no terminal (or `stty` failed): the output is passed through as is.
-    fn enter() -> Option<RawTerminal> {
+    pub(crate) fn enter() -> Option<RawTerminal> {
+        Self::enter_with(&["raw", "-echo"])
+    }
+
+    /// Raw but for Ctrl-C, which still sends us SIGINT (Ctrl-\\ and Ctrl-Z are plain keys).
+    pub(crate) fn enter_keeping_ctrl_c() -> Option<RawTerminal> {
+        Self::enter_with(&["raw", "-echo", "isig", "quit", "undef", "susp", "undef"])
+    }
+
+    fn enter_with(settings: &[&str]) -> Option<RawTerminal> {
         if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             return None;
         }
         let saved = stty(&["-g"])?;
-        stty(&["raw", "-echo"])?;
+        stty(settings)?;
         Some(RawTerminal {
             saved: saved.trim().to_owned(),
         })
@@ -368,7 +387,7 @@ fn stty(args: &[&str]) -> Option<String> {
 }
 
 /// Our terminal's (rows, columns).
-fn terminal_size() -> Option<(u16, u16)> {
+pub(crate) fn terminal_size() -> Option<(u16, u16)> {
     let s = stty(&["size"])?;
     let mut it = s.split_whitespace().map(str::parse::<u16>);
     match (it.next(), it.next()) {
@@ -415,14 +434,19 @@ fn container_spec(r: &VmRun<'_>) -> anyhow::Result<ContainerSpec> {
 }
 
 /// Prints what the container wrote to its CRI log since last time.
-struct Follow {
+pub(crate) struct Follow {
     path: PathBuf,
     offset: u64,
 }
 
 impl Follow {
+    /// Follows the log at `path` from its start.
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Follow { path, offset: 0 }
+    }
+
     /// Prints the new complete records (with `all`, whatever is there: the container ended).
-    fn pump(&mut self, all: bool) {
+    pub(crate) fn pump(&mut self, all: bool) {
         if let Err(e) = self.try_pump(all) {
             tracing::debug!(error = %e, "following the container's log");
         }
