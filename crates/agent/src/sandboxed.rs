@@ -23,7 +23,7 @@
 //! The decisions (restart or not, back-off, statuses, credentials) are pure functions below;
 //! the shell runs processes and talks to the API.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -79,6 +79,9 @@ pub struct SandboxConfig {
     /// The pod network: netns, bridge and subnet (the host's pod CIDR).
     pub network: PodNetwork,
     pub insecure_registries: Vec<String>,
+    /// Total unpacked size of the image cache above which images no pod uses are evicted, least
+    /// recently used first, each time a pod is removed; `None`: no limit.
+    pub image_cache_limit_bytes: Option<u64>,
     /// How often each pod's ephemeral storage is measured for evictions (kubelet's
     /// housekeeping interval; [`crate::eviction::INTERVAL`] by default).
     pub eviction_interval: Duration,
@@ -912,7 +915,7 @@ pub struct SandboxRuntime {
     runtimes: HashMap<RuntimeKind, Arc<dyn SbRuntime>>,
     /// Set when pods run in micro-VMs.
     vm_host: Option<vm::VmHost>,
-    pods: Mutex<HashMap<String, Arc<PodEntry>>>,
+    pods: Arc<Mutex<HashMap<String, Arc<PodEntry>>>>,
     removing: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     changes_tx: mpsc::UnboundedSender<String>,
     changes_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -1012,7 +1015,7 @@ impl SandboxRuntime {
             config.data_dir.join("images"),
             StoreOptions {
                 insecure_registries: config.insecure_registries.clone(),
-                ..Default::default()
+                cache_limit_bytes: config.image_cache_limit_bytes,
             },
         )
         .map_err(|e| failed(format!("opening the image store: {e}")))?;
@@ -1028,7 +1031,7 @@ impl SandboxRuntime {
             store: Arc::new(store),
             runtimes,
             vm_host,
-            pods: Mutex::new(HashMap::new()),
+            pods: Arc::new(Mutex::new(HashMap::new())),
             removing: Mutex::new(HashMap::new()),
             changes_tx,
             changes_rx: Mutex::new(Some(changes_rx)),
@@ -1593,6 +1596,51 @@ impl SandboxRuntime {
             return;
         };
         cleanup(e).await;
+        if let Some((store, pods)) = self.image_gc() {
+            collect_images(store, pods).await;
+        }
+    }
+
+    /// What [`collect_images`] needs, when the image cache has a limit.
+    fn image_gc(&self) -> Option<ImageGc> {
+        self.config
+            .image_cache_limit_bytes
+            .map(|_| (self.store.clone(), self.pods.clone()))
+    }
+}
+
+type ImageGc = (Arc<ImageStore>, Arc<Mutex<HashMap<String, Arc<PodEntry>>>>);
+
+/// The store names of the images of every pod the agent holds (starting, running or stopping;
+/// a pod is registered before its images are ensured).
+fn images_in_use(pods: &Mutex<HashMap<String, Arc<PodEntry>>>) -> HashSet<String> {
+    lock(pods)
+        .values()
+        .flat_map(|e| {
+            e.plan
+                .init_containers
+                .iter()
+                .chain(&e.plan.containers)
+                .filter_map(|c| c.image.parse::<Source>().ok())
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Evicts least recently used images no pod uses while the cache is over its limit. The pods
+/// are read once the store is held (no pull or lookup in progress), so a pod that got its image
+/// is counted.
+async fn collect_images(store: Arc<ImageStore>, pods: Arc<Mutex<HashMap<String, Arc<PodEntry>>>>) {
+    match store.gc_async(|| images_in_use(&pods)).await {
+        Ok(r) if !r.evicted_images.is_empty() || !r.removed_layers.is_empty() => info!(
+            evicted = ?r.evicted_images,
+            layers_removed = r.removed_layers.len(),
+            bytes_left = r.size_after,
+            "image cache collected"
+        ),
+        Ok(_) => {}
+        Err(err) => warn!(error = %error_chain(&err), "image cache collection"),
     }
 }
 
@@ -1667,7 +1715,13 @@ impl Runtime for SandboxRuntime {
         let Some(e) = lock(&self.pods).remove(uid) else {
             return;
         };
-        let h = tokio::spawn(cleanup(e));
+        let gc = self.image_gc();
+        let h = tokio::spawn(async move {
+            cleanup(e).await;
+            if let Some((store, pods)) = gc {
+                collect_images(store, pods).await;
+            }
+        });
         lock(&self.removing).insert(uid.to_owned(), h);
     }
 

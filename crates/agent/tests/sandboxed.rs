@@ -501,6 +501,7 @@ async fn recover_adopts_or_cleans_up() {
             worker_runtime: RuntimeKind::Container,
             network: f.network.clone(),
             insecure_registries: vec![],
+            image_cache_limit_bytes: None,
             eviction_interval: agent::eviction::INTERVAL,
         },
         f.client.clone(),
@@ -607,6 +608,7 @@ async fn recover_keeps_ended_runs_and_last_state() {
         worker_runtime: RuntimeKind::Container,
         network: f.network.clone(),
         insecure_registries: vec![],
+        image_cache_limit_bytes: None,
         eviction_interval: agent::eviction::INTERVAL,
     };
     let scratch = json!([{"name": "scratch", "emptyDir": {}}]);
@@ -806,6 +808,7 @@ async fn microvm_recover_keeps_an_ended_run() {
         worker_runtime: RuntimeKind::Container,
         network: f.network.clone(),
         insecure_registries: vec![],
+        image_cache_limit_bytes: None,
         eviction_interval: agent::eviction::INTERVAL,
     };
     let never = pod(json!({

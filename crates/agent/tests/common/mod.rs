@@ -64,6 +64,12 @@ pub fn tar(entries: &[(String, Vec<u8>, u32, u8)]) -> Vec<u8> {
 
 /// A busybox image (one uncompressed layer) as an OCI layout in `dir`, tag `latest`.
 pub fn busybox_layout(dir: &Path) -> String {
+    layout_with(dir, &[])
+}
+
+/// [`busybox_layout`] with `extra_files` (path in the image without the leading `/`, content,
+/// mode) in its layer, after busybox's (their directories must be in the image already).
+pub fn layout_with(dir: &Path, extra_files: &[(&str, &[u8], u32)]) -> String {
     use sandbox::digest::Digest;
     let bb = std::fs::read("/bin/busybox").expect("install Debian's busybox-static");
     let mut entries = vec![
@@ -87,6 +93,14 @@ pub fn busybox_layout(dir: &Path) -> String {
     ];
     for a in APPLETS {
         entries.push((format!("bin/{a}"), b"busybox".to_vec(), 0o777, b'2'));
+    }
+    for (path, content, mode) in extra_files {
+        entries.push((
+            path.trim_start_matches('/').to_string(),
+            content.to_vec(),
+            *mode,
+            b'0',
+        ));
     }
     let layer = tar(&entries);
     let layer_digest = Digest::of(&layer);
@@ -158,6 +172,16 @@ pub async fn fixture(n: u8) -> Fixture {
 /// after this process and `n`: a distinct `n` per test), with `serverless` for pods of the
 /// serverless scheduler and `worker` for the others.
 pub async fn fixture_with(n: u8, serverless: RuntimeKind, worker: RuntimeKind) -> Fixture {
+    fixture_config(n, serverless, worker, None).await
+}
+
+/// [`fixture_with`], with an image cache limit.
+pub async fn fixture_config(
+    n: u8,
+    serverless: RuntimeKind,
+    worker: RuntimeKind,
+    image_cache_limit_bytes: Option<u64>,
+) -> Fixture {
     // Containers run under shims (so that they outlive the agent) when the `nodeless` binary
     // is built; else as children of this process.
     if let Some(b) = nodeless_binary() {
@@ -189,6 +213,7 @@ pub async fn fixture_with(n: u8, serverless: RuntimeKind, worker: RuntimeKind) -
             worker_runtime: worker,
             network: network.clone(),
             insecure_registries: vec![],
+            image_cache_limit_bytes,
             eviction_interval: agent::eviction::INTERVAL,
         },
         client.clone(),
