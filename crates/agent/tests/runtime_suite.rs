@@ -1125,13 +1125,6 @@ async fn suite(kind: RuntimeKind) {
     );
 }
 
-/// The micro-VM's prerequisites, or `None`: QEMU, mkfs.erofs and the guest's assets.
-fn microvm_missing() -> Option<String> {
-    sandbox::microvm::prerequisites()
-        .err()
-        .map(|e| e.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_runtime_suite() {
     if !available("crun") {
@@ -1152,12 +1145,7 @@ async fn gvisor_runtime_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_runtime_suite() {
-    if let Some(missing) = microvm_missing() {
-        assert!(
-            std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
-            "microvm_runtime_suite: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing}"
-        );
-        println!("SKIPPED microvm_runtime_suite: {missing}");
+    if !common::microvm_available("microvm_runtime_suite") {
         return;
     }
     suite(RuntimeKind::Microvm).await;

@@ -299,13 +299,6 @@ async fn run(kind: RuntimeKind) {
     );
 }
 
-/// The micro-VM's prerequisites, or `None`: QEMU, mkfs.erofs and the guest's assets.
-fn microvm_missing() -> Option<String> {
-    sandbox::microvm::prerequisites()
-        .err()
-        .map(|e| e.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_rust_program() {
     if !available("crun") {
@@ -326,12 +319,7 @@ async fn gvisor_rust_program() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_rust_program() {
-    if let Some(missing) = microvm_missing() {
-        assert!(
-            std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
-            "microvm_rust_program: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing}"
-        );
-        println!("SKIPPED microvm_rust_program: {missing}");
+    if !common::microvm_available("microvm_rust_program") {
         return;
     }
     run(RuntimeKind::Microvm).await;

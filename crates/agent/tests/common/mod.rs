@@ -163,6 +163,21 @@ pub fn available(tool: &str) -> bool {
     found
 }
 
+/// Whether the micro-VM's prerequisites (QEMU, mkfs.erofs, the guest's assets) are here.
+/// Tests skip without them, except under `NODELESS_REQUIRE_MICROVM` (set by scripts/test.sh
+/// and CI), where they fail.
+pub fn microvm_available(test: &str) -> bool {
+    let Err(missing) = sandbox::microvm::prerequisites() else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
+        "{test}: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing}"
+    );
+    println!("SKIPPED {test}: {missing}");
+    false
+}
+
 /// [`fixture_with`] gVisor for serverless pods and crun for the others.
 pub async fn fixture(n: u8) -> Fixture {
     fixture_with(n, RuntimeKind::Gvisor, RuntimeKind::Container).await
