@@ -148,7 +148,7 @@ fn run() -> Result<(), Error> {
     let mounted = if args.pod {
         mount_fs("tmpfs", VOLUMES, "tmpfs", MountFlags::NOSUID, "mode=0755")
     } else {
-        mount_root(DISK, "/lower", "/rw", ROOT)
+        mount_root(DISK, "/lower", "/rw", ROOT, 0)
     };
     log(&format!("ready after {} ms", t0.elapsed().as_millis()));
 
@@ -341,6 +341,7 @@ fn prepare(n: u32, setup: &Setup) -> Result<(), Error> {
         &format!("{base}/lower"),
         &format!("{base}/rw"),
         &root,
+        setup.writable_limit,
     )?;
     std::fs::create_dir_all(format!("{base}/files"))?;
     for (i, m) in setup.mounts.iter().enumerate() {
@@ -408,13 +409,36 @@ fn release(n: u32) -> Result<(), Error> {
     Ok(())
 }
 
-fn mount_root(disk: &str, lower: &str, rw: &str, root: &str) -> Result<(), Error> {
+/// The mount options of a writable layer's tmpfs: `size=` the container's `ephemeral-storage`
+/// limit when it has one (0 is none: the tmpfs may take half the VM's memory, tmpfs's default).
+/// Pure.
+fn writable_options(limit: u64) -> String {
+    if limit == 0 {
+        "mode=0755".to_owned()
+    } else {
+        format!("mode=0755,size={limit}")
+    }
+}
+
+fn mount_root(
+    disk: &str,
+    lower: &str,
+    rw: &str,
+    root: &str,
+    writable_limit: u64,
+) -> Result<(), Error> {
     wait_for(Duration::from_secs(10), || {
         Path::new(disk).exists().then_some(())
     })
     .ok_or_else(|| format!("no {disk} (virtio_blk loaded? disk attached?)"))?;
     mount_fs(disk, lower, "erofs", MountFlags::RDONLY, "")?;
-    mount_fs("tmpfs", rw, "tmpfs", MountFlags::empty(), "mode=0755")?;
+    mount_fs(
+        "tmpfs",
+        rw,
+        "tmpfs",
+        MountFlags::empty(),
+        &writable_options(writable_limit),
+    )?;
     std::fs::create_dir_all(format!("{rw}/upper"))?;
     std::fs::create_dir_all(format!("{rw}/work"))?;
     mount_fs(
@@ -1182,6 +1206,12 @@ fn kill_all_but_self() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ephemeral_storage_limit_sizes_the_writable_tmpfs() {
+        assert_eq!(writable_options(0), "mode=0755");
+        assert_eq!(writable_options(4 << 20), "mode=0755,size=4194304");
+    }
 
     #[test]
     fn cpu_limits_become_a_quota_per_period_with_the_kernels_floor() {

@@ -60,6 +60,10 @@ pub struct Setup {
     /// The serial of the container's disk (`-device virtio-blk-device,serial=...`).
     pub serial: String,
     pub mounts: Vec<MountSpec>,
+    /// The size of the container's writable layer in bytes (the `size=` of its tmpfs: a write
+    /// past it fails with ENOSPC), its `ephemeral-storage` limit; 0 is none. A host of an older
+    /// version sends none (0); a guest of an older version ignores it.
+    pub writable_limit: u64,
 }
 
 /// One mount into a container's root filesystem.
@@ -311,6 +315,7 @@ impl Frame {
                         }
                     }
                 }
+                b.extend_from_slice(&setup.writable_limit.to_le_bytes());
             }
             Frame::Prepared(_, m) => b.extend_from_slice(m.as_bytes()),
             Frame::Resize(_, rows, cols) => {
@@ -406,7 +411,16 @@ impl Frame {
                         source,
                     });
                 }
-                Frame::Prepare(id, Setup { serial, mounts })
+                // A host of an older version sends no writable limit.
+                let writable_limit = if c.0.is_empty() { 0 } else { c.u64()? };
+                Frame::Prepare(
+                    id,
+                    Setup {
+                        serial,
+                        mounts,
+                        writable_limit,
+                    },
+                )
             }
             kind::PREPARED => Frame::Prepared(id, String::from_utf8_lossy(c.0).into_owned()),
             kind::OOM_KILLED => Frame::OomKilled(id),
@@ -563,6 +577,7 @@ mod tests {
                             source: MountSource::File(b"127.0.0.1 localhost\n".to_vec()),
                         },
                     ],
+                    writable_limit: 4 << 20,
                 },
             ),
             Frame::Prepared(2, String::new()),
@@ -635,6 +650,26 @@ mod tests {
         let old = &full[4..full.len() - (4 + 8 + 5)];
         match Frame::decode(old).unwrap() {
             Frame::Run(1, s) => assert_eq!((s.memory_limit, s.pid_ns), (9, PidNs::Own)),
+            other => panic!("{other:?}"),
+        }
+        // A Prepare as an older host sends it (no writable limit) decodes with none, and an
+        // older guest (which stops after the mounts) is not upset by the limit.
+        let setup = Setup {
+            serial: "c1".into(),
+            mounts: vec![MountSpec {
+                target: "/data".into(),
+                read_only: false,
+                source: MountSource::Volume("v".into()),
+            }],
+            writable_limit: 8 << 20,
+        };
+        let full = Frame::Prepare(1, setup.clone()).encode();
+        let old = &full[4..full.len() - 8];
+        match Frame::decode(old).unwrap() {
+            Frame::Prepare(1, s) => {
+                assert_eq!(s.writable_limit, 0);
+                assert_eq!(s.mounts, setup.mounts);
+            }
             other => panic!("{other:?}"),
         }
         let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();

@@ -21,6 +21,7 @@
 //! serial console, for boot diagnostics), `qemu.log` (QEMU's stderr); [`MicroVm::destroy`]
 //! removes them.
 
+pub mod cgroup;
 pub mod initramfs;
 pub mod pod;
 

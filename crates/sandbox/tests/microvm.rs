@@ -1341,3 +1341,169 @@ async fn a_micro_vm_pod_can_share_its_process_namespace() {
     assert!(seen.contains("sleep 1001"), "{seen}");
     pod.destroy().await.unwrap();
 }
+
+/// A host with the busybox image pulled, on no network.
+async fn busybox_pod_host(data: &Path) -> (Host, BTreeMap<String, sandbox::image::Image>) {
+    let layout = data.join("layout");
+    busybox_layout(&layout, &["sh"]);
+    let store = Arc::new(ImageStore::open(data.join("images"), StoreOptions::default()).unwrap());
+    let src: Source = format!("oci:{}:latest", layout.display()).parse().unwrap();
+    let img = store.pull(&src, &PullOptions::default()).await.unwrap();
+    let images = BTreeMap::from([("busybox".to_owned(), img)]);
+    let host = Host {
+        data_dir: data.to_path_buf(),
+        images: store,
+        network: None,
+        pull: PullOptions::default(),
+    };
+    (host, images)
+}
+
+fn pod_plan(id: &str, containers: Vec<ContainerPlan>, size: Option<PodSize>) -> PodPlan {
+    PodPlan {
+        id: id.into(),
+        name: "p".into(),
+        namespace: "team".into(),
+        hostname: "p".into(),
+        init_containers: vec![],
+        containers,
+        volumes: vec![],
+        share_process_namespace: false,
+        grace_period_secs: 30,
+        restart_policy: RestartPolicy::Never,
+        size,
+        ephemeral_storage_bytes: 20 << 30,
+    }
+}
+
+/// The directories a host cgroup (relative to every hierarchy's root) has on this host.
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let rel = path.trim_start_matches('/');
+    ["cpu", "cpuacct", "unified", ""]
+        .iter()
+        .map(|h| Path::new("/sys/fs/cgroup").join(h).join(rel))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// The VM's vCPU is a whole CPU, but QEMU's host cgroup holds it to the pod's 250m: a
+/// container spinning flat out costs the host about a quarter of a core. The cgroup stays
+/// with the VM across an agent restart and goes with it.
+#[tokio::test]
+async fn a_micro_vm_pod_is_held_to_its_cpu_size_on_the_host() {
+    let Some(assets) = assets_or_skip("a_micro_vm_pod_is_held_to_its_cpu_size_on_the_host") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let (host, images) = busybox_pod_host(&data).await;
+    let plan = pod_plan(
+        "team_spin_u9",
+        vec![container_plan("spin", "while :; do :; done", &[])],
+        Some(PodSize {
+            cpu_millis: 250,
+            memory_bytes: 256 << 20,
+        }),
+    );
+    let pod = MicroVmPod::start(&host, &plan, &images, None, &PodVmOptions::new(assets))
+        .await
+        .unwrap();
+    assert_eq!(pod.vm_size().1, 1, "250m is one whole vCPU");
+    let cgroup = pod
+        .cgroup()
+        .expect("a sized pod VM has a host cgroup")
+        .to_owned();
+    assert!(!cgroup_dirs(&cgroup).is_empty());
+    let qemu = pod.pid().unwrap();
+    let in_cgroup = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.contains(":cpu:") && l.ends_with(&cgroup)
+                    || l.starts_with("0::") && l.ends_with(&cgroup)
+            })
+    };
+    assert!(in_cgroup(qemu), "QEMU runs in {cgroup}");
+    pod.exec("spin", &["true"], None).await.unwrap();
+
+    // The share of a host core QEMU used over 5 s, by the cgroup's accounting and by QEMU's
+    // own CPU time (utime + stime).
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let hz = 100.0; // USER_HZ
+    let usage = || sandbox::microvm::cgroup::VmCgroup::usage_ns(&cgroup).unwrap();
+    let (u0, t0, w0) = (usage(), ticks(qemu), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let wall = w0.elapsed().as_secs_f64();
+    let by_cgroup = (usage() - u0) as f64 / 1e9 / wall;
+    let by_stat = (ticks(qemu) - t0) as f64 / hz / wall;
+    println!("spinning 250m pod VM: {by_cgroup:.3} of a core (cgroup), {by_stat:.3} (QEMU's stat)");
+    for share in [by_cgroup, by_stat] {
+        assert!(share > 0.05 && share <= 0.4, "{by_cgroup} {by_stat}");
+    }
+
+    // An agent restart: the VM and its cgroup carry on; the new handle removes it.
+    pod.detach().unwrap();
+    assert!(
+        !cgroup_dirs(&cgroup).is_empty(),
+        "the cgroup outlives the handle"
+    );
+    assert!(in_cgroup(qemu));
+    let pod = MicroVmPod::reattach(&host, &plan)
+        .await
+        .unwrap()
+        .expect("the VM is found again");
+    assert_eq!(pod.cgroup(), Some(cgroup.as_str()));
+    pod.destroy().await.unwrap();
+    assert_eq!(
+        cgroup_dirs(&cgroup),
+        Vec::<PathBuf>::new(),
+        "the cgroup goes with the VM"
+    );
+}
+
+/// A container's `ephemeral-storage` limit is the size of its writable layer in the guest: a
+/// write past it fails (ENOSPC); a container without a limit writes on.
+#[tokio::test]
+async fn ephemeral_storage_limits_the_writable_layer_in_a_micro_vm() {
+    let Some(assets) = assets_or_skip("ephemeral_storage_limits_the_writable_layer_in_a_micro_vm")
+    else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let (host, images) = busybox_pod_host(&data).await;
+    let mut small = container_plan("small", "exec sleep 1001", &[]);
+    small.ephemeral_storage_limit = Some(4 << 20);
+    let plan = pod_plan(
+        "team_disk_u10",
+        vec![small, container_plan("free", "exec sleep 1002", &[])],
+        None,
+    );
+    let pod = MicroVmPod::start(&host, &plan, &images, None, &PodVmOptions::new(assets))
+        .await
+        .unwrap();
+    let write = "dd if=/dev/zero of=/big bs=1M count=8; echo code=$?; wc -c < /big";
+    let run = |name: &'static str| {
+        let pod = &pod;
+        async move {
+            let out = pod.exec(name, &["sh", "-c", write], None).await.unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let mut lines = stdout.lines();
+            let code = lines.next().unwrap_or_default().to_owned();
+            let size: u64 = lines.next().unwrap_or_default().trim().parse().unwrap();
+            (code, size, stderr)
+        }
+    };
+    let (code, size, stderr) = run("small").await;
+    println!("4Mi limit: {code}, {size} bytes, {}", stderr.trim());
+    assert_ne!(code, "code=0", "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(size <= 4 << 20, "{size} bytes written past a 4Mi limit");
+    let (code, size, stderr) = run("free").await;
+    assert_eq!((code.as_str(), size), ("code=0", 8 << 20), "{stderr}");
+    pod.destroy().await.unwrap();
+}

@@ -26,6 +26,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::cgroup::VmCgroup;
 use super::proto::{self, Decoder, Frame, MountSource, MountSpec, PidNs, Setup};
 use super::{
     Accel, BootFiles, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter,
@@ -113,6 +114,10 @@ struct SavedSetup {
     serial: String,
     /// (target, read-only, a pod volume's name or a file's contents).
     mounts: Vec<(String, bool, SavedSource)>,
+    /// The writable layer's size (the container's `ephemeral-storage` limit); 0 is none (and
+    /// in state files of older versions).
+    #[serde(default)]
+    writable_limit: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -136,6 +141,7 @@ impl SavedSetup {
                     (m.target.clone(), m.read_only, src)
                 })
                 .collect(),
+            writable_limit: s.writable_limit,
         }
     }
 
@@ -154,6 +160,7 @@ impl SavedSetup {
                     },
                 })
                 .collect(),
+            writable_limit: self.writable_limit,
         }
     }
 }
@@ -188,6 +195,8 @@ pub struct MicroVmPod {
     vm_size: (u32, u32),
     /// The containers share one PID namespace (`shareProcessNamespace`).
     share_pid: bool,
+    /// The host cgroup holding QEMU to the pod's size (a pod with a size).
+    cgroup: Option<VmCgroup>,
 }
 
 /// The read-only disk of `image`, made once per host (by manifest digest) in
@@ -376,6 +385,7 @@ impl MicroVmPod {
             let setup = Setup {
                 serial: format!("c{root}"),
                 mounts: container_mounts(plan, c, ip, options.nameserver, &options.volume_files)?,
+                writable_limit: c.ephemeral_storage_limit.unwrap_or(0),
             };
             let spec = container_spec(host, plan, c, image, ip)?;
             let saved = SavedSetup::of(&setup);
@@ -414,6 +424,13 @@ impl MicroVmPod {
         }
         let extra = extra.join(" ");
         let (memory_mib, cpus) = vm_size(plan.size);
+        // The vCPUs are whole CPUs: QEMU's host cgroup holds it to the pod's size.
+        let cgroup = plan.size.and_then(|s| {
+            VmCgroup::create(
+                &crate::pod::sandbox_cgroup(&host.data_dir, &plan.id),
+                s.cpu_millis,
+            )
+        });
         let args = qemu_args(
             options.accel.resolve(),
             memory_mib,
@@ -429,6 +446,17 @@ impl MicroVmPod {
             },
         );
         let mut command = qemu_command(&qemu, vmnet.as_ref());
+        if let Some(cg) = &cgroup {
+            // QEMU (nsenter, which becomes QEMU) enters the cgroup before `exec`: it runs no
+            // instruction outside the quota.
+            let files = cg.procs_files();
+            #[allow(unsafe_code)]
+            // SAFETY: the closure only opens and writes files (async-signal-safe system
+            // calls), allocating nothing.
+            unsafe {
+                command.pre_exec(move || VmCgroup::enter(&files));
+            }
+        }
         let mut child = command
             .args(&args)
             .stdin(Stdio::null())
@@ -474,6 +502,7 @@ impl MicroVmPod {
             ip,
             vm_size: (memory_mib, cpus),
             share_pid: plan.share_process_namespace,
+            cgroup,
         };
 
         // Every root filesystem is made first; the first frame also makes the agent answer
@@ -557,6 +586,7 @@ impl MicroVmPod {
             next_root: self.next_root,
             ip: self.ip,
             vm_size: self.vm_size,
+            cgroup: self.cgroup.as_ref().map(|c| c.path().to_owned()),
             init_exits: self.init_exits.clone(),
             containers: self
                 .containers
@@ -623,6 +653,8 @@ impl MicroVmPod {
             std::fs::read(format!("/proc/{}/cmdline", state.qemu_pid)).unwrap_or_default();
         let needle = socket.display().to_string();
         if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+            // QEMU is gone: so is what was in its cgroup (removed on drop).
+            drop(state.cgroup.as_deref().map(VmCgroup::adopt));
             return Ok(None);
         }
         let stream = UnixStream::connect(&socket)
@@ -707,6 +739,7 @@ impl MicroVmPod {
             ip: state.ip,
             vm_size: state.vm_size,
             share_pid: plan.share_process_namespace,
+            cgroup: state.cgroup.as_deref().map(VmCgroup::adopt),
         };
         // Exits the guest reported while nobody listened are answered again.
         for id in running {
@@ -891,6 +924,12 @@ impl MicroVmPod {
         self.vm_size
     }
 
+    /// The host cgroup (relative to every hierarchy's root) whose CPU quota holds QEMU to the
+    /// pod's size: `None` for a pod without a size (or where no cgroup could be made).
+    pub fn cgroup(&self) -> Option<&str> {
+        self.cgroup.as_ref().map(|c| c.path())
+    }
+
     /// The init containers' exit codes, in order (all 0: a failing one ends [`Self::start`]).
     pub fn init_exits(&self) -> &[(String, i32)] {
         &self.init_exits
@@ -1061,6 +1100,9 @@ impl MicroVmPod {
         self.qemu.kill();
         self.qemu.wait().await;
         self.reader.abort();
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove().await;
+        }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -1074,6 +1116,9 @@ impl Drop for MicroVmPod {
         self.reader.abort();
         if !self.detached {
             self.qemu.kill();
+        } else if let Some(cg) = &mut self.cgroup {
+            // QEMU stays in it; the handle that takes the VM back removes it.
+            cg.keep = true;
         }
     }
 }
@@ -1130,6 +1175,9 @@ struct VmState {
     next_root: u32,
     ip: Option<Ipv4Addr>,
     vm_size: (u32, u32),
+    /// QEMU's host cgroup ([`VmCgroup`]); none in states of older versions.
+    #[serde(default)]
+    cgroup: Option<String>,
     init_exits: Vec<(String, i32)>,
     containers: Vec<ContainerState>,
 }
