@@ -350,6 +350,9 @@ pub async fn start(
     // A leftover from an earlier life of this id would make `run` fail.
     runtime.delete(id).await?;
     debug!(%id, "bundle written");
+    if runtime.kind() == RuntimeKind::Gvisor {
+        keep_sandbox_oom_baseline(&dir, &sb);
+    }
     let cgroups_path = sb.cgroups_path.clone();
     if matches!(io_mode, Io::Logged)
         && let (Some(binary), Some(config)) = (shim::binary(), runtime.config())
@@ -687,6 +690,134 @@ pub(crate) fn oom_killed(cg: &Path, code: i32) -> bool {
         || (code == 137 && limit > 0 && peak + 256 * 1024 >= limit)
 }
 
+/// The file in the directory of a container joined to a pod's gVisor sandbox that keeps, from
+/// the start of its current run, the sandbox's id, its memory cgroup (the pod's size) and the
+/// OOM kills that cgroup had counted then ([`SandboxOom`]).
+pub const SANDBOX_OOM_FILE: &str = "sandbox-oom.json";
+
+/// What a joined container's run needs to tell, at its end, whether the host kernel OOM-killed
+/// its pod's sandbox meanwhile (see [`sandbox_oom_killed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxOom {
+    /// The sandbox's root container (the pod's pause container).
+    pub sandbox: String,
+    /// The sandbox's memory cgroup directory.
+    pub cgroup: PathBuf,
+    /// Its `oom_kill` counter when the run started.
+    pub oom_kills_at_start: u64,
+}
+
+/// The `oom_kill` counter in the text of a memory cgroup's `memory.oom_control` (v1) or
+/// `memory.events` (v2): both have an `oom_kill N` line. Pure.
+pub fn parse_oom_kills(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+}
+
+/// The `oom_kill` counter of the memory cgroup directory `cg`, v1 or v2.
+fn oom_kills(cg: &Path) -> Option<u64> {
+    ["memory.oom_control", "memory.events"]
+        .iter()
+        .find_map(|f| parse_oom_kills(&std::fs::read_to_string(cg.join(f)).ok()?))
+}
+
+/// Whether a joined container's run ended because the host kernel OOM-killed its pod's sandbox
+/// (the sentry, whose memory is every container's: all of them end with it). Pure. Needed: the
+/// sandbox's cgroup counted an OOM kill since the run started (one before, e.g. of an earlier
+/// run's sandbox process, does not count), the sandbox no longer runs (a kill that left it
+/// running ended no container), and the run did not report an exit of its own: `code` is
+/// `None` (runsc could not say: the sentry was gone), 137 (SIGKILL) or 255 (what a shim records
+/// when runsc could not say). A container that exited on its own just before a neighbour took
+/// the sandbox down keeps its code.
+pub fn sandbox_oom_killed(
+    kills_at_start: u64,
+    kills_at_end: u64,
+    sandbox_running: bool,
+    code: Option<i32>,
+) -> bool {
+    kills_at_end > kills_at_start && !sandbox_running && matches!(code, None | Some(137 | 255))
+}
+
+/// The memory cgroup directory of the pod sandbox a joined container's cgroup (`cgroups_path`,
+/// relative to the cgroup root) lies in: its parent, in the v1 memory hierarchy or the v2 one.
+fn sandbox_memory_cgroup(cgroups_path: &str) -> Option<PathBuf> {
+    let parent = Path::new(cgroups_path.trim_start_matches('/')).parent()?;
+    if parent.as_os_str().is_empty() {
+        return None;
+    }
+    let root = memory_cgroup_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    Some(root.join(parent))
+}
+
+/// Before a run of a container joined to a pod's gVisor sandbox: keeps the sandbox's OOM kill
+/// count in [`SANDBOX_OOM_FILE`] (an earlier run's file goes). Best effort, logged: without it
+/// a sandbox OOM kill is reported as the exit runsc gives.
+fn keep_sandbox_oom_baseline(dir: &Path, sb: &SandboxContext) {
+    let _ = std::fs::remove_file(dir.join(SANDBOX_OOM_FILE));
+    let sandbox = sb
+        .annotations
+        .iter()
+        .find(|(k, _)| k == crate::runtime::SANDBOX_ID)
+        .map(|(_, v)| v.clone());
+    let (Some(sandbox), Some(cgroup)) = (
+        sandbox,
+        sb.cgroups_path.as_deref().and_then(sandbox_memory_cgroup),
+    ) else {
+        return;
+    };
+    let Some(oom_kills_at_start) = oom_kills(&cgroup) else {
+        debug!(cgroup = %cgroup.display(), "no OOM kill counter for the pod's sandbox");
+        return;
+    };
+    let rec = SandboxOom {
+        sandbox,
+        cgroup,
+        oom_kills_at_start,
+    };
+    let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+    if let Err(e) = shim::write_atomic(dir, SANDBOX_OOM_FILE, &bytes) {
+        warn!(dir = %dir.display(), error = %e, "keeping the sandbox's OOM kill count");
+    }
+}
+
+/// At the end of a run of the container in `dir` (exit `code`, `None` when the runtime could
+/// not tell): whether its pod's gVisor sandbox was OOM-killed meanwhile ([`sandbox_oom_killed`]
+/// over what [`keep_sandbox_oom_baseline`] kept). Asks the runtime about the sandbox only after
+/// the counter rose.
+pub(crate) async fn ended_with_oom_killed_sandbox(
+    runtime: &Arc<dyn Runtime>,
+    id: &str,
+    dir: &Path,
+    code: Option<i32>,
+) -> bool {
+    let Some(rec) = std::fs::read(dir.join(SANDBOX_OOM_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SandboxOom>(&b).ok())
+    else {
+        return false;
+    };
+    // Gone with the pod: the count can no longer have risen.
+    let kills_at_end = oom_kills(&rec.cgroup).unwrap_or(rec.oom_kills_at_start);
+    if !sandbox_oom_killed(rec.oom_kills_at_start, kills_at_end, false, code) {
+        return false;
+    }
+    let running = matches!(
+        runtime.status(&rec.sandbox).await,
+        Ok(Some(s)) if s == "running"
+    );
+    let oom = sandbox_oom_killed(rec.oom_kills_at_start, kills_at_end, running, code);
+    if oom {
+        warn!(
+            %id,
+            sandbox = %rec.sandbox,
+            kills = kills_at_end - rec.oom_kills_at_start,
+            "the pod's sandbox was OOM-killed: the container's end is OOMKilled"
+        );
+    }
+    oom
+}
+
 /// Waits for the log pumps to finish after the process exited.
 pub(crate) async fn drain_pumps(id: &str, pumps: Vec<Pump>) {
     for mut p in pumps {
@@ -793,13 +924,14 @@ impl Started {
             how,
         } = self;
         let record = match how {
-            Running::Exited(rec) => rec,
+            Running::Exited(rec) => pod_oom_record(&runtime, &id, &dir, &state, rec).await,
             Running::Shim { pid, mut child } => {
                 shim_done(pid, child.as_mut(), &dir).await;
-                match shim::read_exit(&dir) {
+                let rec = match shim::read_exit(&dir) {
                     Some(rec) => rec,
                     None => shim_lost(&runtime, &id, &dir, &state).await?,
-                }
+                };
+                pod_oom_record(&runtime, &id, &dir, &state, rec).await
             }
             Running::Child {
                 mut process,
@@ -808,9 +940,22 @@ impl Started {
                 cgroups_path,
                 watch,
             } => {
-                let code = process.wait().await.map_err(io("wait", &dir))?;
+                let waited = process.wait().await;
+                // runsc cannot tell the exit of a container whose sandbox was killed.
+                let pod_oom = ended_with_oom_killed_sandbox(
+                    &runtime,
+                    &id,
+                    &dir,
+                    waited.as_ref().ok().copied(),
+                )
+                .await;
+                let code = match waited {
+                    _ if pod_oom => 137,
+                    w => w.map_err(io("wait", &dir))?,
+                };
                 drain_pumps(&id, pumps).await;
-                let oom_killed = cgroup.as_deref().is_some_and(|cg| oom_killed(cg, code))
+                let oom_killed = pod_oom
+                    || cgroup.as_deref().is_some_and(|cg| oom_killed(cg, code))
                     || watch.as_ref().is_some_and(crate::limitwatch::Watch::fired);
                 drop(watch);
                 let started_at = match &state.status {
@@ -846,6 +991,36 @@ impl Started {
             state,
         })
     }
+}
+
+/// The end a shim recorded (`rec`), corrected when the container's pod sandbox was OOM-killed
+/// ([`ended_with_oom_killed_sandbox`]; the shim tells only the container's own OOM kill):
+/// exit 137, OOMKilled, written back to `exit.json` and `state.json`.
+async fn pod_oom_record(
+    runtime: &Arc<dyn Runtime>,
+    id: &str,
+    dir: &Path,
+    state: &State,
+    mut rec: ExitRecord,
+) -> ExitRecord {
+    if rec.oom_killed || !ended_with_oom_killed_sandbox(runtime, id, dir, Some(rec.exit_code)).await
+    {
+        return rec;
+    }
+    rec.exit_code = 137;
+    rec.oom_killed = true;
+    rec.reason = exit_reason(137, true).into();
+    let bytes = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+    if let Err(e) = shim::write_atomic(dir, shim::EXIT_FILE, &bytes) {
+        warn!(%id, error = %e, "recording the OOM kill of the pod's sandbox");
+    }
+    let mut st = state.clone();
+    st.status = rec.status();
+    st.restart_count = rec.restart_count;
+    if let Err(e) = write_state(dir, &st) {
+        warn!(%id, error = %e, "recording the OOM kill of the pod's sandbox");
+    }
+    rec
 }
 
 /// The shim of a container died without recording its end (it was killed): nobody pumps the
@@ -921,6 +1096,50 @@ mod tests {
         assert_eq!(exit_reason(0, false), "Completed");
         assert_eq!(exit_reason(3, false), "Error");
         assert_eq!(exit_reason(137, true), "OOMKilled");
+    }
+
+    #[test]
+    fn oom_kill_counters_of_both_cgroup_versions() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(parse_oom_kills(v1), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(v2), Some(1));
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\n"), None);
+        assert_eq!(parse_oom_kills(""), None);
+    }
+
+    #[test]
+    fn sandbox_oom_kill_ends_a_joined_container_as_oom_killed() {
+        // The sentry was killed during the run: runsc could not tell the exit, or a shim
+        // recorded that it could not (255), or the container was SIGKILLed.
+        for code in [None, Some(137), Some(255)] {
+            assert!(sandbox_oom_killed(0, 1, false, code), "{code:?}");
+            assert!(sandbox_oom_killed(3, 5, false, code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn no_sandbox_oom_kill_without_a_new_kill_a_dead_sandbox_or_a_lost_exit() {
+        // No kill counted during this run (one before it, e.g. of an earlier sandbox
+        // process, does not count).
+        assert!(!sandbox_oom_killed(0, 0, false, None));
+        assert!(!sandbox_oom_killed(2, 2, false, Some(137)));
+        // A kill that left the sandbox running ended no container with it.
+        assert!(!sandbox_oom_killed(0, 1, true, None));
+        assert!(!sandbox_oom_killed(0, 1, true, Some(137)));
+        // An exit of the container's own, reported by the sentry (which was alive then),
+        // stays what it was even if a neighbour took the sandbox down afterwards.
+        for code in [0, 1, 2, 127, 143] {
+            assert!(!sandbox_oom_killed(0, 1, false, Some(code)), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_sandbox_cgroup_is_the_parent_of_a_joined_containers() {
+        let cg = sandbox_memory_cgroup("/nodeless-1234/pod-p/c").unwrap();
+        assert!(cg.ends_with("nodeless-1234/pod-p"), "{}", cg.display());
+        assert!(cg.starts_with("/sys/fs/cgroup"));
+        assert_eq!(sandbox_memory_cgroup("/top"), None);
     }
 
     #[test]

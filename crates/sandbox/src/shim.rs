@@ -449,7 +449,14 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
         })
     };
 
-    let code = match process.wait().await {
+    let waited = process.wait().await;
+    // A container joined to a gVisor pod sandbox that the kernel killed for the pod's memory
+    // has no exit of its own: it ended OOMKilled (ADR 010).
+    let pod_oom =
+        container::ended_with_oom_killed_sandbox(&runtime, &id, dir, waited.as_ref().ok().copied())
+            .await;
+    let code = match waited {
+        _ if pod_oom => 137,
         Ok(c) => c,
         Err(e) => {
             warn!(%id, error = %e, "waiting for the container; recording it as lost");
@@ -461,10 +468,11 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
     }
     let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
     container::drain_pumps(&id, pumps).await;
-    let oom_killed = spec
-        .memory_cgroup
-        .as_deref()
-        .is_some_and(|cg| container::oom_killed(cg, code))
+    let oom_killed = pod_oom
+        || spec
+            .memory_cgroup
+            .as_deref()
+            .is_some_and(|cg| container::oom_killed(cg, code))
         || watch.as_ref().is_some_and(crate::limitwatch::Watch::fired);
     drop(watch);
     if let Err(e) = container::release(

@@ -305,6 +305,135 @@ async fn gvisor_solo_pod_is_one_sandbox_and_reports_oom() {
     e.network.destroy().await.unwrap();
 }
 
+/// The sandbox's memory cgroup's `oom_kill` counter (cgroup v1 `memory.oom_control`).
+fn oom_kills(cgroup: &str) -> u64 {
+    std::fs::read_to_string(cgroup_file("memory", cgroup, "memory.oom_control"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A gVisor pod with several containers (one sandbox) and no container limits: a container
+/// that takes more than the pod's size makes the host kernel OOM-kill the sandbox (its cgroup
+/// is limited to the pod's size), and every container ends with it. Each is reported the way
+/// kubelet reports a container killed because its pod ran out of memory: OOMKilled, exit 137.
+#[tokio::test]
+async fn gvisor_pod_over_its_size_reports_oom_killed() {
+    if !common::has(RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    pod_over_its_size("full", 7).await;
+}
+
+/// The same with the containers under shims (as the agent runs them): the shim records the
+/// end runsc could not tell, the pod's sandbox OOM kill corrects it.
+#[tokio::test]
+async fn gvisor_pod_over_its_size_reports_oom_killed_under_shims() {
+    const SHIMMED: &str = "NODELESS_TEST_LIMITS_SHIMMED";
+    const NAME: &str = "gvisor_pod_over_its_size_reports_oom_killed_under_shims";
+    if !common::has(RuntimeKind::Gvisor) {
+        eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
+        return;
+    }
+    if std::env::var_os(SHIMMED).is_none() {
+        // The shim is set once per process, for every test in it: this one runs alone.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+            .env(SHIMMED, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        eprintln!("{text}");
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    if !common::use_shim() {
+        return;
+    }
+    pod_over_its_size("fuller", 8).await;
+}
+
+async fn pod_over_its_size(name: &str, octet: u8) {
+    let e = env(RuntimeKind::Gvisor, octet);
+    let plan = planned(serde_json::json!({
+        "metadata": {"name": name, "namespace": "test", "uid": format!("limits-pod-oom-{name}"),
+                     "annotations": {"CapacityProvisioned": "0.25vCPU 0.5GB"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                // One 600 MiB buffer in a 512 MiB pod, no limit of its own.
+                {"name": "hog", "image": e.image, "command": ["sh", "-c",
+                    "echo up; sleep 1; dd if=/dev/zero of=/dev/null bs=600M count=1; echo dd-exit=$?"]},
+                {"name": "peer", "image": e.image, "command": ["sh", "-c", "echo up; sleep 600"]},
+            ]
+        }
+    }));
+    assert!(!pod::solo(&plan, RuntimeKind::Gvisor));
+    let run = pod::start(&e.host, e.rt.clone(), &plan, &VolumeFiles::new())
+        .await
+        .unwrap();
+    let (hog, peer) = (
+        pod::container_id(&plan.id, "hog"),
+        pod::container_id(&plan.id, "peer"),
+    );
+    wait_for_log(&e.data, &hog, "up").await;
+    wait_for_log(&e.data, &peer, "up").await;
+    let cg = pod::sandbox_cgroup(&e.data, &plan.id);
+    let kills_before = oom_kills(&cg);
+    let t0 = Instant::now();
+    // The pod's cgroup goes when its last container is released: its counter is watched
+    // while the pod runs.
+    let waiting = tokio::spawn(run.wait());
+    let mut kills_after = kills_before;
+    while !waiting.is_finished() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the pod ends when its sandbox goes over the pod's size"
+        );
+        kills_after = kills_after.max(oom_kills(&cg));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (exits, _) = waiting.await.unwrap().unwrap();
+    eprintln!(
+        "pod ended {:.1} s after its containers ran; sandbox oom_kill {kills_before} -> \
+         {kills_after}; exits {exits:?}; hog log {:?}",
+        t0.elapsed().as_secs_f64(),
+        log_of(&e.data, &hog),
+    );
+    assert!(
+        kills_after > kills_before,
+        "the host kernel OOM-killed in the sandbox's cgroup"
+    );
+    assert!(
+        !log_of(&e.data, &hog).contains("dd-exit"),
+        "the hog outlived its allocation"
+    );
+    // Both ended with the sandbox: both are reported as kubelet reports a container killed
+    // because its pod ran out of memory, in the pod's wait and in their recorded state.
+    assert_eq!(exits.len(), 2, "{exits:?}");
+    for (name, exit) in &exits {
+        assert_eq!(
+            (exit.code, exit.oom_killed),
+            (137, true),
+            "{name}: {exit:?}"
+        );
+    }
+    for id in [&hog, &peer] {
+        let status = sandbox::container::read_state(&e.data, id).map(|s| s.status);
+        let Some(sandbox::container::Status::Terminated {
+            exit_code, reason, ..
+        }) = &status
+        else {
+            panic!("{id}: {status:?}")
+        };
+        assert_eq!((*exit_code, reason.as_str()), (137, "OOMKilled"), "{id}");
+    }
+    pod::remove(&e.host, e.rt.as_ref(), &plan).await.unwrap();
+    e.network.destroy().await.unwrap();
+}
+
 /// The state of container `id` once it has ended (at most `within`).
 async fn terminated(data: &Path, id: &str, within: Duration) -> sandbox::container::Status {
     let deadline = Instant::now() + within;
