@@ -44,9 +44,13 @@ pub enum ProbeEvent {
     Started,
     /// Readiness changed (the initial state is not ready; only changes are sent).
     Ready(bool),
-    /// The liveness probe failed failureThreshold times in a row: kill (and maybe restart) the
-    /// container. Kubelet's message, e.g. `Liveness probe failed: HTTP probe failed with
-    /// statuscode: 500`.
+    /// One attempt of any probe failed (sent for each, before any threshold event it causes).
+    /// Kubelet's `Unhealthy` message, e.g. `Readiness probe failed: HTTP probe failed with
+    /// statuscode: 404`.
+    Failed(String),
+    /// The liveness probe failed failureThreshold times in a row (each already sent as
+    /// [`ProbeEvent::Failed`]): kill (and maybe restart) the container. The last failure's
+    /// message, e.g. `Liveness probe failed: HTTP probe failed with statuscode: 500`.
     LivenessFailed(String),
     /// The startup probe failed failureThreshold times in a row: kill the container.
     StartupFailed(String),
@@ -143,8 +147,24 @@ impl Counter {
         }
     }
 
-    /// Records one attempt (`Err` carries the failure output); returns the event to send, if any.
-    pub fn record(&mut self, result: Result<(), String>) -> Option<ProbeEvent> {
+    /// Records one attempt (`Err` carries the failure output); returns the events to send, in
+    /// order: a failed attempt's [`ProbeEvent::Failed`], then the threshold event, if any.
+    pub fn record(&mut self, result: Result<(), String>) -> Vec<ProbeEvent> {
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|output| ProbeEvent::Failed(self.message(output)));
+        let threshold = self.threshold(result);
+        failed.into_iter().chain(threshold).collect()
+    }
+
+    /// Kubelet's message for a failed attempt: `<Kind> probe failed: <output>`.
+    fn message(&self, output: &str) -> String {
+        format!("{} probe failed: {output}", self.kind.as_str())
+    }
+
+    /// The event an attempt causes once its result has been seen often enough in a row, if any.
+    fn threshold(&mut self, result: Result<(), String>) -> Option<ProbeEvent> {
         let success = result.is_ok();
         if self.last == Some(success) {
             self.run = self.run.saturating_add(1);
@@ -160,7 +180,6 @@ impl Counter {
         if self.run < threshold {
             return None;
         }
-        let message = |output: String| format!("{} probe failed: {output}", self.kind.as_str());
         match (self.kind, result) {
             (Kind::Readiness, _) => {
                 if self.reported == Some(success) {
@@ -170,20 +189,20 @@ impl Counter {
                 Some(ProbeEvent::Ready(success))
             }
             (Kind::Liveness, Ok(())) => None,
-            (Kind::Liveness, Err(output)) => {
-                // Reported once per container instance; the counting starts over after it.
-                self.last = None;
-                self.run = 0;
-                Some(ProbeEvent::LivenessFailed(message(output)))
-            }
             (Kind::Startup, Ok(())) => {
                 self.reported = Some(true);
                 Some(ProbeEvent::Started)
             }
+            (Kind::Liveness, Err(output)) => {
+                // Reported once per container instance; the counting starts over after it.
+                self.last = None;
+                self.run = 0;
+                Some(ProbeEvent::LivenessFailed(self.message(&output)))
+            }
             (Kind::Startup, Err(output)) => {
                 self.last = None;
                 self.run = 0;
-                Some(ProbeEvent::StartupFailed(message(output)))
+                Some(ProbeEvent::StartupFailed(self.message(&output)))
             }
         }
     }
@@ -703,8 +722,11 @@ async fn run_probe(
                 continue;
             }
         };
-        if let Some(event) = counter.record(result) {
-            let ends = !matches!(event, ProbeEvent::Ready(_));
+        for event in counter.record(result) {
+            let ends = matches!(
+                event,
+                ProbeEvent::Started | ProbeEvent::LivenessFailed(_) | ProbeEvent::StartupFailed(_)
+            );
             if events.send(event.clone()).is_err() {
                 return None;
             }
@@ -766,61 +788,118 @@ mod tests {
         assert_eq!(Settings::new(Kind::Startup, &probe).success_threshold, 1);
     }
 
+    fn failed(kind: Kind, output: &str) -> ProbeEvent {
+        ProbeEvent::Failed(format!("{} probe failed: {output}", kind.as_str()))
+    }
+
     #[test]
     fn readiness_reports_changes_after_thresholds() {
         let mut c = Counter::new(Kind::Readiness, &settings(2, 3));
-        // Starts not ready: failures report nothing.
-        assert_eq!(c.record(fail("x")), None);
-        assert_eq!(c.record(Ok(())), None);
-        assert_eq!(c.record(Ok(())), Some(ProbeEvent::Ready(true)));
-        assert_eq!(c.record(Ok(())), None);
-        assert_eq!(c.record(fail("x")), None);
-        assert_eq!(c.record(fail("x")), None);
+        let f = || vec![failed(Kind::Readiness, "x")];
+        let ready = |r| vec![ProbeEvent::Ready(r)];
+        // Starts not ready: failures report only themselves.
+        assert_eq!(c.record(fail("x")), f());
+        assert_eq!(c.record(Ok(())), vec![]);
+        assert_eq!(c.record(Ok(())), ready(true));
+        assert_eq!(c.record(Ok(())), vec![]);
+        assert_eq!(c.record(fail("x")), f());
+        assert_eq!(c.record(fail("x")), f());
         // A success in between starts the failure count over.
-        assert_eq!(c.record(Ok(())), None);
-        assert_eq!(c.record(fail("x")), None);
-        assert_eq!(c.record(fail("x")), None);
-        assert_eq!(c.record(fail("x")), Some(ProbeEvent::Ready(false)));
-        assert_eq!(c.record(fail("x")), None);
-        assert_eq!(c.record(Ok(())), None);
-        assert_eq!(c.record(Ok(())), Some(ProbeEvent::Ready(true)));
+        assert_eq!(c.record(Ok(())), vec![]);
+        assert_eq!(c.record(fail("x")), f());
+        assert_eq!(c.record(fail("x")), f());
+        assert_eq!(
+            c.record(fail("x")),
+            vec![failed(Kind::Readiness, "x"), ProbeEvent::Ready(false)]
+        );
+        assert_eq!(c.record(fail("x")), f());
+        assert_eq!(c.record(Ok(())), vec![]);
+        assert_eq!(c.record(Ok(())), ready(true));
     }
 
     #[test]
     fn liveness_fails_after_failure_threshold_in_a_row() {
         let mut c = Counter::new(Kind::Liveness, &settings(1, 3));
-        assert_eq!(c.record(Ok(())), None);
-        assert_eq!(c.record(fail("a")), None);
-        assert_eq!(c.record(fail("b")), None);
-        assert_eq!(c.record(Ok(())), None);
-        assert_eq!(c.record(fail("c")), None);
-        assert_eq!(c.record(fail("d")), None);
+        assert_eq!(c.record(Ok(())), vec![]);
+        assert_eq!(c.record(fail("a")), vec![failed(Kind::Liveness, "a")]);
+        assert_eq!(c.record(fail("b")), vec![failed(Kind::Liveness, "b")]);
+        assert_eq!(c.record(Ok(())), vec![]);
+        assert_eq!(c.record(fail("c")), vec![failed(Kind::Liveness, "c")]);
+        assert_eq!(c.record(fail("d")), vec![failed(Kind::Liveness, "d")]);
+        let output = "HTTP probe failed with statuscode: 500";
         assert_eq!(
-            c.record(fail("HTTP probe failed with statuscode: 500")),
-            Some(ProbeEvent::LivenessFailed(
-                "Liveness probe failed: HTTP probe failed with statuscode: 500".into()
-            ))
+            c.record(fail(output)),
+            vec![
+                failed(Kind::Liveness, output),
+                ProbeEvent::LivenessFailed(
+                    "Liveness probe failed: HTTP probe failed with statuscode: 500".into()
+                )
+            ]
         );
         // Counting starts over.
-        assert_eq!(c.record(fail("e")), None);
+        assert_eq!(c.record(fail("e")), vec![failed(Kind::Liveness, "e")]);
     }
 
     #[test]
     fn startup_succeeds_once_or_fails_after_threshold() {
         let mut c = Counter::new(Kind::Startup, &settings(1, 2));
-        assert_eq!(c.record(fail("x")), None);
-        assert_eq!(c.record(Ok(())), Some(ProbeEvent::Started));
+        assert_eq!(c.record(fail("x")), vec![failed(Kind::Startup, "x")]);
+        assert_eq!(c.record(Ok(())), vec![ProbeEvent::Started]);
         let mut c = Counter::new(Kind::Startup, &settings(1, 2));
-        assert_eq!(c.record(fail("x")), None);
+        assert_eq!(c.record(fail("x")), vec![failed(Kind::Startup, "x")]);
+        let output = "dial tcp 10.244.0.5:8080: connect: connection refused";
         assert_eq!(
-            c.record(fail(
-                "dial tcp 10.244.0.5:8080: connect: connection refused"
-            )),
-            Some(ProbeEvent::StartupFailed(
-                "Startup probe failed: dial tcp 10.244.0.5:8080: connect: connection refused"
-                    .into()
-            ))
+            c.record(fail(output)),
+            vec![
+                ProbeEvent::Failed(
+                    "Startup probe failed: dial tcp 10.244.0.5:8080: connect: connection refused"
+                        .into()
+                ),
+                ProbeEvent::StartupFailed(
+                    "Startup probe failed: dial tcp 10.244.0.5:8080: connect: connection refused"
+                        .into()
+                )
+            ]
         );
+    }
+
+    #[test]
+    fn every_failed_attempt_is_reported_then_the_threshold() {
+        // Kubelet records `Unhealthy` for each failed attempt of every kind; for liveness and
+        // startup the kill follows the failureThreshold-th one in a row.
+        for kind in [Kind::Readiness, Kind::Liveness, Kind::Startup] {
+            for threshold in 1..=4u32 {
+                let mut c = Counter::new(kind, &settings(1, threshold));
+                if kind == Kind::Readiness {
+                    // From ready, so that not ready is a change.
+                    assert_eq!(c.record(Ok(())), vec![ProbeEvent::Ready(true)]);
+                }
+                let mut stream = Vec::new();
+                for attempt in 1..=threshold {
+                    stream.extend(c.record(fail(&format!("attempt {attempt}"))));
+                }
+                let failures: Vec<_> = stream
+                    .iter()
+                    .filter_map(|e| match e {
+                        ProbeEvent::Failed(m) => Some(m.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let want: Vec<_> = (1..=threshold)
+                    .map(|a| format!("{} probe failed: attempt {a}", kind.as_str()))
+                    .collect();
+                assert_eq!(failures, want, "{kind:?}, threshold {threshold}");
+                let last = format!("{} probe failed: attempt {threshold}", kind.as_str());
+                let end = match kind {
+                    Kind::Readiness => ProbeEvent::Ready(false),
+                    Kind::Liveness => ProbeEvent::LivenessFailed(last),
+                    Kind::Startup => ProbeEvent::StartupFailed(last),
+                };
+                // Exactly one threshold event, after the last failure, and none before it.
+                assert_eq!(stream.len(), threshold as usize + 1, "{kind:?}: {stream:?}");
+                assert_eq!(stream.last(), Some(&end), "{kind:?}: {stream:?}");
+            }
+        }
     }
 
     fn container_with_ports() -> Container {
@@ -1193,11 +1272,18 @@ mod tests {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let handle = spawn(&container, local_target(exec), tx);
+        let message = "Startup probe failed: command \"check\" exited with 1";
         assert_eq!(
             next_event(&mut rx).await,
-            ProbeEvent::StartupFailed(
-                "Startup probe failed: command \"check\" exited with 1".into()
-            )
+            ProbeEvent::Failed(message.into())
+        );
+        assert_eq!(
+            next_event(&mut rx).await,
+            ProbeEvent::Failed(message.into())
+        );
+        assert_eq!(
+            next_event(&mut rx).await,
+            ProbeEvent::StartupFailed(message.into())
         );
         tokio::time::timeout(Duration::from_secs(5), handle)
             .await
@@ -1239,18 +1325,37 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let began = std::time::Instant::now();
         let handle = spawn(&container, local_target(startup_exec), tx);
+        assert_eq!(
+            next_event(&mut rx).await,
+            ProbeEvent::Failed("Startup probe failed: command \"check\" exited with 1".into())
+        );
         assert_eq!(next_event(&mut rx).await, ProbeEvent::Started);
         // The first attempt failed, the second (a period later) succeeded.
         assert!(began.elapsed() >= Duration::from_millis(900));
-        // Readiness probes a closed port: starts not ready and stays so (no event);
-        // liveness: 200, then 500 twice -> failed, which ends the probing.
-        assert_eq!(
-            next_event(&mut rx).await,
-            ProbeEvent::LivenessFailed(
-                "Liveness probe failed: HTTP probe failed with statuscode: 500".into()
-            )
-        );
+        // Readiness probes a closed port: starts not ready and stays so (no change, a failure
+        // event each period); liveness: 200, then 500 twice -> failed, which ends the probing.
+        let mut events = Vec::new();
+        loop {
+            let event = next_event(&mut rx).await;
+            events.push(event.clone());
+            if matches!(event, ProbeEvent::LivenessFailed(_)) {
+                break;
+            }
+        }
         assert!(began.elapsed() >= Duration::from_millis(2900));
+        let liveness = "Liveness probe failed: HTTP probe failed with statuscode: 500";
+        let (readiness, rest): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| {
+            matches!(e, ProbeEvent::Failed(m) if m.starts_with("Readiness probe failed: dial tcp"))
+        });
+        assert!(!readiness.is_empty(), "a readiness failure each period");
+        assert_eq!(
+            rest,
+            vec![
+                ProbeEvent::Failed(liveness.into()),
+                ProbeEvent::Failed(liveness.into()),
+                ProbeEvent::LivenessFailed(liveness.into()),
+            ]
+        );
         tokio::time::timeout(Duration::from_secs(5), handle)
             .await
             .unwrap()
@@ -1269,6 +1374,10 @@ mod tests {
         let handle = spawn(&container, local_target(exec), tx);
         assert_eq!(next_event(&mut rx).await, ProbeEvent::Started);
         assert_eq!(next_event(&mut rx).await, ProbeEvent::Ready(true));
+        assert_eq!(
+            next_event(&mut rx).await,
+            ProbeEvent::Failed("Readiness probe failed: command \"check\" exited with 1".into())
+        );
         assert_eq!(next_event(&mut rx).await, ProbeEvent::Ready(false));
         assert_eq!(next_event(&mut rx).await, ProbeEvent::Ready(true));
         // Then it stays ready: nothing more within two periods.

@@ -844,14 +844,22 @@ mod probes {
                             entry.update(w, |c| c.ready = r);
                         }
                     }
-                    crate::probe::ProbeEvent::LivenessFailed(msg)
-                    | crate::probe::ProbeEvent::StartupFailed(msg) => {
-                        entry.event(Some(&name), true, "Unhealthy", msg.clone());
+                    // Kubelet's `Unhealthy` for every failed attempt of any probe.
+                    crate::probe::ProbeEvent::Failed(msg) => {
+                        entry.event(Some(&name), true, "Unhealthy", msg);
+                    }
+                    // At the threshold only `Killing` (the attempt's `Unhealthy` went above).
+                    crate::probe::ProbeEvent::LivenessFailed(_)
+                    | crate::probe::ProbeEvent::StartupFailed(_) => {
+                        let probe = match ev {
+                            crate::probe::ProbeEvent::LivenessFailed(_) => "liveness",
+                            _ => "startup",
+                        };
                         entry.event(
                             Some(&name),
                             false,
                             "Killing",
-                            format!("Container {name} failed probe, will be restarted"),
+                            format!("Container {name} failed {probe} probe, will be restarted"),
                         );
                         kill_with_grace(&entry, w, grace).await;
                         return;

@@ -257,12 +257,12 @@ async fn probe_kinds(ctx: &Ctx<'_>, ip: String) {
         "{kind}: liveness or readiness probed before the startup probe passed: {events:#?}"
     );
 
-    // `nostart`'s startup probe failed twice: Unhealthy, killed and restarted (meanwhile
-    // `web` runs on).
+    // `nostart`'s startup probe failed twice: Unhealthy each time, then killed and restarted
+    // (meanwhile `web` runs on).
     let e = event_until(
         ctx.client,
         "uid-probes",
-        "Unhealthy: Startup probe failed",
+        "Killing: Container nostart failed startup probe, will be restarted",
         30,
     )
     .await;
@@ -289,6 +289,13 @@ async fn probe_kinds(ctx: &Ctx<'_>, ip: String) {
     // The httpGet probe really asks: a 404 makes `web` not ready, the page back ready again.
     assert_eq!(sh_in(rt, "probes", "web", "rm /www/index.html").await.2, 0);
     status_until(rt, "uid-probes", 20, |s| !named(s, "web").ready).await;
+    event_until(
+        ctx.client,
+        "uid-probes",
+        "Unhealthy: Readiness probe failed: HTTP probe failed with statuscode: 404",
+        20,
+    )
+    .await;
     assert_eq!(
         sh_in(rt, "probes", "web", "echo up > /www/index.html")
             .await
