@@ -790,7 +790,9 @@ async fn recover_keeps_ended_runs_and_last_state() {
 }
 
 /// A micro-VM pod whose Never container ends while the agent is down (the VM outlives it):
-/// the new agent takes the VM back, the run ends with its exit code and is not run again.
+/// the new agent takes the VM back, the run ends with its exit code (and a finish time before
+/// the new agent started, with what it wrote meanwhile) and is not run again. An Always pod
+/// whose container failed once before the outage keeps its restart count and last state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_recover_keeps_an_ended_run() {
     if let Err(e) = sandbox::microvm::prerequisites() {
@@ -816,7 +818,16 @@ async fn microvm_recover_keeps_an_ended_run() {
         "spec": {"nodeName": "worker-1", "restartPolicy": "Never",
                  "schedulerName": "serverless-scheduler",
                  "containers": [{"name": "main", "image": f.image,
-                                 "command": ["sh", "-c", "echo run; sleep 3; exit 7"]}]}
+                                 "command": ["sh", "-c", "echo run; sleep 3; echo done; exit 7"]}]}
+    }));
+    let always = pod(json!({
+        "metadata": {"name": "valways", "namespace": "default", "uid": "uid-valways"},
+        "spec": {"nodeName": "worker-1", "restartPolicy": "Always",
+                 "schedulerName": "serverless-scheduler",
+                 "containers": [{"name": "main", "image": f.image,
+                                 "command": ["sh", "-c", "if test -e /scratch/ran; then echo second; exec sleep 600; fi; touch /scratch/ran; exit 3"],
+                                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                 "volumes": [{"name": "scratch", "emptyDir": {}}]}
     }));
     // The first agent, on a tokio runtime of its own, shut down as its process would die.
     let (first_config, client) = (config.clone(), f.client.clone());
@@ -828,6 +839,13 @@ async fn microvm_recover_keeps_an_ended_run() {
             .unwrap();
         let run = tokio_rt.block_on(async {
             let first = SandboxRuntime::new(first_config, client).await.unwrap();
+            first.start(&always, "10.203.6.10").await.unwrap();
+            // Failed once and runs again.
+            status_until(&first, "uid-valways", 90, |s| {
+                let c = &s.container_statuses[0];
+                c.restart_count == 1 && c.state.as_ref().is_some_and(|x| x.running.is_some())
+            })
+            .await;
             let run = first.start(&never, "10.203.6.9").await.unwrap();
             // Its output reaches the host before the agent dies (what a guest writes while
             // no host is attached is not asserted here).
@@ -847,10 +865,27 @@ async fn microvm_recover_keeps_an_ended_run() {
     .unwrap();
     let died = jiff::Timestamp::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let restarted = jiff::Timestamp::now();
 
     let again = SandboxRuntime::new(config, f.client.clone()).await.unwrap();
     let adopted = again.recover().await;
     assert_eq!(adopted.get("uid-vnever"), Some(&first_run));
+    assert!(adopted.contains_key("uid-valways"), "{adopted:?}");
+    let st = again.pod_status("uid-valways").unwrap();
+    let c = &st.container_statuses[0];
+    assert_eq!(c.restart_count, 1, "{c:#?}");
+    assert!(
+        c.state.as_ref().is_some_and(|x| x.running.is_some()),
+        "{c:#?}"
+    );
+    let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+    let last = last.unwrap_or_else(|| panic!("the failed run is the last state: {c:#?}"));
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    let (began, ended) = (
+        last.started_at.as_ref().unwrap().0,
+        last.finished_at.as_ref().unwrap().0,
+    );
+    assert!(began <= ended && ended < died, "{c:#?}");
     let code = tokio::time::timeout(Duration::from_secs(30), again.wait("uid-vnever"))
         .await
         .expect("the pod ends with its recorded exit")
@@ -868,9 +903,16 @@ async fn microvm_recover_keeps_an_ended_run() {
     );
     let started = t.started_at.as_ref().unwrap().0;
     assert!(started < died, "the run the first agent started: {c:#?}");
+    // It ended while no agent was attached: not at the new agent's adoption.
+    let finished = t.finished_at.as_ref().unwrap().0;
+    assert!(
+        started <= finished && finished < restarted,
+        "ended before the new agent started: {c:#?}"
+    );
+    // What it wrote while no agent was attached is kept.
     assert_eq!(
         logs(&again, "default", "vnever", "main", false).await,
-        "run\n"
+        "run\ndone\n"
     );
 
     tokio::time::timeout(
@@ -882,6 +924,15 @@ async fn microvm_recover_keeps_an_ended_run() {
     .unwrap();
     again.remove("uid-vnever");
     again.removed("uid-vnever").await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        again.stop("uid-valways", Duration::from_secs(2)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    again.remove("uid-valways");
+    again.removed("uid-valways").await;
     f.assert_nothing_left().await;
     f.cleanup().await;
 }

@@ -96,7 +96,12 @@ impl VmPod {
                 reason: container::exit_reason(code, vm.oom_killed(&name)).into(),
                 message: vm.container_error(&name),
                 started_at: Some(began),
-                finished_at: Some(now_time()),
+                // When the host learned of the end (what the VM's state file keeps too).
+                finished_at: Some(
+                    vm.finished_at(&name)
+                        .and_then(time_of)
+                        .unwrap_or_else(now_time),
+                ),
             })
         }
         .boxed();
@@ -621,17 +626,30 @@ impl SandboxRuntime {
             let state = s.map_or_else(
                 || completed(&container_id),
                 |_| match vm.exit_code(&c.name) {
-                    Some(code) => failed_run(
-                        code,
-                        container::exit_reason(code, vm.oom_killed(&c.name)),
-                        String::new(),
-                        &container_id,
-                    ),
+                    Some(code) => {
+                        let mut st = failed_run(
+                            code,
+                            container::exit_reason(code, vm.oom_killed(&c.name)),
+                            String::new(),
+                            &container_id,
+                        );
+                        if let Some(t) = st.terminated.as_mut() {
+                            let (began, ended) = (vm.started_at(&c.name), vm.finished_at(&c.name));
+                            t.started_at = began.and_then(time_of).or(t.started_at.take());
+                            t.finished_at = ended.and_then(time_of).or(t.finished_at.take());
+                        }
+                        st
+                    }
                     None => waiting("ContainerCreating", None),
                 },
             );
+            // The end of the run before (kept in the VM's state when this one started).
+            let last_state = s
+                .and_then(|_| vm.last_run(&c.name))
+                .map(|r| past_run_state(&r, &container_id));
             CState {
                 state,
+                last_state,
                 restart_count: vm
                     .restarts(&c.name)
                     .map_or(0, |r| i32::try_from(r).unwrap_or(0)),
@@ -659,8 +677,14 @@ impl SandboxRuntime {
             let at = |t: std::io::Result<std::time::SystemTime>| {
                 t.ok().and_then(|t| Timestamp::try_from(t).ok()).map(Time)
             };
-            let started_at = meta.as_ref().and_then(|m| at(m.created()));
-            let finished_at = meta.as_ref().and_then(|m| at(m.modified()));
+            let started_at = vm
+                .started_at(&c.name)
+                .and_then(time_of)
+                .or_else(|| meta.as_ref().and_then(|m| at(m.created())));
+            let finished_at = vm
+                .finished_at(&c.name)
+                .and_then(time_of)
+                .or_else(|| meta.as_ref().and_then(|m| at(m.modified())));
             let end = RunEnd {
                 code,
                 reason: container::exit_reason(code, vm.oom_killed(&c.name)).into(),
@@ -690,11 +714,46 @@ impl SandboxRuntime {
         for (i, name) in running {
             if let Ok(run) = vm.current_run(&name).await {
                 set_running(&e, Which::Regular(i), &run);
-                adopted.insert(i, run);
+                // An end while no agent was attached: its time as the VM's state has it.
+                let (vm, end) = (vm.clone(), run.end);
+                let end = async move {
+                    let mut end = end.await?;
+                    if let Some(t) = vm.vm.lock().await.finished_at(&name).and_then(time_of) {
+                        end.finished_at = Some(t);
+                    }
+                    Ok(end)
+                }
+                .boxed();
+                adopted.insert(
+                    i,
+                    Run {
+                        started_at: run.started_at,
+                        end,
+                    },
+                );
             }
         }
         Some(self.adopted(&e, adopted))
     }
+}
+
+fn time_of(t: std::time::SystemTime) -> Option<Time> {
+    Timestamp::try_from(t).ok().map(Time)
+}
+
+/// The terminated state of a run the VM's state keeps.
+fn past_run_state(r: &sandbox::microvm::pod::PastRun, container_id: &str) -> ContainerState {
+    let mut s = failed_run(
+        r.code,
+        container::exit_reason(r.code, r.oom_killed),
+        String::new(),
+        container_id,
+    );
+    if let Some(t) = s.terminated.as_mut() {
+        t.started_at = r.started.and_then(time_of).or(t.started_at.take());
+        t.finished_at = r.finished.and_then(time_of).or(t.finished_at.take());
+    }
+    s
 }
 
 /// The terminated state of an init container that succeeded.

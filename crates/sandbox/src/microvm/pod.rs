@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt as _;
 use tokio::net::UnixStream;
@@ -106,6 +106,20 @@ struct Container {
     tty: bool,
     /// How its root filesystem is made: a restart makes a fresh one from it.
     setup: SavedSetup,
+    /// When its current run started.
+    started: Option<SystemTime>,
+    /// How its previous run ended (once it was restarted).
+    last: Option<PastRun>,
+}
+
+/// How a container's run ended (kept in the VM's state so that a restarted agent reports it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PastRun {
+    pub code: i32,
+    /// The OOM killer ended it (Kubernetes' `OOMKilled`).
+    pub oom_killed: bool,
+    pub started: Option<SystemTime>,
+    pub finished: Option<SystemTime>,
 }
 
 /// A container's [`Setup`], kept in the VM's state file.
@@ -174,6 +188,47 @@ struct Shared {
     /// Processes the OOM killer ended.
     oom: std::collections::HashSet<u32>,
     ready: Option<oneshot::Sender<()>>,
+    /// When the host learned that a container's run ended.
+    ends: HashMap<u32, SystemTime>,
+    /// Runs taken back after a restart of the agent and not yet known to be running: an end
+    /// that arrives first happened while no host was attached, at an unknown time after this
+    /// one (the guest does not report when a process ended).
+    unseen: HashMap<u32, SystemTime>,
+    /// The last state saved (in this directory): an end is written into it when it arrives.
+    saved: Option<(PathBuf, VmState)>,
+}
+
+impl Shared {
+    fn new(ready: Option<oneshot::Sender<()>>) -> Shared {
+        Shared {
+            execs: HashMap::new(),
+            logs: HashMap::new(),
+            prepared: HashMap::new(),
+            errors: HashMap::new(),
+            oom: Default::default(),
+            ready,
+            ends: HashMap::new(),
+            unseen: HashMap::new(),
+            saved: None,
+        }
+    }
+
+    /// Run `id` ended with `code`: records when, in the saved state as well.
+    fn ended(&mut self, id: u32, code: i32) {
+        let at = self.unseen.remove(&id).unwrap_or_else(SystemTime::now);
+        self.ends.insert(id, at);
+        let oom = self.oom.contains(&id);
+        if let Some((dir, state)) = &mut self.saved
+            && let Some(c) = state.containers.iter_mut().find(|c| c.id == id)
+        {
+            c.exit = Some(code);
+            c.finished = Some(at);
+            c.oom_killed = oom;
+            if let Err(e) = write_state(dir, state) {
+                tracing::warn!(error = %e, "saving a micro-VM container's end");
+            }
+        }
+    }
 }
 
 /// A pod running in its own micro-VM.
@@ -478,14 +533,7 @@ impl MicroVmPod {
             .map_err(boot_error)?;
         let (read_half, write_half) = stream.into_split();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let shared = Arc::new(Mutex::new(Shared {
-            execs: HashMap::new(),
-            logs: HashMap::new(),
-            prepared: HashMap::new(),
-            errors: HashMap::new(),
-            oom: Default::default(),
-            ready: Some(ready_tx),
-        }));
+        let shared = Arc::new(Mutex::new(Shared::new(Some(ready_tx))));
         let (reader, mut lost) = spawn_reader(read_half, shared.clone());
         let mut vm = MicroVmPod {
             qemu: Qemu::Child(child),
@@ -579,7 +627,8 @@ impl MicroVmPod {
         Ok(vm)
     }
 
-    fn state(&self) -> VmState {
+    /// The state to save (`shared`: this pod's, locked).
+    fn state(&self, shared: &Shared) -> VmState {
         VmState {
             qemu_pid: self.pid.unwrap_or(0),
             next_id: self.next_id.load(Ordering::Relaxed),
@@ -612,6 +661,10 @@ impl MicroVmPod {
                         Some(Ended::Code(code)) => Some(*code),
                         _ => None,
                     },
+                    started: c.started,
+                    finished: shared.ends.get(&c.id).copied(),
+                    oom_killed: shared.oom.contains(&c.id),
+                    last: c.last.clone(),
                 })
                 .collect(),
         }
@@ -619,19 +672,29 @@ impl MicroVmPod {
 
     /// Writes `state.json` (atomically) for [`MicroVmPod::reattach`].
     fn save_state(&self) -> Result<()> {
-        let p = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(&self.state())
-            .map_err(|e| io("encoding the VM state")(std::io::Error::other(e)))?;
-        std::fs::write(&tmp, json).map_err(io(format!("writing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &p).map_err(io(format!("renaming to {}", p.display())))
+        // Under the lock: an end the reader records later is written into this state.
+        let mut shared = self.lock();
+        let state = self.state(&shared);
+        write_state(&self.dir, &state)?;
+        shared.saved = Some((self.dir.clone(), state));
+        Ok(())
     }
 
     /// Lets go of the VM without stopping it (the agent is shutting down or restarting): its
-    /// state is saved and [`MicroVmPod::reattach`] takes it back. Meanwhile the guest holds
-    /// back the containers' output (their writes block once its buffers are full); nothing
-    /// is lost.
+    /// state is saved and [`MicroVmPod::reattach`] takes it back. Meanwhile the guest's writes
+    /// to the channel block (the containers' output waits in the guest, and their writes
+    /// block once its pipes are full) and reach the host that takes the VM back. What QEMU
+    /// passed on but this process did not read yet is lost (QEMU also drops what it holds for
+    /// a host that disconnects); the unterminated lines this process holds are written now,
+    /// as partial records.
     pub fn detach(mut self) -> Result<()> {
+        for (log, _) in self.lock().logs.values_mut() {
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                if !log.partial[stream as usize].is_empty() {
+                    log.emit(stream, true);
+                }
+            }
+        }
         self.save_state()?;
         self.detached = true;
         Ok(())
@@ -661,19 +724,31 @@ impl MicroVmPod {
             .await
             .map_err(io(format!("connecting to {}", socket.display())))?;
         let (read_half, write_half) = stream.into_split();
-        let shared = Arc::new(Mutex::new(Shared {
-            execs: HashMap::new(),
-            logs: HashMap::new(),
-            prepared: HashMap::new(),
-            errors: HashMap::new(),
-            oom: Default::default(),
-            ready: None,
-        }));
+        let shared = Arc::new(Mutex::new(Shared::new(None)));
         let mut containers = Vec::new();
         let mut running = Vec::new();
+        // The latest the host knew of the VM: a run that ended while no host was attached
+        // ended after it (and, at the latest, now).
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let state_time = mtime(&dir.join(STATE_FILE));
         for c in &state.containers {
             let log_path = crate::container::log_path(&c.dir, c.restarts);
             let (tx, ended) = watch::channel(c.exit.map(Ended::Code));
+            {
+                let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                if c.oom_killed {
+                    s.oom.insert(c.id);
+                }
+                if let Some(at) = c.finished {
+                    s.ends.insert(c.id, at);
+                }
+                if c.exit.is_none() {
+                    let seen = [state_time, mtime(&log_path), c.started];
+                    if let Some(at) = seen.into_iter().flatten().max() {
+                        s.unseen.insert(c.id, at);
+                    }
+                }
+            }
             if c.exit.is_none() {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
@@ -712,6 +787,8 @@ impl MicroVmPod {
                 stdin: c.stdin,
                 tty: c.tty,
                 setup: c.setup.clone(),
+                started: c.started,
+                last: c.last.clone(),
             });
         }
         let (reader, _lost) = spawn_reader(read_half, shared.clone());
@@ -745,6 +822,7 @@ impl MicroVmPod {
         for id in running {
             vm.send(&Frame::Query(id)).await?;
         }
+        vm.save_state()?;
         Ok(Some(vm))
     }
 
@@ -793,6 +871,8 @@ impl MicroVmPod {
             stdin,
             tty,
             setup: SavedSetup::default(),
+            started: Some(SystemTime::now()),
+            last: None,
         })
     }
 
@@ -854,6 +934,20 @@ impl MicroVmPod {
                 "container {name} is still running"
             )));
         }
+        let past = {
+            let c = &self.containers[i];
+            let code = match &*c.ended.borrow() {
+                Some(Ended::Code(code)) => Some(*code),
+                _ => None,
+            };
+            let s = self.lock();
+            code.map(|code| PastRun {
+                code,
+                oom_killed: s.oom.contains(&c.id),
+                started: c.started,
+                finished: s.ends.get(&c.id).copied(),
+            })
+        };
         let root = self.fresh_root(i).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let c = &self.containers[i];
@@ -872,6 +966,10 @@ impl MicroVmPod {
         c.restarts = restart;
         c.log_path = log_path;
         c.ended = ended;
+        c.started = Some(SystemTime::now());
+        if past.is_some() {
+            c.last = past;
+        }
         self.save_state()?;
         Ok(restart)
     }
@@ -993,6 +1091,24 @@ impl MicroVmPod {
     ) -> Result<impl std::future::Future<Output = Result<i32>> + Send + 'static> {
         let ended = self.container(name)?.ended.clone();
         Ok(async move { wait_ended(&ended).await })
+    }
+
+    /// When container `name`'s current run started (as far as this host knows).
+    pub fn started_at(&self, name: &str) -> Option<SystemTime> {
+        self.container(name).ok()?.started
+    }
+
+    /// When container `name`'s current run ended: when the host learned of it, or for an
+    /// end while no host was attached, the last time a host knew the VM (the guest does not
+    /// report when a process ended).
+    pub fn finished_at(&self, name: &str) -> Option<SystemTime> {
+        let id = self.container(name).ok()?.id;
+        self.lock().ends.get(&id).copied()
+    }
+
+    /// How container `name`'s previous run ended, once it was restarted.
+    pub fn last_run(&self, name: &str) -> Option<PastRun> {
+        self.container(name).ok()?.last.clone()
     }
 
     /// How many times container `name` was restarted (its current run's log is
@@ -1208,6 +1324,27 @@ struct ContainerState {
     restarts: u32,
     /// Known exit code of the current run.
     exit: Option<i32>,
+    /// When the current run started; none in states of older versions.
+    #[serde(default)]
+    started: Option<SystemTime>,
+    /// When the host learned that the current run ended.
+    #[serde(default)]
+    finished: Option<SystemTime>,
+    #[serde(default)]
+    oom_killed: bool,
+    /// How the previous run ended (after a restart).
+    #[serde(default)]
+    last: Option<PastRun>,
+}
+
+/// Writes `state.json` in `dir` atomically.
+fn write_state(dir: &Path, state: &VmState) -> Result<()> {
+    let p = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| io("encoding the VM state")(std::io::Error::other(e)))?;
+    std::fs::write(&tmp, json).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &p).map_err(io(format!("renaming to {}", p.display())))
 }
 
 /// Reads frames from the guest until the channel closes; the receiver learns why it closed.
@@ -1275,6 +1412,7 @@ fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
         Frame::Status(id, proto::State::Exited { code }) => {
             if let Some((mut log, tx)) = s.logs.remove(&id) {
                 log.finish();
+                s.ended(id, code);
                 tx.send_replace(Some(Ended::Code(code)));
             }
         }
@@ -1284,7 +1422,10 @@ fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
                 tx.send_replace(Some(Ended::Lost("the guest does not know it".into())));
             }
         }
-        Frame::Status(_, proto::State::Running { .. }) => {}
+        // Still running: it ends (if at all) while a host listens.
+        Frame::Status(id, proto::State::Running { .. }) => {
+            s.unseen.remove(&id);
+        }
         Frame::Stdout(id, d) | Frame::Stderr(id, d) if d.is_empty() => {
             let _ = id;
         }
@@ -1305,6 +1446,7 @@ fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
         Frame::Exit(id, code) => {
             if let Some((mut log, tx)) = s.logs.remove(&id) {
                 log.finish();
+                s.ended(id, code);
                 tx.send_replace(Some(Ended::Code(code)));
             } else if let Some(tx) = s.execs.remove(&id) {
                 let _ = tx.send(ExecEvent::Exit(code));
@@ -1452,5 +1594,36 @@ mod tests {
         assert!(valid_hostname("web-0.a"));
         assert!(!valid_hostname("a b") && !valid_hostname(""));
         assert!(!valid_hostname("x rdinit=/bin/sh"));
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    /// A state file of an older version (no run times, no previous run) still loads; the
+    /// new fields round-trip.
+    #[test]
+    fn older_states_load_and_run_ends_round_trip() {
+        let old = serde_json::json!({
+            "qemu_pid": 1, "next_id": 3, "ip": null, "vm_size": [256, 1], "init_exits": [],
+            "containers": [{"name": "main", "id": 1, "root": 1, "args": ["sh"], "env": [],
+                            "cwd": "/", "uid": 0, "gid": 0, "dir": "/x", "restarts": 2,
+                            "exit": null}]
+        });
+        let mut st: VmState = serde_json::from_value(old).unwrap();
+        let c = &mut st.containers[0];
+        assert_eq!((c.started, c.finished, c.oom_killed), (None, None, false));
+        assert!(c.last.is_none());
+        let t = SystemTime::now();
+        c.last = Some(PastRun {
+            code: 137,
+            oom_killed: true,
+            started: Some(t - Duration::from_secs(3)),
+            finished: Some(t),
+        });
+        c.started = Some(t);
+        let back: VmState = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
     }
 }
