@@ -417,6 +417,8 @@ struct PodEntry {
     /// Bumped on every status change (log followers and attach watch it).
     version: watch::Sender<u64>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Kubelet's events about the pod, posted in order by [`post_events`].
+    events: mpsc::UnboundedSender<Event>,
     started: Mutex<Option<Started>>,
     /// See [`SandboxConfig::eviction_interval`].
     eviction_interval: Duration,
@@ -520,12 +522,7 @@ impl PodEntry {
             message,
             Timestamp::now(),
         );
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        tokio::spawn(async move {
-            if let Err(e) = api.create(&Default::default(), &ev).await {
-                debug!(error = %e, "posting an event");
-            }
-        });
+        let _ = self.events.send(ev);
     }
 
     /// Kubelet's `Created` and `Started` events of a container's run.
@@ -721,6 +718,99 @@ fn set_running(e: &PodEntry, w: Which, started: &Run) {
         c.ready = !c.has_readiness && !c.has_startup && matches!(w, Which::Regular(_));
         c.started = !c.has_startup;
     });
+}
+
+/// What posting an event is: a new Event, or a repeat raising the count of one posted before.
+#[derive(Debug, PartialEq)]
+enum Post {
+    Create,
+    Repeat { name: String, count: i32 },
+}
+
+/// The events posted about one pod, as kubelet's recorder correlates them: an event like one
+/// posted before (same container, type, reason and message) raises that Event's count and
+/// last timestamp instead of making another object. Pure.
+/// What makes two events the same: the container (field path), type, reason and message.
+type EventKey = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+#[derive(Default)]
+struct EventLog {
+    /// The name and count of each event posted.
+    posted: HashMap<EventKey, (String, i32)>,
+}
+
+impl EventLog {
+    fn key(
+        ev: &Event,
+    ) -> (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) {
+        (
+            ev.involved_object.field_path.clone(),
+            ev.type_.clone(),
+            ev.reason.clone(),
+            ev.message.clone(),
+        )
+    }
+
+    /// How to post `ev`.
+    fn next(&mut self, ev: &Event) -> Post {
+        match self.posted.get_mut(&Self::key(ev)) {
+            Some((name, count)) => {
+                *count += 1;
+                Post::Repeat {
+                    name: name.clone(),
+                    count: *count,
+                }
+            }
+            None => Post::Create,
+        }
+    }
+
+    /// `ev` was created (under its own name).
+    fn created(&mut self, ev: &Event) {
+        let name = ev.metadata.name.clone().unwrap_or_default();
+        self.posted.insert(Self::key(ev), (name, 1));
+    }
+
+    /// The Event a repeat was to raise is gone (expired): the next one is created anew.
+    fn forget(&mut self, ev: &Event) {
+        self.posted.remove(&Self::key(ev));
+    }
+}
+
+/// Posts a pod's events in the order they come (failures are logged): a repeat patches the
+/// count and last timestamp of the Event it repeats.
+async fn post_events(api: Api<Event>, mut rx: mpsc::UnboundedReceiver<Event>) {
+    let mut log = EventLog::default();
+    while let Some(ev) = rx.recv().await {
+        if let Post::Repeat { name, count } = log.next(&ev) {
+            let patch = serde_json::json!({"count": count, "lastTimestamp": ev.last_timestamp});
+            let params = kube::api::PatchParams::default();
+            match api
+                .patch(&name, &params, &kube::api::Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => continue,
+                Err(e) => {
+                    debug!(error = %e, event = %name, "raising an event's count");
+                    log.forget(&ev);
+                }
+            }
+        }
+        match api.create(&Default::default(), &ev).await {
+            Ok(_) => log.created(&ev),
+            Err(e) => debug!(error = %e, "posting an event"),
+        }
+    }
 }
 
 /// Kubelet's local storage eviction for the pod (see [`crate::eviction`]): every
@@ -1499,6 +1589,12 @@ impl SandboxRuntime {
             done: watch::channel(None).0,
             version: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
+            events: {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let api = Api::namespaced(self.client.clone(), &n.plan.namespace);
+                tokio::spawn(post_events(api, rx));
+                tx
+            },
             started: Mutex::new(None),
             eviction_interval: self.config.eviction_interval,
         })
@@ -2155,6 +2251,58 @@ async fn follow_raw(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_events_raise_a_count() {
+        let pod = crate::eviction::PodRef {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u".into(),
+            node: "n".into(),
+        };
+        let at = |secs: i64| Timestamp::from_second(1_800_000_000 + secs).unwrap();
+        let ev = |container: &str, reason: &str, message: &str, secs| {
+            crate::eviction::kubelet_event(
+                &pod,
+                Some(format!("spec.containers{{{container}}}")),
+                true,
+                reason,
+                message.into(),
+                at(secs),
+            )
+        };
+        let mut log = EventLog::default();
+        let first = ev("web", "Unhealthy", "Readiness probe failed: 404", 0);
+        assert_eq!(log.next(&first), Post::Create);
+        log.created(&first);
+        let name = first.metadata.name.clone().unwrap();
+        for count in 2..=3 {
+            let again = ev(
+                "web",
+                "Unhealthy",
+                "Readiness probe failed: 404",
+                count.into(),
+            );
+            assert_eq!(
+                log.next(&again),
+                Post::Repeat {
+                    name: name.clone(),
+                    count
+                }
+            );
+        }
+        // Another message, container or reason is another event.
+        for other in [
+            ev("web", "Unhealthy", "Readiness probe failed: 500", 4),
+            ev("side", "Unhealthy", "Readiness probe failed: 404", 4),
+            ev("web", "Killing", "Readiness probe failed: 404", 4),
+        ] {
+            assert_eq!(log.next(&other), Post::Create);
+        }
+        // A repeat whose Event is gone is created anew.
+        log.forget(&first);
+        assert_eq!(log.next(&first), Post::Create);
+    }
 
     #[test]
     fn restart_rules() {

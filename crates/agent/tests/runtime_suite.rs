@@ -267,6 +267,29 @@ async fn probe_kinds(ctx: &Ctx<'_>, ip: String) {
     )
     .await;
     eprintln!("{kind}: {e}");
+    // Kubelet's recorder: `web`'s startup probe failed once a second, each time with the same
+    // message: one Event whose count rises, not an Event per attempt.
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), "default");
+    let repeats: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.uid.as_deref() == Some("uid-probes")
+                && e.involved_object.field_path.as_deref() == Some("spec.containers{web}")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("Startup probe failed"))
+        })
+        .collect();
+    assert_eq!(repeats.len(), 1, "{kind}: {repeats:#?}");
+    assert!(
+        repeats[0].count.unwrap_or(0) >= 2
+            && repeats[0].last_timestamp > repeats[0].first_timestamp,
+        "{kind}: {repeats:#?}"
+    );
     let st = status_until(rt, "uid-probes", 30, |s| {
         named(s, "nostart").restart_count >= 1
     })
