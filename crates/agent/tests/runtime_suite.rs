@@ -26,23 +26,7 @@ use tokio::io::AsyncWriteExt as _;
 
 /// Runs `sh -c script` in `pod`'s first container: (stdout, stderr, exit code).
 async fn sh(rt: &SandboxRuntime, pod: &str, script: &str) -> (String, String, i32) {
-    let s = rt
-        .exec(
-            "default",
-            pod,
-            None,
-            ExecRequest {
-                command: vec!["sh".into(), "-c".into(), script.into()],
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {pod}: {e}"));
-    let (out, err) = tokio::join!(read_all(s.stdout.unwrap()), read_all(s.stderr.unwrap()));
-    let code = s.exit.await.unwrap();
-    (out, err, code)
+    common::exec_in(rt, pod, None, &["sh", "-c", script]).await
 }
 
 /// The events of the pod with `uid`, as "reason: message".
@@ -155,23 +139,7 @@ async fn sh_in(
     container: &str,
     script: &str,
 ) -> (String, String, i32) {
-    let s = rt
-        .exec(
-            "default",
-            pod,
-            Some(container),
-            ExecRequest {
-                command: vec!["sh".into(), "-c".into(), script.into()],
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {pod}/{container}: {e}"));
-    let (out, err) = tokio::join!(read_all(s.stdout.unwrap()), read_all(s.stderr.unwrap()));
-    let code = s.exit.await.unwrap();
-    (out, err, code)
+    common::exec_in(rt, pod, Some(container), &["sh", "-c", script]).await
 }
 
 /// Waits up to `secs` for an event of `uid` starting with `prefix` ("Reason: message").

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use agent::runtime::{Runtime, RuntimeStatus};
 use agent::sandboxed::SandboxRuntime;
-use agent::streams::{ExecRequest, PodStreams};
-use common::{available, fixture_with, layout_with, logs, pod, read_all, status_until};
+use common::{available, fixture_with, layout_with, logs, pod, status_until};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use sandbox::runtime::RuntimeKind;
 use serde_json::json;
@@ -90,23 +89,7 @@ fn terminated(st: &RuntimeStatus) -> Option<&ContainerStateTerminated> {
 
 /// Runs `command` in `pod`'s first container: (stdout, stderr, exit code).
 async fn exec(rt: &SandboxRuntime, pod: &str, command: &[&str]) -> (String, String, i32) {
-    let s = rt
-        .exec(
-            "default",
-            pod,
-            None,
-            ExecRequest {
-                command: command.iter().map(|s| s.to_string()).collect(),
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {pod}: {e}"));
-    let (out, err) = tokio::join!(read_all(s.stdout.unwrap()), read_all(s.stderr.unwrap()));
-    let code = s.exit.await.unwrap();
-    (out, err, code)
+    common::exec_in(rt, pod, None, command).await
 }
 
 /// Waits (at most 120 s: the micro-VM runs under TCG) for the pod `uid` to end: its exit code.

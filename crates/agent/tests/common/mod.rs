@@ -163,6 +163,34 @@ pub fn available(tool: &str) -> bool {
     found
 }
 
+/// Runs `command` in `container` (None: the first) of pod `default/pod`: (stdout, stderr, exit
+/// code).
+pub async fn exec_in(
+    rt: &SandboxRuntime,
+    pod: &str,
+    container: Option<&str>,
+    command: &[&str],
+) -> (String, String, i32) {
+    use agent::streams::PodStreams as _;
+    let s = rt
+        .exec(
+            "default",
+            pod,
+            container,
+            agent::streams::ExecRequest {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {pod}/{container:?}: {e}"));
+    let (out, err) = tokio::join!(read_all(s.stdout.unwrap()), read_all(s.stderr.unwrap()));
+    let code = s.exit.await.unwrap();
+    (out, err, code)
+}
+
 /// Whether the micro-VM's prerequisites (QEMU, mkfs.erofs, the guest's assets) are here.
 /// Tests skip without them, except under `NODELESS_REQUIRE_MICROVM` (set by scripts/test.sh
 /// and CI), where they fail.
