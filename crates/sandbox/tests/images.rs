@@ -660,3 +660,462 @@ async fn layouts_and_archives_written_by_skopeo() {
         check_layers(&s, &img);
     }
 }
+
+/// A registry serving one image from memory over plain HTTP on loopback (one thread per
+/// connection, `Connection: close`), counting the GETs of every blob and manifest and sending
+/// blobs slowly (`chunk_delay_ms` between 16 KiB pieces, after a pause), so that pulls overlap.
+struct SlowRegistry {
+    addr: String,
+    /// GETs per path tail (`sha256:…` for blobs and manifests by digest, the tag otherwise).
+    gets: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    /// Blob bytes sent so far, all requests together.
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    /// Milliseconds between two pieces of a blob (and before the first); changeable at any time.
+    chunk_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SlowRegistry {
+    fn start(built: &Built, tag: &str, chunk_delay_ms: u64) -> SlowRegistry {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut manifests: Vec<(String, Vec<u8>, &'static str, String)> = Vec::new();
+        let (top, top_type, top_digest) = match &built.index {
+            Some((b, d)) => (b.clone(), built.index_media_type, d.clone()),
+            None => (
+                built.manifest.clone(),
+                built.media_type,
+                built.manifest_digest.clone(),
+            ),
+        };
+        manifests.push((
+            tag.to_owned(),
+            top.clone(),
+            top_type,
+            top_digest.to_string(),
+        ));
+        manifests.push((
+            top_digest.to_string(),
+            top,
+            top_type,
+            top_digest.to_string(),
+        ));
+        let md = built.manifest_digest.to_string();
+        manifests.push((md.clone(), built.manifest.clone(), built.media_type, md));
+        for (d, m) in &built.extra_manifests {
+            manifests.push((d.to_string(), m.clone(), built.media_type, d.to_string()));
+        }
+        let blobs: Vec<(String, Vec<u8>)> = built
+            .blobs
+            .iter()
+            .map(|(d, b)| (d.to_string(), b.clone()))
+            .collect();
+        let state = Arc::new((manifests, blobs));
+        let gets = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let sent = Arc::new(AtomicU64::new(0));
+        let delay = Arc::new(AtomicU64::new(chunk_delay_ms));
+        let (g, s, dl) = (gets.clone(), sent.clone(), delay.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (state, gets, sent, delay) = (state.clone(), g.clone(), s.clone(), dl.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut conn = conn;
+                    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            // A TLS hello (the HTTPS probe) or a closed connection: drop it.
+                            Ok(n) if n > 0 && buf[0] != 0x16 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let tail = path.rsplit('/').next().unwrap_or("").to_owned();
+                    let (manifests, blobs) = &*state;
+                    let reply = |conn: &mut std::net::TcpStream, status: &str, headers: &str| {
+                        let _ = conn.write_all(
+                            format!("HTTP/1.1 {status}\r\n{headers}Connection: close\r\n\r\n")
+                                .as_bytes(),
+                        );
+                    };
+                    if method == "GET" {
+                        *gets.lock().unwrap().entry(tail.clone()).or_insert(0) += 1;
+                    }
+                    if path == "/v2/" {
+                        reply(
+                            &mut conn,
+                            "200 OK",
+                            "Content-Length: 2\r\nContent-Type: application/json\r\n",
+                        );
+                        let _ = conn.write_all(b"{}");
+                    } else if path.contains("/manifests/") {
+                        match manifests.iter().find(|m| m.0 == tail) {
+                            Some((_, body, media_type, digest)) => {
+                                reply(
+                                    &mut conn,
+                                    "200 OK",
+                                    &format!(
+                                        "Content-Length: {}\r\nContent-Type: {media_type}\r\nDocker-Content-Digest: {digest}\r\n",
+                                        body.len()
+                                    ),
+                                );
+                                if method == "GET" {
+                                    let _ = conn.write_all(body);
+                                }
+                            }
+                            None => reply(&mut conn, "404 Not Found", "Content-Length: 0\r\n"),
+                        }
+                    } else if path.contains("/blobs/") {
+                        match blobs.iter().find(|b| b.0 == tail) {
+                            Some((digest, body)) => {
+                                reply(
+                                    &mut conn,
+                                    "200 OK",
+                                    &format!(
+                                        "Content-Length: {}\r\nContent-Type: application/octet-stream\r\nDocker-Content-Digest: {digest}\r\n",
+                                        body.len()
+                                    ),
+                                );
+                                if method != "GET" {
+                                    return;
+                                }
+                                for piece in body.chunks(16 * 1024) {
+                                    let ms = delay.load(Ordering::SeqCst);
+                                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                                    if conn.write_all(piece).is_err() {
+                                        return;
+                                    }
+                                    sent.fetch_add(piece.len() as u64, Ordering::SeqCst);
+                                }
+                            }
+                            None => reply(&mut conn, "404 Not Found", "Content-Length: 0\r\n"),
+                        }
+                    } else {
+                        reply(&mut conn, "404 Not Found", "Content-Length: 0\r\n");
+                    }
+                });
+            }
+        });
+        SlowRegistry {
+            addr,
+            gets,
+            sent,
+            chunk_delay_ms: delay,
+        }
+    }
+
+    fn gets(&self, what: &impl ToString) -> usize {
+        self.gets
+            .lock()
+            .unwrap()
+            .get(&what.to_string())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// `nodeless sandbox pull --data-dir DATA IMAGE` running as a separate process, its stderr
+/// collected as it comes.
+struct CliPull {
+    child: std::process::Child,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl CliPull {
+    fn start(bin: &std::path::Path, data: &std::path::Path, image: &str) -> CliPull {
+        let mut child = std::process::Command::new(bin)
+            .args(["sandbox", "pull", "--data-dir"])
+            .arg(data)
+            .arg(image)
+            .env("NODELESS_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |mut r: Box<dyn std::io::Read + Send>| {
+            let out = Arc::new(Mutex::new(String::new()));
+            let o = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    o.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            out
+        };
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        CliPull {
+            child,
+            stderr,
+            stdout,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (at most a minute) for the exit; its status with stdout and stderr.
+    fn wait(mut self) -> (std::process::ExitStatus, String, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the readers drain the pipes.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let out = self.stdout.lock().unwrap().clone();
+                return (status, out, self.stderr());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("pull did not end within a minute: {}", self.stderr());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms for at most `secs` seconds.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn tmp_entries(data: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(data.join("images/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn cli_test_image() -> Built {
+    build(
+        &[
+            (busybox_layer(), Compression::Gzip),
+            (top_layer(), Compression::Zstd),
+        ],
+        &["sh"],
+        true,
+    )
+}
+
+/// Two `nodeless sandbox pull` processes pulling one image into one data dir at the same time
+/// download every blob (config and layers) and the platform manifest once: the second waits
+/// for the first (and says so), then finds the blobs verified in the store.
+#[test]
+fn concurrent_pulls_in_two_processes_download_every_blob_once() {
+    if !use_shim() {
+        return;
+    }
+    let bin = nodeless_binary().unwrap();
+    let built = cli_test_image();
+    let reg = SlowRegistry::start(&built, "1.0", 40);
+    let (_d, data) = data_dir();
+    let image = format!("{}/test/busybox:1.0", reg.addr);
+    let a = CliPull::start(&bin, &data, &image);
+    let b = CliPull::start(&bin, &data, &image);
+    let (sa, outa, erra) = a.wait();
+    let (sb, outb, errb) = b.wait();
+    eprintln!("first pull:\n{erra}\nsecond pull:\n{errb}");
+    assert!(sa.success(), "first pull: {sa}\n{erra}");
+    assert!(sb.success(), "second pull: {sb}\n{errb}");
+    let line = format!("{image} {}", built.manifest_digest);
+    assert_eq!(outa.trim(), line);
+    assert_eq!(outb.trim(), line);
+    for (d, _) in &built.blobs {
+        assert_eq!(reg.gets(d), 1, "blob {d} fetched once\n{erra}\n{errb}");
+    }
+    assert_eq!(
+        reg.gets(&built.manifest_digest),
+        1,
+        "the platform manifest fetched once"
+    );
+    assert!(
+        erra.contains("waiting for another pull of sha256:")
+            || errb.contains("waiting for another pull of sha256:"),
+        "the pulls overlapped and one waited for the other:\n{erra}\n{errb}"
+    );
+    let s = store(&data);
+    let src: Source = image.parse().unwrap();
+    let img = s.get(&src).unwrap().expect("image recorded");
+    assert_eq!(img.manifest_digest, built.manifest_digest);
+    check_layers(&s, &img);
+    assert_eq!(
+        tmp_entries(&data),
+        Vec::<String>::new(),
+        "no temp files left"
+    );
+}
+
+/// A pull killed with SIGKILL in the middle of a layer leaves nothing half done: a second pull
+/// that was waiting for it takes over at once (the lock went with the process), downloads the
+/// layer itself, completes, and removes the dead pull's temp file.
+#[test]
+fn a_pull_killed_mid_blob_leaves_the_store_consistent_and_a_waiting_pull_completes() {
+    if !use_shim() {
+        return;
+    }
+    let bin = nodeless_binary().unwrap();
+    let built = cli_test_image();
+    let big = built.layer_digests[0].clone();
+    let reg = SlowRegistry::start(&built, "1.0", 100);
+    let (_d, data) = data_dir();
+    let image = format!("{}/test/busybox:1.0", reg.addr);
+    let mut a = CliPull::start(&bin, &data, &image);
+    wait_for(30, "the first pull is downloading the big layer", || {
+        reg.gets(&big) == 1
+            && reg.sent.load(std::sync::atomic::Ordering::SeqCst) > 64 * 1024
+            && tmp_entries(&data).iter().any(|n| n.starts_with("blob-"))
+    });
+    let b = CliPull::start(&bin, &data, &image);
+    wait_for(30, "the second pull waits for the first", || {
+        b.stderr()
+            .contains(&format!("waiting for another pull of {big}"))
+    });
+    a.child.kill().unwrap();
+    let killed = a.child.wait().unwrap();
+    assert!(!killed.success());
+    let s = store(&data);
+    let src: Source = image.parse().unwrap();
+    assert!(!s.layer_dir(&big).exists(), "no half layer in the store");
+    reg.chunk_delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let (sb, outb, errb) = b.wait();
+    eprintln!("the waiting pull:\n{errb}");
+    assert!(sb.success(), "the waiting pull: {sb}\n{errb}");
+    assert_eq!(outb.trim(), format!("{image} {}", built.manifest_digest));
+    assert_eq!(reg.gets(&big), 2, "downloaded again after the kill\n{errb}");
+    for (d, _) in built.blobs.iter().filter(|(d, _)| *d != big) {
+        assert!(reg.gets(d) <= 1, "blob {d} fetched at most once\n{errb}");
+    }
+    let img = s.get(&src).unwrap().expect("image recorded");
+    check_layers(&s, &img);
+    assert_eq!(
+        tmp_entries(&data),
+        Vec::<String>::new(),
+        "the killed pull's temp file is gone"
+    );
+    // And a pull after that finds everything present.
+    let (sc, _, errc) = CliPull::start(&bin, &data, &image).wait();
+    assert!(sc.success(), "{errc}");
+    assert_eq!(reg.gets(&big), 2);
+}
+
+/// Two store objects over one data dir (as two processes have; the lock is the `flock`, not
+/// this process's mutex): the second waits for the first's download of each blob and reports
+/// the other's progress meanwhile, so a progress bar does not look stuck; each blob is fetched
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_waiting_for_another_store_reports_its_progress() {
+    let built = cli_test_image();
+    let big = built.layer_digests[0].clone();
+    let reg = SlowRegistry::start(&built, "1.0", 40);
+    let (_d, data) = data_dir();
+    let (first, second) = (store(&data), store(&data));
+    let src: Source = format!("{}/test/busybox:1.0", reg.addr).parse().unwrap();
+    let (opts, events) = recorder();
+    let quiet = PullOptions::default();
+    let a = first.pull(&src, &quiet);
+    let b = async {
+        // Starts once the first is well into the big layer.
+        while reg.sent.load(std::sync::atomic::Ordering::SeqCst) < 64 * 1024 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        second.pull(&src, &opts).await
+    };
+    let (a, b) = tokio::join!(a, b);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    for (d, _) in &built.blobs {
+        assert_eq!(reg.gets(d), 1, "blob {d} fetched once");
+    }
+    let evs = events.lock().unwrap().clone();
+    let present = evs
+        .iter()
+        .position(|e| *e == PullEvent::LayerPresent(big.clone()))
+        .unwrap_or_else(|| panic!("the big layer was found present: {evs:?}"));
+    let seen: Vec<u64> = evs[..present]
+        .iter()
+        .filter_map(|e| match e {
+            PullEvent::LayerProgress { digest, done } if *digest == big => Some(*done),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        seen.len() >= 2 && seen.windows(2).all(|w| w[0] < w[1]) && seen[0] > 0,
+        "the other pull's progress, growing: {seen:?}"
+    );
+    check_layers(&second, &b);
+}
+
+/// gc over and over while two store objects over one data dir (as two processes) pull one image,
+/// the second waiting for the first's blob locks: nothing deadlocks (gc takes only the store
+/// lock, pulls take blob locks under it), the image is whole, and gc clears the lock files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_while_pulls_wait_for_each_other_never_deadlocks() {
+    let built = cli_test_image();
+    let reg = SlowRegistry::start(&built, "1.0", 10);
+    let (_d, data) = data_dir();
+    let (first, second) = (limited(&data, 1), limited(&data, 1));
+    let gc_store = Arc::new(limited(&data, 1));
+    let src: Source = format!("{}/test/busybox:1.0", reg.addr).parse().unwrap();
+    let in_use: HashSet<String> = [src.to_string()].into();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (s, done, in_use) = (gc_store.clone(), done.clone(), in_use.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                s.gc(&in_use).unwrap();
+                rounds += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            rounds
+        })
+    };
+    let quiet = PullOptions::default();
+    let a = first.pull(&src, &quiet);
+    let b = async {
+        while reg.sent.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        second.pull(&src, &quiet).await
+    };
+    let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        tokio::join!(a, b)
+    })
+    .await
+    .expect("no deadlock");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(gc.await.unwrap() > 0);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    for (d, _) in &built.blobs {
+        assert_eq!(reg.gets(d), 1, "blob {d} fetched once");
+    }
+    gc_store.gc(&in_use).unwrap();
+    check_layers(
+        &gc_store,
+        &gc_store.get(&src).unwrap().expect("still stored"),
+    );
+    let locks: Vec<_> = std::fs::read_dir(data.join("images/locks"))
+        .unwrap()
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
+}

@@ -1,14 +1,30 @@
 //! The image store under `<data-dir>/images`: manifests and configs as blobs, every layer unpacked
 //! once into `layers/<digest>` (content-addressed, shared by all images and pods), and one record
-//! per image name. Writes go to `tmp/` and are renamed into place, so a crash or a concurrent
-//! process never leaves a half layer visible. Concurrent pulls of one image in this process are
-//! serialized and the second finds the work done. [`ImageStore::gc`] evicts least recently used
-//! images that no pod uses once the store is above its limit.
+//! per image name. Writes go to `tmp/` and are renamed into place only once their digest is
+//! verified, so a crash or a concurrent process never leaves a half blob or layer visible.
+//! [`ImageStore::gc`] evicts least recently used images that no pod uses once the store is above
+//! its limit.
+//!
+//! Download once: concurrent pulls of one image in this process are serialized and the second
+//! finds the work done. Across processes sharing the data dir (the host agent and `nodeless
+//! sandbox pull`, or two CLIs), every blob fetched by digest (layers, configs, manifests named
+//! by digest) is fetched under an exclusive `flock` on `images/locks/<hex>`: whoever takes it
+//! second finds the blob (or unpacked layer) verified in the store and fetches nothing. The
+//! manifest a tag names is asked for by every pull (a tag may move). A process killed while it
+//! holds a blob lock loses the lock with its file descriptors; the next pull fetches the blob
+//! again, and removes the dead process's temp files (named after their owner's pid and start
+//! time, so a reused pid is not taken for their owner).
 //!
 //! GC safety: every pull and every lookup that hands out an image holds a shared `flock` on
 //! `images/lock` from before it looks at the layers until its record is written; gc holds it
 //! exclusively, so it never removes a layer of a pull in progress (in this process or another).
 //! Layers that a mounted overlay uses as a lower dir are never removed either.
+//!
+//! Lock order (no cycle, so no deadlock): the in-process image mutex, then `images/lock`
+//! (shared), then one blob at a time: the in-process blob mutex, then `images/locks/<hex>`. A pull
+//! never holds two blob locks, and waits for nothing but the network while it holds one. gc
+//! takes only `images/lock`, exclusively; as blob lock files are opened only under the shared
+//! store lock, gc removes them safely.
 //!
 //! On disk:
 //! ```text
@@ -17,7 +33,8 @@
 //! images/layers/<hex>.json         its diff_id and size
 //! images/records/<hash of name>.json  name -> manifest, config, layers, last use
 //! images/lock                      shared by pulls, exclusive for gc
-//! images/tmp/                      work in progress
+//! images/locks/<hex>               exclusive while one process fetches that blob
+//! images/tmp/                      work in progress: <kind>-<pid>.<start time>-<n>[-<hex>]
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -220,10 +237,63 @@ fn now_ms() -> u64 {
     }
 }
 
+/// A name for work in progress in `tmp/`: `<prefix>-<owner>-<n>`, the owner being this process
+/// ([`owner_token`]).
 fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{prefix}-{}-{n}", std::process::id())
+    let owner = OWNER.get_or_init(|| {
+        let pid = std::process::id();
+        owner_token(pid).unwrap_or_else(|| pid.to_string())
+    });
+    format!("{prefix}-{owner}-{n}")
+}
+
+/// `<pid>.<start time>` of process `pid` (its start in clock ticks after boot, field 22 of
+/// `/proc/<pid>/stat`), or `None` when there is no such process.
+fn owner_token(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields go on after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid}.{start}"))
+}
+
+/// Whether the owner of a `tmp/` entry named `name` ([`unique`]) is alive: the same pid with
+/// the same start time (a bare pid, as older versions wrote, only needs the pid to exist).
+fn owner_alive(name: &str) -> bool {
+    let Some(owner) = name.split('-').nth(1) else {
+        return false;
+    };
+    match owner.split_once('.') {
+        Some((pid, _)) => pid
+            .parse::<u32>()
+            .ok()
+            .and_then(owner_token)
+            .is_some_and(|t| t == owner),
+        None => owner
+            .parse::<u32>()
+            .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists()),
+    }
+}
+
+/// A path in `tmp/` removed (file or tree) when dropped, so that work abandoned on an error or
+/// by a cancelled pull does not stay behind.
+struct TmpPath(PathBuf);
+
+impl Drop for TmpPath {
+    fn drop(&mut self) {
+        if let Err(e) = remove_any(&self.0) {
+            warn!(path = %self.0.display(), error = %e, "could not remove temp file");
+        }
+    }
+}
+
+/// The lock on one blob ([`ImageStore::blob_lock`]): this process's mutex and the `flock`.
+struct BlobLock {
+    _file: std::fs::File,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Installs rustls' ring provider once (oci-client is built without one).
@@ -235,25 +305,11 @@ impl ImageStore {
     /// Opens (creating if needed) the store at `root` (normally `<data-dir>/images`).
     pub fn open(root: impl Into<PathBuf>, options: StoreOptions) -> Result<Self, StoreError> {
         let root = root.into();
-        for d in ["blobs/sha256", "layers", "records", "tmp"] {
+        for d in ["blobs/sha256", "layers", "records", "tmp", "locks"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io("create", &p))?;
         }
-        // Leftovers of interrupted work belong to nobody now.
-        let tmp = root.join("tmp");
-        if let Ok(rd) = std::fs::read_dir(&tmp) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let pid_alive = name
-                    .to_str()
-                    .and_then(|n| n.split('-').nth(1))
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-                if !pid_alive {
-                    let _ = remove_any(&e.path());
-                }
-            }
-        }
+        clean_tmp(&root);
         Ok(ImageStore {
             root,
             options,
@@ -309,6 +365,108 @@ impl ImageStore {
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// The lock on fetching blob `digest`, for tasks of this process (a mutex) and for other
+    /// processes (an exclusive `flock` on `locks/<hex>`). Only taken with the shared store lock
+    /// held (see the lock order in the module docs). While another process holds it, says so
+    /// (`waiting for another pull of <digest>`), checks again every 50 ms and, when `layer`,
+    /// reports as this pull's progress the size of the other process's download.
+    async fn blob_lock(
+        &self,
+        digest: &Digest,
+        layer: bool,
+        report: &(dyn Fn(&PullEvent) + Sync),
+    ) -> Result<BlobLock, StoreError> {
+        let guard = self.lock_for(&format!("blob {digest}")).lock_owned().await;
+        let path = self.root.join("locks").join(digest.hex());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let mut waited: Option<std::time::Instant> = None;
+        let mut shown = 0;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io("lock", &path)(e.into())),
+            }
+            if waited.is_none() {
+                info!("waiting for another pull of {digest}");
+                waited = Some(std::time::Instant::now());
+            }
+            if layer {
+                let theirs = self.download_size(digest);
+                if theirs > shown {
+                    shown = theirs;
+                    report(&PullEvent::LayerProgress {
+                        digest: digest.clone(),
+                        done: shown,
+                    });
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if let Some(t) = waited {
+            info!(
+                waited_ms = t.elapsed().as_millis() as u64,
+                "another pull of {digest} ended"
+            );
+            // It may have died mid-download (its lock went with it): its temp files go now.
+            clean_tmp(&self.root);
+        }
+        Ok(BlobLock {
+            _file: file,
+            _guard: guard,
+        })
+    }
+
+    /// Bytes downloaded so far of the layer blob `digest` by any process (the largest temp
+    /// download of it in `tmp/`).
+    fn download_size(&self, digest: &Digest) -> u64 {
+        let suffix = format!("-{}", digest.hex());
+        std::fs::read_dir(self.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("blob-") && n.ends_with(&suffix))
+            })
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The bytes of blob `digest` (a manifest or config named by digest; `what` names it in
+    /// errors): from the store when there, else fetched by `fetch`, verified and stored, under
+    /// the blob's lock, so that concurrent pulls (in any process) fetch it once.
+    async fn small_blob_once<F>(
+        &self,
+        digest: &Digest,
+        what: &str,
+        report: &(dyn Fn(&PullEvent) + Sync),
+        fetch: F,
+    ) -> Result<Vec<u8>, StoreError>
+    where
+        F: std::future::Future<Output = Result<Vec<u8>, StoreError>>,
+    {
+        let _lock = self.blob_lock(digest, false, report).await?;
+        if let Ok(b) = std::fs::read(self.blob_path(digest))
+            && &Digest::of(&b) == digest
+        {
+            debug!(%digest, "{what} present");
+            return Ok(b);
+        }
+        let b = fetch.await?;
+        verify(what, digest, &b)?;
+        write_atomic(&self.root.join("tmp"), &self.blob_path(digest), &b)?;
+        Ok(b)
     }
 
     /// A `flock` on `images/lock`: shared for pulls and lookups, exclusive for [`Self::gc`].
@@ -400,6 +558,7 @@ impl ImageStore {
     /// so gc never sees the layers of this pull without the record that names them).
     async fn pull_locked(&self, source: &Source, opts: &PullOptions) -> Result<Image, StoreError> {
         let name = source.to_string();
+        clean_tmp(&self.root);
         let mut archive_dir = None;
         let fetcher = match source {
             Source::Registry(r) => {
@@ -445,7 +604,20 @@ impl ImageStore {
                 p(e)
             }
         };
-        let (bytes, digest) = fetcher.top_manifest().await?;
+        // What is fetched by digest from a registry is fetched once (see `small_blob_once`); a
+        // layout is read where it is.
+        let network = matches!(fetcher, Fetcher::Registry { .. });
+        let (bytes, digest) = match fetcher.pinned() {
+            Some(want) if network => {
+                let top = async { fetcher.top_manifest().await.map(|(b, _)| b) };
+                let what = format!("manifest of {name}");
+                (
+                    self.small_blob_once(&want, &what, &report, top).await?,
+                    want,
+                )
+            }
+            _ => fetcher.top_manifest().await?,
+        };
         let parse = |b: &[u8]| {
             Document::parse(b, None).map_err(|e| StoreError::Manifest(name.to_owned(), e))
         };
@@ -456,8 +628,16 @@ impl ImageStore {
                     let entry = manifest::select_platform(&entries)
                         .map_err(|e| StoreError::Manifest(name.to_owned(), e))?
                         .clone();
-                    let b = fetcher.manifest_by_digest(&entry.digest).await?;
-                    verify(&format!("manifest of {name}"), &entry.digest, &b)?;
+                    let what = format!("manifest of {name}");
+                    let b = if network {
+                        let fetch = fetcher.manifest_by_digest(&entry.digest);
+                        self.small_blob_once(&entry.digest, &what, &report, fetch)
+                            .await?
+                    } else {
+                        let b = fetcher.manifest_by_digest(&entry.digest).await?;
+                        verify(&what, &entry.digest, &b)?;
+                        b
+                    };
                     match parse(&b)? {
                         Document::Image(m) => (m, b, entry.digest),
                         Document::Index(_) => {
@@ -477,12 +657,19 @@ impl ImageStore {
                 .map(|l| (l.digest.clone(), l.size))
                 .collect(),
         });
-        let config_bytes = match std::fs::read(self.blob_path(&manifest.config.digest)) {
-            Ok(b) if Digest::of(&b) == manifest.config.digest => b,
-            _ => {
-                let b = fetcher.small_blob(&manifest.config).await?;
-                verify(&format!("config of {name}"), &manifest.config.digest, &b)?;
-                b
+        let config_what = format!("config of {name}");
+        let config_bytes = if network {
+            let fetch = fetcher.small_blob(&manifest.config);
+            self.small_blob_once(&manifest.config.digest, &config_what, &report, fetch)
+                .await?
+        } else {
+            match std::fs::read(self.blob_path(&manifest.config.digest)) {
+                Ok(b) if Digest::of(&b) == manifest.config.digest => b,
+                _ => {
+                    let b = fetcher.small_blob(&manifest.config).await?;
+                    verify(&config_what, &manifest.config.digest, &b)?;
+                    b
+                }
             }
         };
         let config: ImageConfig = serde_json::from_slice(&config_bytes)
@@ -518,45 +705,32 @@ impl ImageStore {
         report: &(dyn Fn(&PullEvent) + Sync),
     ) -> Result<(), StoreError> {
         let dir = self.layer_dir(&layer.digest);
-        let lock = self.lock_for(&format!("layer {}", layer.digest));
-        let _guard = lock.lock().await;
+        // Whoever takes the lock second (in this process or another) finds the layer here.
+        let _lock = self.blob_lock(&layer.digest, true, report).await?;
         if dir.is_dir() {
             report(&PullEvent::LayerPresent(layer.digest.clone()));
             return Ok(());
         }
         let tmp = self.root.join("tmp");
-        let (blob, downloaded) = fetcher.layer_blob(layer, &tmp, report).await?;
-        let work = tmp.join(unique("layer"));
-        std::fs::create_dir(&work).map_err(io("create", &work))?;
-        let (b, w, d, id) = (
-            blob.clone(),
-            work.clone(),
-            layer.digest.clone(),
-            diff_id.clone(),
-        );
+        let (blob, download) = fetcher.layer_blob(layer, &tmp, report).await?;
+        let work = TmpPath(tmp.join(unique("layer")));
+        std::fs::create_dir(&work.0).map_err(io("create", &work.0))?;
+        let (d, id) = (layer.digest.clone(), diff_id.clone());
+        // The temp paths go with the task: removed when it ends, even if this pull is dropped.
         let res = tokio::task::spawn_blocking(move || {
-            if downloaded {
+            let res = match &download {
                 // oci-client's pull_blob hashed the blob as it streamed and failed on a digest
                 // other than the layer's: reading 50 MB again to hash it costs ~60 ms here.
-                unpack::unpack_verified(&b, Some(&id), &w)
-            } else {
-                unpack::unpack_layer(&b, &d, Some(&id), &w)
-            }
+                Some(_) => unpack::unpack_verified(&blob, Some(&id), &work.0),
+                None => unpack::unpack_layer(&blob, &d, Some(&id), &work.0),
+            };
+            drop(download);
+            (res, work)
         })
-        .await;
-        if downloaded {
-            let _ = std::fs::remove_file(&blob);
-        }
-        let unpacked = match res {
-            Ok(Ok(u)) => u,
-            Ok(Err(e)) => {
-                let _ = remove_any(&work);
-                return Err(StoreError::Unpack(layer.digest.clone(), e));
-            }
-            Err(e) => {
-                let _ = remove_any(&work);
-                return Err(e.into());
-            }
+        .await?;
+        let (unpacked, work) = match res {
+            (Ok(u), work) => (u, work),
+            (Err(e), _) => return Err(StoreError::Unpack(layer.digest.clone(), e)),
         };
         let meta = LayerMeta {
             diff_id: unpacked.diff_id,
@@ -568,9 +742,9 @@ impl ImageStore {
             &meta_path,
             &serde_json::to_vec(&meta).unwrap_or_default(),
         )?;
-        if let Err(e) = std::fs::rename(&work, &dir) {
-            // Another process finished the same layer first: theirs is as good as ours.
-            let _ = remove_any(&work);
+        if let Err(e) = std::fs::rename(&work.0, &dir) {
+            // Another process finished the same layer first (one that takes no blob lock):
+            // theirs is as good as ours.
             if !dir.is_dir() {
                 return Err(io("rename", &dir)(e));
             }
@@ -757,6 +931,11 @@ impl ImageStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        // Blob lock files: nobody holds or waits for one while gc holds the store exclusively.
+        let locks = self.root.join("locks");
+        for e in std::fs::read_dir(&locks).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
         report.size_after = live_size(&records);
         Ok(report)
     }
@@ -789,9 +968,9 @@ fn verify(what: &str, expected: &Digest, bytes: &[u8]) -> Result<(), StoreError>
 }
 
 fn write_atomic(tmp_dir: &Path, dst: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = tmp_dir.join(unique("write"));
-    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, dst).map_err(io("rename", dst))
+    let tmp = TmpPath(tmp_dir.join(unique("write")));
+    std::fs::write(&tmp.0, bytes).map_err(io("write", &tmp.0))?;
+    std::fs::rename(&tmp.0, dst).map_err(io("rename", dst))
 }
 
 /// Whether `err` (or what caused it) is a TLS certificate the client refused.
@@ -835,6 +1014,24 @@ fn parse_roots(pem: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         return Err(StoreError::Certificate("no CERTIFICATE in PEM".into()));
     }
     Ok(out)
+}
+
+/// Removes the entries of `<root>/tmp` whose owner is gone: leftovers of interrupted work (a
+/// process killed mid-download), which belong to nobody now.
+fn clean_tmp(root: &Path) {
+    let tmp = root.join("tmp");
+    let Ok(rd) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if !name.to_str().is_some_and(owner_alive) {
+            debug!(entry = ?name, "removing a dead pull's temp file");
+            if let Err(err) = remove_any(&e.path()) {
+                warn!(path = %e.path().display(), error = %err, "could not remove temp file");
+            }
+        }
+    }
 }
 
 fn remove_any(p: &Path) -> std::io::Result<()> {
@@ -1032,6 +1229,14 @@ impl Fetcher {
         }
     }
 
+    /// The digest the reference of a registry source pins, if any.
+    fn pinned(&self) -> Option<Digest> {
+        match self {
+            Fetcher::Registry { reference, .. } => reference.digest().and_then(|d| d.parse().ok()),
+            Fetcher::Layout { .. } => None,
+        }
+    }
+
     async fn manifest_by_digest(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
         match self {
             Fetcher::Registry {
@@ -1073,19 +1278,22 @@ impl Fetcher {
         }
     }
 
-    /// A local file holding the layer blob; `true` when it is a temporary download (to delete),
-    /// already checked against `desc.digest` by `pull_blob` while it streamed.
+    /// A local file holding the layer blob, with a guard when it is a temporary download
+    /// (removed with the guard), already checked against `desc.digest` by `pull_blob` while it
+    /// streamed. The download is named `blob-<owner>-<n>-<hex>`, so that a pull waiting for
+    /// it in another process can show how far it got.
     async fn layer_blob(
         &self,
         desc: &Descriptor,
         tmp: &Path,
         report: &(dyn Fn(&PullEvent) + Sync),
-    ) -> Result<(PathBuf, bool), StoreError> {
+    ) -> Result<(PathBuf, Option<TmpPath>), StoreError> {
         match self {
             Fetcher::Registry {
                 client, reference, ..
             } => {
-                let path = tmp.join(unique("blob"));
+                let path = tmp.join(format!("{}-{}", unique("blob"), desc.digest.hex()));
+                let guard = TmpPath(path.clone());
                 let file = tokio::fs::File::create(&path)
                     .await
                     .map_err(io("create", &path))?;
@@ -1096,17 +1304,14 @@ impl Fetcher {
                     report,
                     last: 0,
                 };
-                let res = client
+                client
                     .pull_blob(reference, desc.digest.to_string().as_str(), counting)
-                    .await;
-                if let Err(e) = res {
-                    let _ = std::fs::remove_file(&path);
-                    return Err(Self::reg_err(reference)(e));
-                }
-                Ok((path, true))
+                    .await
+                    .map_err(Self::reg_err(reference))?;
+                Ok((path, Some(guard)))
             }
             Fetcher::Layout { dir, .. } => {
-                Ok((dir.join("blobs/sha256").join(desc.digest.hex()), false))
+                Ok((dir.join("blobs/sha256").join(desc.digest.hex()), None))
             }
         }
     }
@@ -1195,6 +1400,40 @@ mod tests {
         let back: Record = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
         assert_eq!(back.used_ms(), 1_700_000_000_123);
         assert_eq!(back.last_used, 1_700_000_000, "older versions read seconds");
+    }
+
+    #[test]
+    fn temp_files_belong_to_live_processes_only() {
+        let mine = unique("blob");
+        assert!(owner_alive(&mine), "{mine}");
+        let me = std::process::id();
+        assert!(
+            owner_alive(&format!("write-{me}-3")),
+            "older versions' names"
+        );
+        // The same pid started at another time (a reused pid) is not the owner.
+        assert!(!owner_alive(&format!("blob-{me}.1-0-abc")));
+        // No such process (pid_max is at most 2^22).
+        assert!(!owner_alive("layer-99999999.5-1"));
+        assert!(!owner_alive("layer-99999999-1"));
+        assert!(!owner_alive("garbage"));
+        assert!(!owner_alive(""));
+    }
+
+    #[tokio::test]
+    async fn temp_paths_are_removed_when_dropped_and_dead_owners_are_cleaned() {
+        let dir = std::env::temp_dir().join(unique("store-test"));
+        std::fs::create_dir_all(dir.join("tmp/x/y")).unwrap();
+        drop(TmpPath(dir.join("tmp/x")));
+        assert!(!dir.join("tmp/x").exists());
+        let dead = dir.join("tmp/blob-99999999.7-0-ab");
+        let live = dir.join("tmp").join(unique("blob"));
+        std::fs::write(&dead, b"partial").unwrap();
+        std::fs::write(&live, b"partial").unwrap();
+        clean_tmp(&dir);
+        assert!(!dead.exists());
+        assert!(live.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
