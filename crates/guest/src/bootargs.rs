@@ -1,6 +1,7 @@
 //! What the host tells the guest agent on the kernel command line (`/proc/cmdline`): the pod's
 //! address and route (`nodeless.ip=A.B.C.D/P nodeless.gw=A.B.C.D`) and its hostname
-//! (`nodeless.hostname=NAME`), and whether it runs a whole pod (`nodeless.pod=1`). Pure.
+//! (`nodeless.hostname=NAME`), whether it runs a whole pod (`nodeless.pod=1`), and the size
+//! of the single container's writable layer (`nodeless.writable=BYTES`). Pure.
 
 use std::net::Ipv4Addr;
 
@@ -15,6 +16,9 @@ pub struct BootArgs {
     /// A whole pod (`nodeless.pod=1`): no disk is mounted at boot; the host prepares one root
     /// filesystem per container.
     pub pod: bool,
+    /// The size in bytes of the single container's writable layer (its tmpfs's `size=`);
+    /// 0 (absent) is tmpfs's default, half the VM's memory.
+    pub writable_limit: u64,
 }
 
 impl BootArgs {
@@ -33,6 +37,7 @@ impl BootArgs {
                 }
                 "nodeless.gw" => b.gateway = v.parse().ok(),
                 "nodeless.pod" => b.pod = v == "1",
+                "nodeless.writable" => b.writable_limit = v.parse().unwrap_or(0),
                 "nodeless.hostname" if !v.is_empty() && v.len() <= 64 => {
                     b.hostname = Some(v.to_owned())
                 }
@@ -60,13 +65,16 @@ mod tests {
     #[test]
     fn command_line_is_parsed() {
         let b = BootArgs::parse(
-            "console=ttyS0 rdinit=/init nodeless.ip=10.201.9.2/24 nodeless.gw=10.201.9.1 nodeless.hostname=web-0 nodeless.pod=1\n",
+            "console=ttyS0 rdinit=/init nodeless.ip=10.201.9.2/24 nodeless.gw=10.201.9.1 nodeless.hostname=web-0 nodeless.pod=1 nodeless.writable=8388608\n",
         );
+        assert_eq!(b.writable_limit, 8 << 20);
         assert_eq!(b.ip, Some((Ipv4Addr::new(10, 201, 9, 2), 24)));
         assert_eq!(b.gateway, Some(Ipv4Addr::new(10, 201, 9, 1)));
         assert_eq!(b.hostname.as_deref(), Some("web-0"));
         assert!(b.pod);
-        let none = BootArgs::parse("console=ttyS0 nodeless.ip=10.0.0.1/40 nodeless.gw=x");
+        let none = BootArgs::parse(
+            "console=ttyS0 nodeless.ip=10.0.0.1/40 nodeless.gw=x nodeless.writable=lots",
+        );
         assert_eq!(none, BootArgs::default());
     }
 

@@ -12,7 +12,9 @@
 //! as /etc/hosts bind-mounted) and runs processes in them; the VM runs until the host stops it.
 //! Either way the agent serves [`guest::proto`] frames: processes (chrooted into their root
 //! filesystem, with their env, cwd, uid/gid), their stdout/stderr, stdin, signals, terminals,
-//! exits and states.
+//! exits and states. A container's output is numbered and kept until the host acknowledges
+//! it, so a host that takes the VM back gets again what a dying one never logged
+//! ([`Frame::Resume`]); an exit is reported with how long ago it happened.
 //!
 //! Pod semantics as Kubernetes has them: each container's process is PID 1 of a PID namespace
 //! of its own (exec sessions join it), or, when the pod shares its process namespace, every
@@ -38,7 +40,7 @@ mod netcfg;
 use guest::bootargs::BootArgs;
 use std::os::fd::{AsFd, OwnedFd};
 
-use guest::proto::{CHUNK, Frame, MountSource, PidNs, Setup, Spec, State};
+use guest::proto::{CHUNK, Frame, MountSource, PidNs, RESEND_LIMIT, Setup, Spec, State, Usage};
 use rustix::mount::{MountFlags, mount};
 use rustix::thread::LinkNameSpaceType;
 
@@ -141,14 +143,17 @@ fn run() -> Result<(), Error> {
         .write(true)
         .open(&port)
         .map_err(|e| format!("opening {}: {e}", port.display()))?;
-    let out = Out(Arc::new(Mutex::new(chan.try_clone()?)));
+    let out = Out(Arc::new(Mutex::new(OutState {
+        chan: chan.try_clone()?,
+        streams: HashMap::new(),
+    })));
     let mut input = chan;
 
     // The root filesystem is mounted while the host connects (a pod's are made on request).
     let mounted = if args.pod {
         mount_fs("tmpfs", VOLUMES, "tmpfs", MountFlags::NOSUID, "mode=0755")
     } else {
-        mount_root(DISK, "/lower", "/rw", ROOT, 0)
+        mount_root(DISK, "/lower", "/rw", ROOT, args.writable_limit)
     };
     log(&format!("ready after {} ms", t0.elapsed().as_millis()));
 
@@ -162,11 +167,11 @@ fn run() -> Result<(), Error> {
     };
     if let Err(e) = mounted {
         out.send(&Frame::Error(0, format!("mounting the container: {e}")));
-        out.send(&Frame::Exit(0, 127));
+        out.send(&Frame::Exit(0, 127, Some(0)));
         std::thread::sleep(Duration::from_millis(300));
         return Err(e);
     }
-    out.send(&Frame::Ready);
+    out.send(&Frame::Ready(guest::proto::VERSION));
 
     let own_pid_ns = rustix::fs::open(
         "/proc/self/ns/pid",
@@ -507,17 +512,122 @@ fn mount_root(
     Ok(())
 }
 
-/// The channel's writing half, shared by every thread; one frame per lock.
+/// The channel's writing half, shared by every thread; one frame per lock (a resume holds it
+/// for all it sends again). While no host is attached a write blocks (virtio-serial), and so
+/// does every thread that sends.
 #[derive(Clone)]
-struct Out(Arc<Mutex<File>>);
+struct Out(Arc<Mutex<OutState>>);
 
-impl Out {
-    fn send(&self, f: &Frame) {
-        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_to(&mut *w) {
+struct OutState {
+    chan: File,
+    /// Each process's output streams: (id, stderr).
+    streams: HashMap<(u32, bool), StreamBuf>,
+}
+
+/// One output stream of a process: its byte count and, for a container's process, what the
+/// host has not acknowledged yet.
+#[derive(Default)]
+struct StreamBuf {
+    /// The offset of the next byte.
+    end: u64,
+    /// The unacknowledged bytes (at most [`RESEND_LIMIT`]), the last one at `end - 1`.
+    kept: std::collections::VecDeque<u8>,
+    /// Whether unacknowledged bytes are kept (a container's process, not an exec session).
+    keep: bool,
+    /// The process's end of the stream was read: no more output.
+    closed: bool,
+}
+
+impl StreamBuf {
+    /// The offset of the first kept byte.
+    fn start(&self) -> u64 {
+        self.end - self.kept.len() as u64
+    }
+
+    /// Everything is sent and nothing needs sending again.
+    fn done(&self) -> bool {
+        self.closed && self.kept.is_empty()
+    }
+}
+
+impl OutState {
+    fn write(&mut self, f: &Frame) {
+        if let Err(e) = f.write_to(&mut self.chan) {
             log(&format!("sending to the host: {e}"));
         }
     }
+}
+
+impl Out {
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, f: &Frame) {
+        self.lock().write(f);
+    }
+
+    /// Sends output of process `id`, numbered in its stream, keeping it (`keep`) until the
+    /// host acknowledges it.
+    fn output(&self, id: u32, stderr: bool, data: &[u8], keep: bool) {
+        let mut o = self.lock();
+        let s = o.streams.entry((id, stderr)).or_default();
+        s.keep = keep;
+        let offset = s.end;
+        s.end += data.len() as u64;
+        if keep {
+            s.kept.extend(data);
+            let over = s.kept.len().saturating_sub(RESEND_LIMIT);
+            s.kept.drain(..over);
+        }
+        o.write(&Frame::Output(id, stderr, offset, data.to_vec()));
+    }
+
+    /// The process closed a stream.
+    fn close_stream(&self, id: u32, stderr: bool) {
+        let mut o = self.lock();
+        if let Some(s) = o.streams.get_mut(&(id, stderr)) {
+            s.closed = true;
+            if !s.keep || s.done() {
+                o.streams.remove(&(id, stderr));
+            }
+        }
+    }
+
+    /// The host has process `id`'s streams up to `offsets`.
+    fn ack(&self, id: u32, offsets: [u64; 2]) {
+        let mut o = self.lock();
+        for (stderr, acked) in [(false, offsets[0]), (true, offsets[1])] {
+            let Some(s) = o.streams.get_mut(&(id, stderr)) else {
+                continue;
+            };
+            let start = s.start();
+            let upto = acked.min(s.end);
+            if upto > start {
+                s.kept.drain(..(upto - start) as usize);
+            }
+            if s.done() {
+                o.streams.remove(&(id, stderr));
+            }
+        }
+    }
+}
+
+/// The output frames that send again what stream `s` of process `id` keeps from `offset` on
+/// (from its first kept byte when that is later: what came before is lost). Pure.
+fn resend_frames(id: u32, stderr: bool, s: &StreamBuf, offset: u64) -> Vec<Frame> {
+    let start = s.start();
+    let from = offset.clamp(start, s.end);
+    let data: Vec<u8> = s
+        .kept
+        .iter()
+        .skip((from - start) as usize)
+        .copied()
+        .collect();
+    data.chunks(CHUNK)
+        .enumerate()
+        .map(|(i, d)| Frame::Output(id, stderr, from + (i * CHUNK) as u64, d.to_vec()))
+        .collect()
 }
 
 struct Proc {
@@ -527,6 +637,10 @@ struct Proc {
     pty: Option<File>,
     /// Exit code once reaped.
     code: Option<i32>,
+    /// When it was reaped, by the monotonic clock (not the wall clock, which may be wrong).
+    ended: Option<Instant>,
+    /// The OOM killer killed in its cgroup.
+    oom: bool,
     /// Output pipes still open.
     open_streams: u8,
     /// Exit reported to the host.
@@ -660,10 +774,13 @@ impl Agent {
                     return;
                 };
                 match target {
-                    // A container's process: every process of its PID namespace, as the OCI
-                    // runtimes' `kill --all` does (its PID 1 only takes the signals it handles).
-                    Some((pid, Some(ns))) => signal_namespace(pid, &ns, sig),
-                    Some((pid, None)) => {
+                    // SIGKILL to a container's process: every process of its PID namespace, as
+                    // the OCI runtimes' `kill --all` does. Any other signal (the stop signal
+                    // included) goes to the main process only, as kubelet sends it.
+                    Some((pid, Some(ns))) if sig == rustix::process::Signal::KILL => {
+                        signal_namespace(pid, &ns, sig)
+                    }
+                    Some((pid, _)) => {
                         if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
                             let _ = rustix::process::kill_process(pid, sig);
                         }
@@ -697,7 +814,44 @@ impl Agent {
                 };
                 self.out.send(&Frame::Status(id, st));
             }
+            Frame::Ack(id, offsets) => self.out.ack(id, offsets),
+            Frame::Resume(nonce, list) => self.resume(nonce, &list),
+            Frame::QueryUsage => {
+                // Walking the volumes may take a moment: the channel keeps being served.
+                let out = self.out.clone();
+                std::thread::spawn(move || out.send(&Frame::Usage(storage_usage())));
+            }
             other => log(&format!("unexpected frame from the host: {other:?}")),
+        }
+    }
+
+    /// A host took the VM back: `Sync`, then each listed process's kept output from the offsets
+    /// the host has, and its end if it ended (all under the channel's lock: nothing else comes
+    /// in between).
+    fn resume(&self, nonce: u64, list: &[(u32, [u64; 2])]) {
+        let t = self.table();
+        let mut o = self.out.lock();
+        o.write(&Frame::Sync(nonce));
+        for (id, offsets) in list {
+            let mut frames = Vec::new();
+            for (stderr, offset) in [(false, offsets[0]), (true, offsets[1])] {
+                if let Some(s) = o.streams.get(&(*id, stderr)) {
+                    frames.extend(resend_frames(*id, stderr, s, offset));
+                }
+            }
+            match t.get(id) {
+                None => frames.push(Frame::Status(*id, State::Unknown)),
+                Some(p) if p.reported => {
+                    if p.oom {
+                        frames.push(Frame::OomKilled(*id));
+                    }
+                    frames.push(exit_frame(*id, p));
+                }
+                Some(_) => {}
+            }
+            for f in &frames {
+                o.write(f);
+            }
         }
     }
 
@@ -879,6 +1033,8 @@ impl Agent {
                 stdin,
                 pty: None,
                 code: None,
+                ended: None,
+                oom: false,
                 open_streams: if tty { 1 } else { 2 },
                 reported: false,
                 cgroup,
@@ -887,9 +1043,12 @@ impl Agent {
             },
         );
         self.out.send(&Frame::Started(id, pid));
+        // A container's output is kept for a host that takes the VM back; an exec session's
+        // ends with the host that started it.
+        let keep = !matches!(spec.pid_ns, PidNs::Join(_));
         if let Some(master) = pty {
             match master.try_clone() {
-                Ok(r) => self.pump(id, r, false),
+                Ok(r) => self.pump(id, r, false, keep),
                 Err(e) => log(&format!("terminal of {id}: {e}")),
             }
             if let Some(p) = table.get_mut(&id) {
@@ -897,10 +1056,10 @@ impl Agent {
             }
         }
         if let Some(r) = child.stdout.take() {
-            self.pump(id, r, false);
+            self.pump(id, r, false, keep);
         }
         if let Some(r) = child.stderr.take() {
-            self.pump(id, r, true);
+            self.pump(id, r, true, keep);
         }
         // The child is reaped by `reap`, never through `child`.
         drop(child);
@@ -909,31 +1068,25 @@ impl Agent {
     /// Reports that `id` could not start.
     fn fail(&self, id: u32, msg: String) {
         self.out.send(&Frame::Error(id, msg));
-        self.out.send(&Frame::Exit(id, 127));
+        self.out.send(&Frame::Exit(id, 127, Some(0)));
         if id == 0 {
             power_off_soon();
         }
     }
 
-    fn pump(&self, id: u32, mut r: impl Read + Send + 'static, stderr: bool) {
+    fn pump(&self, id: u32, mut r: impl Read + Send + 'static, stderr: bool, keep: bool) {
         let agent = self.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; CHUNK];
             loop {
                 match r.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => {
-                        let d = buf[..n].to_vec();
-                        agent.out.send(&if stderr {
-                            Frame::Stderr(id, d)
-                        } else {
-                            Frame::Stdout(id, d)
-                        });
-                    }
+                    Ok(n) => agent.out.output(id, stderr, &buf[..n], keep),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
             }
+            agent.out.close_stream(id, stderr);
             let mut t = agent.table();
             if let Some(p) = t.get_mut(&id) {
                 p.open_streams = p.open_streams.saturating_sub(1);
@@ -946,7 +1099,9 @@ impl Agent {
     /// ends the VM.
     fn report(&self, t: &mut HashMap<u32, Proc>, id: u32) {
         let Some(p) = t.get_mut(&id) else { return };
-        let Some(code) = p.code else { return };
+        if p.code.is_none() {
+            return;
+        }
         if p.open_streams > 0 || p.reported {
             return;
         }
@@ -957,12 +1112,14 @@ impl Agent {
         if let Some(cg) = p.cgroup.take() {
             let events = std::fs::read_to_string(format!("{cg}/memory.events")).unwrap_or_default();
             if oom_kills(&events) > 0 {
+                p.oom = true;
                 self.out.send(&Frame::OomKilled(id));
             }
             // Fails while something of it still runs (a daemon it left): that one keeps it.
             let _ = std::fs::remove_dir(&cg);
         }
-        self.out.send(&Frame::Exit(id, code));
+        let exit = exit_frame(id, p);
+        self.out.send(&exit);
         if id == 0 {
             power_off_soon();
         }
@@ -1001,6 +1158,7 @@ impl Agent {
                 let Some(id) = id else { continue };
                 if let Some(p) = t.get_mut(&id) {
                     p.code = Some(code);
+                    p.ended = Some(Instant::now());
                 }
                 if id == 0 {
                     // The container is done: nothing else may outlive it (their pipes close).
@@ -1010,6 +1168,76 @@ impl Agent {
             }
         }
     }
+}
+
+/// What the writable layers (each root filesystem's tmpfs: its used blocks) and the pod's
+/// volumes (each directory of [`VOLUMES`], walked as `du` does) hold.
+fn storage_usage() -> Usage {
+    let mut u = Usage::default();
+    let used = |rw: &str| {
+        rustix::fs::statvfs(rw).ok().map(|s| {
+            s.f_blocks
+                .saturating_sub(s.f_bfree)
+                .saturating_mul(s.f_frsize)
+        })
+    };
+    if let Some(b) = used("/rw") {
+        u.roots.push((0, b));
+    }
+    for e in std::fs::read_dir("/pod").into_iter().flatten().flatten() {
+        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(b) = used(&format!("/pod/{n}/rw")) {
+            u.roots.push((n, b));
+        }
+    }
+    for e in std::fs::read_dir(VOLUMES).into_iter().flatten().flatten() {
+        if let Some(name) = e.file_name().to_str() {
+            u.volumes.push((name.to_owned(), disk_usage(&e.path())));
+        }
+    }
+    u.roots.sort();
+    u.volumes.sort();
+    u
+}
+
+/// Bytes of blocks under `root`, on its filesystem, a file with several links counted once.
+fn disk_usage(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(root) else {
+        return 0;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.dev() != top.dev() || (md.nlink() > 1 && !md.is_dir() && !seen.insert(md.ino())) {
+            continue;
+        }
+        total = total.saturating_add(md.blocks().saturating_mul(512));
+        if md.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    total
+}
+
+/// The `Exit` of an ended process, with how long ago it ended (made when sent).
+fn exit_frame(id: u32, p: &Proc) -> Frame {
+    let ago = p
+        .ended
+        .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+    Frame::Exit(id, p.code.unwrap_or(255), ago)
 }
 
 /// The cgroup v2 hierarchy of the guest (never visible in a container).
@@ -1211,6 +1439,41 @@ mod tests {
     fn an_ephemeral_storage_limit_sizes_the_writable_tmpfs() {
         assert_eq!(writable_options(0), "mode=0755");
         assert_eq!(writable_options(4 << 20), "mode=0755,size=4194304");
+    }
+
+    /// Kept output is trimmed by acknowledgements and to the resend limit, and a resume sends
+    /// again what follows the host's offset, in chunks, from the first kept byte at the
+    /// earliest.
+    #[test]
+    fn kept_output_is_sent_again_from_the_hosts_offset() {
+        let mut s = StreamBuf {
+            keep: true,
+            ..Default::default()
+        };
+        let data: Vec<u8> = (0..RESEND_LIMIT + CHUNK + 10).map(|i| i as u8).collect();
+        s.end = data.len() as u64;
+        s.kept.extend(&data[data.len() - RESEND_LIMIT..]);
+        assert_eq!(s.start(), (CHUNK + 10) as u64);
+        let frames = resend_frames(4, true, &s, (CHUNK + 10 + 5) as u64);
+        let mut next = (CHUNK + 15) as u64;
+        let mut got = Vec::new();
+        for f in &frames {
+            let Frame::Output(4, true, off, d) = f else {
+                panic!("{f:?}")
+            };
+            assert_eq!(*off, next);
+            assert!(d.len() <= CHUNK);
+            next += d.len() as u64;
+            got.extend_from_slice(d);
+        }
+        assert_eq!(got, &data[CHUNK + 15..]);
+        // From before the first kept byte: from that byte (the rest is lost).
+        let Frame::Output(_, _, off, _) = &resend_frames(4, true, &s, 0)[0] else {
+            panic!()
+        };
+        assert_eq!(*off, s.start());
+        // Nothing past the end.
+        assert!(resend_frames(4, true, &s, s.end + 3).is_empty());
     }
 
     #[test]

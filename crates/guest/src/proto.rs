@@ -4,6 +4,16 @@
 //! A frame is `len: u32 LE` (of what follows), `kind: u8`, `id: u32 LE`, then the payload.
 //! Pure (std only, no I/O beyond `Read`/`Write`), shared verbatim by the guest agent and the
 //! host side (which includes this file), so both ends always agree.
+//!
+//! Version 2 ([`VERSION`]) adds resumable output: a container's output comes in
+//! [`Frame::Output`] frames numbered by byte offset per stream; the host acknowledges what it
+//! wrote to the log ([`Frame::Ack`]), the guest keeps what is not acknowledged (at most
+//! [`RESEND_LIMIT`] bytes a stream), and a host that takes a running VM back sends
+//! [`Frame::Resume`] with the offsets its logs have: the guest answers [`Frame::Sync`] (the host
+//! drops every byte before it, see [`Decoder::seek_sync`]) and sends again what follows those
+//! offsets, then the exit of a process that ended meanwhile. [`Frame::Exit`] carries how long
+//! ago the process ended by the guest's monotonic clock, so a host that learns of it late
+//! still knows when it ended. An older peer's frames decode (no offsets, no end time).
 
 use std::io::{self, Read, Write};
 
@@ -12,6 +22,16 @@ pub const MAX_FRAME: usize = 1 << 20;
 
 /// The data of output frames is cut into chunks of at most this many bytes.
 pub const CHUNK: usize = 32 * 1024;
+
+/// The protocol version of this file. The guest says its own in [`Frame::Ready`]; the host
+/// records it with the VM (its state file) and acknowledges output to and resumes only a guest
+/// of version 2 or later (the ends of an older one's processes are queried as before).
+pub const VERSION: u32 = 2;
+
+/// Output of a container process (not of an exec session) the guest keeps until the host
+/// acknowledges it, per stream: past this, the oldest unacknowledged bytes are dropped, and a
+/// host that resumes from before them gets a gap (it logs how many bytes were lost).
+pub const RESEND_LIMIT: usize = 1 << 20;
 
 /// What to run: a process in the container's root filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +116,16 @@ pub enum State {
     },
 }
 
+/// What the pod's writable layers and volumes hold in the guest (bytes in use), the answer to
+/// [`Frame::QueryUsage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Per root filesystem (0: the single container's): its writable layer's tmpfs.
+    pub roots: Vec<(u32, u64)>,
+    /// Per pod volume (a directory of the volumes' tmpfs) by name.
+    pub volumes: Vec<(String, u64)>,
+}
+
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -104,8 +134,9 @@ pub enum Frame {
     Run(u32, Spec),
     /// Bytes for the process's stdin; an empty payload closes it.
     Stdin(u32, Vec<u8>),
-    /// Send a signal to the process; to a container's process that is PID 1 of its own PID
-    /// namespace ([`PidNs::Own`]), to every process of that namespace (`kill --all`).
+    /// Send a signal to the process. SIGKILL to a container's process that is PID 1 of its own
+    /// PID namespace ([`PidNs::Own`]) goes to every process of that namespace (`kill --all`);
+    /// any other signal to the main process only, as kubelet sends the stop signal.
     Signal(u32, i32),
     /// Ask for the process's state; answered with [`Frame::Status`].
     Query(u32),
@@ -116,14 +147,33 @@ pub enum Frame {
     /// Unmount root filesystem n (> 0), made by [`Frame::Prepare`], and free what it held (a
     /// restarted container's last root); no answer.
     Release(u32),
+    /// The host has the process's stdout and stderr up to these offsets (written to its log):
+    /// the guest may forget them.
+    Ack(u32, [u64; 2]),
+    /// A host took the VM back (id 0): the guest answers [`Frame::Sync`] with this nonce, then
+    /// for each (process, [stdout, stderr] offsets) sends its kept output from those offsets
+    /// and, if it ended, its `OomKilled` and `Exit` again ([`Frame::Status`] `Unknown` for a
+    /// process it does not know).
+    Resume(u64, Vec<(u32, [u64; 2])>),
+    /// Ask what the writable layers and volumes use (id 0); answered with [`Frame::Usage`].
+    QueryUsage,
     // Guest -> host.
-    /// The agent is up (root filesystem mounted), sent once in answer to the host's first frame.
-    Ready,
+    /// The agent is up (root filesystem mounted), sent once in answer to the host's first
+    /// frame, with its protocol version ([`VERSION`]; 1 from a guest that sends none).
+    Ready(u32),
     Started(u32, u32),
+    /// Output of a guest of version 1 (a version 2 guest sends [`Frame::Output`]).
     Stdout(u32, Vec<u8>),
     Stderr(u32, Vec<u8>),
-    /// The process ended; all its output was sent before.
-    Exit(u32, i32),
+    /// Output of the process: (id, stderr, offset of the first byte in that stream, data).
+    Output(u32, bool, u64, Vec<u8>),
+    /// The process ended with this code; all its output was sent before. The last field is
+    /// how many milliseconds ago it ended, by the guest's monotonic clock, when the frame was
+    /// made (none from a guest of version 1).
+    Exit(u32, i32, Option<u64>),
+    /// The answer to [`Frame::Resume`] with its nonce: what follows is sent after the resume.
+    Sync(u64),
+    Usage(Usage),
     /// Running failed (no such program, bad cwd...) or the agent hit an error.
     Error(u32, String),
     Status(u32, State),
@@ -188,6 +238,12 @@ mod kind {
     pub const STATUS: u8 = 16;
     pub const PREPARED: u8 = 17;
     pub const OOM_KILLED: u8 = 18;
+    pub const ACK: u8 = 8;
+    pub const RESUME: u8 = 9;
+    pub const OUTPUT: u8 = 19;
+    pub const SYNC: u8 = 20;
+    pub const QUERY_USAGE: u8 = 21;
+    pub const USAGE: u8 = 22;
 }
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -259,17 +315,23 @@ impl Frame {
             Frame::Signal(id, _) => (kind::SIGNAL, *id),
             Frame::Query(id) => (kind::QUERY, *id),
             Frame::Resize(id, ..) => (kind::RESIZE, *id),
-            Frame::Ready => (kind::READY, 0),
+            Frame::Ready(_) => (kind::READY, 0),
             Frame::Started(id, _) => (kind::STARTED, *id),
             Frame::Stdout(id, _) => (kind::STDOUT, *id),
             Frame::Stderr(id, _) => (kind::STDERR, *id),
-            Frame::Exit(id, _) => (kind::EXIT, *id),
+            Frame::Exit(id, ..) => (kind::EXIT, *id),
             Frame::Error(id, _) => (kind::ERROR, *id),
             Frame::Status(id, _) => (kind::STATUS, *id),
             Frame::Prepare(id, _) => (kind::PREPARE, *id),
             Frame::Release(id) => (kind::RELEASE, *id),
             Frame::Prepared(id, _) => (kind::PREPARED, *id),
             Frame::OomKilled(id) => (kind::OOM_KILLED, *id),
+            Frame::Ack(id, _) => (kind::ACK, *id),
+            Frame::Resume(..) => (kind::RESUME, 0),
+            Frame::Output(id, ..) => (kind::OUTPUT, *id),
+            Frame::Sync(_) => (kind::SYNC, 0),
+            Frame::QueryUsage => (kind::QUERY_USAGE, 0),
+            Frame::Usage(_) => (kind::USAGE, 0),
         };
         b.push(k);
         put_u32(&mut b, id);
@@ -325,7 +387,46 @@ impl Frame {
             Frame::Stdin(_, d) | Frame::Stdout(_, d) | Frame::Stderr(_, d) => {
                 b.extend_from_slice(d)
             }
-            Frame::Signal(_, v) | Frame::Exit(_, v) => put_u32(&mut b, *v as u32),
+            Frame::Signal(_, v) => put_u32(&mut b, *v as u32),
+            // Version 1 sent none.
+            Frame::Ready(v) if *v > 1 => put_u32(&mut b, *v),
+            Frame::Exit(_, v, ago) => {
+                put_u32(&mut b, *v as u32);
+                if let Some(ms) = ago {
+                    b.extend_from_slice(&ms.to_le_bytes());
+                }
+            }
+            Frame::Ack(_, [out, err]) => {
+                b.extend_from_slice(&out.to_le_bytes());
+                b.extend_from_slice(&err.to_le_bytes());
+            }
+            Frame::Resume(nonce, list) => {
+                b.extend_from_slice(&nonce.to_le_bytes());
+                put_u32(&mut b, list.len() as u32);
+                for (id, [out, err]) in list {
+                    put_u32(&mut b, *id);
+                    b.extend_from_slice(&out.to_le_bytes());
+                    b.extend_from_slice(&err.to_le_bytes());
+                }
+            }
+            Frame::Output(_, stderr, offset, d) => {
+                b.push(u8::from(*stderr));
+                b.extend_from_slice(&offset.to_le_bytes());
+                b.extend_from_slice(d);
+            }
+            Frame::Sync(nonce) => b.extend_from_slice(&nonce.to_le_bytes()),
+            Frame::Usage(u) => {
+                put_u32(&mut b, u.roots.len() as u32);
+                for (root, bytes) in &u.roots {
+                    put_u32(&mut b, *root);
+                    b.extend_from_slice(&bytes.to_le_bytes());
+                }
+                put_u32(&mut b, u.volumes.len() as u32);
+                for (name, bytes) in &u.volumes {
+                    put_str(&mut b, name);
+                    b.extend_from_slice(&bytes.to_le_bytes());
+                }
+            }
             Frame::Started(_, pid) => put_u32(&mut b, *pid),
             Frame::Error(_, m) => b.extend_from_slice(m.as_bytes()),
             Frame::Status(_, st) => match st {
@@ -339,7 +440,11 @@ impl Frame {
                     put_u32(&mut b, *code as u32);
                 }
             },
-            Frame::Query(_) | Frame::Ready | Frame::OomKilled(_) | Frame::Release(_) => {}
+            Frame::Query(_)
+            | Frame::Ready(_)
+            | Frame::OomKilled(_)
+            | Frame::Release(_)
+            | Frame::QueryUsage => {}
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
@@ -436,11 +541,53 @@ impl Frame {
             kind::STDIN => Frame::Stdin(id, c.0.to_vec()),
             kind::SIGNAL => Frame::Signal(id, c.i32()?),
             kind::QUERY => Frame::Query(id),
-            kind::READY => Frame::Ready,
+            kind::READY => Frame::Ready(if c.0.is_empty() { 1 } else { c.u32()? }),
             kind::STARTED => Frame::Started(id, c.u32()?),
             kind::STDOUT => Frame::Stdout(id, c.0.to_vec()),
             kind::STDERR => Frame::Stderr(id, c.0.to_vec()),
-            kind::EXIT => Frame::Exit(id, c.i32()?),
+            kind::EXIT => Frame::Exit(
+                id,
+                c.i32()?,
+                if c.0.is_empty() { None } else { Some(c.u64()?) },
+            ),
+            kind::ACK => Frame::Ack(id, [c.u64()?, c.u64()?]),
+            kind::RESUME => {
+                let nonce = c.u64()?;
+                let n = c.u32()? as usize;
+                // Each entry takes 20 bytes.
+                if n > c.0.len() / 20 {
+                    return Err(ProtoError::Truncated);
+                }
+                let list = (0..n)
+                    .map(|_| Ok((c.u32()?, [c.u64()?, c.u64()?])))
+                    .collect::<Result<_, ProtoError>>()?;
+                Frame::Resume(nonce, list)
+            }
+            kind::OUTPUT => {
+                let stderr = c.bytes(1)?[0] != 0;
+                let offset = c.u64()?;
+                Frame::Output(id, stderr, offset, c.0.to_vec())
+            }
+            kind::SYNC => Frame::Sync(c.u64()?),
+            kind::QUERY_USAGE => Frame::QueryUsage,
+            kind::USAGE => {
+                let n = c.u32()? as usize;
+                // A root takes 12 bytes, a volume at least 12.
+                if n > c.0.len() / 12 {
+                    return Err(ProtoError::Truncated);
+                }
+                let roots = (0..n)
+                    .map(|_| Ok((c.u32()?, c.u64()?)))
+                    .collect::<Result<_, ProtoError>>()?;
+                let n = c.u32()? as usize;
+                if n > c.0.len() / 12 {
+                    return Err(ProtoError::Truncated);
+                }
+                let volumes = (0..n)
+                    .map(|_| Ok((c.string()?, c.u64()?)))
+                    .collect::<Result<_, ProtoError>>()?;
+                Frame::Usage(Usage { roots, volumes })
+            }
             kind::ERROR => Frame::Error(id, String::from_utf8_lossy(c.0).into_owned()),
             kind::STATUS => Frame::Status(
                 id,
@@ -493,6 +640,8 @@ impl Frame {
 #[derive(Default)]
 pub struct Decoder {
     buf: Vec<u8>,
+    /// The bytes of the [`Frame::Sync`] to skip to, while seeking it.
+    seek: Option<Vec<u8>>,
 }
 
 impl Decoder {
@@ -500,8 +649,33 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Drops every byte (whole frames, or the rest of one whose start went elsewhere) up to
+    /// `Frame::Sync(nonce)`, which is the next frame returned: a host that resumes a VM starts
+    /// at a frame boundary whatever the channel held.
+    pub fn seek_sync(&mut self, nonce: u64) {
+        self.seek = Some(Frame::Sync(nonce).encode());
+    }
+
     /// The next complete frame, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtoError> {
+        if let Some(pattern) = &self.seek {
+            match self
+                .buf
+                .windows(pattern.len())
+                .position(|w| w == &pattern[..])
+            {
+                Some(at) => {
+                    self.buf.drain(..at);
+                    self.seek = None;
+                }
+                None => {
+                    // Keep what could be the start of the pattern.
+                    let keep = (pattern.len() - 1).min(self.buf.len());
+                    self.buf.drain(..self.buf.len() - keep);
+                    return Ok(None);
+                }
+            }
+        }
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -521,6 +695,38 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resuming host drops whatever precedes the guest's Sync (the rest of a frame cut in
+    /// two, whole frames sent before the resume), even when it arrives a byte at a time.
+    #[test]
+    fn the_decoder_skips_to_the_sync_of_its_resume() {
+        let before = Frame::Output(1, false, 0, b"old output".to_vec()).encode();
+        let mut wire = before[7..].to_vec();
+        wire.extend(Frame::Exit(1, 0, Some(5)).encode());
+        wire.extend(Frame::Sync(41).encode());
+        wire.extend(Frame::Sync(42).encode());
+        let after = [
+            Frame::Output(1, false, 3, b"again".to_vec()),
+            Frame::Exit(1, 0, Some(9)),
+        ];
+        for f in &after {
+            wire.extend(f.encode());
+        }
+        for step in [1, 3, wire.len()] {
+            let mut d = Decoder::default();
+            d.seek_sync(42);
+            let mut got = Vec::new();
+            for part in wire.chunks(step) {
+                d.push(part);
+                while let Some(f) = d.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            let mut want = vec![Frame::Sync(42)];
+            want.extend(after.iter().cloned());
+            assert_eq!(got, want, "fed {step} bytes at a time");
+        }
+    }
 
     fn all() -> Vec<Frame> {
         vec![
@@ -588,12 +794,25 @@ mod tests {
             Frame::Stdin(3, vec![]),
             Frame::Signal(0, 15),
             Frame::Query(7),
-            Frame::Ready,
+            Frame::Ready(1),
+            Frame::Ready(VERSION),
             Frame::Started(1, 42),
             Frame::Stdout(0, b"hello\n".to_vec()),
             Frame::Stderr(0, b"err\n".to_vec()),
-            Frame::Exit(2, -1),
-            Frame::Exit(0, 137),
+            Frame::Exit(2, -1, None),
+            Frame::Exit(0, 137, Some(4321)),
+            Frame::Ack(3, [7, 1 << 40]),
+            Frame::Resume(99, vec![(1, [0, 5]), (4, [1 << 33, 2])]),
+            Frame::Resume(1, vec![]),
+            Frame::Output(2, false, 0, b"out".to_vec()),
+            Frame::Output(2, true, 1 << 35, b"err".to_vec()),
+            Frame::Sync(0xfeed),
+            Frame::QueryUsage,
+            Frame::Usage(Usage::default()),
+            Frame::Usage(Usage {
+                roots: vec![(1, 4096), (3, 5 << 30)],
+                volumes: vec![("cache".into(), 8192)],
+            }),
             Frame::Error(4, "no such file".into()),
             Frame::Status(0, State::Unknown),
             Frame::Status(0, State::Running { pid: 9 }),
@@ -672,6 +891,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // An Exit as an older guest sends it (no end time); an older host reads the code.
+        let full = Frame::Exit(3, 9, Some(77)).encode();
+        assert_eq!(
+            Frame::decode(&full[4..full.len() - 8]).unwrap(),
+            Frame::Exit(3, 9, None)
+        );
         let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
         assert!(matches!(
             Frame::read_from(&mut &huge[..]),
@@ -681,7 +906,7 @@ mod tests {
         d.push(&huge);
         assert!(d.next_frame().is_err());
         // Truncated after the length prefix.
-        let mut w = Frame::Ready.encode();
+        let mut w = Frame::Ready(VERSION).encode();
         w.pop();
         assert!(matches!(
             Frame::read_from(&mut &w[..]),

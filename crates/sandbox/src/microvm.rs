@@ -188,6 +188,19 @@ impl Accel {
     }
 }
 
+/// The size of the writable layer of a container of [`MicroVm`] (`nodeless sandbox run`): its
+/// `limit` (none given: [`crate::plan::DEFAULT_EPHEMERAL_STORAGE`], the 20 GiB ephemeral storage
+/// Fargate gives a pod) but at most half the VM's memory, which is what the guest can hold (the
+/// layer is a tmpfs in the VM's RAM; half is tmpfs's own default, the rest is for the kernel,
+/// the agent and the container's processes). Pure.
+pub fn writable_cap(memory_mib: u32, limit: Option<u64>) -> u64 {
+    let half = (u64::from(memory_mib) << 20) / 2;
+    limit
+        .unwrap_or(crate::plan::DEFAULT_EPHEMERAL_STORAGE)
+        .min(half)
+        .max(1 << 20)
+}
+
 /// One VM's settings.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -205,6 +218,9 @@ pub struct VmConfig {
     pub network: Option<VmNetwork>,
     /// The guest's hostname (the pod's name); the kernel's default when empty.
     pub hostname: String,
+    /// The container's `ephemeral-storage` limit: the size of its writable layer, see
+    /// [`writable_cap`] (none: the default). A write past it fails with ENOSPC.
+    pub writable_limit: Option<u64>,
 }
 
 impl VmConfig {
@@ -222,6 +238,7 @@ impl VmConfig {
             boot_timeout: Duration::from_secs(120),
             network: None,
             hostname: String::new(),
+            writable_limit: None,
         }
     }
 }
@@ -280,8 +297,45 @@ fn qemu_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-/// The kernel command line.
-pub const KERNEL_ARGS: &str = "console=ttyS0 tsc_early_khz=2000000 quiet panic=-1 rdinit=/init";
+/// The kernel command line (with `tsc_early_khz=`, see [`host_tsc_khz`]).
+pub const KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 rdinit=/init";
+
+/// The TSC rate the guest kernel is told when the host's is not known.
+pub const DEFAULT_TSC_KHZ: u64 = 2_000_000;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter, which every x86-64 CPU has.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+/// The host's TSC rate in kHz, measured once (the TSC against the monotonic clock over 20 ms),
+/// for the guest kernel's `tsc_early_khz=` (which also spares it the calibration at boot).
+/// Under software emulation the guest's TSC is the host's: told another rate, the guest's
+/// clocks run fast or slow (at 2 GHz on a 2.3 GHz host, 15 % fast), and so would the exit
+/// times it reports ([`proto::Frame::Exit`]). [`DEFAULT_TSC_KHZ`] elsewhere than x86-64.
+pub fn host_tsc_khz() -> u64 {
+    static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let t0 = Instant::now();
+            let c0 = rdtsc();
+            std::thread::sleep(Duration::from_millis(20));
+            let c1 = rdtsc();
+            let us = t0.elapsed().as_micros();
+            let khz = u128::from(c1.wrapping_sub(c0)) * 1000 / us.max(1);
+            // Far from any real TSC: a measurement gone wrong.
+            match u64::try_from(khz) {
+                Ok(k) if (100_000..=10_000_000).contains(&k) => k,
+                _ => DEFAULT_TSC_KHZ,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        DEFAULT_TSC_KHZ
+    })
+}
 
 /// The VM's network: a tap device in the pod's network namespace, joined to the pod's `eth0`
 /// (its veth to the pod-network bridge) by tc redirects both ways, so the guest's `eth0` (with
@@ -456,6 +510,8 @@ pub struct VmFiles<'a> {
     pub net: Option<(&'a str, &'a str)>,
     /// Extra kernel arguments for the guest agent (address, hostname).
     pub extra_args: &'a str,
+    /// The TSC rate the guest kernel counts with ([`host_tsc_khz`]).
+    pub tsc_khz: u64,
 }
 
 /// QEMU's arguments for one VM. Pure.
@@ -468,6 +524,7 @@ pub fn qemu_args(accel: Accel, memory_mib: u32, cpus: u32, files: &VmFiles<'_>) 
         console,
         net,
         extra_args,
+        tsc_khz,
     } = *files;
     let mut a: Vec<String> = vec![
         "-M".into(),
@@ -503,9 +560,9 @@ pub fn qemu_args(accel: Accel, memory_mib: u32, cpus: u32, files: &VmFiles<'_>) 
         qemu_escape(initrd),
         "-append".into(),
         if extra_args.is_empty() {
-            KERNEL_ARGS.to_owned()
+            format!("{KERNEL_ARGS} tsc_early_khz={tsc_khz}")
         } else {
-            format!("{KERNEL_ARGS} {extra_args}")
+            format!("{KERNEL_ARGS} tsc_early_khz={tsc_khz} {extra_args}")
         },
     ]);
     for (i, (disk, serial)) in disks.iter().enumerate() {
@@ -629,13 +686,77 @@ pub async fn make_erofs(lower: &[PathBuf], out: &Path) -> Result<()> {
     std::fs::rename(&tmp, out).map_err(io(format!("renaming to {}", out.display())))
 }
 
-/// Turns output chunks into CRI log records, a line at a time per stream.
+/// Turns output chunks into CRI log records, a line at a time per stream, and keeps count of
+/// the guest's output offsets: what it has (`next`) and what is in the file ([`Self::written`],
+/// what the host acknowledges).
 struct LogWriter {
     file: std::fs::File,
     partial: [Vec<u8>; 2],
+    /// The offset in each of the guest's streams of the next byte expected.
+    next: [u64; 2],
+    /// Where [`Self::written`] is kept for a later agent (16 bytes: stdout, stderr), if
+    /// anywhere.
+    ack_file: Option<std::fs::File>,
 }
 
 impl LogWriter {
+    fn new(file: std::fs::File) -> LogWriter {
+        LogWriter {
+            file,
+            partial: [Vec::new(), Vec::new()],
+            next: [0, 0],
+            ack_file: None,
+        }
+    }
+
+    /// Output of the guest at `offset` of `stream` (none from a guest of version 1): what
+    /// was had already (sent again after a resume) is skipped; a gap (output the guest no
+    /// longer kept) is logged.
+    fn accept(&mut self, stream: Stream, offset: Option<u64>, data: &[u8]) {
+        let i = stream as usize;
+        let data = match offset {
+            None => data,
+            Some(o) => {
+                if o > self.next[i] {
+                    tracing::warn!(
+                        lost_bytes = o - self.next[i],
+                        "micro-VM container output lost (not kept by the guest)"
+                    );
+                    self.next[i] = o;
+                }
+                let skip =
+                    usize::try_from(self.next[i] - o).map_or(data.len(), |n| n.min(data.len()));
+                &data[skip..]
+            }
+        };
+        self.next[i] += data.len() as u64;
+        self.push(stream, data);
+    }
+
+    /// The offsets up to which each stream is in the log file (unterminated lines held here
+    /// are not).
+    fn written(&self) -> [u64; 2] {
+        [
+            self.next[0] - self.partial[0].len() as u64,
+            self.next[1] - self.partial[1].len() as u64,
+        ]
+    }
+
+    /// Writes [`Self::written`] to the ack file; returns it.
+    fn save_written(&mut self) -> [u64; 2] {
+        let w = self.written();
+        if let Some(f) = &self.ack_file {
+            use std::os::unix::fs::FileExt as _;
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&w[0].to_le_bytes());
+            b[8..].copy_from_slice(&w[1].to_le_bytes());
+            if let Err(e) = f.write_all_at(&b, 0) {
+                tracing::warn!(error = %e, "saving the micro-VM log offsets");
+            }
+        }
+        w
+    }
+
     fn push(&mut self, stream: Stream, mut data: &[u8]) {
         let i = stream as usize;
         while !data.is_empty() {
@@ -788,6 +909,46 @@ impl ExecInput {
     }
 }
 
+/// Reads an ack file ([`LogWriter::save_written`]): zeros when there is none.
+fn read_written(path: &Path) -> [u64; 2] {
+    match std::fs::read(path) {
+        Ok(b) if b.len() >= 16 => [
+            u64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(b[8..16].try_into().unwrap_or_default()),
+        ],
+        _ => [0, 0],
+    }
+}
+
+/// Sends [`Frame::Ack`]s from a task of its own, the latest offsets of each process at a time,
+/// so the reader never waits on the channel's writer (the guest may be blocked writing).
+#[derive(Clone)]
+struct Acker(mpsc::UnboundedSender<(u32, [u64; 2])>);
+
+impl Acker {
+    fn spawn(writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>) -> Acker {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u32, [u64; 2])>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut latest = HashMap::from([first]);
+                while let Ok((id, offs)) = rx.try_recv() {
+                    latest.insert(id, offs);
+                }
+                for (id, offs) in latest {
+                    if send(&writer, &Frame::Ack(id, offs)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Acker(tx)
+    }
+
+    fn ack(&self, id: u32, offsets: [u64; 2]) {
+        let _ = self.0.send((id, offsets));
+    }
+}
+
 async fn send(writer: &tokio::sync::Mutex<OwnedWriteHalf>, f: &Frame) -> Result<()> {
     let mut w = writer.lock().await;
     w.write_all(&f.encode())
@@ -804,6 +965,10 @@ struct Shared {
     ready: Option<oneshot::Sender<()>>,
     /// The OOM killer ended the container.
     oom: bool,
+    acker: Option<Acker>,
+    /// The guest's protocol version (its `Ready` says; 0 before): a guest of version 1 is
+    /// sent no acknowledgements.
+    guest_version: u32,
 }
 
 /// The container's end as the host saw it.
@@ -942,7 +1107,10 @@ impl MicroVm {
             .open(&config.log_path)
             .map_err(io(format!("opening {}", config.log_path.display())))?;
 
-        let mut extra = Vec::new();
+        let mut extra = vec![format!(
+            "nodeless.writable={}",
+            writable_cap(config.memory_mib, config.writable_limit)
+        )];
         if let Some(n) = &config.network {
             extra.push(n.kernel_args());
         }
@@ -965,6 +1133,7 @@ impl MicroVm {
                     .as_ref()
                     .map(|n| (n.tap.as_str(), n.mac.as_str())),
                 extra_args: &extra,
+                tsc_khz: host_tsc_khz(),
             },
         );
         let mut command = qemu_command(&qemu, config.network.as_ref());
@@ -1002,14 +1171,13 @@ impl MicroVm {
             first_output: None,
             ready: Some(ready_tx),
             oom: false,
+            acker: None,
+            guest_version: 0,
         }));
         let (ended_tx, ended) = watch::channel(None);
         let reader = {
             let shared = shared.clone();
-            let mut log = LogWriter {
-                file: log_file,
-                partial: [Vec::new(), Vec::new()],
-            };
+            let mut log = LogWriter::new(log_file);
             tokio::spawn(async move {
                 let mut dec = Decoder::default();
                 let mut buf = vec![0u8; 64 * 1024];
@@ -1035,10 +1203,12 @@ impl MicroVm {
             })
         };
 
+        let writer = Arc::new(tokio::sync::Mutex::new(write_half));
+        shared.lock().unwrap_or_else(|p| p.into_inner()).acker = Some(Acker::spawn(writer.clone()));
         let vm = MicroVm {
             child,
             pid,
-            writer: Arc::new(tokio::sync::Mutex::new(write_half)),
+            writer,
             shared,
             ended,
             reader,
@@ -1260,39 +1430,25 @@ fn dispatch(
 ) {
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
     match f {
-        Frame::Ready => {
+        Frame::Ready(version) => {
+            s.guest_version = version;
             if let Some(tx) = s.ready.take() {
                 let _ = tx.send(());
             }
         }
         Frame::Started(..) => {}
         Frame::OomKilled(0) => s.oom = true,
-        Frame::Stdout(0, d) | Frame::Stderr(0, d) if d.is_empty() => {}
-        Frame::Stdout(0, d) => {
-            s.first_output.get_or_insert_with(Instant::now);
-            log.push(Stream::Stdout, &d);
-            if let Some(tx) = s.execs.get(&0) {
-                let _ = tx.send(ExecEvent::Stdout(d));
-            }
+        Frame::Stdout(id, d) => output(&mut s, log, id, Stream::Stdout, None, d),
+        Frame::Stderr(id, d) => output(&mut s, log, id, Stream::Stderr, None, d),
+        Frame::Output(id, stderr, offset, d) => {
+            let stream = if stderr {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            output(&mut s, log, id, stream, Some(offset), d)
         }
-        Frame::Stderr(0, d) => {
-            s.first_output.get_or_insert_with(Instant::now);
-            log.push(Stream::Stderr, &d);
-            if let Some(tx) = s.execs.get(&0) {
-                let _ = tx.send(ExecEvent::Stderr(d));
-            }
-        }
-        Frame::Stdout(id, d) => {
-            if let Some(tx) = s.execs.get(&id) {
-                let _ = tx.send(ExecEvent::Stdout(d));
-            }
-        }
-        Frame::Stderr(id, d) => {
-            if let Some(tx) = s.execs.get(&id) {
-                let _ = tx.send(ExecEvent::Stderr(d));
-            }
-        }
-        Frame::Exit(0, code) => {
+        Frame::Exit(0, code, _) => {
             log.finish();
             let _ = log.file.flush();
             // The container may end before the agent's Ready was read (a failing mount).
@@ -1302,7 +1458,7 @@ fn dispatch(
             }
             ended.send_replace(Some(Ended::Code(code)));
         }
-        Frame::Exit(id, code) => {
+        Frame::Exit(id, code, _) => {
             if let Some(tx) = s.execs.remove(&id) {
                 let _ = tx.send(ExecEvent::Exit(code));
             }
@@ -1327,6 +1483,34 @@ fn dispatch(
             }
         }
         other => tracing::warn!(frame = ?other, "unexpected frame from the guest agent"),
+    }
+}
+
+/// Output of process `id`: the container's (0) to its log (and an attached session), an exec
+/// session's to it.
+fn output(
+    s: &mut Shared,
+    log: &mut LogWriter,
+    id: u32,
+    stream: Stream,
+    offset: Option<u64>,
+    d: Vec<u8>,
+) {
+    if d.is_empty() {
+        return;
+    }
+    if id == 0 {
+        s.first_output.get_or_insert_with(Instant::now);
+        log.accept(stream, offset, &d);
+        if let Some(a) = s.acker.as_ref().filter(|_| s.guest_version >= 2) {
+            a.ack(0, log.written());
+        }
+    }
+    if let Some(tx) = s.execs.get(&id) {
+        let _ = tx.send(match stream {
+            Stream::Stdout => ExecEvent::Stdout(d),
+            Stream::Stderr => ExecEvent::Stderr(d),
+        });
     }
 }
 
@@ -1385,6 +1569,7 @@ mod tests {
                 console: Path::new("/d/console.log"),
                 net: None,
                 extra_args: "",
+                tsc_khz: DEFAULT_TSC_KHZ,
             },
         );
         let s = a.join(" ");
@@ -1416,6 +1601,7 @@ mod tests {
                 console: Path::new("c"),
                 net: Some(("tap0", "02:00:00:00:00:01")),
                 extra_args: "nodeless.ip=10.1.0.2/24 nodeless.gw=10.1.0.1",
+                tsc_khz: 2_300_000,
             },
         )
         .join(" ");
@@ -1424,7 +1610,11 @@ mod tests {
             "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off \
              -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:01"
         ));
-        assert!(k.contains("rdinit=/init nodeless.ip=10.1.0.2/24 nodeless.gw=10.1.0.1"));
+        assert!(k.contains(
+            "rdinit=/init tsc_early_khz=2300000 nodeless.ip=10.1.0.2/24 nodeless.gw=10.1.0.1"
+        ));
+        let khz = host_tsc_khz();
+        assert!((100_000..=10_000_000).contains(&khz), "{khz}");
     }
 
     #[test]
@@ -1440,10 +1630,7 @@ mod tests {
     fn log_writer_splits_lines_across_chunks_and_streams() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
-        let mut w = LogWriter {
-            file: std::fs::File::create(&p).unwrap(),
-            partial: [Vec::new(), Vec::new()],
-        };
+        let mut w = LogWriter::new(std::fs::File::create(&p).unwrap());
         w.push(Stream::Stdout, b"hel");
         w.push(Stream::Stderr, b"err\n");
         w.push(Stream::Stdout, b"lo\nwor");
@@ -1465,6 +1652,49 @@ mod tests {
                 ("stdout", &b"hello"[..]),
                 ("stdout", &b"wor"[..])
             ]
+        );
+    }
+
+    /// Output sent again after a resume is written once; what the file has is what an
+    /// acknowledgement says (not the unterminated line held back), and it is kept on disk.
+    #[test]
+    fn resent_output_is_logged_once_and_acknowledged_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let acks = dir.path().join("acked");
+        let mut w = LogWriter::new(std::fs::File::create(&p).unwrap());
+        w.ack_file = Some(std::fs::File::create(&acks).unwrap());
+        w.accept(Stream::Stdout, Some(0), b"one\ntw");
+        assert_eq!(w.save_written(), [4, 0]);
+        assert_eq!(read_written(&acks), [4, 0]);
+        // The guest sends again from the acknowledged offset: "tw" again, then more.
+        let mut again = LogWriter::new(std::fs::OpenOptions::new().append(true).open(&p).unwrap());
+        again.next = read_written(&acks);
+        again.accept(Stream::Stdout, Some(4), b"two\nth");
+        again.accept(Stream::Stdout, Some(4), b"two\nthree\n");
+        again.accept(Stream::Stderr, Some(0), b"e\n");
+        assert_eq!(again.written(), [14, 2]);
+        // A gap (output the guest dropped) is skipped over.
+        again.accept(Stream::Stderr, Some(10), b"f\n");
+        assert_eq!(again.written(), [14, 12]);
+        let text = std::fs::read(&p).unwrap();
+        let got: Vec<String> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(&logs::parse_line(l).unwrap().text).into_owned())
+            .collect();
+        assert_eq!(got, ["one", "two", "three", "e", "f"]);
+        assert_eq!(read_written(&dir.path().join("none")), [0, 0]);
+    }
+
+    #[test]
+    fn the_writable_layer_is_capped_by_the_default_and_the_vms_memory() {
+        assert_eq!(writable_cap(256, None), 128 << 20);
+        assert_eq!(writable_cap(256, Some(8 << 20)), 8 << 20);
+        assert_eq!(writable_cap(256, Some(1 << 30)), 128 << 20);
+        assert_eq!(
+            writable_cap(64 << 10, None),
+            crate::plan::DEFAULT_EPHEMERAL_STORAGE
         );
     }
 

@@ -1300,14 +1300,18 @@ async fn containers_of_a_micro_vm_pod_have_their_own_pid_namespace_and_share_ipc
         "B (no limit) used {free} ticks, A {limited}"
     );
 
-    // A signal to a container reaches every process of it, as `kill --all` of the OCI
-    // runtimes: B's shell (PID 1, no handler) ignores SIGTERM, its sleep ends, so does B.
+    // The stop signal goes to the container's main process only, as kubelet sends it: B's
+    // shell (PID 1 of its namespace, no handler) ignores SIGTERM and B runs on. SIGKILL
+    // reaches every process of it, as `kill --all` of the OCI runtimes.
     pod.kill("b", 15).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(pod.running("b"), "SIGTERM went past B's main process");
+    pod.kill("b", 9).await.unwrap();
     let code = tokio::time::timeout(Duration::from_secs(30), pod.wait("b"))
         .await
-        .expect("B ends after SIGTERM")
+        .expect("B ends after SIGKILL")
         .unwrap();
-    assert_eq!(code, 128 + 15);
+    assert_eq!(code, 128 + 9);
     assert!(pod.running("a"));
     pod.destroy().await.unwrap();
 }
@@ -1505,5 +1509,210 @@ async fn ephemeral_storage_limits_the_writable_layer_in_a_micro_vm() {
     assert!(size <= 4 << 20, "{size} bytes written past a 4Mi limit");
     let (code, size, stderr) = run("free").await;
     assert_eq!((code.as_str(), size), ("code=0", 8 << 20), "{stderr}");
+    pod.destroy().await.unwrap();
+}
+
+/// `nodeless sandbox run`'s single container has a writable layer of a set size (a default
+/// cap when none is given, see `microvm::writable_cap`): a write past it fails (ENOSPC).
+#[tokio::test]
+async fn the_single_containers_writable_layer_is_capped() {
+    let Some(assets) = assets_or_skip("the_single_containers_writable_layer_is_capped") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let disk = busybox_disk(&data).await;
+    let mut config = VmConfig::new(assets, data.join("vm-cap"));
+    config.writable_limit = Some(6 << 20);
+    let vm = MicroVm::boot(&config, &disk, &spec(&["sleep", "1000"]))
+        .await
+        .unwrap();
+    let out = vm
+        .exec(
+            &["sh", "-c", "dd if=/dev/zero of=/big bs=1M count=12; echo code=$?; wc -c < /big; df -k / | tail -n1"],
+            None,
+        )
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("6Mi cap: {stdout} {}", stderr.trim());
+    let mut lines = stdout.lines();
+    assert_ne!(lines.next(), Some("code=0"), "{stdout} {stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let size: u64 = lines.next().unwrap_or_default().trim().parse().unwrap();
+    assert!(size <= 6 << 20, "{size} bytes written past a 6Mi cap");
+    // The root's size (the writable layer's, which overlayfs reports) is the cap.
+    let total_kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert_eq!(
+        total_kib,
+        microvm::writable_cap(config.memory_mib, config.writable_limit) >> 10
+    );
+    vm.destroy().await.unwrap();
+}
+
+/// The handle dies without detaching (an agent killed) while a container writes and before it
+/// ends: the next handle gets the output the dead one never logged (here an unterminated line
+/// it held) once and in order, and the container's end with the time it happened (by the
+/// guest's clock), not when the new handle learned of it.
+#[tokio::test]
+async fn output_and_end_time_survive_a_handle_that_died() {
+    let Some(assets) = assets_or_skip("output_and_end_time_survive_a_handle_that_died") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let (host, images) = busybox_pod_host(&data).await;
+    let script = "echo start $(cut -d' ' -f1 /proc/uptime); i=0; \
+        while [ $i -lt 2000 ]; do echo n $i; i=$((i+1)); done; \
+        printf half-; sleep 2; echo line; sleep 3; \
+        echo end $(cut -d' ' -f1 /proc/uptime); exit 7";
+    let plan = pod_plan(
+        "team_resume_u11",
+        vec![container_plan("w", script, &[])],
+        None,
+    );
+    let mut pod = MicroVmPod::start(&host, &plan, &images, None, &PodVmOptions::new(assets))
+        .await
+        .unwrap();
+    let log = pod.log_path("w").unwrap().to_owned();
+    let t0 = std::time::Instant::now();
+    while !log_records(&log).iter().any(|(_, t)| t == "n 1999") {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no output");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // "half-" reaches the handle, which holds it (no newline yet); then the handle dies.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    pod.outlive_handle();
+    drop(pod);
+    let died = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+
+    let pod = MicroVmPod::reattach(&host, &plan)
+        .await
+        .unwrap()
+        .expect("the VM is found again");
+    let code = tokio::time::timeout(Duration::from_secs(30), pod.wait("w"))
+        .await
+        .expect("the end is reported")
+        .unwrap();
+    assert_eq!(code, 7);
+    let text = std::fs::read(&log).unwrap();
+    let recs: Vec<sandbox::logs::Record> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| sandbox::logs::parse_line(l).unwrap())
+        .collect();
+    let lines: Vec<String> = recs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.text).into_owned())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2003,
+        "{:?}",
+        &lines[lines.len().saturating_sub(5)..]
+    );
+    for (i, l) in lines[1..2001].iter().enumerate() {
+        assert_eq!(l, &format!("n {i}"));
+    }
+    assert_eq!(lines[2001], "half-line", "{:?}", &lines[1995..]);
+    let uptime = |l: &str, word: &str| -> f64 {
+        l.strip_prefix(word)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{l:?}"))
+    };
+    let (u0, u1) = (uptime(&lines[0], "start "), uptime(&lines[2002], "end "));
+    // The end by the host's clock: the first line was logged as it was written.
+    let first: jiff::Timestamp = recs[0].time.parse().unwrap();
+    let ended = std::time::SystemTime::from(first) + Duration::from_secs_f64(u1 - u0);
+    let finished = pod.finished_at("w").expect("an end time");
+    let off = match finished.duration_since(ended) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    println!(
+        "finished {off:?} off the end; the handle died {:?} before it",
+        ended.duration_since(died)
+    );
+    assert!(
+        off < Duration::from_secs(2),
+        "finished {finished:?}, ended {ended:?}"
+    );
+    assert!(
+        finished > died + Duration::from_secs(2),
+        "it ended seconds after the handle died"
+    );
+    pod.destroy().await.unwrap();
+}
+
+/// The pod's storage as kubelet counts it comes from the guest (the writable layers and
+/// emptyDirs are there): each container's writable layer (plus its logs), each emptyDir, the
+/// total; what the agent's eviction checks compare with the pod's limits (here the total is
+/// over the 4Mi the one limited container gives the pod: kubelet evicts such a pod).
+#[tokio::test]
+async fn a_micro_vm_pods_storage_is_measured_in_the_guest() {
+    let Some(assets) = assets_or_skip("a_micro_vm_pods_storage_is_measured_in_the_guest") else {
+        return;
+    };
+    let (_d, data) = data_dir();
+    let (host, images) = busybox_pod_host(&data).await;
+    let mut small = container_plan(
+        "small",
+        "exec sleep 1001",
+        &[("scratch", "/scratch", false)],
+    );
+    small.ephemeral_storage_limit = Some(4 << 20);
+    let mut plan = pod_plan(
+        "team_usage_u12",
+        vec![
+            small,
+            container_plan("free", "exec sleep 1002", &[("scratch", "/scratch", false)]),
+        ],
+        None,
+    );
+    plan.volumes = vec![
+        VolumePlan {
+            name: "scratch".into(),
+            kind: VolumeKind::EmptyDir {
+                memory: false,
+                size_limit: None,
+            },
+        },
+        VolumePlan {
+            name: "unused".into(),
+            kind: VolumeKind::EmptyDir {
+                memory: false,
+                size_limit: None,
+            },
+        },
+    ];
+    let pod = MicroVmPod::start(&host, &plan, &images, None, &PodVmOptions::new(assets))
+        .await
+        .unwrap();
+    let before = pod.storage_usage(&plan).await.unwrap();
+    println!("before: {before:?}");
+    for (name, script) in [
+        ("small", "dd if=/dev/zero of=/layer bs=1M count=2"),
+        ("free", "dd if=/dev/zero of=/scratch/data bs=1M count=3"),
+    ] {
+        let out = pod.exec(name, &["sh", "-c", script], None).await.unwrap();
+        assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let after = pod.storage_usage(&plan).await.unwrap();
+    println!("after: {after:?}");
+    let small = after.containers["small"] - before.containers["small"];
+    assert!((2 << 20..3 << 20).contains(&small), "{small}");
+    assert!(after.containers["free"] - before.containers["free"] < 1 << 20);
+    let scratch = after.volumes["scratch"] - before.volumes["scratch"];
+    assert!((3 << 20..4 << 20).contains(&scratch), "{scratch}");
+    assert_eq!(after.volumes["unused"], 0);
+    assert_eq!(
+        after.total,
+        after.containers.values().sum::<u64>() + after.volumes.values().sum::<u64>()
+    );
+    assert!(after.total > 4 << 20, "over the pod's 4Mi limit");
     pod.destroy().await.unwrap();
 }

@@ -29,9 +29,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::cgroup::VmCgroup;
 use super::proto::{self, Decoder, Frame, MountSource, MountSpec, PidNs, Setup};
 use super::{
-    Accel, BootFiles, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter,
+    Accel, Acker, BootFiles, ContainerSpec, Ended, ExecEvent, ExecOutput, ExecSession, LogWriter,
     MicroVmError, Result, VmAssets, VmFiles, connect_channel, console_tail, io, plug_tap,
-    qemu_args, qemu_binary, qemu_command, send, valid_hostname,
+    qemu_args, qemu_binary, qemu_command, read_written, send, valid_hostname,
 };
 use crate::image::Image;
 use crate::logs::Stream;
@@ -188,12 +188,20 @@ struct Shared {
     /// Processes the OOM killer ended.
     oom: std::collections::HashSet<u32>,
     ready: Option<oneshot::Sender<()>>,
-    /// When the host learned that a container's run ended.
+    /// When a container's run ended: as the guest reports it (how long ago, by its monotonic
+    /// clock), else when the host learned of it.
     ends: HashMap<u32, SystemTime>,
-    /// Runs taken back after a restart of the agent and not yet known to be running: an end
-    /// that arrives first happened while no host was attached, at an unknown time after this
-    /// one (the guest does not report when a process ended).
+    /// Runs taken back from a VM of protocol version 1 after a restart of the agent and not
+    /// yet known to be running: an end that arrives first happened while no host was attached,
+    /// at an unknown time after this one (such a guest does not report when a process ended).
     unseen: HashMap<u32, SystemTime>,
+    /// Sends the guest what the logs have.
+    acker: Option<Acker>,
+    /// Who waits for the guest's storage figures, in order.
+    usage: Vec<oneshot::Sender<proto::Usage>>,
+    /// The guest's protocol version: its `Ready` says, or the state of the VM taken back (0
+    /// until known). A guest of version 1 is sent no acknowledgements and cannot resume.
+    guest_version: u32,
     /// The last state saved (in this directory): an end is written into it when it arrives.
     saved: Option<(PathBuf, VmState)>,
 }
@@ -209,13 +217,22 @@ impl Shared {
             ready,
             ends: HashMap::new(),
             unseen: HashMap::new(),
+            acker: None,
+            usage: Vec::new(),
+            guest_version: 0,
             saved: None,
         }
     }
 
-    /// Run `id` ended with `code`: records when, in the saved state as well.
-    fn ended(&mut self, id: u32, code: i32) {
-        let at = self.unseen.remove(&id).unwrap_or_else(SystemTime::now);
+    /// Run `id` ended with `code`, `ago_ms` milliseconds ago as the guest says (a guest of
+    /// version 1 does not): records when, in the saved state as well.
+    fn ended(&mut self, id: u32, code: i32, ago_ms: Option<u64>) {
+        let unseen = self.unseen.remove(&id);
+        let now = SystemTime::now();
+        let at = match ago_ms {
+            Some(ms) => now.checked_sub(Duration::from_millis(ms)).unwrap_or(now),
+            None => unseen.unwrap_or(now),
+        };
         self.ends.insert(id, at);
         let oom = self.oom.contains(&id);
         if let Some((dir, state)) = &mut self.saved
@@ -498,6 +515,7 @@ impl MicroVmPod {
                 console: &console,
                 net: vmnet.as_ref().map(|n| (n.tap.as_str(), n.mac.as_str())),
                 extra_args: &extra,
+                tsc_khz: super::host_tsc_khz(),
             },
         );
         let mut command = qemu_command(&qemu, vmnet.as_ref());
@@ -534,12 +552,14 @@ impl MicroVmPod {
         let (read_half, write_half) = stream.into_split();
         let (ready_tx, ready_rx) = oneshot::channel();
         let shared = Arc::new(Mutex::new(Shared::new(Some(ready_tx))));
-        let (reader, mut lost) = spawn_reader(read_half, shared.clone());
+        let writer = Arc::new(tokio::sync::Mutex::new(write_half));
+        shared.lock().unwrap_or_else(|p| p.into_inner()).acker = Some(Acker::spawn(writer.clone()));
+        let (reader, mut lost) = spawn_reader(read_half, shared.clone(), None);
         let mut vm = MicroVmPod {
             qemu: Qemu::Child(child),
             detached: false,
             pid,
-            writer: Arc::new(tokio::sync::Mutex::new(write_half)),
+            writer,
             shared,
             reader,
             next_id: AtomicU32::new(all.len() as u32 + 1),
@@ -630,6 +650,7 @@ impl MicroVmPod {
     /// The state to save (`shared`: this pod's, locked).
     fn state(&self, shared: &Shared) -> VmState {
         VmState {
+            proto: shared.guest_version.max(1),
             qemu_pid: self.pid.unwrap_or(0),
             next_id: self.next_id.load(Ordering::Relaxed),
             next_root: self.next_root,
@@ -665,6 +686,10 @@ impl MicroVmPod {
                     finished: shared.ends.get(&c.id).copied(),
                     oom_killed: shared.oom.contains(&c.id),
                     last: c.last.clone(),
+                    acked: shared
+                        .logs
+                        .get(&c.id)
+                        .map_or([0, 0], |(log, _)| log.written()),
                 })
                 .collect(),
         }
@@ -683,10 +708,12 @@ impl MicroVmPod {
     /// Lets go of the VM without stopping it (the agent is shutting down or restarting): its
     /// state is saved and [`MicroVmPod::reattach`] takes it back. Meanwhile the guest's writes
     /// to the channel block (the containers' output waits in the guest, and their writes
-    /// block once its pipes are full) and reach the host that takes the VM back. What QEMU
-    /// passed on but this process did not read yet is lost (QEMU also drops what it holds for
-    /// a host that disconnects); the unterminated lines this process holds are written now,
-    /// as partial records.
+    /// block once its pipes are full) and reach the host that takes the VM back. Nothing is
+    /// lost in between, even when the agent dies without detaching: the guest keeps what the
+    /// host did not acknowledge (written to the log; the offsets are kept in `acked-<id>` and
+    /// the state) and sends it again on [`MicroVmPod::reattach`] (up to
+    /// [`proto::RESEND_LIMIT`] a stream). The unterminated lines this process holds are
+    /// written now, as partial records.
     pub fn detach(mut self) -> Result<()> {
         for (log, _) in self.lock().logs.values_mut() {
             for stream in [Stream::Stdout, Stream::Stderr] {
@@ -702,7 +729,9 @@ impl MicroVmPod {
 
     /// Takes back the VM of `plan` that an earlier agent started (found by its `state.json`
     /// and QEMU's process, which names the VM's channel): `None` when there is none or its QEMU
-    /// is gone. Containers that ended meanwhile are reported ended with their code.
+    /// is gone. Containers that ended meanwhile are reported ended with their code and when
+    /// they ended (the guest says how long ago). The guest sends again the output the logs
+    /// miss ([`Frame::Resume`]); whatever the channel held before its answer is dropped.
     pub async fn reattach(host: &Host, plan: &PodPlan) -> Result<Option<MicroVmPod>> {
         let dir = crate::pod::dir(&host.data_dir, &plan.id).join("microvm");
         let Ok(bytes) = std::fs::read(dir.join(STATE_FILE)) else {
@@ -725,6 +754,14 @@ impl MicroVmPod {
             .map_err(io(format!("connecting to {}", socket.display())))?;
         let (read_half, write_half) = stream.into_split();
         let shared = Arc::new(Mutex::new(Shared::new(None)));
+        let writer = Arc::new(tokio::sync::Mutex::new(write_half));
+        shared.lock().unwrap_or_else(|p| p.into_inner()).acker = Some(Acker::spawn(writer.clone()));
+        // A guest of version 1 cannot resume: its ends are queried.
+        let resume = state.proto >= 2;
+        shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .guest_version = state.proto;
         let mut containers = Vec::new();
         let mut running = Vec::new();
         // The latest the host knew of the VM: a run that ended while no host was attached
@@ -742,7 +779,7 @@ impl MicroVmPod {
                 if let Some(at) = c.finished {
                     s.ends.insert(c.id, at);
                 }
-                if c.exit.is_none() {
+                if c.exit.is_none() && !resume {
                     let seen = [state_time, mtime(&log_path), c.started];
                     if let Some(at) = seen.into_iter().flatten().max() {
                         s.unseen.insert(c.id, at);
@@ -755,16 +792,18 @@ impl MicroVmPod {
                     .append(true)
                     .open(&log_path)
                     .map_err(io(format!("opening {}", log_path.display())))?;
-                let writer = LogWriter {
-                    file,
-                    partial: [Vec::new(), Vec::new()],
-                };
+                let mut log = LogWriter::new(file);
+                // What the log has: the later of the state's and the ack file's offsets.
+                let ack_path = ack_file(&dir, c.id);
+                let kept = read_written(&ack_path);
+                log.next = [kept[0].max(c.acked[0]), kept[1].max(c.acked[1])];
+                log.ack_file = open_ack_file(&ack_path, false);
+                running.push((c.id, log.next));
                 shared
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .logs
-                    .insert(c.id, (writer, tx));
-                running.push(c.id);
+                    .insert(c.id, (log, tx));
             }
             containers.push(Container {
                 name: c.name.clone(),
@@ -791,12 +830,18 @@ impl MicroVmPod {
                 last: c.last.clone(),
             });
         }
-        let (reader, _lost) = spawn_reader(read_half, shared.clone());
+        let nonce = resume.then(|| {
+            let t = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40) | 1
+        });
+        let (reader, _lost) = spawn_reader(read_half, shared.clone(), nonce);
         let vm = MicroVmPod {
             qemu: Qemu::Adopted(state.qemu_pid),
             detached: false,
             pid: Some(state.qemu_pid),
-            writer: Arc::new(tokio::sync::Mutex::new(write_half)),
+            writer,
             shared,
             reader,
             // Exec sessions after the state was saved may have used ids past `next_id`: skip
@@ -818,9 +863,15 @@ impl MicroVmPod {
             share_pid: plan.share_process_namespace,
             cgroup: state.cgroup.as_deref().map(VmCgroup::adopt),
         };
-        // Exits the guest reported while nobody listened are answered again.
-        for id in running {
-            vm.send(&Frame::Query(id)).await?;
+        match nonce {
+            // The guest sends again what the logs miss, and the ends nobody heard.
+            Some(nonce) => vm.send(&Frame::Resume(nonce, running)).await?,
+            // Exits the guest reported while nobody listened are answered again.
+            None => {
+                for (id, _) in running {
+                    vm.send(&Frame::Query(id)).await?;
+                }
+            }
         }
         vm.save_state()?;
         Ok(Some(vm))
@@ -898,16 +949,9 @@ impl MicroVmPod {
             .open(&log_path)
             .map_err(io(format!("opening {}", log_path.display())))?;
         let (tx, ended) = watch::channel(None);
-        self.lock().logs.insert(
-            id,
-            (
-                LogWriter {
-                    file,
-                    partial: [Vec::new(), Vec::new()],
-                },
-                tx,
-            ),
-        );
+        let mut log = LogWriter::new(file);
+        log.ack_file = open_ack_file(&ack_file(&self.dir, id), true);
+        self.lock().logs.insert(id, (log, tx));
         let pid_ns = if self.share_pid {
             PidNs::Pod
         } else {
@@ -1033,6 +1077,23 @@ impl MicroVmPod {
         &self.init_exits
     }
 
+    /// The pod's local ephemeral storage as kubelet counts it ([`crate::pod::StorageUsage`]),
+    /// from the guest, where the writable layers and emptyDirs are (the host has the logs):
+    /// each regular container's writable layer (its current root filesystem's tmpfs) plus its
+    /// log files, each emptyDir not in memory, and their total. What the agent's eviction
+    /// checks take (`agent::eviction::verdict`) instead of what the OCI runtimes' pods hold on
+    /// the host.
+    pub async fn storage_usage(&self, plan: &PodPlan) -> Result<crate::pod::StorageUsage> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().usage.push(tx);
+        self.send(&Frame::QueryUsage).await?;
+        let guest = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| MicroVmError::Guest("no answer to a storage query".into()))?
+            .map_err(|_| MicroVmError::Stopped)?;
+        Ok(usage_of(plan, &self.containers, &guest))
+    }
+
     /// The names of the regular containers.
     pub fn container_names(&self) -> Vec<String> {
         self.containers.iter().map(|c| c.name.clone()).collect()
@@ -1098,9 +1159,10 @@ impl MicroVmPod {
         self.container(name).ok()?.started
     }
 
-    /// When container `name`'s current run ended: when the host learned of it, or for an
-    /// end while no host was attached, the last time a host knew the VM (the guest does not
-    /// report when a process ended).
+    /// When container `name`'s current run ended: the host's clock less how long ago the guest
+    /// says it ended (by the guest's monotonic clock, whatever its wall clock says), also for
+    /// an end while no host was attached. From a guest of protocol version 1, which does not
+    /// say: when the host learned of it, or the last time a host knew the VM.
     pub fn finished_at(&self, name: &str) -> Option<SystemTime> {
         let id = self.container(name).ok()?.id;
         self.lock().ends.get(&id).copied()
@@ -1281,9 +1343,79 @@ impl Qemu {
     }
 }
 
+/// Bytes of the files of `dir` (a container's logs), not descending.
+fn files_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks().saturating_mul(512))
+        .fold(0, u64::saturating_add)
+}
+
+/// The pod's storage from the guest's figures and the containers' logs. Pure but for the
+/// logs' sizes.
+fn usage_of(
+    plan: &PodPlan,
+    containers: &[Container],
+    guest: &proto::Usage,
+) -> crate::pod::StorageUsage {
+    let mut usage = crate::pod::StorageUsage::default();
+    for c in containers {
+        let layer = guest
+            .roots
+            .iter()
+            .find(|(root, _)| *root == c.root)
+            .map_or(0, |(_, b)| *b);
+        let bytes = layer.saturating_add(files_size(&c.dir.join("logs")));
+        usage.containers.insert(c.name.clone(), bytes);
+        usage.total = usage.total.saturating_add(bytes);
+    }
+    for v in &plan.volumes {
+        // A memory-backed emptyDir counts against memory, not storage (as kubelet has it).
+        if !matches!(v.kind, VolumeKind::EmptyDir { memory: false, .. }) {
+            continue;
+        }
+        let bytes = guest
+            .volumes
+            .iter()
+            .find(|(name, _)| *name == v.name)
+            .map_or(0, |(_, b)| *b);
+        usage.volumes.insert(v.name.clone(), bytes);
+        usage.total = usage.total.saturating_add(bytes);
+    }
+    usage
+}
+
+/// The file in the VM's directory where the log offsets of process `id` are kept
+/// ([`LogWriter::save_written`]): what a later agent asks the guest to send again from.
+fn ack_file(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("acked-{id}"))
+}
+
+fn open_ack_file(path: &Path, truncate: bool) -> Option<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(truncate)
+        .open(path)
+        .map_err(
+            |e| tracing::warn!(error = %e, path = %path.display(), "opening a micro-VM ack file"),
+        )
+        .ok()
+}
+
 /// What a restarted agent needs to take a running pod VM back (`state.json` in the VM's dir).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct VmState {
+    /// The protocol version of the VM's guest, as its `Ready` said ([`proto::VERSION`] for a
+    /// guest of this version); 1 in states of older versions (written as none) and for a guest
+    /// that said none.
+    #[serde(default = "version_1")]
+    proto: u32,
     qemu_pid: u32,
     next_id: u32,
     /// 0 in states written before restarts made fresh roots.
@@ -1335,6 +1467,14 @@ struct ContainerState {
     /// How the previous run ended (after a restart).
     #[serde(default)]
     last: Option<PastRun>,
+    /// The offsets of the current run's stdout and stderr that are in its log (when the state
+    /// was saved; `acked-<id>` has the latest).
+    #[serde(default)]
+    acked: [u64; 2],
+}
+
+fn version_1() -> u32 {
+    1
 }
 
 /// Writes `state.json` in `dir` atomically.
@@ -1348,13 +1488,18 @@ fn write_state(dir: &Path, state: &VmState) -> Result<()> {
 }
 
 /// Reads frames from the guest until the channel closes; the receiver learns why it closed.
+/// With `resume`, every byte before the guest's `Sync` of that nonce is dropped.
 fn spawn_reader(
     mut read_half: OwnedReadHalf,
     shared: Arc<Mutex<Shared>>,
+    resume: Option<u64>,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<Option<String>>) {
     let (lost_tx, lost) = watch::channel(None::<String>);
     let task = tokio::spawn(async move {
         let mut dec = Decoder::default();
+        if let Some(nonce) = resume {
+            dec.seek_sync(nonce);
+        }
         let mut buf = vec![0u8; 64 * 1024];
         let why = 'read: loop {
             let n = match read_half.read(&mut buf).await {
@@ -1394,7 +1539,8 @@ async fn wait_ended(ended: &watch::Receiver<Option<Ended>>) -> Result<i32> {
 fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
     match f {
-        Frame::Ready => {
+        Frame::Ready(version) => {
+            s.guest_version = version;
             if let Some(tx) = s.ready.take() {
                 let _ = tx.send(());
             }
@@ -1412,7 +1558,8 @@ fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
         Frame::Status(id, proto::State::Exited { code }) => {
             if let Some((mut log, tx)) = s.logs.remove(&id) {
                 log.finish();
-                s.ended(id, code);
+                log.save_written();
+                s.ended(id, code, None);
                 tx.send_replace(Some(Ended::Code(code)));
             }
         }
@@ -1426,27 +1573,27 @@ fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
         Frame::Status(id, proto::State::Running { .. }) => {
             s.unseen.remove(&id);
         }
-        Frame::Stdout(id, d) | Frame::Stderr(id, d) if d.is_empty() => {
-            let _ = id;
-        }
-        Frame::Stdout(id, d) => {
-            if let Some((log, _)) = s.logs.get_mut(&id) {
-                log.push(Stream::Stdout, &d);
-            } else if let Some(tx) = s.execs.get(&id) {
-                let _ = tx.send(ExecEvent::Stdout(d));
+        Frame::Sync(nonce) => tracing::debug!(nonce, "the guest resumed the channel"),
+        Frame::Usage(u) => {
+            if !s.usage.is_empty() {
+                let _ = s.usage.remove(0).send(u);
             }
         }
-        Frame::Stderr(id, d) => {
-            if let Some((log, _)) = s.logs.get_mut(&id) {
-                log.push(Stream::Stderr, &d);
-            } else if let Some(tx) = s.execs.get(&id) {
-                let _ = tx.send(ExecEvent::Stderr(d));
-            }
+        Frame::Stdout(id, d) => output(&mut s, id, Stream::Stdout, None, d),
+        Frame::Stderr(id, d) => output(&mut s, id, Stream::Stderr, None, d),
+        Frame::Output(id, stderr, offset, d) => {
+            let stream = if stderr {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            output(&mut s, id, stream, Some(offset), d)
         }
-        Frame::Exit(id, code) => {
+        Frame::Exit(id, code, ago) => {
             if let Some((mut log, tx)) = s.logs.remove(&id) {
                 log.finish();
-                s.ended(id, code);
+                log.save_written();
+                s.ended(id, code, ago);
                 tx.send_replace(Some(Ended::Code(code)));
             } else if let Some(tx) = s.execs.remove(&id) {
                 let _ = tx.send(ExecEvent::Exit(code));
@@ -1461,6 +1608,26 @@ fn dispatch(f: Frame, shared: &Arc<Mutex<Shared>>) {
             }
         }
         other => tracing::warn!(frame = ?other, "unexpected frame from the guest agent"),
+    }
+}
+
+/// Output of process `id`: a container's into its log (then acknowledged), an exec
+/// session's to it.
+fn output(s: &mut Shared, id: u32, stream: Stream, offset: Option<u64>, d: Vec<u8>) {
+    if d.is_empty() {
+        return;
+    }
+    if let Some((log, _)) = s.logs.get_mut(&id) {
+        log.accept(stream, offset, &d);
+        let written = log.save_written();
+        if let Some(a) = s.acker.as_ref().filter(|_| s.guest_version >= 2) {
+            a.ack(id, written);
+        }
+    } else if let Some(tx) = s.execs.get(&id) {
+        let _ = tx.send(match stream {
+            Stream::Stdout => ExecEvent::Stdout(d),
+            Stream::Stderr => ExecEvent::Stderr(d),
+        });
     }
 }
 
@@ -1612,6 +1779,11 @@ mod state_tests {
                             "exit": null}]
         });
         let mut st: VmState = serde_json::from_value(old).unwrap();
+        // Its guest cannot resume; its offsets are none.
+        assert_eq!(st.proto, 1);
+        assert_eq!(st.containers[0].acked, [0, 0]);
+        st.proto = proto::VERSION;
+        st.containers[0].acked = [3, 1 << 33];
         let c = &mut st.containers[0];
         assert_eq!((c.started, c.finished, c.oom_killed), (None, None, false));
         assert!(c.last.is_none());
