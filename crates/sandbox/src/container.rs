@@ -312,24 +312,28 @@ pub async fn start(
     // CPU limits, a watchdog does (see `limitwatch`).
     let limit_watch = limit_watch(runtime.kind(), config, &sb);
     // Under a shim, a container may keep a stdin and a terminal (the pod spec's `stdin`,
-    // `stdinOnce`, `tty`, see [`shim::StdinSpec`]). The shim allocates the terminal and hands
-    // its other side to the runtime as the container's stdio.
+    // `stdinOnce`, `tty`, see [`shim::StdinSpec`]). With `tty` the spec's process has
+    // `terminal: true` and the runtime allocates the terminal, the container's controlling
+    // one, and sends its master side to the shim (`--console-socket`).
     let shimmed =
         matches!(io_mode, Io::Logged) && shim::binary().is_some() && runtime.config().is_some();
     let mut stdio_spec = shim::StdinSpec::read(&dir);
-    if shimmed && cfg.tty {
+    if shimmed && (cfg.tty || stdio_spec.tty) {
         stdio_spec.tty = true;
+        cfg.tty = true;
     }
-    // gVisor makes the terminal it is handed (`terminal: true` with no console socket: its
-    // stdio) the container's console, job control and sizes included; crun would allocate a
-    // terminal of its own, so it gets the shim's as plain stdio.
-    if shimmed && cfg.tty && runtime.kind() != RuntimeKind::Gvisor {
-        cfg.tty = false;
-        if !cfg.env.iter().any(|(k, _)| k == "TERM") {
-            cfg.env.push(("TERM".into(), "xterm".into()));
-        }
+    let mut oci = spec::runtime_spec(&cfg, &image.config, user, &rootfs, &sb)?;
+    // A terminal of a known size is made that size before the container runs.
+    if cfg.tty
+        && let Some((rows, cols)) = shim::read_terminal_size(&dir)
+        && let Ok(size) = oci_spec::runtime::BoxBuilder::default()
+            .height(u64::from(rows))
+            .width(u64::from(cols))
+            .build()
+        && let Some(process) = oci.process_mut()
+    {
+        process.set_console_size(Some(size));
     }
-    let oci = spec::runtime_spec(&cfg, &image.config, user, &rootfs, &sb)?;
     let cfg_path = dir.join("config.json");
     std::fs::write(
         &cfg_path,

@@ -10,9 +10,12 @@
 //! Files in the container directory: `shim.json` (what to run, written by the agent),
 //! `shim.pid`, `shim.log` (the shim's own diagnostics), `exit.json`; for a container whose pod
 //! spec has `stdin` or `tty` ([`StdinSpec`], from `stdio.json`), `attach.sock`: the shim keeps
-//! the container's stdin (a pipe, or the pseudo-terminal it allocates for `tty`) open for the
-//! container's whole life and copies what attach sessions send there into it (see [`frame`]);
-//! a restarted agent attaches again the same way.
+//! the container's stdin (a pipe, or for `tty` the master side of the container's terminal) open
+//! for the container's whole life and copies what attach sessions send there into it (see
+//! [`frame`]); a restarted agent attaches again the same way. The terminal of a `tty` container
+//! is allocated by the runtime (`--console-socket`, see [`ConsoleSocket`]) and is the
+//! container's controlling terminal, as under docker and containerd: a ^C typed into it
+//! interrupts the foreground process group, and resizes reach it as SIGWINCH.
 //!
 //! The shim reports to the agent over its stdout, one line: `ok` once the container runs, or
 //! `error: MESSAGE` when the runtime could not start it; after that line it never writes there.
@@ -27,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::container::{self, State, Status};
 use crate::logs::{self, Stream};
-use crate::runtime::{RuntimeConfig, Stdio};
+use crate::runtime::{ConsoleSocket, RuntimeConfig, Stdio};
 
 /// What the agent writes for the shim to run (`shim.json`).
 pub const SPEC_FILE: &str = "shim.json";
@@ -44,11 +47,37 @@ pub const ATTACH_SOCKET: &str = "attach.sock";
 /// container (the agent, from the pod spec) before [`crate::container::start`] reads it.
 pub const STDIO_FILE: &str = "stdio.json";
 
+/// The size (rows, columns) a `tty` container's terminal starts with, when its starter knows it
+/// (`sandbox run -t` on a terminal), written before [`crate::container::start`] reads it: the
+/// runtime sizes the terminal before the container runs (`process.consoleSize`), and the shim
+/// sets it again as soon as it has the terminal (runsc ignores `consoleSize`).
+pub const TERMINAL_SIZE_FILE: &str = "terminal-size.json";
+
+/// Writes the size (rows, columns) the terminal of the container in `dir` starts with (see
+/// [`TERMINAL_SIZE_FILE`]), creating `dir`.
+pub fn write_terminal_size(dir: &Path, rows: u16, cols: u16) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_atomic(
+        dir,
+        TERMINAL_SIZE_FILE,
+        &serde_json::to_vec(&[rows, cols]).unwrap_or_default(),
+    )
+}
+
+/// The size (rows, columns) the terminal of the container in `dir` starts with, if one was
+/// written.
+pub fn read_terminal_size(dir: &Path) -> Option<(u16, u16)> {
+    let b = std::fs::read(dir.join(TERMINAL_SIZE_FILE)).ok()?;
+    let [rows, cols]: [u16; 2] = serde_json::from_slice(&b).ok()?;
+    Some((rows, cols))
+}
+
 /// The pod spec's `stdin`, `stdinOnce` and `tty` of a container. With `stdin` the container
 /// gets a standard input that stays open for its whole life, kept by its shim, which copies
 /// what attach sessions send on [`ATTACH_SOCKET`] into it; with `stdinOnce` it is closed when
-/// the first session ends. With `tty` the container's streams are a pseudo-terminal the shim
-/// allocates (its output is logged as stdout; sessions may resize it).
+/// the first session ends. With `tty` the container's streams are its controlling terminal,
+/// which the runtime allocates and sends the shim (its output is logged as stdout; sessions
+/// may resize it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StdinSpec {
@@ -362,7 +391,12 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
             return Err(ShimError::Start { id, message });
         }
     };
-    let mut process = match runtime.spawn(&id, dir, stdio).await {
+    let console = kept.as_ref().and_then(|k| k.console.as_ref());
+    let spawned = match console {
+        Some(console) => runtime.spawn_on_terminal(&id, dir, console, stdio).await,
+        None => runtime.spawn(&id, dir, stdio).await,
+    };
+    let mut process = match spawned {
         Ok(p) => p,
         Err(e) => {
             let message = chain(&e);
@@ -370,6 +404,66 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
             return Err(ShimError::Start { id, message });
         }
     };
+    // The container's terminal, which the runtime allocated and sent us.
+    let mut kept = kept;
+    if let Some(k) = kept.as_mut()
+        && let Some(console) = k.console.take()
+    {
+        let master = match receive_terminal(&console, &mut process).await {
+            Ok(m) => m,
+            Err(message) => {
+                let message = format!(
+                    "{message}; the runtime's own output is in {}",
+                    log.display()
+                );
+                if !process.has_ended() {
+                    let _ = runtime.kill(&id, 9).await;
+                }
+                // What the runtime said goes to the log, for whoever looks.
+                for (pipe, stream) in runtime_output(&mut process) {
+                    let pump = logs::pump(pipe, stream, &log, None);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), pump).await;
+                }
+                let _ = container::release(
+                    &runtime,
+                    &id,
+                    dir,
+                    spec.memory_cgroup.as_deref(),
+                    spec.cgroups_path.as_deref(),
+                )
+                .await;
+                report(&format!("error: {message}"));
+                return Err(ShimError::Start { id, message });
+            }
+        };
+        if let Some((rows, cols)) = read_terminal_size(dir) {
+            let ws = rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            if let Err(e) = rustix::termios::tcsetwinsize(&master, ws) {
+                debug!(%id, error = %e, "sizing the container's terminal");
+            }
+        }
+        let attach_input = |m: &std::os::fd::OwnedFd| {
+            PtyIo::new(m).map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>)
+        };
+        match (
+            PtyIo::new(&master),
+            spec.stdio.stdin.then(|| attach_input(&master)).transpose(),
+        ) {
+            (Ok(out), Ok(input)) => {
+                k.output = Some(out);
+                k.input = input;
+                k.master = Some(master);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(%id, error = %e, "registering the container's terminal")
+            }
+        }
+    }
     let started_at = container::now();
     let mut state = spec.state.clone();
     state.status = Status::Running {
@@ -379,28 +473,11 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
         warn!(%id, error = %chain(&e), "writing state.json");
     }
     let mut pumps = Vec::new();
-    for (pipe, stream) in [
-        (
-            process
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            Stream::Stdout,
-        ),
-        (
-            process
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            Stream::Stderr,
-        ),
-    ] {
-        if let Some(pipe) = pipe {
-            let l = log.clone();
-            pumps.push(tokio::spawn(async move {
-                logs::pump(pipe, stream, &l, None).await
-            }));
-        }
+    for (pipe, stream) in runtime_output(&mut process) {
+        let l = log.clone();
+        pumps.push(tokio::spawn(async move {
+            logs::pump(pipe, stream, &l, None).await
+        }));
     }
     let attach = match kept {
         Some(k) => {
@@ -509,9 +586,49 @@ pub async fn main(dir: &Path) -> Result<(), ShimError> {
     Ok(())
 }
 
+/// The output pipes of the runtime's process (the container's output, but for a terminal).
+fn runtime_output(
+    process: &mut crate::runtime::Process,
+) -> Vec<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, Stream)> {
+    let mut out: Vec<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, Stream)> = Vec::new();
+    if let Some(p) = process.stdout.take() {
+        out.push((Box::new(p), Stream::Stdout));
+    }
+    if let Some(p) = process.stderr.take() {
+        out.push((Box::new(p), Stream::Stderr));
+    }
+    out
+}
+
+/// Takes the container's terminal from the runtime on `console`: its master side, or why not
+/// (the runtime ended, or sent nothing within a minute).
+async fn receive_terminal(
+    console: &ConsoleSocket,
+    process: &mut crate::runtime::Process,
+) -> Result<std::os::fd::OwnedFd, String> {
+    let ended = async {
+        loop {
+            if process.has_ended() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        m = console.receive() => m.map_err(|e| format!("receiving the container's terminal: {e}")),
+        () = ended => Err("the runtime ended before it sent the container's terminal".into()),
+        () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+            Err("the runtime sent no terminal for the container within 60 s".into())
+        }
+    }
+}
+
 /// What the shim keeps of a container with a stdin or terminal.
 struct Kept {
     listener: tokio::net::UnixListener,
+    /// Where the runtime sends the terminal it allocates for the container (`tty`), until it
+    /// has.
+    console: Option<ConsoleSocket>,
     /// Where session input goes: the stdin pipe, or the terminal's master side.
     input: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
     /// The terminal's output (logged as stdout).
@@ -532,28 +649,16 @@ fn keep_stdio(dir: &Path, stdio: StdinSpec) -> std::io::Result<(Stdio, Option<Ke
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     if stdio.tty {
-        let (master, slave) = open_pty()?;
-        let out = Stdio {
-            stdin: if stdio.stdin {
-                S::from(slave.try_clone()?)
-            } else {
-                S::null()
-            },
-            stdout: S::from(slave.try_clone()?),
-            stderr: S::from(slave),
-            foreground: false,
-        };
+        // The runtime allocates the terminal (`--console-socket`) and makes it the container's
+        // controlling terminal; its own stdout and stderr carry only its messages.
         let kept = Kept {
             listener,
-            input: stdio
-                .stdin
-                .then(|| PtyIo::new(&master))
-                .transpose()?
-                .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
-            output: Some(PtyIo::new(&master)?),
-            master: Some(master),
+            console: Some(ConsoleSocket::bind()?),
+            input: None,
+            output: None,
+            master: None,
         };
-        return Ok((out, Some(kept)));
+        return Ok((Stdio::piped(), Some(kept)));
     }
     let (read, write) = std::io::pipe()?;
     let writer = tokio::net::unix::pipe::Sender::from_owned_fd(write.into())?;
@@ -564,6 +669,7 @@ fn keep_stdio(dir: &Path, stdio: StdinSpec) -> std::io::Result<(Stdio, Option<Ke
         },
         Some(Kept {
             listener,
+            console: None,
             input: Some(Box::new(writer)),
             output: None,
             master: None,
@@ -820,6 +926,9 @@ mod tests {
         };
         s.write(d.path()).unwrap();
         assert_eq!(StdinSpec::read(d.path()), s);
+        assert_eq!(read_terminal_size(d.path()), None);
+        write_terminal_size(d.path(), 33, 101).unwrap();
+        assert_eq!(read_terminal_size(d.path()), Some((33, 101)));
     }
 
     #[test]

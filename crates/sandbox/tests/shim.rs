@@ -739,3 +739,102 @@ async fn killing_everything_inside_a_pod_spares_the_shims() {
         container::remove(&data, "bystander").unwrap();
     }
 }
+
+/// A `tty` container joining a pod's gVisor sandbox (runsc create/start/wait; runsc sends the
+/// terminal it allocates to the console socket given to `create` when `start` runs) gets it as
+/// its stdio (`[ -t 0 ]` holds) and sees the size an attach session sets. (Unlike `runsc run`
+/// and `runsc exec`, runsc 20221219 leaves no runtime process that is the terminal's
+/// controlling process here, so a typed ^C does not become SIGINT inside the pod.)
+#[tokio::test]
+async fn gvisor_pod_container_gets_a_terminal() {
+    if !use_shim() {
+        return;
+    }
+    if !common::has(RuntimeKind::Gvisor) {
+        println!("SKIPPED: runsc not installed");
+        return;
+    }
+    use tokio::io::AsyncWriteExt as _;
+    let kind = RuntimeKind::Gvisor;
+    let (_tmp, data, store) = prepare().await;
+    let rt: Arc<dyn Runtime> = Arc::from(runtime::open(kind, &data).unwrap());
+    let (pause, id) = ("podt-pause", "podt-main");
+    let _reaper = Reaper {
+        data: data.clone(),
+        kind,
+        ids: vec![id, pause],
+    };
+    write_pause_bundle(&data, pause);
+    let pause_started = container::start_pause(&data, rt.clone(), pause)
+        .await
+        .unwrap();
+    let image = store
+        .ensure(&layout_ref(&data), &PullOptions::default())
+        .await
+        .unwrap();
+    let sb = SandboxContext {
+        hostname: "pod-t".into(),
+        annotations: vec![
+            (runtime::CONTAINER_TYPE.into(), "container".into()),
+            (runtime::SANDBOX_ID.into(), pause.into()),
+        ],
+        ..Default::default()
+    };
+    let dir = container::dir(&data, id);
+    shim::StdinSpec {
+        stdin: true,
+        stdin_once: false,
+        tty: true,
+    }
+    .write(&dir)
+    .unwrap();
+    let cfg = ContainerConfig {
+        tty: true,
+        ..sh(
+            "[ -t 0 ] && [ -t 1 ] && echo stdin-is-a-tty; echo ready; i=0; \
+            while [ $i -lt 100 ]; do [ \"$(busybox stty size)\" = '33 91' ] && exit 7; \
+            sleep 0.2; i=$((i+1)); done; exit 3",
+        )
+    };
+    let started = container::start(
+        &data,
+        &store,
+        rt.clone(),
+        container::Launch {
+            id,
+            image: &image,
+            config: &cfg,
+            sandbox: &sb,
+            io: Io::Logged,
+            restart_count: 0,
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the pod's tty container is ready", || {
+        log_of(&dir, 0).contains("ready")
+    })
+    .await;
+    assert!(
+        log_of(&dir, 0).contains("stdin-is-a-tty"),
+        "{}",
+        log_of(&dir, 0)
+    );
+    let mut conn = shim::connect(&dir).await.unwrap();
+    conn.write_all(&shim::frame(shim::FRAME_RESIZE, &[0, 91, 0, 33]))
+        .await
+        .unwrap();
+    let Ok(exit) = tokio::time::timeout(Duration::from_secs(15), started.wait()).await else {
+        panic!(
+            "the pod container did not see its terminal's new size: {}",
+            log_of(&dir, 0)
+        );
+    };
+    let exit = exit.unwrap();
+    assert_eq!(exit.code, 7, "{}", log_of(&dir, 0));
+    drop(conn);
+    rt.kill(pause, 9).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(60), pause_started.wait()).await;
+    container::remove(&data, id).unwrap();
+    container::remove(&data, pause).unwrap();
+}

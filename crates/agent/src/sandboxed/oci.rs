@@ -217,7 +217,7 @@ impl PodEngine for OciEngine {
         // A run that just began may not be running for the runtime yet.
         wait_created(self.runtime.as_ref(), &id).await;
         if request.tty {
-            return tty::exec(&e.host.data_dir, self.runtime.kind(), &id, request).await;
+            return tty::exec(&e.host.data_dir, self.runtime.as_ref(), &id, request).await;
         }
         let pipe = |on: bool| {
             if on {
@@ -530,78 +530,28 @@ async fn adopt_sandbox(
 }
 
 mod tty {
-    //! Exec with a TTY: a pty pair; the runtime gets the slave as stdin/stdout/stderr and is
-    //! told to use it as the process's terminal (runsc: `--process` with `terminal: true`, which
-    //! makes it use its own stdin as the console; crun: `--tty`).
+    //! Exec with a TTY: the runtime starts the process on a terminal of its own, its
+    //! controlling terminal (a typed ^C interrupts it, resizes signal it), and hands back the
+    //! terminal's master side (crun: `--console-socket`; runsc: a terminal of ours that is the
+    //! controlling terminal of `runsc exec`, which passes its signals on), see
+    //! [`sandbox::runtime::Runtime::exec_on_terminal`].
     use super::*;
-    use sandbox::shim::{PtyIo, open_pty};
-    use std::os::fd::{AsFd as _, OwnedFd};
+    use sandbox::shim::PtyIo;
+    use std::os::fd::AsFd as _;
 
     pub(super) async fn exec(
         data_dir: &std::path::Path,
-        kind: RuntimeKind,
+        runtime: &dyn SbRuntime,
         id: &str,
         request: &ExecRequest,
     ) -> Result<ExecSession, StreamError> {
-        let internal = |e: std::io::Error| StreamError::Internal(format!("allocating a pty: {e}"));
-        let (master, slave) = open_pty().map_err(internal)?;
-        let root = data_dir.join("runtime").join(kind.to_string());
-        let mut process_file = None;
-        let mut cmd = match kind {
-            RuntimeKind::Gvisor => {
-                let process = tty_process(data_dir, id, &request.command);
-                let file = std::env::temp_dir().join(format!(
-                    "nodeless-exec-{}-{}.json",
-                    std::process::id(),
-                    Timestamp::now().as_nanosecond()
-                ));
-                std::fs::write(&file, process.to_string()).map_err(internal)?;
-                let mut c = tokio::process::Command::new("runsc");
-                c.arg(format!("--root={}", root.display()))
-                    .arg("exec")
-                    .arg("--process")
-                    .arg(&file)
-                    .arg(id);
-                process_file = Some(file);
-                c
-            }
-            _ => {
-                // crun 1.8 drops the container's environment as soon as one `--env` is given
-                // (containers/crun#2079): the whole of it goes on the command line, with the
-                // working directory and user the exec inherits.
-                let process = tty_process(data_dir, id, &request.command);
-                let mut c = tokio::process::Command::new("crun");
-                c.arg(format!("--root={}", root.display()))
-                    .arg("exec")
-                    .arg("--tty");
-                for var in process["env"].as_array().into_iter().flatten() {
-                    if let Some(var) = var.as_str() {
-                        c.arg("--env").arg(var);
-                    }
-                }
-                if let Some(cwd) = process["cwd"].as_str() {
-                    c.arg("--cwd").arg(cwd);
-                }
-                if let (Some(uid), Some(gid)) = (
-                    process["user"]["uid"].as_u64(),
-                    process["user"]["gid"].as_u64(),
-                ) {
-                    c.arg("--user").arg(format!("{uid}:{gid}"));
-                }
-                c.arg(id).args(&request.command);
-                c
-            }
-        };
-        let dup = |fd: &OwnedFd| fd.try_clone().map(std::process::Stdio::from);
-        cmd.stdin(dup(&slave).map_err(internal)?)
-            .stdout(dup(&slave).map_err(internal)?)
-            .stderr(dup(&slave).map_err(internal)?);
-        // The runtime gets the pty as its controlling terminal in a new session.
-        cmd.process_group(0);
-        let mut child = cmd
-            .spawn()
+        let process = tty_process(data_dir, id, &request.command);
+        let sandbox::runtime::TerminalExec { mut child, master } = runtime
+            .exec_on_terminal(id, &process)
+            .await
             .map_err(|e| StreamError::Internal(format!("starting the exec: {e}")))?;
-        drop(slave);
+        let internal =
+            |e: std::io::Error| StreamError::Internal(format!("opening the exec's terminal: {e}"));
         let reader = PtyIo::new(&master).map_err(internal)?;
         let writer = PtyIo::new(&master).map_err(internal)?;
         let (resize_tx, mut resize_rx) = mpsc::channel::<TermSize>(8);
@@ -621,11 +571,7 @@ mod tty {
             let status = child
                 .wait()
                 .await
-                .map_err(|e| StreamError::Internal(e.to_string()));
-            if let Some(f) = process_file {
-                let _ = std::fs::remove_file(f);
-            }
-            let status = status?;
+                .map_err(|e| StreamError::Internal(e.to_string()))?;
             Ok(container::exit_code(status))
         }
         .boxed();

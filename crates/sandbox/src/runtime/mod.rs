@@ -122,6 +122,164 @@ impl Stdio {
     }
 }
 
+/// A unix socket a runtime sends the master side of a terminal it allocates to (the OCI
+/// runtimes' `--console-socket`): the container's (or an exec's) controlling terminal, whose
+/// line discipline turns a typed ^C into SIGINT for its foreground process group, as under
+/// docker and containerd. Bound in the temporary directory (a socket path must be short), removed
+/// on drop.
+#[derive(Debug)]
+pub struct ConsoleSocket {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    /// Binds a new socket (call within a Tokio runtime).
+    pub fn bind() -> std::io::Result<Self> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("nodeless-console-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        // Only our own user (the runtime's) may hand us a terminal.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    /// Where the runtime connects (its `--console-socket`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the next terminal sent here: its master side, non-blocking and close-on-exec.
+    pub async fn receive(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        let (conn, _) = self.listener.accept().await?;
+        let fd = loop {
+            conn.readable().await?;
+            match conn.try_io(tokio::io::Interest::READABLE, || {
+                use std::os::fd::AsFd as _;
+                recv_fd(conn.as_fd())
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => break r?,
+            }
+        };
+        let flags = rustix::fs::fcntl_getfl(&fd)?;
+        rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(fd)
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads one message from the unix socket `sock` and takes the first descriptor it carries
+/// (`SCM_RIGHTS`, received close-on-exec; any others are closed). `recvmsg(2)` straight from
+/// the C library, which std links anyway: this crate's rustix has no `net` feature.
+#[allow(unsafe_code)]
+fn recv_fd(sock: std::os::fd::BorrowedFd<'_>) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    #[repr(C)]
+    struct IoVec {
+        base: *mut u8,
+        len: usize,
+    }
+    #[repr(C)]
+    struct MsgHdr {
+        name: *mut u8,
+        namelen: u32,
+        iov: *mut IoVec,
+        iovlen: usize,
+        control: *mut u8,
+        controllen: usize,
+        flags: i32,
+    }
+    #[repr(C)]
+    struct CmsgHdr {
+        len: usize,
+        level: i32,
+        kind: i32,
+    }
+    #[repr(C, align(8))]
+    struct Control([u8; 128]);
+    unsafe extern "C" {
+        fn recvmsg(fd: i32, msg: *mut MsgHdr, flags: i32) -> isize;
+    }
+    const SOL_SOCKET: i32 = 1;
+    const SCM_RIGHTS: i32 = 1;
+    const MSG_CTRUNC: i32 = 0x8;
+    const MSG_CMSG_CLOEXEC: i32 = 0x4000_0000;
+
+    let mut data = [0u8; 256];
+    let mut iov = IoVec {
+        base: data.as_mut_ptr(),
+        len: data.len(),
+    };
+    let mut control = Control([0; 128]);
+    let mut msg = MsgHdr {
+        name: std::ptr::null_mut(),
+        namelen: 0,
+        iov: &mut iov,
+        iovlen: 1,
+        control: control.0.as_mut_ptr(),
+        controllen: control.0.len(),
+        flags: 0,
+    };
+    // SAFETY: every pointer in `msg` points at a live local buffer of the length given.
+    let n = unsafe { recvmsg(sock.as_raw_fd(), &mut msg, MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let header = std::mem::size_of::<CmsgHdr>();
+    let used = msg.controllen.min(control.0.len());
+    let mut fds = Vec::new();
+    let mut at = 0;
+    while at + header <= used {
+        // SAFETY: `at + header` is within the control buffer; the read copes with any alignment.
+        let h: CmsgHdr = unsafe { std::ptr::read_unaligned(control.0.as_ptr().add(at).cast()) };
+        if h.len < header || at + h.len > used {
+            break;
+        }
+        if h.level == SOL_SOCKET && h.kind == SCM_RIGHTS {
+            for c in control.0[at + header..at + h.len].chunks_exact(4) {
+                let raw = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        at += (h.len + 7) & !7;
+    }
+    let mut fds = fds.into_iter();
+    match fds.next() {
+        Some(fd) => Ok(fd),
+        None if msg.flags & MSG_CTRUNC != 0 => Err(std::io::Error::other(
+            "the runtime's terminal message was truncated",
+        )),
+        None if n == 0 => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the runtime closed its console socket without sending a terminal",
+        )),
+        None => Err(std::io::Error::other(
+            "the runtime's console socket message carried no terminal",
+        )),
+    }
+}
+
+/// A process started in a container on a terminal of its own (its controlling terminal).
+#[derive(Debug)]
+pub struct TerminalExec {
+    /// The runtime's process, which ends with the exec'd one (exit code and all).
+    pub child: tokio::process::Child,
+    /// The terminal's master side (non-blocking): what the process reads is written here, what
+    /// it writes is read here, and its window size is set here.
+    pub master: std::os::fd::OwnedFd,
+}
+
 /// One way to run OCI bundles.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + fmt::Debug {
@@ -130,13 +288,44 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// Creates and starts the bundle's container; [`Process::wait`] returns its exit code.
     async fn spawn(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Process, RuntimeError>;
 
-    /// Sends `signal` to the container's processes.
+    /// Sends `signal` to the container's main process; SIGKILL (9) to all its processes.
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
 
     /// Removes what the runtime keeps about a stopped (or, forced, running) container.
     async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
 
-    /// Starts `args` inside the running container.
+    /// Like [`Runtime::spawn`], for a bundle whose process has `terminal: true`: the runtime
+    /// allocates the container's terminal, makes it the container's controlling terminal, and
+    /// sends its master side to `console` (take it with [`ConsoleSocket::receive`], racing the
+    /// process: a runtime that fails sends nothing). `stdio` carry only the runtime's own
+    /// messages.
+    async fn spawn_on_terminal(
+        &self,
+        id: &str,
+        bundle: &Path,
+        console: &ConsoleSocket,
+        stdio: Stdio,
+    ) -> Result<Process, RuntimeError> {
+        let _ = (id, bundle, console, stdio);
+        Err(RuntimeError::NotImplemented(self.kind()))
+    }
+
+    /// Starts `process` (an OCI process object: args, env, cwd, user...) inside the running
+    /// container on a new terminal, its controlling terminal (a typed ^C interrupts it, resizes
+    /// reach it), whose master side comes back with the runtime's process.
+    async fn exec_on_terminal(
+        &self,
+        id: &str,
+        process: &serde_json::Value,
+    ) -> Result<TerminalExec, RuntimeError> {
+        let _ = (id, process);
+        Err(RuntimeError::NotImplemented(self.kind()))
+    }
+
+    /// Starts `args` inside the running container. With `tty` it runs on a terminal: give
+    /// `stdio` a terminal's slave side (it becomes the controlling terminal of the runtime's
+    /// process, whose signals reach the exec'd one); [`Runtime::exec_on_terminal`] allocates
+    /// one instead.
     fn exec(
         &self,
         id: &str,
@@ -211,6 +400,15 @@ pub fn runsc_exit_code(json: &[u8]) -> Option<i32> {
 }
 
 impl Process {
+    /// Whether the runtime's process (`run`, or `runsc wait`) has ended, without waiting:
+    /// [`Process::wait`] then returns at once.
+    pub fn has_ended(&mut self) -> bool {
+        let child = match &mut self.waiter {
+            Waiter::Run(c) | Waiter::RunscWait(c) => c,
+        };
+        !matches!(child.try_wait(), Ok(None))
+    }
+
     /// Waits for the container to exit and returns its exit code (128 + signal when killed).
     pub async fn wait(&mut self) -> std::io::Result<i32> {
         match &mut self.waiter {

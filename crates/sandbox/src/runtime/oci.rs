@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
-use super::{Process, Runtime, RuntimeConfig, RuntimeError, RuntimeKind, Stdio, Waiter};
+use super::{
+    ConsoleSocket, Process, Runtime, RuntimeConfig, RuntimeError, RuntimeKind, Stdio, TerminalExec,
+    Waiter,
+};
 
 /// Annotation by which runsc (and CRI) tell a pod's sandbox (pause) container from the others.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -198,18 +201,24 @@ impl OciRuntime {
     /// Pod containers (marked with the CRI annotations) are created into the pod's gVisor
     /// sandbox and waited for with `runsc wait`; everything else runs in the foreground.
     /// runsc hands a subcontainer the stdio of the `start` command (the sandbox container gets
-    /// those of `create`), so both get the container's streams.
+    /// those of `create`), so both get the container's streams; a `console` socket is given to
+    /// `create` (runsc sends the terminal when the container starts).
     async fn create_start_wait(
         &self,
         id: &str,
         bundle: &Path,
         stdio: Stdio,
+        console: Option<&Path>,
     ) -> Result<Process, RuntimeError> {
         let bundle_arg = bundle.display().to_string();
         let is_sandbox = pod_container_type(bundle).as_deref() == Some("sandbox");
         let (stdout, stderr) = if is_sandbox {
             let mut create = self.command();
-            create.arg("create").arg("--bundle").arg(bundle).arg(id);
+            create.arg("create").arg("--bundle").arg(bundle);
+            if let Some(sock) = console {
+                create.arg("--console-socket").arg(sock);
+            }
+            create.arg(id);
             create
                 .stdin(stdio.stdin)
                 .stdout(stdio.stdout)
@@ -234,7 +243,7 @@ impl OciRuntime {
             self.simple("start", id, &[]).await?;
             (stdout, stderr)
         } else {
-            self.create_subcontainer(id, &bundle_arg).await?;
+            self.create_subcontainer(id, &bundle_arg, console).await?;
             let mut start = self.command();
             start.arg("start").arg(id);
             start
@@ -275,18 +284,61 @@ impl OciRuntime {
     /// the state file but failed to destroy the container in the sentry) makes `create` fail
     /// with "already exists", and the failed `create`'s own cleanup removes the entry. So that
     /// error gets one `delete` and one more `create`.
-    async fn create_subcontainer(&self, id: &str, bundle: &str) -> Result<(), RuntimeError> {
-        match self.simple("create", id, &["--bundle", bundle]).await {
+    async fn create_subcontainer(
+        &self,
+        id: &str,
+        bundle: &str,
+        console: Option<&Path>,
+    ) -> Result<(), RuntimeError> {
+        let console = console.map(|p| p.display().to_string());
+        let mut args = vec!["--bundle", bundle];
+        if let Some(sock) = &console {
+            args.extend(["--console-socket", sock.as_str()]);
+        }
+        match self.simple("create", id, &args).await {
             Err(RuntimeError::Command { stderr, .. }) if stderr.contains("already exists") => {
                 tracing::warn!(%id, error = %stderr, "runsc create: container already exists; deleting it and creating again");
                 if let Err(e) = self.simple("delete", id, &["--force"]).await {
                     tracing::debug!(%id, error = %e, "runsc delete before creating again");
                 }
-                self.simple("create", id, &["--bundle", bundle]).await?;
+                self.simple("create", id, &args).await?;
                 Ok(())
             }
             r => r.map(|_| ()),
         }
+    }
+
+    /// `run` (or, for a pod's gVisor containers, create/start/wait), with `--console-socket`
+    /// when `console` is given.
+    async fn spawn_with(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: Stdio,
+        console: Option<&Path>,
+    ) -> Result<Process, RuntimeError> {
+        if self.kind == RuntimeKind::Gvisor && pod_container_type(bundle).is_some() {
+            return self.create_start_wait(id, bundle, stdio, console).await;
+        }
+        let mut c = self.command();
+        c.arg("run").arg("--bundle").arg(bundle);
+        if let Some(sock) = console {
+            c.arg("--console-socket").arg(sock);
+        }
+        c.arg(id);
+        c.stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr);
+        if !stdio.foreground {
+            c.process_group(0);
+        }
+        c.kill_on_drop(false);
+        let mut child = c.spawn().map_err(self.spawn_err())?;
+        Ok(Process {
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            waiter: Waiter::Run(child),
+        })
     }
 
     async fn simple(
@@ -386,6 +438,56 @@ fn pod_container_type(bundle: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The process of an exec when the container's own is unknown.
+fn default_process() -> serde_json::Value {
+    serde_json::json!({
+        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+    })
+}
+
+/// An OCI process description in an anonymous file (for `exec --process`, see [`pass_fd`]):
+/// no file to remove afterwards.
+fn process_memfd(process: &serde_json::Value) -> std::io::Result<std::os::fd::OwnedFd> {
+    let fd = rustix::fs::memfd_create(c"nodeless-process", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let bytes = serde_json::to_vec(process).map_err(std::io::Error::other)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, &bytes)?;
+    Ok(file.into())
+}
+
+/// Hands `fd` to the command's process (it stays close-on-exec in ours, so no other child gets
+/// it) and returns the path by which that process opens it.
+#[allow(unsafe_code)]
+fn pass_fd(c: &mut Command, fd: &std::os::fd::OwnedFd) -> String {
+    use std::os::fd::AsRawFd as _;
+    let raw = fd.as_raw_fd();
+    // SAFETY: runs between fork and exec; one fcntl on a descriptor the child inherited.
+    unsafe {
+        c.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+    format!("/proc/self/fd/{raw}")
+}
+
+/// Makes the command's stdin (a terminal's slave side) the controlling terminal of its process,
+/// in a new session of its own: the terminal's line discipline then signals it (^C, resizes).
+#[allow(unsafe_code)]
+fn controlling_terminal(c: &mut Command) {
+    // SAFETY: runs between fork and exec; two system calls, no allocation.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            Ok(())
+        });
+    }
+}
+
 /// On hosts with cgroup v1 controllers plus a v2 hierarchy at `unified` but no v1 hugetlb
 /// mount, crun refuses ("cgroups in hybrid mode not supported"); a v1 hugetlb mount fixes it.
 fn fix_hybrid_cgroups(cgroot: &Path) -> Result<(), RuntimeError> {
@@ -413,31 +515,30 @@ impl Runtime for OciRuntime {
     }
 
     async fn spawn(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Process, RuntimeError> {
-        if self.kind == RuntimeKind::Gvisor && pod_container_type(bundle).is_some() {
-            return self.create_start_wait(id, bundle, stdio).await;
-        }
-        let mut c = self.command();
-        c.arg("run").arg("--bundle").arg(bundle).arg(id);
-        c.stdin(stdio.stdin)
-            .stdout(stdio.stdout)
-            .stderr(stdio.stderr);
-        if !stdio.foreground {
-            c.process_group(0);
-        }
-        c.kill_on_drop(false);
-        let mut child = c.spawn().map_err(self.spawn_err())?;
-        Ok(Process {
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            waiter: Waiter::Run(child),
-        })
+        self.spawn_with(id, bundle, stdio, None).await
+    }
+
+    async fn spawn_on_terminal(
+        &self,
+        id: &str,
+        bundle: &Path,
+        console: &ConsoleSocket,
+        stdio: Stdio,
+    ) -> Result<Process, RuntimeError> {
+        self.spawn_with(id, bundle, stdio, Some(console.path()))
+            .await
     }
 
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
         let sig = signal.to_string();
-        self.invoke("kill", id, &["--all", id, sig.as_str()])
-            .await
-            .map(|_| ())
+        // SIGKILL ends every process of the container; any other signal (the stop signal)
+        // goes to its main process only, as kubelet sends it.
+        let args: &[&str] = if signal == 9 {
+            &["--all", id, sig.as_str()]
+        } else {
+            &[id, sig.as_str()]
+        };
+        self.invoke("kill", id, args).await.map(|_| ())
     }
 
     async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -467,17 +568,114 @@ impl Runtime for OciRuntime {
     ) -> Result<tokio::process::Child, RuntimeError> {
         let mut c = self.command();
         c.arg("exec");
+        let mut process_fd = None;
         if tty {
-            c.arg("--tty");
+            match self.kind {
+                // runsc has no --tty: a process description with `terminal: true` (the
+                // container's own, with these args) makes it use its stdin as the terminal.
+                RuntimeKind::Gvisor => {
+                    let mut process = self
+                        .root()
+                        .and_then(|root| runsc_state_file(root, id))
+                        .and_then(|p| std::fs::read(p).ok())
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v.get("spec")?.get("process").cloned())
+                        .unwrap_or_else(default_process);
+                    process["args"] = args.into();
+                    process["terminal"] = true.into();
+                    let fd = process_memfd(&process).map_err(self.spawn_err())?;
+                    let path = pass_fd(&mut c, &fd);
+                    c.arg("--process").arg(path);
+                    process_fd = Some(fd);
+                    // The terminal it is given is its controlling terminal, in a session of
+                    // its own: ^C and resizes signal it, and it passes them on.
+                    controlling_terminal(&mut c);
+                }
+                // crun allocates a terminal of its own and relays its stdin (made raw) to it.
+                _ => {
+                    c.arg("--tty");
+                }
+            }
         }
-        c.arg(id).args(args);
+        c.arg(id);
+        if process_fd.is_none() {
+            c.args(args);
+        }
         c.stdin(stdio.stdin)
             .stdout(stdio.stdout)
             .stderr(stdio.stderr);
-        c.spawn().map_err(|source| RuntimeError::Spawn {
-            tool: self.binary.display().to_string(),
-            source,
-        })
+        let child = c.spawn().map_err(self.spawn_err());
+        drop(process_fd);
+        child
+    }
+
+    async fn exec_on_terminal(
+        &self,
+        id: &str,
+        process: &serde_json::Value,
+    ) -> Result<TerminalExec, RuntimeError> {
+        let mut process = process.clone();
+        process["terminal"] = true.into();
+        let fd = process_memfd(&process).map_err(self.spawn_err())?;
+        let mut c = self.command();
+        let path = pass_fd(&mut c, &fd);
+        c.arg("exec").arg("--process").arg(path);
+        c.kill_on_drop(false);
+        match self.kind {
+            // runsc's exec takes no console socket (but detached): it uses its stdin, a
+            // terminal of ours, which is its controlling terminal; it forwards the signals that
+            // terminal sends it (^C, resizes) to the exec'd process.
+            RuntimeKind::Gvisor => {
+                let (master, slave) = crate::shim::open_pty().map_err(self.spawn_err())?;
+                let dup = |fd: &std::os::fd::OwnedFd| {
+                    fd.try_clone()
+                        .map(std::process::Stdio::from)
+                        .map_err(self.spawn_err())
+                };
+                c.arg(id)
+                    .stdin(dup(&slave)?)
+                    .stdout(dup(&slave)?)
+                    .stderr(std::process::Stdio::from(slave));
+                controlling_terminal(&mut c);
+                let child = c.spawn().map_err(self.spawn_err())?;
+                drop(c);
+                Ok(TerminalExec { child, master })
+            }
+            _ => {
+                let console = ConsoleSocket::bind().map_err(self.spawn_err())?;
+                c.arg("--console-socket").arg(console.path()).arg(id);
+                c.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .process_group(0);
+                let mut child = c.spawn().map_err(self.spawn_err())?;
+                drop(c);
+                drop(fd);
+                tokio::select! {
+                    master = console.receive() => Ok(TerminalExec {
+                        child,
+                        master: master.map_err(self.spawn_err())?,
+                    }),
+                    status = child.wait() => {
+                        let mut msg = Vec::new();
+                        if let Some(e) = child.stderr.as_mut() {
+                            let read = tokio::io::AsyncReadExt::read_to_end(e, &mut msg);
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
+                        }
+                        Err(RuntimeError::Command {
+                            tool: self.kind.to_string(),
+                            action: "exec",
+                            id: id.to_owned(),
+                            stderr: format!(
+                                "{}: {}",
+                                status.map_err(self.spawn_err())?,
+                                String::from_utf8_lossy(&msg).trim()
+                            ),
+                        })
+                    }
+                }
+            }
+        }
     }
 
     async fn status(&self, id: &str) -> Result<Option<String>, RuntimeError> {
