@@ -35,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use sandbox::plan::{PodPlan, VolumeKind, format_bytes};
-use sandbox::pod::{Host, StorageUsage};
+use sandbox::pod::StorageUsage;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -349,16 +349,6 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 /// The file in the pod's directory where the sandboxed runtime keeps the Pod object.
 pub const POD_FILE: &str = "k8s-pod.json";
 
-/// Measures the pod's storage (on a blocking thread: it walks directories) and decides
-/// ([`verdict`]).
-pub async fn check(host: &Host, plan: &PodPlan, provisioned: Option<u64>) -> Option<Eviction> {
-    let (h, p) = (host.clone(), plan.clone());
-    let usage = tokio::task::spawn_blocking(move || sandbox::pod::storage_usage(&h, &p))
-        .await
-        .ok()?;
-    verdict(plan, &usage, provisioned)
-}
-
 /// Evicts the pod: the `Evicted` event, then `stop` (which must kill the pod's containers,
 /// without restarting them, with no grace period: kubelet's local storage evictions give none),
 /// then the status. An API failure is returned after the containers are stopped.
@@ -398,7 +388,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use sandbox::image::{ImageStore, PullOptions, StoreOptions};
+    use sandbox::pod::Host;
     use std::sync::Arc;
+
+    /// What the agent's check of an OCI pod does: measure on the host, then decide.
+    async fn check(host: &Host, plan: &PodPlan, provisioned: Option<u64>) -> Option<Eviction> {
+        verdict(plan, &sandbox::pod::storage_usage(host, plan), provisioned)
+    }
 
     fn plan(json: Value) -> PodPlan {
         let pod: Pod = serde_json::from_value(json).unwrap();

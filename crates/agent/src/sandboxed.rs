@@ -634,8 +634,14 @@ async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<Run>) -> i32 
             .get(w)
             .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
             .unwrap_or(0);
+        // A run taken back after it ended (while no agent watched) keeps the terminated
+        // state its adoption recorded until its end lands: it is not shown running again.
+        let mut ended_before = false;
         let run = match adopted.take() {
-            Some(s) => Ok(s),
+            Some(s) => {
+                ended_before = e.get(w).is_some_and(|c| c.state.terminated.is_some());
+                Ok(s)
+            }
             None => e.engine.run(&e, &plan, restart_count).await,
         };
         let began = Instant::now();
@@ -645,7 +651,9 @@ async fn supervise(e: Arc<PodEntry>, w: Which, mut adopted: Option<Run>) -> i32 
                 (failed_run(128, "StartError", msg, &cid), 128)
             }
             Ok(started) => {
-                set_running(&e, w, &started);
+                if !ended_before {
+                    set_running(&e, w, &started);
+                }
                 let probes = probes::spawn_for(&e, w);
                 let exit = started.wait(&cid).await;
                 probes.abort();
@@ -836,7 +844,8 @@ async fn watch_storage(e: Arc<PodEntry>) {
         if e.stopping() || e.done.borrow().is_some() {
             return;
         }
-        if let Some(ev) = crate::eviction::check(&e.host, &e.plan, provisioned).await {
+        let usage = e.engine.storage_usage(&e).await;
+        if let Some(ev) = usage.and_then(|u| crate::eviction::verdict(&e.plan, &u, provisioned)) {
             break ev;
         }
     };

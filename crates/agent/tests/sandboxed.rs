@@ -11,7 +11,7 @@ use std::time::Duration;
 use agent::runtime::Runtime;
 use agent::sandboxed::{SandboxConfig, SandboxRuntime};
 use agent::streams::{ExecRequest, LogOptions, PodStreams};
-use common::{available, fixture, fixture_with, logs, pod, read_all, status_until};
+use common::{available, fixture, fixture_with, logs, logs_with, pod, read_all, status_until};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{Api, ListParams, PostParams};
@@ -790,9 +790,11 @@ async fn recover_keeps_ended_runs_and_last_state() {
 }
 
 /// A micro-VM pod whose Never container ends while the agent is down (the VM outlives it):
-/// the new agent takes the VM back, the run ends with its exit code (and a finish time before
-/// the new agent started, with what it wrote meanwhile) and is not run again. An Always pod
-/// whose container failed once before the outage keeps its restart count and last state.
+/// the new agent takes the VM back, the run ends with its exit code and is not run again. Its
+/// finish time is when it ended (seconds after the agent died, long before the new one
+/// started), and its log has what it wrote meanwhile and what the dying agent had received but
+/// not logged (an unterminated line). An Always pod whose container failed once before the
+/// outage keeps its restart count and last state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_recover_keeps_an_ended_run() {
     if let Err(e) = sandbox::microvm::prerequisites() {
@@ -818,7 +820,7 @@ async fn microvm_recover_keeps_an_ended_run() {
         "spec": {"nodeName": "worker-1", "restartPolicy": "Never",
                  "schedulerName": "serverless-scheduler",
                  "containers": [{"name": "main", "image": f.image,
-                                 "command": ["sh", "-c", "echo run; sleep 3; echo done; exit 7"]}]}
+                                 "command": ["sh", "-c", "echo start $(cut -d' ' -f1 /proc/uptime); printf half-; sleep 3; echo done; sleep 3; echo end $(cut -d' ' -f1 /proc/uptime); exit 7"]}]}
     }));
     let always = pod(json!({
         "metadata": {"name": "valways", "namespace": "default", "uid": "uid-valways"},
@@ -847,8 +849,17 @@ async fn microvm_recover_keeps_an_ended_run() {
             })
             .await;
             let run = first.start(&never, "10.203.6.9").await.unwrap();
-            // Its output reaches the host before the agent dies (what a guest writes while
-            // no host is attached is not asserted here).
+            // Its first line is logged, and the unterminated "half-" that follows reaches the
+            // agent, which holds it (no newline yet) when it dies.
+            for _ in 0..300 {
+                if logs(&first, "default", "vnever", "main", false)
+                    .await
+                    .starts_with("start ")
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
             let st = first.pod_status("uid-vnever").unwrap();
             let c = &st.container_statuses[0];
@@ -864,7 +875,7 @@ async fn microvm_recover_keeps_an_ended_run() {
     .join()
     .unwrap();
     let died = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let restarted = jiff::Timestamp::now();
 
     let again = SandboxRuntime::new(config, f.client.clone()).await.unwrap();
@@ -903,16 +914,57 @@ async fn microvm_recover_keeps_an_ended_run() {
     );
     let started = t.started_at.as_ref().unwrap().0;
     assert!(started < died, "the run the first agent started: {c:#?}");
-    // It ended while no agent was attached: not at the new agent's adoption.
+    // It ended while no agent was attached: not at the new agent's adoption, nor when the
+    // agent died, but when it did (by the guest's uptime from its first line, which was logged
+    // as it was written).
     let finished = t.finished_at.as_ref().unwrap().0;
     assert!(
         started <= finished && finished < restarted,
         "ended before the new agent started: {c:#?}"
     );
-    // What it wrote while no agent was attached is kept.
-    assert_eq!(
-        logs(&again, "default", "vnever", "main", false).await,
-        "run\ndone\n"
+    let stamped = logs_with(
+        &again,
+        "default",
+        "vnever",
+        "main",
+        LogOptions {
+            timestamps: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let lines: Vec<(jiff::Timestamp, &str)> = stamped
+        .lines()
+        .map(|l| {
+            let (ts, text) = l.split_once(' ').unwrap();
+            (ts.parse().unwrap(), text)
+        })
+        .collect();
+    // What it wrote while no agent was attached is kept, and so is what the dying agent had
+    // received but not logged.
+    let texts: Vec<&str> = lines.iter().map(|(_, t)| *t).collect();
+    assert_eq!(texts.len(), 3, "{stamped}");
+    assert_eq!(texts[1], "half-done", "{stamped}");
+    let uptime = |l: &str, word: &str| -> f64 {
+        l.strip_prefix(word)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{l:?}"))
+    };
+    let guest_secs = uptime(texts[2], "end ") - uptime(texts[0], "start ");
+    let ended = lines[0].0 + jiff::SignedDuration::from_secs_f64(guest_secs);
+    let off = finished.duration_since(ended).abs();
+    println!(
+        "finishedAt {off} off the end, which came {} after the agent died",
+        ended.duration_since(died)
+    );
+    assert!(
+        off < jiff::SignedDuration::from_secs(2),
+        "finishedAt {finished} vs the end at {ended}: {c:#?}"
+    );
+    assert!(
+        finished > died + jiff::SignedDuration::from_secs(2)
+            && finished < restarted - jiff::SignedDuration::from_secs(2),
+        "ended while the agent was down: {c:#?}"
     );
 
     tokio::time::timeout(

@@ -127,6 +127,15 @@ pub(super) trait PodEngine: Send + Sync {
     /// Removes what the pod left on the host: its sandbox or VM, containers, mounts,
     /// network attachment and directory. Its containers have ended or were killed.
     async fn remove(&self, e: &PodEntry) -> Result<(), String>;
+
+    /// The pod's local ephemeral storage, for kubelet's eviction checks: by default what its
+    /// containers' writable layers, logs and volumes hold on the host (the OCI runtimes).
+    async fn storage_usage(&self, e: &PodEntry) -> Option<sandbox::pod::StorageUsage> {
+        let (h, p) = (e.host.clone(), e.plan.clone());
+        tokio::task::spawn_blocking(move || sandbox::pod::storage_usage(&h, &p))
+            .await
+            .ok()
+    }
 }
 
 #[cfg(test)]

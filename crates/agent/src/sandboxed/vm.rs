@@ -328,6 +328,17 @@ impl PodEngine for VmEngine {
         RuntimeKind::Microvm
     }
 
+    /// The writable layers and emptyDirs live in the guest: measured there (the logs on the
+    /// host).
+    async fn storage_usage(&self, e: &PodEntry) -> Option<sandbox::pod::StorageUsage> {
+        let vm = self.vm()?;
+        let vm = vm.vm.lock().await;
+        vm.storage_usage(&e.plan)
+            .await
+            .map_err(|err| debug!(error = %err, "measuring a micro-VM's storage"))
+            .ok()
+    }
+
     /// Boots the pod's VM (its images are pulled): the network attachment with the pod's IP,
     /// the record a restarted agent finds it by, then the boot, again after a back-off while an
     /// init container fails and the policy restarts it (init containers run inside the boot).

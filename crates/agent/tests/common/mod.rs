@@ -420,18 +420,22 @@ pub async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
 }
 
 pub async fn logs(rt: &SandboxRuntime, ns: &str, pod: &str, c: &str, previous: bool) -> String {
-    let mut s = rt
-        .logs(
-            ns,
-            pod,
-            Some(c),
-            LogOptions {
-                previous,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let options = LogOptions {
+        previous,
+        ..Default::default()
+    };
+    logs_with(rt, ns, pod, c, options).await
+}
+
+/// Container `c`'s log as `options` ask for it, read to its end.
+pub async fn logs_with(
+    rt: &SandboxRuntime,
+    ns: &str,
+    pod: &str,
+    c: &str,
+    options: LogOptions,
+) -> String {
+    let mut s = rt.logs(ns, pod, Some(c), options).await.unwrap();
     let mut out = Vec::new();
     while let Some(chunk) = s.next().await {
         out.extend_from_slice(&chunk.unwrap());
