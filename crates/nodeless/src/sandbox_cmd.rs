@@ -38,10 +38,13 @@ enum Command {
         auth: AuthArgs,
     },
     /// Run one container from IMAGE, like `docker run`: its output on ours, its exit code as
-    /// ours. Ctrl-C (SIGINT to this command) is forwarded to the container as SIGINT, as docker
-    /// does; if it has not ended --grace seconds later it is killed; the exit code is then the
-    /// container's own (130 when SIGINT ended it, 137 when it was killed). The same with -t
-    /// (our terminal is raw but for Ctrl-C) and on every runtime.
+    /// ours. Ctrl-C (SIGINT to this command; SIGTERM and SIGHUP alike) is forwarded to the
+    /// container's main process as SIGINT, as docker does; if it has not ended --grace seconds
+    /// later it is killed; the exit code is then the container's own (130 when SIGINT ended it,
+    /// 137 when it was killed). The same with -t (our terminal is raw but for Ctrl-C) and on
+    /// every runtime; with -it Ctrl-C is a key
+    /// typed into the container's terminal, whose line discipline interrupts its foreground
+    /// process group, as with `docker run -it`.
     Run(Box<RunArgs>),
     /// List the images on this host.
     Images,
@@ -355,6 +358,9 @@ fn progress_printer() -> sandbox::image::store::ProgressFn {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
+    // Ticking on its own: a pull that waits for another process's pull of the same image
+    // does not look stuck.
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let state = Arc::new(Mutex::new(P::default()));
     Arc::new(move |e: &PullEvent| {
         let mut p = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -525,25 +531,20 @@ async fn run_container(data_dir: &Path, store: &ImageStore, r: RunArgs) -> anyho
         }
     };
     let _ = printer.await;
-    if exit.oom_killed {
-        eprintln!("container {id} was OOMKilled");
-    }
-    if !r.keep {
-        container::remove(data_dir, &id)?;
-    }
-    Ok(exit.code)
+    finish(data_dir, &id, r.keep, exit)
 }
 
 /// What stops the container: Ctrl-C (SIGINT), and SIGTERM or SIGHUP (our terminal went away)
-/// alike, so that the container never outlives the command.
-struct Signals {
+/// alike, so that the container never outlives the command; on every runtime (the micro-VM's
+/// [`crate::sandbox_vm`] too).
+pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let on = |kind: SignalKind| signal(kind).context("handling signals");
         Ok(Signals {
             int: on(SignalKind::interrupt())?,
@@ -552,7 +553,8 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) {
+    /// Resolves at the next of these signals.
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
@@ -561,10 +563,13 @@ impl Signals {
     }
 }
 
-/// Ctrl-C as `docker run` handles it: each one is forwarded to the container as SIGINT (to
-/// all its processes); if it has not ended `grace` after the first, it is killed (SIGKILL). The
-/// command then ends with the container's own exit code (130 when SIGINT ended it, 137 when it
-/// was killed). The micro-VM does the same ([`crate::sandbox_vm`]).
+/// Ctrl-C (and SIGTERM or SIGHUP, [`Signals`]) as `docker run`'s sig-proxy handles it: each one
+/// is forwarded to the container's main process (its PID 1) as SIGINT, not to the other
+/// processes, as kubelet and docker signal a container; if it has not ended `grace` after the
+/// first, all its processes are killed (SIGKILL). The command then ends with the container's
+/// own exit code (130 when SIGINT ended it, 137 when it was killed: a shell as PID 1 without a
+/// trap ignores SIGINT, so one waiting for a foreground child, which never gets the signal,
+/// ends with 137). The micro-VM does the same ([`crate::sandbox_vm`]).
 struct Interrupt<'a> {
     id: &'a str,
     grace: std::time::Duration,
@@ -614,12 +619,14 @@ impl<'a> Interrupt<'a> {
     }
 }
 
-/// `-t` with runsc or crun: the container runs under a shim ([`sandbox::shim`]) that gives it
-/// a pseudo-terminal of its own as stdin, stdout and stderr (a console in gVisor), as the node
-/// agent does for a pod's `tty`. Our terminal is put in raw mode (keys go to the container's
-/// terminal, but Ctrl-C is handled as without -t) and its size is followed; with `-i` our
-/// stdin is typed into the container's terminal (its end closes it); the terminal's output is
-/// printed from the container's log as it comes.
+/// `-t` with runsc or crun: the container runs under a shim ([`sandbox::shim`]) that holds the
+/// master side of the container's terminal, which the runtime allocates as the container's
+/// controlling terminal (stdin, stdout and stderr), as the node agent does for a pod's `tty`.
+/// Our terminal is put in raw mode and its size is followed; with `-i` our stdin is typed into
+/// the container's terminal (its end closes it), Ctrl-C included (its line discipline turns it
+/// into SIGINT for the container's foreground process group, as with `docker run -it`); with
+/// `-t` alone Ctrl-C is handled as without -t. The terminal's output is printed from the
+/// container's log as it comes.
 #[allow(clippy::too_many_arguments)]
 async fn run_on_terminal(
     data_dir: &Path,
@@ -643,6 +650,12 @@ async fn run_on_terminal(
     }
     .write(&dir)
     .with_context(|| format!("writing {}", dir.display()))?;
+    // Its terminal starts with our terminal's size.
+    let stdin_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if stdin_is_terminal && let Some((rows, cols)) = crate::sandbox_vm::terminal_size() {
+        shim::write_terminal_size(&dir, rows, cols)
+            .with_context(|| format!("writing {}", dir.display()))?;
+    }
     let config = ContainerConfig {
         tty: true,
         ..config
@@ -672,6 +685,20 @@ async fn run_on_terminal(
     };
     let session = match shim::connect(&dir).await {
         Ok(s) => s,
+        // The shim removes its socket once the container has ended (and stops accepting just
+        // before): a container quicker than us has no terminal left to drive, only its output
+        // (in its log) and its exit code.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            tracing::debug!(%id, error = %e, "the container ended before we attached");
+            let exit = started.wait().await;
+            crate::sandbox_vm::Follow::new(container::log_path(&dir, 0)).pump(true);
+            return finish(data_dir, id, r.keep, exit?);
+        }
         Err(e) => {
             // No terminal to drive: the container does not run on without us.
             let _ = rt.kill(id, 9).await;
@@ -681,7 +708,6 @@ async fn run_on_terminal(
         }
     };
     let (_, mut conn) = session.into_split();
-    let stdin_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let resize = |size: Option<(u16, u16)>| {
         size.map(|(rows, cols)| {
             let mut p = cols.to_be_bytes().to_vec();
@@ -692,13 +718,13 @@ async fn run_on_terminal(
     if stdin_is_terminal && let Some(f) = resize(crate::sandbox_vm::terminal_size()) {
         conn.write_all(&f).await?;
     }
-    // Raw, but Ctrl-C stays a signal (ours, forwarded as without -t): the container's
-    // terminal is not its controlling terminal under every runtime, so a typed ^C would not
-    // reach it as SIGINT everywhere.
-    let raw = if stdin_is_terminal {
-        crate::sandbox_vm::RawTerminal::enter_keeping_ctrl_c()
-    } else {
-        None
+    // With -i every key, Ctrl-C included, is typed into the container's terminal, its
+    // controlling terminal; with -t alone nothing is typed and Ctrl-C stays a signal (ours,
+    // forwarded as without -t).
+    let raw = match (stdin_is_terminal, r.interactive) {
+        (false, _) => None,
+        (true, true) => crate::sandbox_vm::RawTerminal::enter(),
+        (true, false) => crate::sandbox_vm::RawTerminal::enter_keeping_ctrl_c(),
     };
     // Our stdin, read on a thread of its own (a blocking read), typed into the terminal.
     let (input_tx, mut input) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(4);
@@ -753,11 +779,16 @@ async fn run_on_terminal(
     };
     follow.pump(true);
     drop(raw);
-    let exit = exit??;
+    finish(data_dir, id, r.keep, exit??)
+}
+
+/// The end of a run: says whether the container was OOMKilled, removes it unless `keep`, and
+/// returns its exit code as the command's.
+fn finish(data_dir: &Path, id: &str, keep: bool, exit: container::Exit) -> anyhow::Result<i32> {
     if exit.oom_killed {
         eprintln!("container {id} was OOMKilled");
     }
-    if !r.keep {
+    if !keep {
         container::remove(data_dir, id)?;
     }
     Ok(exit.code)

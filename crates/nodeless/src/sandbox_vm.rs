@@ -1,11 +1,12 @@
 //! `nodeless sandbox run --runtime microvm`: one container in its own QEMU micro-VM
 //! ([`sandbox::microvm::MicroVm`]), the way `run` does it with the other runtimes: the
 //! container's stdout and stderr on ours as its lines come (followed from the VM's CRI log
-//! file), its exit code as ours, Ctrl-C as with the other runtimes (SIGINT to the container,
-//! the VM stopped `--grace` after the first at the latest; the exit code is the container's, 137
-//! when the VM had to be stopped, 130 when the run was interrupted before the container ran).
-//! `--cpu`/`--memory` size the VM as a pod of that size is sized
-//! ([`sandbox::microvm::pod::vm_size`]); `--memory` also limits the container inside.
+//! file), its exit code as ours, Ctrl-C (and SIGTERM or SIGHUP) as with the other runtimes
+//! (SIGINT to the container's main process, the VM stopped `--grace` after the first at the
+//! latest; the exit code is the container's, 137 when the VM had to be stopped, 130 when the
+//! run was interrupted before the container ran). `--cpu`/`--memory` size the VM as a pod of
+//! that size is sized ([`sandbox::microvm::pod::vm_size`]); `--memory` also limits the
+//! container inside.
 //!
 //! Files: the VM's own (initramfs, channel socket, console and QEMU logs) under
 //! `<container dir>/microvm`, removed with the VM; the container's log at
@@ -29,6 +30,8 @@ use sandbox::microvm::{self, ContainerSpec, ExecEvent, MicroVm, VmAssets, VmConf
 use sandbox::plan::PodSize;
 use sandbox::spec::ContainerConfig;
 use tokio::signal::unix::{SignalKind, signal};
+
+use crate::sandbox_cmd::Signals;
 
 /// How often the container's log file is looked at for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(50);
@@ -69,8 +72,9 @@ pub struct VmRun<'a> {
 
 /// Runs the container to its end; returns the exit code the command should end with.
 pub async fn run(r: VmRun<'_>) -> anyhow::Result<i32> {
-    // Registered first: a Ctrl-C while the disk is made or the VM boots is ours too.
-    let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    // Registered first: a Ctrl-C (or SIGTERM, SIGHUP) while the disk is made or the VM boots
+    // is ours too.
+    let mut signals = Signals::new()?;
     let spec = container_spec(&r)?;
     let cdir = container::dir(r.data_dir, r.id);
     let log_path = container::log_path(&cdir, 0);
@@ -95,11 +99,11 @@ pub async fn run(r: VmRun<'_>) -> anyhow::Result<i32> {
         }
     };
     if r.interactive || r.tty {
-        return run_attached(&r, &cdir, &vmc, &disk, &spec, sigint).await;
+        return run_attached(&r, &cdir, &vmc, &disk, &spec, signals).await;
     }
     let booted = tokio::select! {
         biased;
-        _ = sigint.recv() => None,
+        _ = signals.recv() => None,
         vm = MicroVm::boot(&vmc, &disk, &spec) => Some(vm.context("starting the micro-VM")),
     };
     // A Ctrl-C during boot drops the boot: QEMU is killed with its handle.
@@ -123,7 +127,7 @@ pub async fn run(r: VmRun<'_>) -> anyhow::Result<i32> {
     let ended = loop {
         tokio::select! {
             biased;
-            _ = sigint.recv() => break None,
+            _ = signals.recv() => break None,
             res = vm.wait() => break Some(res),
             _ = tick.tick() => follow.pump(false),
         }
@@ -133,7 +137,7 @@ pub async fn run(r: VmRun<'_>) -> anyhow::Result<i32> {
         Some(Err(e)) => {
             // A terminal's Ctrl-C reaches QEMU too (it is in our process group) and may end the
             // VM before our own handler runs: that is an interrupt, not a failure.
-            if tokio::time::timeout(Duration::from_millis(200), sigint.recv())
+            if tokio::time::timeout(Duration::from_millis(200), signals.recv())
                 .await
                 .is_ok()
             {
@@ -167,7 +171,7 @@ pub async fn run(r: VmRun<'_>) -> anyhow::Result<i32> {
             loop {
                 tokio::select! {
                     biased;
-                    _ = sigint.recv() => {
+                    _ = signals.recv() => {
                         let _ = vm.kill(2).await;
                     }
                     _ = &mut deadline => break KILLED,
@@ -204,11 +208,11 @@ async fn run_attached(
     vmc: &VmConfig,
     disk: &Path,
     spec: &ContainerSpec,
-    mut sigint: tokio::signal::unix::Signal,
+    mut signals: Signals,
 ) -> anyhow::Result<i32> {
     let booted = tokio::select! {
         biased;
-        _ = sigint.recv() => None,
+        _ = signals.recv() => None,
         vm = MicroVm::boot_attached(vmc, disk, spec, r.interactive, r.tty) => {
             Some(vm.context("starting the micro-VM"))
         }
@@ -271,7 +275,7 @@ async fn run_attached(
     let code = loop {
         tokio::select! {
             biased;
-            _ = sigint.recv() => {
+            _ = signals.recv() => {
                 if !interrupted {
                     eprintln!(
                         "stopping {} (SIGINT, the micro-VM stopped after {}s)",
@@ -318,7 +322,7 @@ async fn run_attached(
         // A terminal's Ctrl-C (without -t) reaches QEMU too and may end the VM first.
         Some(_) if interrupted => Ok(INTERRUPTED),
         Some(why)
-            if tokio::time::timeout(Duration::from_millis(200), sigint.recv())
+            if tokio::time::timeout(Duration::from_millis(200), signals.recv())
                 .await
                 .is_err() =>
         {

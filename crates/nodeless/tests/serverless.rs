@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::procs::{Proc, free_port};
+use common::procs::{Proc, free_port, needs_microvm, processes_naming};
 use common::{eventually, kubectl_at, tail, which};
 use serde_json::Value;
 
@@ -403,22 +403,8 @@ fn port_forward_get(c: &Cluster, binary: &str, pod: &str) -> String {
     body
 }
 
-/// `pid args` of the processes whose command line names `data` and matches `which`.
-fn processes_under(data: &Path, which: impl Fn(&str) -> bool) -> Vec<String> {
-    let out = Command::new("ps")
-        .args(["-eo", "pid,args"])
-        .output()
-        .unwrap();
-    let d = data.display().to_string();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&d) && which(l))
-        .map(|l| l.trim().to_string())
-        .collect()
-}
-
 fn sandbox_processes(data: &Path) -> Vec<String> {
-    processes_under(data, |l| l.contains("runsc") || l.contains("shim"))
+    processes_naming(data, |l| l.contains("runsc") || l.contains("shim"))
 }
 
 /// The bridge the agent makes for pod CIDR 10.B.C.0/24 in the pod network namespace.
@@ -936,24 +922,8 @@ fn agent_restart_keeps_pods() {
     });
 }
 
-/// Whether the micro-VM runtime can run here (QEMU, mkfs.erofs and the assets of
-/// `scripts/microvm-assets.sh`); without them the test says SKIPPED, or fails when
-/// `NODELESS_REQUIRE_MICROVM` is set (CI).
-fn needs_microvm(test: &str) -> bool {
-    let missing = match sandbox::microvm::prerequisites() {
-        Ok(_) => return needs_sandboxes(),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
-        "{test}: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing}"
-    );
-    println!("SKIPPED {test}: {missing}");
-    false
-}
-
 fn qemu_processes(data: &Path) -> Vec<String> {
-    processes_under(data, |l| l.contains("qemu-system"))
+    processes_naming(data, |l| l.contains("qemu-system"))
 }
 
 /// `nodeless up --runtime microvm`: pods in QEMU micro-VMs (software emulation on this kind of
@@ -965,7 +935,8 @@ fn qemu_processes(data: &Path) -> Vec<String> {
 #[test]
 fn micro_vm_pods() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !needs_microvm("micro_vm_pods") {
+    // The micro-VM's prerequisites, then the tools the rest of the cluster needs.
+    if !needs_microvm("micro_vm_pods") || !needs_sandboxes() {
         return;
     }
     let mut c = Cluster::up_with(&["--runtime=microvm"]);

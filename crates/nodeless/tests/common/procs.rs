@@ -79,3 +79,36 @@ impl Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Whether the micro-VM runtime can boot here (QEMU, mkfs.erofs and the assets of
+/// `scripts/microvm-assets.sh`); without it `test` says SKIPPED, or fails when
+/// `NODELESS_REQUIRE_MICROVM` is set (CI).
+pub fn needs_microvm(test: &str) -> bool {
+    let missing = match sandbox::microvm::prerequisites() {
+        Ok(_) => return true,
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        std::env::var_os("NODELESS_REQUIRE_MICROVM").is_none(),
+        "{test}: micro-VM prerequisites missing (NODELESS_REQUIRE_MICROVM is set): {missing}"
+    );
+    println!("SKIPPED {test}: {missing}");
+    false
+}
+
+/// `pid args` of the processes whose command line names `dir` and matches `which`.
+pub fn processes_naming(dir: &std::path::Path, which: impl Fn(&str) -> bool) -> Vec<String> {
+    let d = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let args = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args = String::from_utf8_lossy(&args).replace('\0', " ");
+            (args.contains(&d) && which(&args)).then(|| format!("{pid} {}", args.trim_end()))
+        })
+        .collect()
+}
