@@ -735,9 +735,6 @@ enum Post {
     Repeat { name: String, count: i32 },
 }
 
-/// The events posted about one pod, as kubelet's recorder correlates them: an event like one
-/// posted before (same container, type, reason and message) raises that Event's count and
-/// last timestamp instead of making another object. Pure.
 /// What makes two events the same: the container (field path), type, reason and message.
 type EventKey = (
     Option<String>,
@@ -746,6 +743,9 @@ type EventKey = (
     Option<String>,
 );
 
+/// The events posted about one pod, as kubelet's recorder correlates them: an event like one
+/// posted before (same container, type, reason and message) raises that Event's count and
+/// last timestamp instead of making another object. Pure.
 #[derive(Default)]
 struct EventLog {
     /// The name and count of each event posted.
@@ -753,14 +753,7 @@ struct EventLog {
 }
 
 impl EventLog {
-    fn key(
-        ev: &Event,
-    ) -> (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ) {
+    fn key(ev: &Event) -> EventKey {
         (
             ev.involved_object.field_path.clone(),
             ev.type_.clone(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use agent::runtime::{Runtime, RuntimeStatus};
 use agent::sandboxed::SandboxRuntime;
 use agent::streams::{ExecRequest, LogOptions, PodStreams};
-use common::{available, fixture_with, logs, pod, read_all, status_until};
+use common::{fixture_with, logs, pod, read_all, runtime_available, status_until, stop_and_remove};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Event, Pod};
 use kube::api::{Api, ListParams};
@@ -1179,18 +1179,7 @@ async fn suite(kind: RuntimeKind) {
         "uid-snoop",
         "uid-hog",
     ];
-    futures::future::join_all(uids.iter().map(|uid| async move {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            rt.stop(uid, Duration::from_secs(1)),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{kind}: {uid} stops"))
-        .unwrap();
-        rt.remove(uid);
-        rt.removed(uid).await;
-    }))
-    .await;
+    stop_and_remove(rt, &uids, kind).await;
     f.assert_nothing_left().await;
     f.cleanup().await;
     eprintln!(
@@ -1202,26 +1191,21 @@ async fn suite(kind: RuntimeKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_runtime_suite() {
-    if !available("crun") {
-        println!("SKIPPED container_runtime_suite: crun not found (apt-get install crun)");
-        return;
+    if runtime_available(RuntimeKind::Container, "container_runtime_suite") {
+        suite(RuntimeKind::Container).await;
     }
-    suite(RuntimeKind::Container).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gvisor_runtime_suite() {
-    if !available("runsc") {
-        println!("SKIPPED gvisor_runtime_suite: runsc not found (apt-get install runsc)");
-        return;
+    if runtime_available(RuntimeKind::Gvisor, "gvisor_runtime_suite") {
+        suite(RuntimeKind::Gvisor).await;
     }
-    suite(RuntimeKind::Gvisor).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_runtime_suite() {
-    if !common::microvm_available("microvm_runtime_suite") {
-        return;
+    if runtime_available(RuntimeKind::Microvm, "microvm_runtime_suite") {
+        suite(RuntimeKind::Microvm).await;
     }
-    suite(RuntimeKind::Microvm).await;
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use agent::runtime::{Runtime, RuntimeStatus};
 use agent::sandboxed::SandboxRuntime;
-use common::{available, fixture_with, layout_with, logs, pod, status_until};
+use common::{
+    fixture_with, layout_with, logs, pod, runtime_available, status_until, stop_and_remove,
+};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use sandbox::runtime::RuntimeKind;
 use serde_json::json;
@@ -263,17 +265,7 @@ async fn run(kind: RuntimeKind) {
 
     tokio::join!(server, exits, oom);
 
-    for uid in ["uid-rweb", "uid-rexit", "uid-room"] {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            rt.stop(uid, Duration::from_secs(1)),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{kind}: {uid} stops"))
-        .unwrap();
-        rt.remove(uid);
-        rt.removed(uid).await;
-    }
+    stop_and_remove(rt, &["uid-rweb", "uid-rexit", "uid-room"], kind).await;
     f.assert_nothing_left().await;
     f.cleanup().await;
     eprintln!(
@@ -284,26 +276,21 @@ async fn run(kind: RuntimeKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_rust_program() {
-    if !available("crun") {
-        println!("SKIPPED container_rust_program: crun not found (apt-get install crun)");
-        return;
+    if runtime_available(RuntimeKind::Container, "container_rust_program") {
+        run(RuntimeKind::Container).await;
     }
-    run(RuntimeKind::Container).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gvisor_rust_program() {
-    if !available("runsc") {
-        println!("SKIPPED gvisor_rust_program: runsc not found (apt-get install runsc)");
-        return;
+    if runtime_available(RuntimeKind::Gvisor, "gvisor_rust_program") {
+        run(RuntimeKind::Gvisor).await;
     }
-    run(RuntimeKind::Gvisor).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_rust_program() {
-    if !common::microvm_available("microvm_rust_program") {
-        return;
+    if runtime_available(RuntimeKind::Microvm, "microvm_rust_program") {
+        run(RuntimeKind::Microvm).await;
     }
-    run(RuntimeKind::Microvm).await;
 }

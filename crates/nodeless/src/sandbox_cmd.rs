@@ -652,7 +652,10 @@ async fn run_on_terminal(
     .with_context(|| format!("writing {}", dir.display()))?;
     // Its terminal starts with our terminal's size.
     let stdin_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
-    if stdin_is_terminal && let Some((rows, cols)) = crate::sandbox_vm::terminal_size() {
+    let size = stdin_is_terminal
+        .then(crate::sandbox_vm::terminal_size)
+        .flatten();
+    if let Some((rows, cols)) = size {
         shim::write_terminal_size(&dir, rows, cols)
             .with_context(|| format!("writing {}", dir.display()))?;
     }
@@ -715,7 +718,7 @@ async fn run_on_terminal(
             shim::frame(shim::FRAME_RESIZE, &p)
         })
     };
-    if stdin_is_terminal && let Some(f) = resize(crate::sandbox_vm::terminal_size()) {
+    if let Some(f) = resize(size) {
         conn.write_all(&f).await?;
     }
     // With -i every key, Ctrl-C included, is typed into the container's terminal, its

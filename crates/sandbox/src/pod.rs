@@ -877,11 +877,11 @@ async fn hold_pid_namespace(
 ) -> Result<(), PodError> {
     let target = pdir.join(PID_NS);
     let id = pause_id(pod_id);
-    let running = runtime.status(&id).await.ok().flatten().as_deref() == Some("running");
-    if running && crate::rootfs::is_mountpoint(&target) {
-        return Ok(());
-    }
+    // Held already (the runtime asked only then: a new pod's pause starts at once).
     if crate::rootfs::is_mountpoint(&target) {
+        if runtime.status(&id).await.ok().flatten().as_deref() == Some("running") {
+            return Ok(());
+        }
         rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| io("unmount", &target)(e.into()))?;
     }

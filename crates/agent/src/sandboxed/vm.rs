@@ -725,23 +725,9 @@ impl SandboxRuntime {
         for (i, name) in running {
             if let Ok(run) = vm.current_run(&name).await {
                 set_running(&e, Which::Regular(i), &run);
-                // An end while no agent was attached: its time as the VM's state has it.
-                let (vm, end) = (vm.clone(), run.end);
-                let end = async move {
-                    let mut end = end.await?;
-                    if let Some(t) = vm.vm.lock().await.finished_at(&name).and_then(time_of) {
-                        end.finished_at = Some(t);
-                    }
-                    Ok(end)
-                }
-                .boxed();
-                adopted.insert(
-                    i,
-                    Run {
-                        started_at: run.started_at,
-                        end,
-                    },
-                );
+                // An end while no agent was attached is dated as the VM's state has it
+                // (`current_run`'s end reads it).
+                adopted.insert(i, run);
             }
         }
         Some(self.adopted(&e, adopted))

@@ -206,6 +206,38 @@ pub fn microvm_available(test: &str) -> bool {
     false
 }
 
+/// Whether `test` can run on runtime `kind` here: its tool (crun, runsc) or the micro-VM's
+/// prerequisites; a missing one fails under `NODELESS_REQUIRE_SANDBOX` /
+/// `NODELESS_REQUIRE_MICROVM`, else the test says it is SKIPPED.
+pub fn runtime_available(kind: RuntimeKind, test: &str) -> bool {
+    let tool = match kind {
+        RuntimeKind::Microvm => return microvm_available(test),
+        RuntimeKind::Container => "crun",
+        RuntimeKind::Gvisor => "runsc",
+    };
+    let found = available(tool);
+    if !found {
+        println!("SKIPPED {test}: {tool} not found (apt-get install {tool})");
+    }
+    found
+}
+
+/// Stops the pods with `uids` (grace 1 s, each within 60 s), all at once, and removes them.
+pub async fn stop_and_remove(rt: &SandboxRuntime, uids: &[&str], kind: RuntimeKind) {
+    futures::future::join_all(uids.iter().map(|uid| async move {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            rt.stop(uid, Duration::from_secs(1)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{kind}: {uid} stops"))
+        .unwrap();
+        rt.remove(uid);
+        rt.removed(uid).await;
+    }))
+    .await;
+}
+
 /// [`fixture_with`] gVisor for serverless pods and crun for the others.
 pub async fn fixture(n: u8) -> Fixture {
     fixture_with(n, RuntimeKind::Gvisor, RuntimeKind::Container).await

@@ -375,8 +375,7 @@ impl ImageStore {
     async fn blob_lock(
         &self,
         digest: &Digest,
-        layer: bool,
-        report: &(dyn Fn(&PullEvent) + Sync),
+        progress: Option<&(dyn Fn(&PullEvent) + Sync)>,
     ) -> Result<BlobLock, StoreError> {
         let guard = self.lock_for(&format!("blob {digest}")).lock_owned().await;
         let path = self.root.join("locks").join(digest.hex());
@@ -398,7 +397,7 @@ impl ImageStore {
                 info!("waiting for another pull of {digest}");
                 waited = Some(std::time::Instant::now());
             }
-            if layer {
+            if let Some(report) = progress {
                 let theirs = self.download_size(digest);
                 if theirs > shown {
                     shown = theirs;
@@ -450,16 +449,23 @@ impl ImageStore {
         &self,
         digest: &Digest,
         what: &str,
-        report: &(dyn Fn(&PullEvent) + Sync),
         fetch: F,
     ) -> Result<Vec<u8>, StoreError>
     where
         F: std::future::Future<Output = Result<Vec<u8>, StoreError>>,
     {
-        let _lock = self.blob_lock(digest, false, report).await?;
-        if let Ok(b) = std::fs::read(self.blob_path(digest))
-            && &Digest::of(&b) == digest
-        {
+        let stored = || {
+            std::fs::read(self.blob_path(digest))
+                .ok()
+                .filter(|b| &Digest::of(b) == digest)
+        };
+        // Present: no lock needed (a stored blob is whole and verified).
+        if let Some(b) = stored() {
+            debug!(%digest, "{what} present");
+            return Ok(b);
+        }
+        let _lock = self.blob_lock(digest, None).await?;
+        if let Some(b) = stored() {
             debug!(%digest, "{what} present");
             return Ok(b);
         }
@@ -558,7 +564,6 @@ impl ImageStore {
     /// so gc never sees the layers of this pull without the record that names them).
     async fn pull_locked(&self, source: &Source, opts: &PullOptions) -> Result<Image, StoreError> {
         let name = source.to_string();
-        clean_tmp(&self.root);
         let mut archive_dir = None;
         let fetcher = match source {
             Source::Registry(r) => {
@@ -611,10 +616,7 @@ impl ImageStore {
             Some(want) if network => {
                 let top = async { fetcher.top_manifest().await.map(|(b, _)| b) };
                 let what = format!("manifest of {name}");
-                (
-                    self.small_blob_once(&want, &what, &report, top).await?,
-                    want,
-                )
+                (self.small_blob_once(&want, &what, top).await?, want)
             }
             _ => fetcher.top_manifest().await?,
         };
@@ -631,8 +633,7 @@ impl ImageStore {
                     let what = format!("manifest of {name}");
                     let b = if network {
                         let fetch = fetcher.manifest_by_digest(&entry.digest);
-                        self.small_blob_once(&entry.digest, &what, &report, fetch)
-                            .await?
+                        self.small_blob_once(&entry.digest, &what, fetch).await?
                     } else {
                         let b = fetcher.manifest_by_digest(&entry.digest).await?;
                         verify(&what, &entry.digest, &b)?;
@@ -660,7 +661,7 @@ impl ImageStore {
         let config_what = format!("config of {name}");
         let config_bytes = if network {
             let fetch = fetcher.small_blob(&manifest.config);
-            self.small_blob_once(&manifest.config.digest, &config_what, &report, fetch)
+            self.small_blob_once(&manifest.config.digest, &config_what, fetch)
                 .await?
         } else {
             match std::fs::read(self.blob_path(&manifest.config.digest)) {
@@ -705,8 +706,13 @@ impl ImageStore {
         report: &(dyn Fn(&PullEvent) + Sync),
     ) -> Result<(), StoreError> {
         let dir = self.layer_dir(&layer.digest);
+        // Present (the common case): no lock needed, a layer is renamed in whole.
+        if dir.is_dir() {
+            report(&PullEvent::LayerPresent(layer.digest.clone()));
+            return Ok(());
+        }
         // Whoever takes the lock second (in this process or another) finds the layer here.
-        let _lock = self.blob_lock(&layer.digest, true, report).await?;
+        let _lock = self.blob_lock(&layer.digest, Some(report)).await?;
         if dir.is_dir() {
             report(&PullEvent::LayerPresent(layer.digest.clone()));
             return Ok(());
